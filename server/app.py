@@ -1,0 +1,97 @@
+"""``create_app(settings)``: builds the FastAPI app; nothing happens at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from server import __version__
+from server.api import build_api_router
+from server.db import Database
+from server.errors import PhaseboardError
+from server.settings import Settings
+from server.storage import BlobStore
+
+
+def _error_body(code: str, message: str) -> dict[str, object]:
+    return {"error": code, "detail": message}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """The one place where our typed errors become HTTP responses."""
+
+    @app.exception_handler(PhaseboardError)
+    async def _phaseboard_error(request: Request, exc: PhaseboardError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(
+            _error_body(exc.code, exc.message), status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse(_error_body("bad_input", "; ".join(parts)), status_code=422)
+
+
+def create_app(settings: Settings | None = None, *, start_workers: bool = True) -> FastAPI:
+    """Build the app. The database must already be migrated (``phaseboard migrate``).
+
+    ``start_workers`` starts the in-process worker pool when ``settings.queue == "local"``.
+    """
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    db = Database(settings)
+    assert settings.storage_dir is not None
+    store = BlobStore(settings.storage_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        queue = app.state.queue
+        if queue is not None and start_workers:
+            queue.start()
+        try:
+            yield
+        finally:
+            if queue is not None:
+                queue.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="Phaseboard",
+        version=__version__,
+        description="Training trajectories: loss, local learning coefficients, phase boundaries.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.store = store
+    app.state.queue = _make_queue(settings, db, store)
+    _install_error_handlers(app)
+    app.include_router(build_api_router())
+    _mount_web(app)
+    return app
+
+
+def _make_queue(settings: Settings, db: Database, store: BlobStore):  # type: ignore[no-untyped-def]
+    """The job queue chosen by settings (None while the jobs package is absent)."""
+    try:
+        from server.jobs import make_queue
+    except ImportError:
+        return None
+    return make_queue(settings, db, store)
+
+
+def _mount_web(app: FastAPI) -> None:
+    """HTML pages and static files (absent while the web package is being built)."""
+    try:
+        from server.web import mount_web
+    except ImportError:
+        return
+    mount_web(app)

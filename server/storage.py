@@ -1,0 +1,126 @@
+"""Content-addressed blob store: bytes live at ``<root>/<sha[:2]>/<sha[2:4]>/<sha>``.
+
+Writes stream into ``<root>/tmp`` while hashing, are fsynced, then renamed into place, so a
+crash leaves either no blob or a complete one; the same bytes are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import BadInput, NotFound, PayloadTooLarge
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """Bytes written to a temp file, hashed, not yet in the store."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        """Where a blob lives; refuses anything but a sha256 so no request escapes the root."""
+        if not _SHA256.match(sha256):
+            raise BadInput(f"not a sha256 digest: {sha256[:80]!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def open_path(self, sha256: str) -> Path:
+        path = self.path_for(sha256)
+        if not path.is_file():
+            raise NotFound(f"blob {sha256} is missing from the store")
+        return path
+
+    def _new_temp(self) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
+        return fd, Path(name)
+
+    def stage(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> StagedBlob:
+        """Stream ``chunks`` to a temp file (memory stays flat), hashing as it goes."""
+        fd, path = self._new_temp()
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise PayloadTooLarge(
+                            f"upload exceeds the limit of {max_bytes // (1024 * 1024)} MB"
+                        )
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StagedBlob(path, digest.hexdigest(), size)
+
+    async def stage_async(
+        self, chunks: AsyncIterable[bytes], max_bytes: int | None = None
+    ) -> StagedBlob:
+        """Like ``stage`` for an async byte stream (a request body)."""
+        fd, path = self._new_temp()
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise PayloadTooLarge(
+                            f"upload exceeds the limit of {max_bytes // (1024 * 1024)} MB"
+                        )
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StagedBlob(path, digest.hexdigest(), size)
+
+    def commit(self, staged: StagedBlob) -> Path:
+        """Atomically move a staged blob into place; a duplicate is dropped, not rewritten."""
+        final = self.path_for(staged.sha256)
+        if final.is_file():
+            staged.path.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    def discard(self, staged: StagedBlob) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store small bytes directly (tests, the demo); returns the sha256."""
+        staged = self.stage([data[i : i + CHUNK] for i in range(0, len(data), CHUNK)])
+        self.commit(staged)
+        return staged.sha256
+
+    def delete(self, sha256: str) -> None:
+        self.path_for(sha256).unlink(missing_ok=True)
