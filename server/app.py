@@ -36,7 +36,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         parts = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+            msg = str(err.get("msg"))
+            if err.get("input", ...) is None and err.get("type") != "missing":
+                msg += " (got null)"
+            parts.append(f"{where}: {msg}" if where else msg)
         return JSONResponse(_error_body("bad_input", "; ".join(parts)), status_code=422)
 
 
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     db = Database(settings)
     assert settings.storage_dir is not None
     store = BlobStore(settings.storage_dir)
+    store.clean_tmp()  # temp files of uploads that a crash interrupted (an hour old or more)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

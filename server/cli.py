@@ -37,9 +37,144 @@ def up(
     upgrade(settings)
     console.print(f"Phaseboard on [bold]http://{settings.host}:{settings.port}[/bold]")
     console.print(f"  database {settings.database_url}\n  blobs    {settings.storage_dir}")
+    _hint_demo_if_empty(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
 # --- worker command (server.jobs) ---------------------------------------------------------
 
+
+@app.command()
+def worker(
+    device: str = typer.Option("cpu", help="Device this worker runs jobs on: cpu, cuda:0, ..."),
+    concurrency: int = typer.Option(1, help="Jobs run at once by this worker (processes)."),
+    loglevel: str = typer.Option("INFO", help="Celery log level."),
+) -> None:
+    """Run a Celery worker (PHASEBOARD_QUEUE=celery) taking only jobs it can run on DEVICE."""
+    from server.jobs.celery_app import run_worker, worker_queues
+
+    settings = Settings()
+    console.print(
+        f"worker on [bold]{device}[/bold] queues {', '.join(worker_queues(device))}\n"
+        f"  broker   {settings.redis_url}\n  database {settings.database_url}"
+    )
+    run_worker(settings, device, concurrency=concurrency, loglevel=loglevel)
+
+
 # --- ingest / export / demo commands (researcher workflow) --------------------------------
+
+
+def _hint_demo_if_empty(settings: Settings) -> None:
+    """On an empty store, point at ``phaseboard demo`` (called by ``up``)."""
+    from server.demo import store_is_empty
+
+    if store_is_empty(settings):
+        console.print("No runs yet — try [bold]phaseboard demo[/bold] in another terminal.")
+
+
+def _client_options(url: str | None, token: str | None):  # type: ignore[no-untyped-def]
+    """A ``Phaseboard`` client for ``--url``/``--token`` (defaults: this machine's settings)."""
+    from server.client import Phaseboard
+
+    settings = Settings()
+    return Phaseboard(url or settings.base_url, token=token or settings.api_token)
+
+
+@app.command()
+def ingest(
+    path: str = typer.Argument(..., help="Directory of checkpoints (and TensorBoard events)."),
+    run: str = typer.Option(..., "--run", help="Run name (created if it does not exist)."),
+    task: str | None = typer.Option(None, help="Task name, e.g. modular_addition."),
+    task_config: str | None = typer.Option(None, help="Task config as JSON."),
+    url: str | None = typer.Option(None, help="Server URL (default: the local one)."),
+    token: str | None = typer.Option(None, help="API token (default PHASEBOARD_API_TOKEN)."),
+    step_regex: str | None = typer.Option(None, help="Regex whose group 1 is the step."),
+) -> None:
+    """Import a directory of checkpoints into a run; resumable (uploaded steps are skipped)."""
+    import json
+    from pathlib import Path
+
+    from server.client import PhaseboardClientError
+    from server.ingest_dir import ingest_directory, print_summary
+
+    try:
+        config = json.loads(task_config) if task_config else None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--task-config") from exc
+    client = _client_options(url, token)
+    try:
+        report = ingest_directory(
+            Path(path),
+            run,
+            client,
+            task=task,
+            task_config=config,
+            step_regex=step_regex,
+            console=console,
+        )
+    except PhaseboardClientError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    print_summary(report, console)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="Run name or id."),
+    format: str = typer.Option("csv", "--format", help="csv or json."),
+    out: str | None = typer.Option(None, "--out", help="Output file (default: stdout)."),
+    url: str | None = typer.Option(None, help="Server URL (default: the local one)."),
+    token: str | None = typer.Option(None, help="API token (default PHASEBOARD_API_TOKEN)."),
+) -> None:
+    """Write a run's metric series and analysis results as CSV or JSON."""
+    import sys
+    from pathlib import Path
+
+    from server.client import PhaseboardClientError
+    from server.export import export_run
+
+    client = _client_options(url, token)
+    try:
+        text = export_run(client, run, format)
+    except PhaseboardClientError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    if out:
+        Path(out).write_text(text)
+        console.print(f"wrote {out}", highlight=False)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, help="A sub-minute version (fewer steps, smaller p)."),
+    url: str | None = typer.Option(None, help="Server URL (default: the local one)."),
+    token: str | None = typer.Option(None, help="API token (default PHASEBOARD_API_TOKEN)."),
+    name: str | None = typer.Option(None, help="Run name (default: grokking-demo-<time>)."),
+    serve: bool = typer.Option(True, help="Keep a server started by the demo running."),
+) -> None:
+    """Grok modular addition on this CPU, log it to the server, queue LLC jobs."""
+    from server.client import PhaseboardClientError
+    from server.demo import run_demo
+
+    settings = Settings()
+    try:
+        run_demo(
+            url or settings.base_url,
+            quick=quick,
+            token=token or settings.api_token,
+            name=name,
+            console=console,
+            settings=settings,
+            serve=serve,
+        )
+    except PhaseboardClientError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +21,12 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path("~/.phaseboard"), description="Root for the embedded default.")
     database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite in home.")
-    storage_dir: Path | None = Field(default=None, description="Blob store root; default home/blobs.")
-    api_token: str | None = Field(default=None, description="If set, writes need this bearer token.")
+    storage_dir: Path | None = Field(
+        default=None, description="Blob store root; default home/blobs."
+    )
+    api_token: str | None = Field(
+        default=None, description="If set, writes need this bearer token."
+    )
     max_upload_mb: int = Field(default=2048, description="Largest accepted checkpoint upload.")
     host: str = "127.0.0.1"
     port: int = 8765
@@ -35,12 +39,23 @@ class Settings(BaseSettings):
     local_workers: int = Field(default=1, description="Threads of the in-process worker pool.")
     worker_devices: str = Field(default="cpu", description="Comma list of devices for local pool.")
     heartbeat_s: float = Field(default=5.0, description="Seconds between worker heartbeats.")
-    stale_after_s: float = Field(default=60.0, description="Heartbeat age after which a job is requeued.")
-    max_job_s: float = Field(default=6 * 3600, description="Longest job; sets Celery's visibility timeout.")
+    stale_after_s: float = Field(
+        default=60.0, description="Heartbeat age after which a job is requeued."
+    )
+    max_job_s: float = Field(
+        default=6 * 3600, description="Longest job; sets Celery's visibility timeout."
+    )
     max_attempts: int = 3
     auto_analyses: str = Field(
-        default="metrics,llc", description="Analyses queued for each new checkpoint of a known task."
+        default="metrics,llc",
+        description="Analyses queued for each new checkpoint of a known task.",
     )
+
+    @field_validator("storage_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        """``PHASEBOARD_STORAGE_DIR=`` means the default, not the current directory."""
+        return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

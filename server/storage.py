@@ -6,10 +6,12 @@ crash leaves either no blob or a complete one; the same bytes are stored once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +80,7 @@ class BlobStore:
     async def stage_async(
         self, chunks: AsyncIterable[bytes], max_bytes: int | None = None
     ) -> StagedBlob:
-        """Like ``stage`` for an async byte stream (a request body)."""
+        """Like ``stage`` for an async byte stream (a request body); fsync runs off the loop."""
         fd, path = self._new_temp()
         digest, size = hashlib.sha256(), 0
         try:
@@ -92,7 +94,7 @@ class BlobStore:
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
-                os.fsync(fh.fileno())
+                await asyncio.to_thread(os.fsync, fh.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -115,6 +117,27 @@ class BlobStore:
 
     def discard(self, staged: StagedBlob) -> None:
         staged.path.unlink(missing_ok=True)
+
+    def clean_tmp(self, max_age_s: float = 3600.0) -> int:
+        """Remove temp files left by crashed uploads (older than ``max_age_s``); returns count.
+
+        Temp files never count as blobs, so leaving them is harmless; this only frees space.
+        """
+        cutoff, removed = time.time() - max_age_s, 0
+        for p in self.tmp_dir.glob("upload-*.part"):
+            try:
+                if p.stat().st_mtime <= cutoff:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def blobs(self) -> list[str]:
+        """Every sha256 in the store (a walk of the fan-out directories; for tests and GC)."""
+        return sorted(
+            p.name for p in self.root.glob("??/??/*") if p.is_file() and _SHA256.match(p.name)
+        )
 
     def put_bytes(self, data: bytes) -> str:
         """Store small bytes directly (tests, the demo); returns the sha256."""

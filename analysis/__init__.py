@@ -1,0 +1,1 @@
+"""Pure numerical code for Phaseboard: torch + numpy, never imports ``server``."""

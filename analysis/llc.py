@@ -1,0 +1,628 @@
+"""Local learning coefficient (LLC) estimation with SGLD, vectorised over chains.
+
+At a checkpoint w* we run SGLD chains localized at w*:
+
+    w <- w - (eps/2) * (n_beta * grad L_m(w) + gamma * (w - w*)) + N(0, eps)
+
+and estimate ``llc = n_beta * (mean over chains and draws of L_m(w) - L(w*))``.
+
+Unlike devinterp (one chain at a time) every chain - and, in ``estimate_llc_many``,
+every checkpoint, in ``analysis.restrict`` every weight group, in ``calibrate`` every
+hyperparameter setting - advances in one ``torch.func.vmap``-ed gradient step over
+stacked parameters. Internally everything is a "row": one (checkpoint, group, chain)
+triple. One extra, never-moving reference row per checkpoint sits at w* and gives
+L_m(w*) on exactly the minibatches the chains see; ``init_loss`` is the mean of those,
+which also makes ``llc`` a paired (lower-variance) difference.
+
+Noise is drawn outside vmap from seeded ``torch.Generator``s (one per parameter) with shape
+(num_chains, *param_shape) and shared by every checkpoint/group/setting of a call
+(common random numbers): the result for a checkpoint does not depend on what else is
+in the batch, so ``estimate_llc_many`` reproduces ``estimate_llc`` per checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+Progress = Callable[[int, int, str], None]
+ParamMask = dict[str, Tensor | None]
+
+# A chain whose loss ever exceeds BLOWUP_FACTOR * (|init_loss| + 1) counts as diverged.
+BLOWUP_FACTOR = 1e3
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass
+class LLCConfig:
+    """SGLD hyperparameters, in devinterp's vocabulary.
+
+    ``n_beta`` None means n / log n with n = ``num_samples`` (the training-set size).
+    ``batch_size`` is not used by the sampler itself (it consumes whatever ``batches``
+    yields); it is recorded so that callers building the batches and the stored config
+    agree.
+    """
+
+    lr: float = 1e-3  # SGLD step size epsilon
+    n_beta: float | None = None
+    localization: float = 100.0  # gamma
+    num_chains: int = 4
+    num_draws: int = 100
+    num_burnin_steps: int = 0
+    num_steps_bw_draws: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    num_samples: int | None = None  # training-set size n
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with a message naming the offending field."""
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.localization) and self.localization >= 0):
+            raise ValueError(f"localization must be finite and >= 0, got {self.localization!r}")
+        for name in ("num_chains", "num_draws", "num_steps_bw_draws", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.num_burnin_steps, int) or self.num_burnin_steps < 0:
+            raise ValueError(
+                f"num_burnin_steps must be an integer >= 0, got {self.num_burnin_steps!r}"
+            )
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.n_beta is not None and not (math.isfinite(self.n_beta) and self.n_beta > 0):
+            raise ValueError(f"n_beta must be a finite number > 0 or None, got {self.n_beta!r}")
+        if self.num_samples is not None and (
+            not isinstance(self.num_samples, int) or self.num_samples < 2
+        ):
+            raise ValueError(f"num_samples must be an integer >= 2, got {self.num_samples!r}")
+        if self.n_beta is None and self.num_samples is None:
+            raise ValueError(
+                "set n_beta, or num_samples (the training-set size n) so that "
+                "n_beta = n / log n can be derived"
+            )
+        if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be cpu, cuda[:i] or mps, got {self.device!r}")
+
+    @property
+    def effective_n_beta(self) -> float:
+        """n_beta as used: the explicit value or n / log n."""
+        if self.n_beta is not None:
+            return float(self.n_beta)
+        assert self.num_samples is not None
+        return self.num_samples / math.log(self.num_samples)
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_burnin_steps + self.num_draws * self.num_steps_bw_draws
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict with keys in a fixed order (the server hashes it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LLCConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LLCConfig fields: {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+
+# ---------------------------------------------------------------------------- result
+
+
+def _json_float(x: float) -> float | None:
+    """JSON has no NaN/inf (PostgreSQL rejects them): map non-finite to None."""
+    return float(x) if math.isfinite(x) else None
+
+
+@dataclass
+class LLCResult:
+    """One LLC estimate: summary, per-chain values and the traces to judge it by."""
+
+    mean: float  # over non-diverged chains (NaN if all diverged)
+    std: float
+    per_chain: list[float]
+    init_loss: float  # mean of L_m(w*) over the minibatches used at draw steps
+    loss_trace: list[list[float]]  # (num_chains, num_draws)
+    n_beta: float
+    diverged: list[int]  # chain indices excluded from mean/std
+    num_params_free: int
+    config: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; non-finite floats become None."""
+        return {
+            "mean": _json_float(self.mean),
+            "std": _json_float(self.std),
+            "per_chain": [_json_float(x) for x in self.per_chain],
+            "init_loss": _json_float(self.init_loss),
+            "loss_trace": [[_json_float(x) for x in row] for row in self.loss_trace],
+            "n_beta": self.n_beta,
+            "diverged": list(self.diverged),
+            "num_params_free": self.num_params_free,
+            "config": dict(self.config),
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+class _BatchCycler:
+    """Yield batches forever: re-iterate an iterable when exhausted; a one-shot iterator
+    is recorded on the first pass and replayed."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._one_shot = iter(batches) is batches
+        self._source = batches
+        self._seen: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._one_shot:
+            for batch in self._source:  # type: ignore[union-attr]
+                self._seen.append(batch)
+                yield batch
+            if not self._seen:
+                raise ValueError("batches is empty")
+            yield from itertools.cycle(self._seen)
+        else:
+            while True:
+                empty = True
+                for batch in self._source:
+                    empty = False
+                    yield batch
+                if empty:
+                    raise ValueError("batches is empty")
+
+
+def _to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move tensors to device; floating tensors to the sampling dtype."""
+    if isinstance(batch, Tensor):
+        batch = batch.to(device)
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(_to_device(v, device, dtype) for v in batch)
+    return batch
+
+
+# ---------------------------------------------------------------------------- sampler
+
+
+class _LossModule(nn.Module):
+    """Turn ``loss_fn(model, batch)`` into a module so functional_call can swap weights."""
+
+    def __init__(self, inner: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.inner = inner
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.loss_fn(self.inner, batch)
+
+
+@dataclass
+class _SamplerOutput:
+    traces: Tensor  # (K, G, C, D) minibatch losses of the chains at draw steps
+    ref: Tensor  # (K, D) minibatch losses at w* on the same batches
+    diverged: Tensor  # (K, G, C) bool
+    num_free: list[int]  # per group
+    elapsed_s: float
+
+
+def _group_mask_tensor(masks: Sequence[ParamMask | None], name: str, p: Tensor) -> Tensor | None:
+    """(G, *shape) float mask for one parameter across groups, or None if all-free."""
+    if all(m is None or (name in m and m[name] is None) for m in masks):
+        return None
+    rows = []
+    for m in masks:
+        if m is None or (name in m and m[name] is None):
+            rows.append(torch.ones_like(p))
+        elif name in m:
+            mask = torch.as_tensor(m[name], device=p.device)
+            if mask.shape != p.shape or mask.dtype != torch.bool:
+                raise ValueError(
+                    f"mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
+                    f"got {mask.dtype} {tuple(mask.shape)}"
+                )
+            rows.append(mask.to(p.dtype))
+        else:
+            rows.append(torch.zeros_like(p))
+    return torch.stack(rows)
+
+
+def _run_sgld(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    group_masks: Sequence[ParamMask | None],
+    group_lr: Sequence[float],
+    group_gamma: Sequence[float],
+    progress: Progress | None,
+) -> _SamplerOutput:
+    """Run K checkpoints x G groups x C chains (+ K reference rows) in one vmap batch."""
+    t0 = time.perf_counter()
+    device, dtype = torch.device(config.device), config.torch_dtype
+    K, G, C, D = len(state_dicts), len(group_masks), config.num_chains, config.num_draws
+    n_beta = config.effective_n_beta
+
+    template = model.to(device)
+    named = dict(template.named_parameters())
+    named_buffers = dict(template.named_buffers())
+    # A parameter is sampled if some group frees (part of) it; everything else is fixed.
+    free_names = [
+        n for n in named if any(m is None or n in m for m in group_masks)
+    ]  # keeps module order
+    for m in group_masks:
+        for n in m or {}:
+            if n not in named:
+                raise ValueError(f"param_mask names unknown parameter {n!r}")
+    if not free_names:
+        raise ValueError("param_mask leaves no parameter free")
+    fixed_names = [n for n in list(named) + list(named_buffers) if n not in free_names]
+
+    # Row layout: chain rows ordered (k, g, c), then K reference rows (k).
+    R = K * G * C
+    ckpt_of_row = torch.cat([torch.arange(K).repeat_interleave(G * C), torch.arange(K)]).to(
+        device
+    )  # (V,)
+
+    def stacked(name: str) -> Tensor:  # (K, *shape) from every checkpoint
+        return torch.stack([sd[name].detach().to(device, dtype) for sd in state_dicts])
+
+    w_star = {n: stacked(n) for n in free_names}  # (K, *shape)
+    params = {n: w.index_select(0, ckpt_of_row) for n, w in w_star.items()}  # (V, *shape)
+    if K == 1:  # fixed tensors shared by every row: no copies
+        fixed = {n: state_dicts[0][n].detach().to(device) for n in fixed_names}
+        fixed_dims: dict[str, int | None] = {n: None for n in fixed_names}
+    else:
+        fixed = {n: stacked(n).index_select(0, ckpt_of_row) for n in fixed_names}
+        fixed_dims = {n: 0 for n in fixed_names}
+    fixed = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in fixed.items()}
+
+    # Per-group step size, localization and update mask, shaped to broadcast against the
+    # (K, G, C, *shape) view of the chain rows. Reference rows are simply never updated.
+    def per_group(values: Sequence[float], ndim: int) -> Tensor:  # (1, G, 1, 1, ...)
+        return torch.tensor(list(values), device=device, dtype=dtype).view(1, G, 1, *[1] * ndim)
+
+    num_free = [0] * G
+    masks: dict[str, Tensor | None] = {}  # (1, G, 1, *shape) or None (all free)
+    for n in free_names:
+        p = named[n].detach().to(device, dtype)
+        gm = _group_mask_tensor(group_masks, n, p)
+        masks[n] = None if gm is None else gm.view(1, G, 1, *p.shape)
+        for g in range(G):
+            num_free[g] += p.numel() if gm is None else int(gm[g].sum().item())
+    eps = {n: per_group(group_lr, w.dim() - 1) for n, w in params.items()}
+    gamma = {n: per_group(group_gamma, w.dim() - 1) for n, w in params.items()}
+
+    wrapper = _LossModule(template, loss_fn)
+
+    def loss_at(free: dict[str, Tensor], fixed_: dict[str, Tensor], batch: Any) -> Tensor:
+        tensors = {"inner." + n: t for n, t in {**free, **fixed_}.items()}
+        return functional_call(wrapper, tensors, (batch,))
+
+    step_fn = vmap(grad_and_value(loss_at), in_dims=(0, fixed_dims, None))
+
+    # One noise stream per parameter, seeded by (seed, name): a tensor's noise does not
+    # depend on which other tensors are free, so masked runs are reproducible alone.
+    gens = {}
+    for n in params:
+        gens[n] = torch.Generator(device=device)
+        gens[n].manual_seed(config.seed * 1_000_003 + zlib.crc32(n.encode()))
+    traces: list[Tensor] = []  # each (V,)
+    total = config.total_steps
+    report_every = max(1, total // 50)
+    batch_iter = iter(_BatchCycler(batches))
+    with torch.no_grad():
+        for step in range(total):
+            batch = _to_device(next(batch_iter), device, dtype)
+            grads, loss = step_fn(params, fixed, batch)  # loss: (V,)
+            draw_step = step - config.num_burnin_steps
+            if draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0:
+                traces.append(loss.detach())
+            for n, w in params.items():
+                shape = w.shape[1:]
+                w_chain = w[:R].view(K, G, C, *shape)  # a view: updated in place
+                grad = grads[n][:R].view(K, G, C, *shape)
+                # Noise (C, *shape), broadcast over checkpoints/groups (see module doc).
+                noise = torch.randn((C, *shape), generator=gens[n], device=device, dtype=dtype)
+                anchor = w_star[n].view(K, 1, 1, *shape)
+                e = eps[n]
+                step_ = -0.5 * e * (n_beta * grad + gamma[n] * (w_chain - anchor))
+                step_ += e.sqrt() * noise
+                if masks[n] is not None:
+                    step_ *= masks[n]
+                w_chain.add_(step_)
+            if progress is not None and ((step + 1) % report_every == 0 or step + 1 == total):
+                progress(step + 1, total, f"chain draws {len(traces)}/{D}")
+
+    trace = torch.stack(traces, dim=1).float().cpu()  # (V, D)
+    chain_trace, ref = trace[:R].view(K, G, C, D), trace[R:]
+    init = ref.mean(dim=1).view(K, 1, 1, 1)
+    finite = torch.isfinite(chain_trace).all(dim=-1)
+    for w in params.values():
+        finite &= torch.isfinite(w[:R]).flatten(1).all(dim=1).cpu().view(K, G, C)
+    blowup = (chain_trace.abs() > BLOWUP_FACTOR * (init.abs() + 1)).any(dim=-1)
+    diverged = ~finite | blowup
+    return _SamplerOutput(chain_trace, ref, diverged, num_free, time.perf_counter() - t0)
+
+
+def _summarise(
+    out: _SamplerOutput, k: int, g: int, config: LLCConfig, elapsed_s: float
+) -> LLCResult:
+    n_beta = config.effective_n_beta
+    chains = out.traces[k, g].double()  # (C, D)
+    init_loss = float(out.ref[k].double().mean())
+    per_chain = (n_beta * (chains.mean(dim=1) - init_loss)).tolist()
+    diverged = [c for c in range(chains.shape[0]) if bool(out.diverged[k, g, c])]
+    good = np.array([x for c, x in enumerate(per_chain) if c not in diverged])
+    mean = float(good.mean()) if good.size else float("nan")
+    std = float(good.std(ddof=1)) if good.size > 1 else (0.0 if good.size else float("nan"))
+    return LLCResult(
+        mean=mean,
+        std=std,
+        per_chain=[float(x) for x in per_chain],
+        init_loss=init_loss,
+        loss_trace=chains.tolist(),
+        n_beta=n_beta,
+        diverged=diverged,
+        num_params_free=out.num_free[g],
+        config=config.to_dict(),
+        elapsed_s=elapsed_s,
+    )
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    *,
+    param_mask: ParamMask | None = None,
+    progress: Progress | None = None,
+) -> LLCResult:
+    """Estimate the LLC of ``model`` at its current weights, all chains in one vmap.
+
+    ``loss_fn(model, batch)`` must be vmap-friendly (no ``.item()``, no data-dependent
+    Python control flow). ``param_mask``: None frees every parameter; otherwise absent
+    names are frozen, a None value frees the whole tensor and a bool tensor frees only
+    its True entries (gradient, localization and noise are all masked).
+    """
+    sd = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    out = _run_sgld(
+        model, loss_fn, batches, config, [sd], [param_mask],
+        [config.lr], [config.localization], progress,
+    )  # fmt: skip
+    return _summarise(out, 0, 0, config, out.elapsed_s)
+
+
+def _default_max_batch(model: nn.Module, config: LLCConfig) -> int:
+    """Rows per vmap call: everything on CPU; on CUDA about a third of free memory,
+    assuming ~8 parameter-sized tensors per row plus activations (a rough guess)."""
+    if not config.device.startswith("cuda") or not torch.cuda.is_available():
+        return 1 << 30
+    free_bytes, _ = torch.cuda.mem_get_info(torch.device(config.device))
+    n = sum(p.numel() for p in model.parameters())
+    per_row = 8 * n * torch.tensor([], dtype=config.torch_dtype).element_size()
+    return max(config.num_chains + 1, int(free_bytes / 3 / max(per_row, 1)))
+
+
+def estimate_llc_many(
+    models_or_state_dicts: Sequence[nn.Module | Mapping[str, Tensor]],
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    *,
+    model: nn.Module | None = None,
+    param_mask: ParamMask | None = None,
+    progress: Progress | None = None,
+    max_batch: int | None = None,
+) -> list[LLCResult]:
+    """LLC at several checkpoints of one architecture, checkpoints x chains in one vmap.
+
+    Items are modules or state_dicts; with only state_dicts pass ``model`` (a template
+    of the architecture). ``max_batch`` caps the rows (checkpoints x (chains + 1)) per
+    vmap call; checkpoints are chunked to fit (None: all at once on CPU, a guess from
+    free memory on CUDA). Every chunk replays the same seed and batch sequence, so a
+    checkpoint's result is the same as from ``estimate_llc`` on it alone.
+    """
+    if not models_or_state_dicts:
+        return []
+    template = model
+    state_dicts: list[Mapping[str, Tensor]] = []
+    for item in models_or_state_dicts:
+        if isinstance(item, nn.Module):
+            template = template or item
+            state_dicts.append({**dict(item.named_parameters()), **dict(item.named_buffers())})
+        else:
+            state_dicts.append(item)
+    if template is None:
+        raise ValueError("pass model= (a template module) when giving only state_dicts")
+    for name, t in template.state_dict().items():
+        for i, sd in enumerate(state_dicts):
+            if name not in sd or tuple(sd[name].shape) != tuple(t.shape):
+                raise ValueError(f"checkpoint {i}: {name!r} missing or of a different shape")
+    if max_batch is None:
+        max_batch = _default_max_batch(template, config)
+    per_ckpt = max(1, max_batch // (config.num_chains + 1))
+    chunks = [state_dicts[i : i + per_ckpt] for i in range(0, len(state_dicts), per_ckpt)]
+    if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
+        batches = list(itertools.islice(batches, config.total_steps))  # replay per chunk
+    results: list[LLCResult] = []
+    for ci, chunk in enumerate(chunks):
+
+        def chunk_progress(done: int, total: int, msg: str, ci: int = ci) -> None:
+            if progress is not None:
+                progress(
+                    ci * total + done, len(chunks) * total, f"{msg} (chunk {ci + 1}/{len(chunks)})"
+                )
+
+        out = _run_sgld(
+            template, loss_fn, batches, config, chunk, [param_mask] * 1,
+            [config.lr], [config.localization], chunk_progress,
+        )  # fmt: skip
+        results += [
+            _summarise(out, k, 0, config, out.elapsed_s / len(chunk)) for k in range(len(chunk))
+        ]
+    return results
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class CalibrationEntry:
+    lr: float
+    localization: float
+    mean: float
+    std: float
+    diverged: list[int]
+    stable: bool  # no diverged chain and a positive estimate
+    flat: bool  # second half of the mean trace has no trend
+    drift: float  # |slope| * length of the 2nd half of the mean trace
+    spread: float  # std of the chains' losses over the 2nd half
+    mean_trace: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("mean", "std", "drift", "spread"):
+            d[key] = _json_float(d[key])
+        d["mean_trace"] = [_json_float(x) for x in self.mean_trace]
+        return d
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@dataclass
+class CalibrationReport:
+    entries: list[CalibrationEntry]
+    recommended: CalibrationEntry | None
+    reason: str
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entries": [e.to_dict() for e in self.entries],
+            "recommended": None
+            if self.recommended is None
+            else {"lr": self.recommended.lr, "localization": self.recommended.localization},
+            "reason": self.reason,
+            "config": dict(self.config),
+        }
+
+    def summary(self) -> str:
+        """A fixed-width table, one line per setting, the recommended one starred."""
+        lines = [f"{'':2}{'lr':>10} {'gamma':>10} {'llc':>10} {'std':>9} {'div':>4} stable flat"]
+        for e in self.entries:
+            star = "* " if e is self.recommended else "  "
+            lines.append(
+                f"{star}{e.lr:>10.3g} {e.localization:>10.3g} {e.mean:>10.4g} {e.std:>9.3g} "
+                f"{len(e.diverged):>4} {_yes(e.stable):>6} {_yes(e.flat):>4}"
+            )
+        lines.append(self.reason)
+        return "\n".join(lines)
+
+
+def calibrate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    *,
+    lrs: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2),
+    localizations: Sequence[float] = (1.0, 10.0, 100.0),
+    param_mask: ParamMask | None = None,
+    flat_tolerance: float = 1.0,
+    progress: Progress | None = None,
+) -> CalibrationReport:
+    """Run the (lr x localization) grid in one vmap batch and recommend a setting.
+
+    A setting is *stable* if no chain diverged and its estimate is positive (a negative
+    LLC means the chains found lower loss than w*: w* is not a local minimum at this
+    resolution, or the step is too large). It is *flat* if, over the second half of the
+    draws, the drift of the chain-mean loss (|least-squares slope| x length) is at most
+    ``flat_tolerance`` x the spread (std) of the chains' losses there. The recommendation
+    is the stable, flat setting with the largest lr (fastest mixing); among equal lrs
+    the smallest localization (least bias from the pull to w*).
+    """
+    grid = [(float(lr), float(g)) for lr in lrs for g in localizations]
+    sd = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    out = _run_sgld(
+        model, loss_fn, batches, config, [sd], [param_mask] * len(grid),
+        [lr for lr, _ in grid], [g for _, g in grid], progress,
+    )  # fmt: skip
+    entries = []
+    for g, (lr, gamma) in enumerate(grid):
+        cfg = dataclasses.replace(config, lr=lr, localization=gamma)
+        res = _summarise(out, 0, g, cfg, out.elapsed_s / len(grid))
+        good = [c for c in range(config.num_chains) if c not in res.diverged]
+        chains = out.traces[0, g, good].double()  # (C', D)
+        if len(good) and torch.isfinite(chains).all():
+            mean_trace = chains.mean(dim=0)
+            half = mean_trace[mean_trace.shape[0] // 2 :]
+            x = torch.arange(half.shape[0], dtype=torch.float64)
+            slope = float(
+                ((x - x.mean()) * (half - half.mean())).sum()
+                / ((x - x.mean()) ** 2).sum().clamp_min(1e-12)
+            )
+            drift = abs(slope) * half.shape[0]
+            spread = float(chains[:, chains.shape[1] // 2 :].std()) if chains.numel() > 1 else 0.0
+            flat = drift <= flat_tolerance * spread + 1e-12
+            trace_list = mean_trace.tolist()
+        else:
+            drift, spread, flat, trace_list = float("nan"), float("nan"), False, []
+        stable = not res.diverged and math.isfinite(res.mean) and res.mean > 0
+        entries.append(
+            CalibrationEntry(
+                lr, gamma, res.mean, res.std, res.diverged, stable, flat, drift, spread, trace_list
+            )
+        )
+    ok = [e for e in entries if e.stable and e.flat]
+    if ok:
+        best = max(ok, key=lambda e: (e.lr, -e.localization))
+        reason = (
+            f"recommended lr={best.lr:g}, localization={best.localization:g}: "
+            "the largest stable, flat lr"
+        )
+    else:
+        best = None
+        reason = "no setting was both stable and flat: try smaller lrs or more draws"
+    return CalibrationReport(entries, best, reason, config.to_dict())

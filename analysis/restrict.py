@@ -1,0 +1,173 @@
+"""Weight-restricted and data-restricted LLC.
+
+A *weight group* is a ``ParamMask``: parameter name -> None (whole tensor free) or a
+bool tensor (only True entries free); absent names are frozen. Restricted estimates for
+many groups run together: groups x chains are rows of one vmap batch, with the masks
+stacked (see ``analysis.llc``), not a Python loop of full estimates.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from analysis.llc import LLCConfig, LLCResult, LossFn, ParamMask, Progress, _run_sgld, _summarise
+
+__all__ = [
+    "ParamMask",
+    "attention_head_masks",
+    "estimate_llc_data_restricted",
+    "estimate_llc_restricted",
+    "mask_by_pattern",
+]
+
+
+def mask_by_pattern(model: nn.Module, pattern: str, *, regex: bool = False) -> ParamMask:
+    """Free every parameter whose name matches ``pattern`` (a glob like ``"blocks.0.*"``,
+    or a regular expression searched in the name with ``regex=True``)."""
+    names = [n for n, _ in model.named_parameters()]
+    if regex:
+        matched = [n for n in names if re.search(pattern, n)]
+    else:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if not matched:
+        raise ValueError(f"no parameter matches {pattern!r}; parameters: {names}")
+    return {n: None for n in matched}
+
+
+def _block(p: Tensor, dim: int, start: int, stop: int) -> Tensor:
+    """Bool mask of ``p``'s shape, True on [start, stop) along ``dim``."""
+    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+    index = [slice(None)] * p.dim()
+    index[dim] = slice(start, stop)
+    mask[tuple(index)] = True
+    return mask
+
+
+def attention_head_masks(
+    model: nn.Module,
+    *,
+    qkv_param: str | Sequence[str],
+    out_param: str,
+    n_heads: int,
+    d_head: int,
+    heads_first: bool = False,
+    qkv_bias: str | Sequence[str] | None = None,
+    prefix: str | None = None,
+) -> dict[str, ParamMask]:
+    """One ``ParamMask`` per head of one attention layer, keyed ``"{prefix}head{h}"``.
+
+    Supported layouts:
+    - fused ``qkv_param`` (one name), shape (3 * n_heads * d_head, d_model), like
+      ``nn.MultiheadAttention.in_proj_weight``: head h owns rows h*d_head:(h+1)*d_head of
+      each of the Q, K, V thirds;
+    - separate W_Q, W_K, W_V (three names) in ``nn.Linear`` layout (n_heads * d_head,
+      d_model): head h owns rows h*d_head:(h+1)*d_head;
+    - ``heads_first=True``: separate tensors with the head as dim 0, e.g. TransformerLens
+      W_Q (n_heads, d_model, d_head) and W_O (n_heads, d_head, d_model): head h owns [h].
+    The output matrix (``out_param``) is (d_model, n_heads * d_head) as in ``nn.Linear``
+    (head h owns columns h*d_head:(h+1)*d_head) unless ``heads_first``. Biases given in
+    ``qkv_bias`` (same layout as ``qkv_param``, 1-D) are included; the output bias is
+    shared by all heads and never included.
+    """
+    params = dict(model.named_parameters())
+    prefix = (
+        (out_param.rsplit(".", 1)[0] + ".")
+        if prefix is None and "." in out_param
+        else (prefix or "")
+    )
+    qkv = [qkv_param] if isinstance(qkv_param, str) else list(qkv_param)
+    bias = [] if qkv_bias is None else ([qkv_bias] if isinstance(qkv_bias, str) else list(qkv_bias))
+    for name in [*qkv, *bias, out_param]:
+        if name not in params:
+            raise ValueError(f"unknown parameter {name!r}")
+    if len(qkv) not in (1, 3) or (heads_first and len(qkv) != 3):
+        raise ValueError("qkv_param must be one fused name or three names (W_Q, W_K, W_V)")
+    width = n_heads * d_head
+    masks: dict[str, ParamMask] = {}
+    for h in range(n_heads):
+        mask: ParamMask = {}
+        for name in [*qkv, *bias]:
+            p = params[name]
+            if heads_first:
+                mask[name] = _block(p, 0, h, h + 1)
+            elif len(qkv) == 1:
+                if p.shape[0] != 3 * width:
+                    raise ValueError(
+                        f"{name!r}: expected dim 0 of size {3 * width}, got {tuple(p.shape)}"
+                    )
+                m = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+                for j in range(3):
+                    m |= _block(p, 0, j * width + h * d_head, j * width + (h + 1) * d_head)
+                mask[name] = m
+            else:
+                if p.shape[0] != width:
+                    raise ValueError(
+                        f"{name!r}: expected dim 0 of size {width}, got {tuple(p.shape)}"
+                    )
+                mask[name] = _block(p, 0, h * d_head, (h + 1) * d_head)
+        o = params[out_param]
+        if heads_first:
+            mask[out_param] = _block(o, 0, h, h + 1)
+        else:
+            if o.shape[-1] != width:
+                raise ValueError(f"{out_param!r}: expected last dim {width}, got {tuple(o.shape)}")
+            mask[out_param] = _block(o, o.dim() - 1, h * d_head, (h + 1) * d_head)
+        masks[f"{prefix}head{h}"] = mask
+    return masks
+
+
+def estimate_llc_restricted(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    masks: dict[str, ParamMask],
+    *,
+    progress: Progress | None = None,
+) -> dict[str, LLCResult]:
+    """Weight-restricted LLC for every group in ``masks``, all groups in one vmap batch.
+
+    All groups see the same minibatches and (masked) noise, and share one w* reference
+    row, so differences between groups are not blurred by sampling noise.
+    """
+    if not masks:
+        return {}
+    names = list(masks)
+    sd = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    out = _run_sgld(
+        model, loss_fn, batches, config, [sd], [masks[n] for n in names],
+        [config.lr] * len(names), [config.localization] * len(names), progress,
+    )  # fmt: skip
+    return {
+        n: _summarise(out, 0, g, config, out.elapsed_s / len(names)) for g, n in enumerate(names)
+    }
+
+
+def estimate_llc_data_restricted(
+    model: nn.Module,
+    loss_fn: LossFn,
+    subsets: dict[str, Iterable[Any]],
+    config: LLCConfig,
+    *,
+    param_mask: ParamMask | None = None,
+    progress: Progress | None = None,
+) -> dict[str, LLCResult]:
+    """LLC with the loss taken on each data subset (one full estimate per subset).
+
+    ``config.num_samples``/``n_beta`` are used as given: n_beta is a property of the
+    posterior (the training set), not of the subset the loss is evaluated on.
+    """
+    from analysis.llc import estimate_llc
+
+    return {
+        name: estimate_llc(
+            model, loss_fn, batches, config, param_mask=param_mask, progress=progress
+        )
+        for name, batches in subsets.items()
+    }

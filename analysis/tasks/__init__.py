@@ -1,0 +1,92 @@
+"""Task registry: built-in tasks plus entry points in group ``phaseboard.tasks``.
+
+A third-party package registers a task in its ``pyproject.toml``::
+
+    [project.entry-points."phaseboard.tasks"]
+    my_task = "my_pkg.tasks:MyTask"    # a Task subclass, or a factory(config) -> Task
+
+Entry points are discovered lazily (the first time a name is not a built-in, or on
+``list_tasks()``), so importing this package never imports user code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from analysis.tasks.base import (
+    CheckpointMismatch,
+    ParamMask,
+    Task,
+    TensorDataset,
+    TrainPoint,
+    log_spaced_steps,
+    to_device,
+)
+
+ENTRY_POINT_GROUP = "phaseboard.tasks"
+
+# name -> "module:attribute", imported on first use
+_BUILTINS: dict[str, str] = {
+    "dln": "analysis.tasks.dln:DLN",
+    "modular_addition": "analysis.tasks.modular_addition:ModularAddition",
+    "tms": "analysis.tasks.tms:TMS",
+    "attention_lm": "analysis.tasks.attention_lm:AttentionLM",
+}
+
+
+class UnknownTask(KeyError, ValueError):
+    """No built-in task or entry point has this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown task {name!r}; known tasks: {', '.join(known) or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def list_tasks() -> list[str]:
+    """Names of the built-in tasks and of the installed entry-point tasks."""
+    return sorted(set(_BUILTINS) | set(_entry_points()))
+
+
+def _load(name: str) -> Callable[..., Task]:
+    if name in _BUILTINS:
+        module, attr = _BUILTINS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    eps = _entry_points()
+    if name not in eps:
+        raise UnknownTask(name, list_tasks())
+    return eps[name].load()
+
+
+def get_task(name: str, config: Mapping[str, Any] | None = None) -> Task:
+    """Instantiate task ``name`` with ``config`` merged over its defaults."""
+    factory = _load(name)
+    task = factory(dict(config or {}))
+    if not isinstance(task, Task):
+        raise TypeError(f"entry point {name!r} returned {type(task).__name__}, not a Task")
+    return task
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "CheckpointMismatch",
+    "ParamMask",
+    "Task",
+    "TensorDataset",
+    "TrainPoint",
+    "UnknownTask",
+    "get_task",
+    "list_tasks",
+    "log_spaced_steps",
+    "to_device",
+]

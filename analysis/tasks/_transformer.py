@@ -1,0 +1,45 @@
+"""Small transformer pieces with per-head parameters, so head slices are well defined.
+
+Parameter layout (Nanda et al. / TransformerLens style, heads first):
+  ``W_Q, W_K, W_V``: (n_heads, d_model, d_head)   ``W_O``: (n_heads, d_head, d_model)
+Head ``h`` of a layer is exactly ``W_Q[h], W_K[h], W_V[h], W_O[h]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention without biases."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int) -> None:
+        super().__init__()
+        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model))
+        self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model))
+        self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model))
+        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) / math.sqrt(d_head * n_heads))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, d = x.shape
+        H, _, dh = self.W_Q.shape
+        # (H, d, dh) -> (d, H*dh): one matmul per projection instead of a batched einsum
+        w_qkv = torch.cat([w.permute(1, 0, 2).reshape(d, H * dh) for w in self.qkv()], dim=1)
+        q, k, v = (x @ w_qkv).split(H * dh, dim=-1)
+        q, k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
+        att = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~causal, float("-inf")).softmax(-1)
+        z = (att @ v).transpose(1, 2).reshape(B, T, H * dh)
+        return z @ self.W_O.reshape(H * dh, d)
+
+    def qkv(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.W_Q, self.W_K, self.W_V
+
+
+def attention_head_names(n_layers: int, n_heads: int) -> list[tuple[str, int, int]]:
+    """``("l{layer}.h{head}", layer, head)`` for every head."""
+    return [(f"l{i}.h{h}", i, h) for i in range(n_layers) for h in range(n_heads)]

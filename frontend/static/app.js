@@ -1,0 +1,669 @@
+/* Phaseboard front end: plots (plotly.js), view state in the URL, phase edits, share links.
+ *
+ * Pages are rendered on the server; this file only reads JSON rows (/api/runs/{id}/plotdata)
+ * and draws them. Every piece of view state (series, axes, smoothing, x range) lives in the
+ * URL query and is written back with history.replaceState, so the address reproduces a view.
+ */
+(function () {
+  "use strict";
+
+  // ------------------------------------------------------------------ small helpers
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
+
+  function token() {
+    try { return localStorage.getItem("pb-token") || ""; } catch (e) { return ""; }
+  }
+
+  function authHeaders(headers) {
+    headers = headers || {};
+    const t = token();
+    if (t) headers.Authorization = "Bearer " + t;
+    return headers;
+  }
+
+  /** The API's message for a failed response: its JSON `detail`, else the status line. */
+  function errorText(status, statusText, body) {
+    try {
+      const data = JSON.parse(body);
+      if (typeof data.detail === "string") return data.detail;
+      if (Array.isArray(data.detail)) return data.detail.map((d) => d.msg || String(d)).join("; ");
+    } catch (e) { /* not JSON */ }
+    if (status === 0) return "the server did not answer";
+    return status + " " + (statusText || "error");
+  }
+
+  async function api(method, url, body) {
+    const init = { method, headers: authHeaders({ Accept: "application/json" }) };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const resp = await fetch(url, init);
+    const text = await resp.text();
+    if (!resp.ok) throw new Error(errorText(resp.status, resp.statusText, text));
+    return text ? JSON.parse(text) : null;
+  }
+
+  let toastTimer = null;
+  function toast(message) {
+    const el = $("#toast");
+    if (!el) return;
+    el.textContent = message;
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { el.hidden = true; }, 5000);
+  }
+
+  /** TensorBoard's debiased exponential moving average (same definition as
+   *  analysis.phases.ema_smooth): last = last*w + (1-w)*v; out = last / (1 - w^n). */
+  function emaSmooth(values, weight) {
+    if (!(weight > 0)) return values.slice();
+    let last = 0;
+    let n = 0;
+    return values.map((v) => {
+      if (v === null || !Number.isFinite(v)) return v;
+      last = last * weight + (1 - weight) * v;
+      n += 1;
+      const debias = weight === 1 ? 1 : 1 - Math.pow(weight, n);
+      return last / debias;
+    });
+  }
+
+  // ------------------------------------------------------------------ htmx glue
+
+  document.addEventListener("htmx:configRequest", (e) => {
+    const t = token();
+    if (t) e.detail.headers.Authorization = "Bearer " + t;
+  });
+
+  document.addEventListener("htmx:responseError", (e) => {
+    const xhr = e.detail.xhr;
+    const message = errorText(xhr.status, xhr.statusText, xhr.responseText);
+    const form = e.detail.elt && e.detail.elt.closest ? e.detail.elt.closest("form") : null;
+    const slot = form ? $("[data-form-error]", form) : null;
+    if (slot) slot.textContent = message;
+    toast(message);
+  });
+
+  document.addEventListener("htmx:afterSettle", () => {
+    const jobs = $("#jobs");
+    if (!jobs || !Plots.ready) return;
+    const done = jobs.dataset.done;
+    if (Plots.jobsDone !== null && done !== Plots.jobsDone) {
+      Plots.reload();
+      refreshPartial("checkpoints");
+    }
+    Plots.jobsDone = done;
+  });
+
+  function refreshPartial(name) {
+    const plots = $("#plots");
+    const runId = plots ? plots.dataset.runs.split(",")[0] : null;
+    if (!runId || !window.htmx || !$("#" + name)) return Promise.resolve();
+    return window.htmx.ajax("GET", "/runs/" + runId + "/" + name, { target: "#" + name, swap: "outerHTML" });
+  }
+
+  // ------------------------------------------------------------------ view state <-> URL
+
+  const DEFAULTS = { x: "step", ylog: "0", smooth: "0", restricted: "grid" };
+
+  const State = {
+    values: {},
+    load(shareQuery) {
+      const params = new URLSearchParams(shareQuery || "");
+      new URLSearchParams(location.search).forEach((v, k) => params.set(k, v));
+      const s = {};
+      params.forEach((v, k) => { s[k] = v; });
+      this.values = Object.assign({}, DEFAULTS, s);
+    },
+    get(key) { return this.values[key]; },
+    set(changes) {
+      Object.entries(changes).forEach(([k, v]) => {
+        if (v === null || v === undefined || v === "") delete this.values[k];
+        else this.values[k] = String(v);
+      });
+      this.write();
+    },
+    write() {
+      const params = new URLSearchParams();
+      Object.keys(this.values).sort().forEach((k) => {
+        const v = this.values[k];
+        if (k !== "runs" && DEFAULTS[k] === v) return;
+        params.set(k, v);
+      });
+      const qs = params.toString().replace(/%2C/g, ",");
+      history.replaceState(history.state, "", location.pathname + (qs ? "?" + qs : ""));
+    },
+  };
+
+  // ------------------------------------------------------------------ plots
+
+  const Plots = {
+    ready: false,
+    jobsDone: null,
+    data: [], // one plotdata response per run
+    mode: "run",
+    readonly: false,
+    syncing: false,
+
+    init(root) {
+      this.root = root;
+      this.mode = root.dataset.mode;
+      this.readonly = root.dataset.readonly === "true";
+      this.runIds = root.dataset.runs.split(",").filter(Boolean);
+      State.load(root.dataset.shareQuery);
+      if (this.mode === "compare" && !State.get("runs")) State.values.runs = this.runIds.join(",");
+      this.bindControls();
+      // Small multiples change their column count with the width (4 wide, 2 on a phone).
+      let cols = this.gridCols();
+      window.addEventListener("resize", debounce(() => {
+        if (this.gridCols() !== cols) { cols = this.gridCols(); this.renderRestricted(); }
+      }, 200));
+      const jobs = $("#jobs");
+      this.jobsDone = jobs ? jobs.dataset.done : null;
+      this.reload();
+    },
+
+    async reload() {
+      const status = $("#plot-status");
+      const started = performance.now();
+      try {
+        this.data = await Promise.all(this.runIds.map((id) =>
+          api("GET", "/api/runs/" + id + "/plotdata?max_points=2000")));
+      } catch (err) {
+        if (status) status.textContent = "Could not load plot data: " + err.message;
+        return;
+      }
+      this.ready = true;
+      this.renderSeriesPicker();
+      this.renderAll();
+      this.renderPhaseList();
+      if (status) status.textContent = "";
+      this.root.dataset.loadedMs = String(Math.round(performance.now() - started));
+      this.root.dataset.loaded = "true";
+    },
+
+    bindControls() {
+      const x = $("#c-x"), ylog = $("#c-ylog"), smooth = $("#c-smooth"),
+        out = $("#c-smooth-out"), restricted = $("#c-restricted");
+      x.value = State.get("x") === "log" ? "log" : "step";
+      ylog.checked = State.get("ylog") === "1";
+      smooth.value = State.get("smooth");
+      out.textContent = Number(smooth.value).toFixed(2);
+      restricted.value = State.get("restricted") === "overlay" ? "overlay" : "grid";
+      x.addEventListener("change", () => { State.set({ x: x.value }); this.renderAll(); });
+      ylog.addEventListener("change", () => { State.set({ ylog: ylog.checked ? "1" : "0" }); this.renderAll(); });
+      smooth.addEventListener("input", () => { out.textContent = Number(smooth.value).toFixed(2); });
+      smooth.addEventListener("change", () => { State.set({ smooth: smooth.value }); this.renderAll(); });
+      restricted.addEventListener("change", () => { State.set({ restricted: restricted.value }); this.renderAll(); });
+      $("#c-reset").addEventListener("click", () => { State.set({ xmin: null, xmax: null }); this.renderAll(); });
+      const share = $("#c-share");
+      if (share) share.addEventListener("click", () => this.share());
+      const copy = $("#share-copy");
+      if (copy) copy.addEventListener("click", () => {
+        const input = $("#share-url");
+        input.select();
+        if (navigator.clipboard) navigator.clipboard.writeText(input.value).catch(() => {});
+        toast("Link copied");
+      });
+      $$("[data-download]", this.root).forEach((btn) => btn.addEventListener("click", () => {
+        const el = document.getElementById(btn.dataset.target);
+        if (!el || !el.data) return;
+        const name = (this.data.map((d) => d.run.name).join("+") || "plot") + "-" + btn.dataset.target.replace("plot-", "");
+        Plotly.downloadImage(el, { format: btn.dataset.download, filename: name,
+          width: Math.max(el.clientWidth, 800), height: Math.max(el.clientHeight, 400) });
+      }));
+    },
+
+    async share() {
+      try {
+        const out = await api("POST", "/api/shares", { view: location.pathname + location.search });
+        const box = $("#share-result");
+        box.hidden = false;
+        const input = $("#share-url");
+        input.value = out.url;
+        input.focus();
+        input.select();
+      } catch (err) {
+        toast("Share failed: " + err.message);
+      }
+    },
+
+    seriesNames() {
+      const names = new Set();
+      this.data.forEach((d) => Object.keys(d.series).forEach((n) => names.add(n)));
+      return Array.from(names).sort();
+    },
+
+    selectedSeries() {
+      const all = this.seriesNames();
+      if (State.get("series") !== undefined) {
+        const chosen = State.get("series").split(",").filter(Boolean);
+        return all.filter((n) => chosen.includes(n));
+      }
+      const loss = all.filter(isLoss);
+      const other = all.filter((n) => !isLoss(n));
+      return loss.concat(other.slice(0, 1));
+    },
+
+    renderSeriesPicker() {
+      const box = $("#c-series");
+      const all = this.seriesNames();
+      const chosen = new Set(this.selectedSeries());
+      box.textContent = "";
+      if (!all.length) {
+        box.innerHTML = '<span class="muted">no logged series yet</span>';
+        return;
+      }
+      all.forEach((name, i) => {
+        const label = document.createElement("label");
+        label.className = "chip";
+        const input = document.createElement("input");
+        input.type = "checkbox";
+        input.value = name;
+        input.checked = chosen.has(name);
+        input.id = "series-" + i;
+        input.addEventListener("change", () => {
+          const picked = $$("input", box).filter((el) => el.checked).map((el) => el.value);
+          State.set({ series: picked.join(",") || "," });
+          this.renderAll();
+        });
+        label.append(input, " " + name);
+        box.append(label);
+      });
+    },
+
+    gridCols() { return window.innerWidth < 700 ? 2 : 4; },
+
+    xType() { return State.get("x") === "log" ? "log" : "linear"; },
+
+    xRange() {
+      const lo = parseFloat(State.get("xmin")), hi = parseFloat(State.get("xmax"));
+      if (!Number.isFinite(lo) || !Number.isFinite(hi) || hi <= lo) return null;
+      if (this.xType() === "log") {
+        if (hi <= 0) return null;
+        return [Math.log10(Math.max(lo, 1e-9)), Math.log10(hi)];
+      }
+      return [lo, hi];
+    },
+
+    baseLayout(yTitle, ylog) {
+      const range = this.xRange();
+      // No x title ("step" is in the controls and the hover); the legend sits under the axis.
+      const xaxis = { type: this.xType(), zeroline: false, automargin: true };
+      if (range) { xaxis.range = range; xaxis.autorange = false; }
+      return {
+        margin: { l: 56, r: 16, t: 16, b: 30 },
+        hovermode: "x unified",
+        legend: { orientation: "h", x: 0, y: -0.12, yanchor: "top", font: { size: 11 } },
+        xaxis,
+        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false },
+        yaxis9: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
+        paper_bgcolor: "rgba(0,0,0,0)",
+        plot_bgcolor: "#fff",
+        font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12 },
+      };
+    },
+
+    traceStyle(runIndex, seriesIndex) {
+      if (this.mode === "compare") {
+        return { color: COLORS[runIndex % COLORS.length], dash: ["solid", "dash", "dot", "dashdot"][seriesIndex % 4] };
+      }
+      return { color: COLORS[seriesIndex % COLORS.length], dash: "solid" };
+    },
+
+    traceName(run, name) {
+      return this.mode === "compare" ? run.name + " · " + name : name;
+    },
+
+    lineTraces(filter) {
+      const chosen = this.selectedSeries().filter(filter);
+      const w = Math.min(Math.max(parseFloat(State.get("smooth")) || 0, 0), 0.99);
+      const traces = [];
+      this.data.forEach((d, r) => {
+        chosen.forEach((name, i) => {
+          const s = d.series[name];
+          if (!s) return;
+          const style = this.traceStyle(r, i);
+          const label = this.traceName(d.run, name);
+          if (w > 0) {
+            traces.push({ x: s.step, y: s.value, type: "scatter", mode: "lines", name: label + " (raw)",
+              line: { color: style.color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
+          }
+          traces.push({ x: s.step, y: emaSmooth(s.value, w), type: "scatter", mode: s.step.length < 60 ? "lines+markers" : "lines",
+            name: label, line: { color: style.color, dash: style.dash, width: 2 }, marker: { size: 5 } });
+        });
+      });
+      return traces;
+    },
+
+    /** Vertical lines + shaded stages for each run's boundaries, and a hover trace. */
+    phaseDecor(xref, yref, withHover) {
+      const shapes = [];
+      const traces = [];
+      this.data.forEach((d, r) => {
+        const bs = d.boundaries || [];
+        const color = this.mode === "compare" ? COLORS[r % COLORS.length] : "#6b7280";
+        bs.forEach((b, i) => {
+          shapes.push({ type: "line", xref, yref, x0: b.step, x1: b.step, y0: 0, y1: 1,
+            line: { color: b.manual ? "#7c3aed" : color, width: 1.5, dash: b.manual ? "dot" : "dash" },
+            name: "phase-" + b.id });
+          if (i % 2 === 0 && this.mode !== "compare") {
+            const next = bs[i + 1];
+            shapes.push({ type: "rect", xref, yref, layer: "below", line: { width: 0 },
+              x0: b.step, x1: next ? next.step : null, y0: 0, y1: 1, fillcolor: "rgba(99,102,241,0.06)" });
+          }
+        });
+        if (withHover && bs.length) {
+          traces.push({
+            x: bs.map((b) => b.step), y: bs.map(() => 0.97), yaxis: "y9", type: "scatter", mode: "markers",
+            name: this.mode === "compare" ? d.run.name + " · phases" : "phase boundaries",
+            marker: { symbol: "triangle-down", size: 10, color: bs.map((b) => (b.manual ? "#7c3aed" : color)) },
+            hovertemplate: bs.map((b) => "<b>" + escapeHtml(b.label || b.kind) + "</b><br>step " + fmt(b.step) +
+              "<br>source " + escapeHtml(b.source) + "<br>score " + fmt(b.score) + "<extra></extra>"),
+            showlegend: true,
+          });
+        }
+      });
+      // An open-ended last stage (x1 null) is closed at the largest step seen.
+      const maxStep = this.maxStep();
+      shapes.forEach((s) => { if (s.x1 === null) s.x1 = maxStep; });
+      return { shapes: shapes.filter((s) => s.type !== "rect" || s.x1 > s.x0), traces };
+    },
+
+    maxStep() {
+      let m = 1;
+      this.data.forEach((d) => {
+        Object.values(d.series).forEach((s) => { if (s.step.length) m = Math.max(m, s.step[s.step.length - 1]); });
+        if (d.llc.step.length) m = Math.max(m, d.llc.step[d.llc.step.length - 1]);
+      });
+      return m;
+    },
+
+    draw(id, traces, layout, emptyText) {
+      const el = document.getElementById("plot-" + id);
+      const card = document.getElementById("card-" + id);
+      if (!el) return;
+      const hasData = traces.some((t) => t.yaxis !== "y9" && t.x && t.x.length);
+      card.classList.toggle("empty-plot", !hasData);
+      if (!hasData) {
+        if (el.data) Plotly.purge(el);
+        el.innerHTML = '<p class="muted plot-empty">' + emptyText + "</p>";
+        return;
+      }
+      if (!el.data) el.innerHTML = "";
+      const config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"],
+        toImageButtonOptions: { filename: "phaseboard-" + id } };
+      Plotly.react(el, traces, layout, config);
+      if (!el.dataset.bound) {
+        el.dataset.bound = "1";
+        el.on("plotly_relayout", (ev) => this.onRelayout(ev));
+      }
+    },
+
+    onRelayout(ev) {
+      if (this.syncing) return;
+      let lo, hi;
+      if (ev["xaxis.autorange"] || ev.autosize && !("xaxis.range[0]" in ev)) {
+        if (!ev["xaxis.autorange"]) return;
+        State.set({ xmin: null, xmax: null });
+      } else if ("xaxis.range[0]" in ev || Array.isArray(ev["xaxis.range"])) {
+        const r = ev["xaxis.range"] || [ev["xaxis.range[0]"], ev["xaxis.range[1]"]];
+        lo = Number(r[0]); hi = Number(r[1]);
+        if (this.xType() === "log") { lo = Math.pow(10, lo); hi = Math.pow(10, hi); }
+        State.set({ xmin: round(lo), xmax: round(hi) });
+      } else {
+        return;
+      }
+      this.syncX();
+    },
+
+    /** Give every plot the x range in the URL (zoom one, all follow). */
+    syncX() {
+      const range = this.xRange();
+      this.syncing = true;
+      const jobs = $$(".plot", this.root).filter((el) => el.data).map((el) => {
+        const update = {};
+        Object.keys(el.layout).filter((k) => /^xaxis\d*$/.test(k)).forEach((k) => {
+          if (range) { update[k + ".range"] = range; update[k + ".autorange"] = false; }
+          else update[k + ".autorange"] = true;
+        });
+        return Plotly.relayout(el, update);
+      });
+      Promise.all(jobs).finally(() => { this.syncing = false; });
+    },
+
+    renderAll() {
+      if (!this.ready) return;
+      const ylog = State.get("ylog") === "1";
+      // Loss
+      let decor = this.phaseDecor("x", "paper", true);
+      let layout = Object.assign(this.baseLayout("loss", ylog), { shapes: decor.shapes });
+      this.draw("loss", this.lineTraces(isLoss).concat(decor.traces), layout, "No loss series selected or logged yet.");
+      // Metrics
+      decor = this.phaseDecor("x", "paper", true);
+      layout = Object.assign(this.baseLayout("value", ylog), { shapes: decor.shapes });
+      this.draw("metrics", this.lineTraces((n) => !isLoss(n)).concat(decor.traces), layout, "Pick a metric in Series to plot it here.");
+      // LLC with a ± std band
+      decor = this.phaseDecor("x", "paper", true);
+      layout = Object.assign(this.baseLayout("LLC", false), { shapes: decor.shapes });
+      this.draw("llc", this.llcTraces().concat(decor.traces), layout, "No LLC results yet.");
+      this.renderRestricted();
+    },
+
+    llcTraces() {
+      const traces = [];
+      this.data.forEach((d, r) => {
+        const l = d.llc;
+        if (!l.step.length) return;
+        const color = COLORS[r % COLORS.length];
+        traces.push(bandTrace(l, color, this.mode === "compare" ? d.run.name + " ± std" : "± std"));
+        traces.push({ x: l.step, y: l.mean, type: "scatter", mode: "lines+markers",
+          name: this.mode === "compare" ? d.run.name + " · LLC" : "LLC",
+          line: { color, width: 2 }, marker: { size: 4 },
+          customdata: l.std, hovertemplate: "%{y:.4g} ± %{customdata:.3g}" });
+      });
+      return traces;
+    },
+
+    renderRestricted() {
+      const names = new Set();
+      this.data.forEach((d) => Object.keys(d.restricted).forEach((n) => names.add(n)));
+      const restrictions = Array.from(names).sort();
+      const overlay = State.get("restricted") === "overlay";
+      const el = document.getElementById("plot-restricted");
+      if (!restrictions.length) {
+        this.draw("restricted", [], {}, "No restricted LLC results yet.");
+        return;
+      }
+      if (overlay || restrictions.length === 1) {
+        const decor = this.phaseDecor("x", "paper", false);
+        const traces = [];
+        this.data.forEach((d, r) => restrictions.forEach((name, i) => {
+          const s = d.restricted[name];
+          if (!s) return;
+          const color = COLORS[(this.mode === "compare" ? r : i) % COLORS.length];
+          traces.push({ x: s.step, y: s.mean, type: "scatter", mode: "lines+markers",
+            name: this.traceName(d.run, name), line: { color, width: 2, dash: this.mode === "compare" ? ["solid", "dash", "dot"][i % 3] : "solid" },
+            marker: { size: 4 }, error_y: { type: "data", array: s.std, visible: true, thickness: 1, width: 0, color } });
+        }));
+        const layout = Object.assign(this.baseLayout("restricted LLC", false), { shapes: decor.shapes });
+        el.style.height = "";
+        this.draw("restricted", traces, layout, "No restricted LLC results yet.");
+        return;
+      }
+      // Small multiples: one subplot per restriction, all axes matched to the first.
+      const n = restrictions.length;
+      const cols = Math.min(n, this.gridCols());
+      const rows = Math.ceil(n / cols);
+      const base = this.baseLayout("", false);
+      const layout = {
+        margin: { l: 48, r: 12, t: 28, b: 40 }, hovermode: "closest", showlegend: this.mode === "compare",
+        legend: base.legend, font: base.font, paper_bgcolor: base.paper_bgcolor, plot_bgcolor: base.plot_bgcolor,
+        grid: { rows, columns: cols, pattern: "independent", xgap: 0.08, ygap: 0.28 },
+        annotations: [], shapes: [],
+      };
+      const traces = [];
+      restrictions.forEach((name, k) => {
+        const ax = k === 0 ? "" : String(k + 1);
+        layout["xaxis" + ax] = { type: this.xType(), matches: k ? "x" : undefined, zeroline: false, tickfont: { size: 10 } };
+        if (k === 0 && base.xaxis.range) { layout.xaxis.range = base.xaxis.range; layout.xaxis.autorange = false; }
+        layout["yaxis" + ax] = { matches: k ? "y" : undefined, zeroline: false, tickfont: { size: 10 } };
+        layout.annotations.push({ text: "<b>" + escapeHtml(name) + "</b>", showarrow: false, xref: "x" + ax + " domain",
+          yref: "y" + ax + " domain", x: 0.5, y: 1.0, yanchor: "bottom", font: { size: 11 } });
+        this.phaseDecor("x" + ax, "y" + ax + " domain", false).shapes.forEach((s) => layout.shapes.push(s));
+        this.data.forEach((d, r) => {
+          const s = d.restricted[name];
+          if (!s) return;
+          const color = COLORS[(this.mode === "compare" ? r : 0) % COLORS.length];
+          traces.push(Object.assign(bandTrace(s, color, "± std"), { xaxis: "x" + ax, yaxis: "y" + ax, showlegend: false }));
+          traces.push({ x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
+            name: this.traceName(d.run, name), legendgroup: d.run.name, showlegend: false,
+            line: { color, width: 1.5 } });
+        });
+      });
+      el.style.height = rows * 170 + 70 + "px";
+      this.draw("restricted", traces, layout, "No restricted LLC results yet.");
+    },
+
+    // -------------------------------------------------------------- manual phase boundaries
+
+    renderPhaseList() {
+      const list = $("#phase-list");
+      if (!list || this.mode !== "run") return;
+      const bs = this.data[0].boundaries;
+      list.textContent = "";
+      if (!bs.length) {
+        list.innerHTML = '<li class="muted">None yet.</li>';
+        return;
+      }
+      bs.forEach((b) => {
+        const li = document.createElement("li");
+        li.dataset.id = b.id;
+        const info = document.createElement("span");
+        info.className = "phase-info";
+        info.innerHTML = "<strong>step " + fmt(b.step) + "</strong> <small>" + escapeHtml(b.manual ? "manual" : b.source + " · " + b.kind + " · score " + fmt(b.score)) + "</small>";
+        li.append(info);
+        if (this.readonly) {
+          const label = document.createElement("span");
+          label.textContent = b.label || "";
+          li.append(label);
+        } else {
+          const input = document.createElement("input");
+          input.value = b.label || "";
+          input.placeholder = b.kind;
+          input.maxLength = 200;
+          input.setAttribute("aria-label", "label of boundary at step " + fmt(b.step));
+          const save = button("Rename", async () => {
+            await this.phaseCall("PATCH", "/api/phases/" + b.id, { label: input.value });
+          });
+          input.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); save.click(); } });
+          const del = button("Delete", async () => {
+            await this.phaseCall("DELETE", "/api/phases/" + b.id);
+          });
+          del.classList.add("danger");
+          del.setAttribute("aria-label", "delete boundary at step " + fmt(b.step));
+          li.append(input, save, del);
+        }
+        list.append(li);
+      });
+    },
+
+    async phaseCall(method, url, body) {
+      const err = $("#phase-error");
+      try {
+        await api(method, url, body);
+        if (err) err.textContent = "";
+        await this.reload();
+        return true;
+      } catch (e) {
+        if (err) err.textContent = e.message;
+        toast(e.message);
+        return false;
+      }
+    },
+
+    bindPhaseForm() {
+      const form = $("#phase-add");
+      if (!form) return;
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const step = parseFloat($("#p-step").value);
+        const ok = await this.phaseCall("POST", "/api/runs/" + this.runIds[0] + "/phases", { step, label: $("#p-label").value });
+        if (ok) form.reset();
+      });
+    },
+  };
+
+  function debounce(fn, ms) {
+    let t = null;
+    return () => { clearTimeout(t); t = setTimeout(fn, ms); };
+  }
+  function isLoss(name) { return /loss/i.test(name); }
+  function round(v) { return Math.abs(v) >= 100 ? Math.round(v) : Number(v.toPrecision(6)); }
+  function fmt(v) { return v === null || v === undefined ? "–" : String(Number(Number(v).toPrecision(5))); }
+  function escapeHtml(s) {
+    return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+  function hexToRgba(hex, a) {
+    const n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + a + ")";
+  }
+  function bandTrace(s, color, name) {
+    const up = s.mean.map((m, i) => m + (s.std[i] || 0));
+    const lo = s.mean.map((m, i) => m - (s.std[i] || 0));
+    return { x: s.step.concat(s.step.slice().reverse()), y: up.concat(lo.reverse()), type: "scatter",
+      mode: "lines", fill: "toself", fillcolor: hexToRgba(color, 0.18), line: { width: 0, color },
+      name, hoverinfo: "skip", showlegend: true };
+  }
+  function button(text, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "btn small";
+    b.textContent = text;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  // ------------------------------------------------------------------ page wiring
+
+  function initTokenForm() {
+    const form = $("#token-form");
+    if (!form) return;
+    const input = $("#token-input");
+    input.value = token();
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      try { localStorage.setItem("pb-token", input.value.trim()); } catch (err) { /* private mode */ }
+      toast(input.value.trim() ? "Token saved in this browser" : "Token cleared");
+    });
+  }
+
+  /** "Compare selected" on the runs list and the compare picker: send ?runs=1,2,3. */
+  function initCompareForms() {
+    document.addEventListener("submit", (e) => {
+      const form = e.target;
+      if (!form.matches("[data-compare-form], #compare-pick")) return;
+      e.preventDefault();
+      const ids = $$("input[type=checkbox]:checked", form).map((el) => el.value);
+      if (!ids.length) { toast("Pick at least one run"); return; }
+      location.href = "/compare?runs=" + ids.join(",");
+    });
+  }
+
+  window.Phaseboard = { emaSmooth, Plots, State, api, toast, refreshPartial, errorText, authHeaders };
+
+  document.addEventListener("DOMContentLoaded", () => {
+    initTokenForm();
+    initCompareForms();
+    const root = $("#plots");
+    if (root && window.Plotly) {
+      Plots.init(root);
+      Plots.bindPhaseForm();
+    }
+  });
+})();

@@ -1,0 +1,231 @@
+"""Checkpoints: streaming upload, listing, download.
+
+An upload is staged (streamed to a temp file while hashed), validated from that file in a
+worker thread, and only then committed: blob renamed into place, then the row inserted. A
+crash at any point therefore leaves either no row, or a row whose blob is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from analysis.checkpoints import CheckpointError, CheckpointInfo, scan_checkpoint_file
+from server.api.deps import SessionDep, WriteAuth
+from server.api.runs import get_run_or_404
+from server.db import Database
+from server.errors import BadCheckpoint, BadInput, Conflict, NotFound
+from server.models import Checkpoint, Run
+from server.schemas import CheckpointOut
+from server.storage import BlobStore, StagedBlob
+from server.uploads import check_content_length, receive_upload
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["checkpoints"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "step"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "safetensors or torch.save state_dict file",
+                        },
+                        "step": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def checkpoint_out(ckpt: Checkpoint, job_ids: list[int] | None = None) -> CheckpointOut:
+    out = CheckpointOut.model_validate(ckpt)
+    out.download_url = f"/api/checkpoints/{ckpt.id}/download"
+    out.job_ids = job_ids or []
+    return out
+
+
+def _parse_step(raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        raise BadInput("form field 'step' (the training step of this checkpoint) is missing")
+    try:
+        step = int(raw.strip())
+    except ValueError:
+        raise BadInput(f"step: {raw[:40]!r} is not an integer") from None
+    if step < 0:
+        raise BadInput(f"step: must be >= 0, got {step}")
+    return step
+
+
+def _run_for_upload(db: Database, run_id: int) -> Run:
+    with db.session() as session:
+        return get_run_or_404(session, run_id)
+
+
+def _step_taken(db: Database, run_id: int, step: int) -> bool:
+    with db.session() as session:
+        q = select(Checkpoint.id).where(Checkpoint.run_id == run_id, Checkpoint.step == step)
+        return session.scalar(q) is not None
+
+
+def _duplicate_step(run_id: int, step: int) -> Conflict:
+    return Conflict(f"run {run_id} already has a checkpoint at step {step}; nothing was stored")
+
+
+def _validate(path: Path) -> CheckpointInfo:
+    try:
+        return scan_checkpoint_file(path)
+    except CheckpointError as exc:
+        raise BadCheckpoint(f"{exc}; nothing was stored") from exc
+
+
+def _store(
+    db: Database, store: BlobStore, staged: StagedBlob, run_id: int, step: int, info: CheckpointInfo
+) -> Checkpoint:
+    """Commit the blob, then insert the row; undo a blob this call added if the insert fails."""
+    existed = store.exists(staged.sha256)
+    store.commit(staged)
+    ckpt = Checkpoint(
+        run_id=run_id,
+        step=step,
+        sha256=staged.sha256,
+        size=staged.size,
+        format=info.format or "unknown",
+        n_params=info.n_params,
+        n_tensors=info.n_tensors,
+        status="flagged" if info.non_finite else "ok",
+        error=_non_finite_message(info.non_finite),
+    )
+    try:
+        with db.session() as session:
+            session.add(ckpt)
+            session.flush()
+            session.refresh(ckpt)
+        return ckpt
+    except BaseException as exc:
+        if not existed:
+            _drop_unreferenced(db, store, staged.sha256)
+        if isinstance(exc, IntegrityError):
+            raise _duplicate_step(run_id, step) from exc
+        raise
+
+
+def _drop_unreferenced(db: Database, store: BlobStore, sha256: str) -> None:
+    try:
+        with db.session() as session:
+            used = session.scalar(select(Checkpoint.id).where(Checkpoint.sha256 == sha256))
+        if used is None:
+            store.delete(sha256)
+    except Exception:  # noqa: BLE001 - best effort; a complete orphan blob is harmless
+        log.exception("could not remove orphan blob %s", sha256)
+
+
+def _non_finite_message(names: list[str]) -> str | None:
+    if not names:
+        return None
+    shown = ", ".join(names[:20]) + (f" (+{len(names) - 20} more)" if len(names) > 20 else "")
+    return f"non-finite values (NaN or inf) in {len(names)} tensor(s): {shown}"
+
+
+def _queue_analyses(request: Request, run: Run, ckpt: Checkpoint) -> list[int]:
+    queue = getattr(request.app.state, "queue", None)
+    if queue is None or not run.task:
+        return []
+    try:
+        return list(queue.checkpoints_added(run.id, [ckpt.id]) or [])
+    except Exception:  # noqa: BLE001 - the checkpoint is stored; jobs can be planned later
+        log.exception("planning analyses for checkpoint %s failed", ckpt.id)
+        return []
+
+
+@router.post(
+    "/runs/{run_id}/checkpoints",
+    status_code=201,
+    dependencies=[WriteAuth],
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload_checkpoint(run_id: int, request: Request) -> CheckpointOut:
+    """Upload one checkpoint: multipart field ``file`` and form field ``step``.
+
+    The body is streamed to disk (memory does not grow with file size). Refused with a 4xx
+    naming the problem, and nothing stored: unknown run (404), body over the limit (413),
+    not multipart (415), missing/bad step or file (422), unsafe pickle, corrupt file or
+    non-tensor content (422), duplicate step (409). NaN/inf weights are stored, flagged.
+    """
+    settings, db, store = request.app.state.settings, request.app.state.db, request.app.state.store
+    check_content_length(request, settings.max_upload_bytes)
+    run = await run_in_threadpool(_run_for_upload, db, run_id)
+    upload = await receive_upload(request, store, max_bytes=settings.max_upload_bytes)
+    staged = upload.staged
+    assert staged is not None
+    try:
+        raw_step = upload.fields.get("step", request.query_params.get("step"))
+        step = _parse_step(raw_step)
+        if await run_in_threadpool(_step_taken, db, run_id, step):
+            raise _duplicate_step(run_id, step)
+        info = await run_in_threadpool(_validate, staged.path)
+        ckpt = await run_in_threadpool(_store, db, store, staged, run_id, step, info)
+    finally:
+        store.discard(staged)  # no-op once committed (the temp file was renamed)
+    job_ids = await run_in_threadpool(_queue_analyses, request, run, ckpt)
+    return checkpoint_out(ckpt, job_ids)
+
+
+@router.get("/runs/{run_id}/checkpoints")
+def list_checkpoints(run_id: int, session: SessionDep) -> list[CheckpointOut]:
+    get_run_or_404(session, run_id)
+    rows = session.scalars(
+        select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)
+    )
+    return [checkpoint_out(c) for c in rows]
+
+
+def _get_checkpoint(session: SessionDep, checkpoint_id: int) -> Checkpoint:
+    ckpt = session.get(Checkpoint, checkpoint_id)
+    if ckpt is None:
+        raise NotFound(f"checkpoint {checkpoint_id} does not exist")
+    return ckpt
+
+
+@router.get("/checkpoints/{checkpoint_id}")
+def get_checkpoint(checkpoint_id: int, session: SessionDep) -> CheckpointOut:
+    return checkpoint_out(_get_checkpoint(session, checkpoint_id))
+
+
+@router.get(
+    "/checkpoints/{checkpoint_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_checkpoint(checkpoint_id: int, request: Request, session: SessionDep) -> Response:
+    """Stream the checkpoint's bytes as uploaded."""
+    ckpt = _get_checkpoint(session, checkpoint_id)
+    path = request.app.state.store.open_path(ckpt.sha256)
+    ext = "safetensors" if ckpt.format == "safetensors" else "pt"
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"run{ckpt.run_id}-step{ckpt.step}.{ext}",
+    )
+
+
+@router.delete("/checkpoints/{checkpoint_id}", status_code=204, dependencies=[WriteAuth])
+def delete_checkpoint(checkpoint_id: int, session: SessionDep) -> Response:
+    """Delete the row (and its jobs/results); the blob stays for GC (it may be shared)."""
+    session.delete(_get_checkpoint(session, checkpoint_id))
+    session.commit()
+    return Response(status_code=204)

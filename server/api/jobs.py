@@ -1,0 +1,216 @@
+"""Jobs and analysis results: list/inspect/cancel/retry jobs, queue analyses, read LLCs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Query, Request
+
+from server.api.deps import DatabaseDep, SessionDep, WriteAuth
+from server.errors import BadInput, NotFound
+from server.jobs import lifecycle
+from server.jobs.base import JobQueue
+from server.jobs.planning import ALL_KINDS
+from server.jobs.schemas import (
+    AnalysesRequest,
+    AnalysesResponse,
+    JobList,
+    JobOut,
+    LLCPoint,
+    LLCSeries,
+    LLCValue,
+    ResultList,
+    ResultOut,
+)
+from server.models import Job, Result, Run
+
+router = APIRouter(tags=["jobs"])
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+def _queue(request: Request) -> JobQueue | None:
+    return request.app.state.queue
+
+
+def _job(session: Any, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def _run(session: Any, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+@router.get("/jobs", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    run_id: int | None = None,
+    state: str | None = Query(None, description="queued|running|done|failed|cancelled"),
+    kind: str | None = None,
+    limit: int = Query(200, ge=1, le=5000),
+    offset: int = Query(0, ge=0),
+) -> JobList:
+    """Jobs, newest first, with per-state counts under the same run/kind filters."""
+    if state is not None and state not in STATES:
+        raise BadInput(f"state must be one of {', '.join(STATES)}")
+    where = []
+    if run_id is not None:
+        where.append(Job.run_id == run_id)
+    if kind is not None:
+        where.append(Job.kind == kind)
+    by_state = sa.select(Job.state, sa.func.count()).where(*where).group_by(Job.state)
+    counts = {st: int(n) for st, n in session.execute(by_state)}
+    if state is not None:
+        where.append(Job.state == state)
+    jobs = session.scalars(
+        sa.select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset)
+    ).all()
+    total = sum(counts.values()) if state is None else counts.get(state, 0)
+    return JobList(
+        jobs=[JobOut.model_validate(j) for j in jobs],
+        total=total,
+        counts={s: counts.get(s, 0) for s in STATES},
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: int, session: SessionDep) -> JobOut:
+    return JobOut.model_validate(_job(session, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, dependencies=[WriteAuth])
+def cancel_job(job_id: int, db: DatabaseDep) -> JobOut:
+    """Cancel a queued job, or stop a running one at its next progress report."""
+    with db.session() as s:
+        job = lifecycle.cancel(s, job_id)
+        out = JobOut.model_validate(job)
+    return out
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[WriteAuth])
+def retry_job(job_id: int, db: DatabaseDep, request: Request) -> JobOut:
+    """Queue a failed or cancelled job again."""
+    with db.session() as s:
+        job = lifecycle.retry(s, job_id)
+        out = JobOut.model_validate(job)
+    queue = _queue(request)
+    if queue is not None:
+        queue.enqueue([job_id])
+    return out
+
+
+@router.post(
+    "/runs/{run_id}/analyses",
+    response_model=AnalysesResponse,
+    status_code=202,
+    dependencies=[WriteAuth],
+)
+def queue_analyses(
+    run_id: int, body: AnalysesRequest, db: DatabaseDep, request: Request
+) -> AnalysesResponse:
+    """Queue analyses for a run's existing checkpoints; identical work is not repeated."""
+    queue = _queue(request)
+    if queue is None:
+        raise BadInput("this server has no job queue")
+    kinds = body.kinds
+    if kinds is None:
+        from server.jobs.planning import analyses_for_run
+
+        with db.session() as s:
+            kinds = analyses_for_run(_run(s, run_id), request.app.state.settings.auto_analyses)
+    bad = [k for k in kinds if k not in ALL_KINDS]
+    if bad:
+        raise BadInput(f"unknown analysis kind(s) {bad}; known: {', '.join(ALL_KINDS)}")
+    config: dict[str, Any] = {}
+    if body.llc is not None:
+        config["llc"] = body.llc
+    if body.restrictions is not None:
+        config["restrictions"] = body.restrictions
+    if body.device is not None:
+        if body.device not in ("any", "cpu", "cuda"):
+            raise BadInput("device must be any, cpu or cuda")
+        config["device"] = body.device
+    ids = queue.plan_and_enqueue(run_id, kinds, body.checkpoint_ids, config)
+    with db.session() as s:
+        waiting = s.scalar(
+            sa.select(sa.func.count()).where(
+                Job.id.in_(ids or [-1]), Job.state.in_(lifecycle.ACTIVE)
+            )
+        )
+    return AnalysesResponse(run_id=run_id, job_ids=ids, queued=int(waiting or 0))
+
+
+def _llc_value(values: dict[str, Any], job_id: int | None = None) -> LLCValue:
+    return LLCValue(
+        mean=values.get("mean"),
+        std=values.get("std"),
+        per_chain=list(values.get("per_chain") or []),
+        diverged=_diverged(values),
+        job_id=job_id,
+    )
+
+
+def _diverged(values: dict[str, Any]) -> bool | None:
+    d = values.get("diverged")
+    if isinstance(d, list):
+        return any(bool(x) for x in d)
+    return None if d is None else bool(d)
+
+
+@router.get("/runs/{run_id}/llc", response_model=LLCSeries)
+def run_llc(
+    run_id: int,
+    session: SessionDep,
+    config_hash: str | None = Query(None, description="Only results of this LLC config."),
+) -> LLCSeries:
+    """Per checkpoint: step, LLC mean and std, and each restriction's estimate (newest)."""
+    _run(session, run_id)
+    query = (
+        sa.select(Result)
+        .where(Result.run_id == run_id, Result.kind.in_(("llc", "llc_restricted")))
+        .order_by(Result.step, Result.id)
+    )
+    if config_hash is not None:
+        query = query.join(Job, Job.id == Result.job_id).where(Job.config_hash == config_hash)
+    points: dict[int | None, LLCPoint] = {}
+    for r in session.scalars(query):
+        point = points.setdefault(
+            r.checkpoint_id,
+            LLCPoint(checkpoint_id=r.checkpoint_id, step=r.step, mean=None, std=None),
+        )
+        if r.kind == "llc" and r.restriction == "":
+            v = _llc_value(r.values)
+            point.mean, point.std, point.per_chain, point.diverged = (
+                v.mean,
+                v.std,
+                v.per_chain,
+                v.diverged,
+            )
+        else:
+            point.restrictions[r.restriction or r.kind] = _llc_value(r.values, r.job_id)
+    ordered = sorted(points.values(), key=lambda p: (p.step is None, p.step or 0))
+    return LLCSeries(run_id=run_id, points=ordered)
+
+
+@router.get("/runs/{run_id}/results", response_model=ResultList)
+def run_results(
+    run_id: int,
+    session: SessionDep,
+    kind: str | None = Query(None, description="metrics | llc | llc_restricted | phases"),
+    restriction: str | None = None,
+) -> ResultList:
+    """Raw result rows of a run, ordered by step."""
+    _run(session, run_id)
+    query = sa.select(Result).where(Result.run_id == run_id)
+    if kind is not None:
+        query = query.where(Result.kind == kind)
+    if restriction is not None:
+        query = query.where(Result.restriction == restriction)
+    rows = session.scalars(query.order_by(Result.step, Result.id)).all()
+    return ResultList(run_id=run_id, results=[ResultOut.model_validate(r) for r in rows])

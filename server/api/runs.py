@@ -1,0 +1,160 @@
+"""Runs: create, list (search, filter, sort), read, update, delete."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.api.deps import SessionDep, WriteAuth
+from server.errors import BadInput, Conflict, NotFound
+from server.models import Checkpoint, Job, Run
+from server.schemas import RunCreate, RunOut, RunUpdate
+
+router = APIRouter(tags=["runs"])
+
+SORTS = {
+    "created": Run.created_at.asc(),
+    "-created": Run.created_at.desc(),
+    "updated": Run.updated_at.asc(),
+    "-updated": Run.updated_at.desc(),
+    "name": Run.name.asc(),
+    "-name": Run.name.desc(),
+}
+
+
+def get_run_or_404(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    """The latest of some timestamps, as aware UTC (SQLite hands back naive UTC ones)."""
+    present = [t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC) for t in times if t]
+    return max(present) if present else None
+
+
+def runs_out(session: Session, runs: list[Run]) -> list[RunOut]:
+    """Runs with checkpoint counts, job counts by state and last activity (3 queries)."""
+    ids = [r.id for r in runs]
+    if not ids:
+        return []
+    ckpts = {
+        rid: (n, last)
+        for rid, n, last in session.execute(
+            select(Checkpoint.run_id, func.count(), func.max(Checkpoint.created_at))
+            .where(Checkpoint.run_id.in_(ids))
+            .group_by(Checkpoint.run_id)
+        )
+    }
+    jobs: dict[int, dict[str, int]] = {}
+    job_last: dict[int, datetime | None] = {}
+    for rid, state, n, last in session.execute(
+        select(Job.run_id, Job.state, func.count(), func.max(Job.created_at))
+        .where(Job.run_id.in_(ids))
+        .group_by(Job.run_id, Job.state)
+    ):
+        jobs.setdefault(rid, {})[state] = n
+        job_last[rid] = _latest(job_last.get(rid), last)
+    out = []
+    for run in runs:
+        n_ckpt, ckpt_last = ckpts.get(run.id, (0, None))
+        item = RunOut.model_validate(run)
+        item.checkpoint_count = n_ckpt
+        item.jobs = jobs.get(run.id, {})
+        item.last_activity = _latest(run.updated_at, ckpt_last, job_last.get(run.id))
+        out.append(item)
+    return out
+
+
+def _name_taken(session: Session, name: str, exclude_id: int | None = None) -> bool:
+    q = select(Run.id).where(Run.name == name)
+    if exclude_id is not None:
+        q = q.where(Run.id != exclude_id)
+    return session.scalar(q) is not None
+
+
+def _commit_or_conflict(session: Session, name: str) -> None:
+    try:
+        session.commit()
+    except IntegrityError as exc:  # a concurrent create won the race for the name
+        session.rollback()
+        raise Conflict(f"a run named {name!r} already exists") from exc
+
+
+@router.post("/runs", status_code=201, dependencies=[WriteAuth])
+def create_run(body: RunCreate, session: SessionDep) -> RunOut:
+    """Create a run; its ``name`` is unique (409 otherwise)."""
+    if _name_taken(session, body.name):
+        raise Conflict(f"a run named {body.name!r} already exists")
+    run = Run(**body.model_dump())
+    session.add(run)
+    _commit_or_conflict(session, body.name)
+    return runs_out(session, [run])[0]
+
+
+@router.get("/runs")
+def list_runs(
+    session: SessionDep,
+    q: Annotated[str | None, Query(description="Substring of the name (case-insensitive).")] = None,
+    tag: Annotated[str | None, Query(description="Only runs carrying this tag.")] = None,
+    task: Annotated[str | None, Query(description="Only runs of this task.")] = None,
+    sort: Annotated[str, Query(description=f"One of: {', '.join(SORTS)}.")] = "-created",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[RunOut]:
+    if sort not in SORTS:
+        raise BadInput(f"sort: unknown order {sort!r}; use one of {', '.join(SORTS)}")
+    query = select(Run)
+    if q:
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(func.lower(Run.name).like(f"%{escaped.lower()}%", escape="\\"))
+    if task:
+        query = query.where(Run.task == task)
+    query = query.order_by(SORTS[sort], Run.id)
+    if tag:  # tags are a JSON list: filtered here, portable across SQLite and PostgreSQL
+        runs = [r for r in session.scalars(query) if tag in (r.tags or [])]
+        runs = runs[offset : offset + limit]
+    else:
+        runs = list(session.scalars(query.offset(offset).limit(limit)))
+    return runs_out(session, runs)
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: int, session: SessionDep) -> RunOut:
+    return runs_out(session, [get_run_or_404(session, run_id)])[0]
+
+
+@router.patch("/runs/{run_id}", dependencies=[WriteAuth])
+def update_run(run_id: int, body: RunUpdate, session: SessionDep) -> RunOut:
+    """Change only the fields given; a rename onto an existing name is a 409."""
+    run = get_run_or_404(session, run_id)
+    changes = body.model_dump(exclude_unset=True)
+    for key in ("name", "task_config", "tags", "notes", "analysis_config"):
+        if key in changes and changes[key] is None:
+            raise BadInput(f"{key}: may not be null")
+    if "name" in changes and _name_taken(session, changes["name"], exclude_id=run_id):
+        raise Conflict(f"a run named {changes['name']!r} already exists")
+    for key, value in changes.items():
+        setattr(run, key, value)
+    _commit_or_conflict(session, run.name)
+    return runs_out(session, [run])[0]
+
+
+@router.delete("/runs/{run_id}", status_code=204, dependencies=[WriteAuth])
+def delete_run(run_id: int, session: SessionDep) -> Response:
+    """Delete the run and its rows (checkpoints, metrics, jobs, results, boundaries).
+
+    Blobs stay in the store: another run may hold the same bytes. Unreferenced blobs are
+    garbage that a GC pass (not written yet) may remove.
+    """
+    run = get_run_or_404(session, run_id)
+    session.delete(run)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,326 @@
+"""``phaseboard ingest``: import a directory of checkpoints (and TensorBoard scalars) into a run.
+
+Recognised checkpoints, anywhere under the directory:
+
+- ``step_1000.pt`` / ``ckpt-1000.pth`` / ``1000.safetensors``: the step is read from the name;
+- Hugging Face Trainer folders ``checkpoint-1000/`` holding ``model.safetensors`` (or
+  ``pytorch_model.bin``); their optimizer/scheduler/RNG files are not checkpoints and ignored.
+
+Steps come from the path (``--step-regex`` with one group overrides the default patterns).
+Files are uploaded as they are, streamed from disk; the server loads them safely
+(safetensors, or ``torch.load(weights_only=True)``). Scalars in ``events.out.tfevents.*``
+files become metric series. A second import of the same directory skips every step the server
+already has, so an interrupted import can simply be run again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from server.client import Phaseboard, PhaseboardClientError, Run
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+HF_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+# Files a Hugging Face Trainer (or similar) writes beside the weights; never checkpoints.
+NOT_WEIGHTS = re.compile(
+    r"^(optimizer|scheduler|scaler|rng_state.*|training_args|trainer_state)\.(pt|pth|bin)$"
+)
+SHARDED = re.compile(r"-\d{5}-of-\d{5}\.(safetensors|bin)$")
+DEFAULT_STEP_PATTERNS = [
+    re.compile(r"(?:step|checkpoint|ckpt|iter|iteration|global_step)[-_=]?(\d+)", re.I),
+    re.compile(r"^(\d+)$"),  # a bare number as a file stem or folder name
+]
+
+
+@dataclass
+class Item:
+    """One row of the summary: what was found, its step, and what happened to it."""
+
+    kind: str  # "checkpoint" | "scalars"
+    path: str
+    step: int | None = None
+    status: str = "pending"  # imported | skipped | failed
+    detail: str = ""
+    size: int = 0
+
+
+@dataclass
+class IngestReport:
+    run_id: int
+    run_url: str
+    items: list[Item] = field(default_factory=list)
+
+    def count(self, status: str, kind: str | None = None) -> int:
+        return sum(1 for i in self.items if i.status == status and kind in (None, i.kind))
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+
+# --- discovery ----------------------------------------------------------------------------
+
+
+def step_from_path(rel: Path, step_regex: str | None = None) -> int | None:
+    """The training step encoded in a path relative to the import root, or None."""
+    if step_regex:
+        m = re.search(step_regex, rel.as_posix())
+        if not m:
+            return None
+        return int(m.group(1) if m.groups() else m.group(0))
+    parts = [rel.name.split(".")[0], *(p for p in reversed(rel.parent.parts))]
+    for part in parts:
+        for pattern in DEFAULT_STEP_PATTERNS:
+            found = pattern.findall(part)
+            if found:
+                return int(found[-1])
+    return None
+
+
+def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item]:
+    """Every checkpoint-looking file under ``root``, in step order; unusable ones marked."""
+    items: list[Item] = []
+    hf_dirs: set[Path] = set()
+    for model_name in HF_MODEL_FILES:  # HF folders: one weights file per folder, safetensors first
+        for path in sorted(root.rglob(model_name)):
+            if path.parent in hf_dirs:
+                continue
+            hf_dirs.add(path.parent)
+            items.append(Item("checkpoint", str(path.relative_to(root)), size=path.stat().st_size))
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix not in CHECKPOINT_SUFFIXES:
+            continue
+        if path.parent in hf_dirs or NOT_WEIGHTS.match(path.name):
+            continue
+        rel = str(path.relative_to(root))
+        item = Item("checkpoint", rel, size=path.stat().st_size)
+        if SHARDED.search(path.name):
+            item.status, item.detail = "skipped", "sharded weights are not supported; merge first"
+        items.append(item)
+    seen: dict[int, str] = {}
+    for item in items:
+        item.step = step_from_path(Path(item.path), step_regex)
+        if item.status != "pending":
+            continue
+        if item.step is None:
+            item.status = "skipped"
+            item.detail = "no step in the name (use --step-regex)"
+        elif item.step in seen:
+            item.status, item.detail = "skipped", f"duplicate step (also {seen[item.step]})"
+        else:
+            seen[item.step] = item.path
+    items.sort(key=lambda i: (i.step is None, i.step or 0, i.path))
+    return items
+
+
+def read_tensorboard_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars from every TensorBoard event file under ``root``: ``{tag: [(step, value)]}``.
+
+    Tags are used as metric names; when event files sit in several folders, the folder (relative
+    to ``root``) prefixes the tag so ``train/loss`` of two folders stay apart.
+    """
+    from tensorboard.backend.event_processing import event_accumulator
+
+    dirs = sorted({p.parent for p in root.rglob("events.out.tfevents.*") if p.is_file()})
+    series: dict[str, list[tuple[int, float]]] = {}
+    for d in dirs:
+        acc = event_accumulator.EventAccumulator(
+            str(d), size_guidance={event_accumulator.SCALARS: 0}
+        )
+        acc.Reload()
+        prefix = "" if len(dirs) == 1 else f"{d.relative_to(root).as_posix()}/"
+        for tag in acc.Tags().get("scalars", []):
+            by_step = {int(e.step): float(e.value) for e in acc.Scalars(tag)}  # last one wins
+            series[prefix + tag] = sorted(by_step.items())
+    return series
+
+
+# --- upload -------------------------------------------------------------------------------
+
+
+class _ProgressFile:
+    """A read-only file wrapper that advances a rich progress task as httpx reads it."""
+
+    def __init__(self, f: IO[bytes], progress: Progress, task: TaskID) -> None:
+        self._f, self._progress, self._task = f, progress, task
+        self.mode = "rb"
+        self.name = getattr(f, "name", "checkpoint")
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._progress.advance(self._task, len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = self._f.seek(offset, whence)
+        if whence == 0:
+            self._progress.update(self._task, completed=pos)
+        return pos
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1024 * 1024):
+            yield chunk
+
+
+def _server_steps(run: Run) -> set[int]:
+    return {int(c["step"]) for c in run.checkpoints()}
+
+
+def _series_steps(run: Run, name: str) -> set[int]:
+    try:
+        body: Any = run.series(name, max_points=200_000)
+    except PhaseboardClientError:
+        return set()
+    points = body.get("points", body.get("data", [])) if isinstance(body, dict) else body
+    if isinstance(body, dict) and "steps" in body:
+        return {int(s) for s in body["steps"]}
+    steps = set()
+    for p in points or []:
+        if isinstance(p, dict) and "step" in p:
+            steps.add(int(p["step"]))
+        elif isinstance(p, list | tuple) and p:
+            steps.add(int(p[0]))
+    return steps
+
+
+def ingest_directory(
+    root: Path,
+    run_name: str,
+    client: Phaseboard,
+    *,
+    task: str | None = None,
+    task_config: dict[str, Any] | None = None,
+    step_regex: str | None = None,
+    console: Console | None = None,
+) -> IngestReport:
+    """Import ``root`` into the run ``run_name`` (created if needed); see the module docstring."""
+    console = console or Console()
+    root = Path(root)
+    if not root.is_dir():
+        raise PhaseboardClientError(f"{root} is not a directory")
+    if step_regex:
+        try:
+            re.compile(step_regex)
+        except re.error as exc:
+            raise PhaseboardClientError(f"--step-regex {step_regex!r}: {exc}") from exc
+
+    run = client.run(run_name, task=task, task_config=task_config)
+    report = IngestReport(run.id, run.url)
+    items = discover_checkpoints(root, step_regex)
+    report.items.extend(items)
+    on_server = _server_steps(run)
+    for item in items:
+        if item.status == "pending" and item.step in on_server:
+            item.status, item.detail = "skipped", "already on the server"
+
+    todo = [i for i in items if i.status == "pending"]
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False, disable=not todo) as progress:
+        overall = progress.add_task(
+            f"{len(todo)} checkpoints", total=sum(i.size for i in todo) or None
+        )
+        for item in todo:
+            current = progress.add_task(f"step {item.step}", total=item.size)
+            try:
+                with (root / item.path).open("rb") as f:
+                    record = run.upload_file(
+                        int(item.step or 0),
+                        _ProgressFile(f, progress, current),  # type: ignore[arg-type]
+                        filename=Path(item.path).name,
+                    )
+                if record is None:
+                    item.status, item.detail = "skipped", "already on the server"
+                else:
+                    item.status = "imported"
+                    flagged = record.get("status") == "flagged"
+                    item.detail = f"flagged: {record.get('error')}" if flagged else ""
+            except PhaseboardClientError as exc:
+                item.status, item.detail = "failed", exc.short
+                if exc.status_code is None:  # server gone: stop, a rerun resumes here
+                    progress.remove_task(current)
+                    break
+            except OSError as exc:
+                item.status, item.detail = "failed", f"cannot read: {exc}"
+            progress.remove_task(current)
+            progress.advance(overall, item.size)
+    for item in todo:
+        if item.status == "pending":
+            item.status, item.detail = "skipped", "not reached (import stopped early)"
+
+    _ingest_scalars(root, run, report, console)
+    return report
+
+
+def _ingest_scalars(root: Path, run: Run, report: IngestReport, console: Console) -> None:
+    try:
+        series = read_tensorboard_scalars(root)
+    except Exception as exc:  # noqa: BLE001 - a broken event file must not sink the import
+        report.items.append(Item("scalars", "events.out.tfevents.*", None, "failed", str(exc)))
+        return
+    for name, points in series.items():
+        item = Item("scalars", name, detail=f"{len(points)} points")
+        report.items.append(item)
+        if not points:
+            item.status, item.detail = "skipped", "no points"
+            continue
+        if {s for s, _ in points} <= _series_steps(run, name):
+            item.status, item.detail = "skipped", f"already on the server ({len(points)} points)"
+            continue
+        try:
+            for step, value in points:
+                run.log(step, {name: value})
+            run.flush()
+            item.status = "imported"
+        except PhaseboardClientError as exc:
+            item.status, item.detail = "failed", exc.short
+
+
+def print_summary(report: IngestReport, console: Console) -> None:
+    """A table of every item found, then the totals."""
+    table = Table(title="phaseboard ingest", show_lines=False)
+    for col in ("kind", "path / tag", "step", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    style = {"imported": "green", "skipped": "yellow", "failed": "red"}
+    for i in report.items:
+        table.add_row(
+            i.kind,
+            i.path,
+            "" if i.step is None else str(i.step),
+            f"[{style.get(i.status, '')}]{i.status}[/]",
+            i.detail,
+        )
+    console.print(table)
+    parts = []
+    for kind, label in (("checkpoint", "checkpoints"), ("scalars", "scalar series")):
+        n = {s: report.count(s, kind) for s in ("imported", "skipped", "failed")}
+        parts.append(
+            f"{label}: {n['imported']} imported, {n['skipped']} skipped, {n['failed']} failed"
+        )
+    for part in parts:
+        console.print(part)
+    console.print(f"run page: [bold]{report.run_url}[/bold]")

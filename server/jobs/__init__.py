@@ -1,0 +1,39 @@
+"""Asynchronous analysis jobs: plan rows in SQL, run them on a local pool or Celery workers.
+
+``make_queue(settings, db, store)`` picks the engine from ``settings.queue``:
+``"local"`` (threads in the server), ``"celery"`` (Redis broker, ``phaseboard worker``) or
+``"none"`` (plans jobs, runs nothing). All engines share planning, the SQL lifecycle and
+the handlers; see ``server.jobs.planning`` for kinds and deduplication.
+"""
+
+from __future__ import annotations
+
+from server.db import Database
+from server.jobs.base import JobQueue, NullQueue
+from server.jobs.planning import ALL_KINDS, CHECKPOINT_KINDS, DEFAULT_LLC, config_hash
+from server.settings import Settings
+from server.storage import BlobStore
+
+
+def make_queue(settings: Settings, db: Database, store: BlobStore) -> JobQueue:
+    """The job queue chosen by ``settings.queue``."""
+    if settings.queue == "local":
+        from server.jobs.local import LocalQueue
+
+        return LocalQueue(settings, db, store)
+    if settings.queue == "celery":
+        from server.jobs.celery_app import CeleryQueue
+
+        return CeleryQueue(settings, db, store)
+    return NullQueue(settings, db, store)
+
+
+__all__ = [
+    "ALL_KINDS",
+    "CHECKPOINT_KINDS",
+    "DEFAULT_LLC",
+    "JobQueue",
+    "NullQueue",
+    "config_hash",
+    "make_queue",
+]

@@ -1,0 +1,349 @@
+"""What each job kind computes: kind -> function from claimed job(s) to result rows.
+
+A handler gets a ``JobContext`` per job (the job row's fields, the worker's device, the
+blob store and a ``progress(done, total, message)`` callback) and returns, per job, a list
+of ``{"restriction": str, "values": dict}``. ``llc`` is the one batched kind: several
+checkpoints of one run with one config go through ``estimate_llc_many`` together.
+
+Analysis code is imported inside the handlers, so the API process never imports torch
+just to plan jobs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from server.db import Database
+from server.models import Checkpoint, MetricPoint, PhaseBoundary, Result, Run, utcnow
+from server.storage import BlobStore
+
+Progress = Callable[[int, int, str], None]
+ResultRows = list[dict[str, Any]]
+
+
+class JobFailed(Exception):
+    """A job that cannot succeed (bad checkpoint, unknown task): failed, not retried."""
+
+
+class JobLost(Exception):
+    """Raised by ``progress``: the job was cancelled/reassigned, or the worker is stopping."""
+
+
+@dataclass
+class JobContext:
+    job_id: int
+    run_id: int
+    checkpoint_id: int | None
+    kind: str
+    config: dict[str, Any]
+    device: str
+    db: Database
+    store: BlobStore
+    progress: Progress
+    # Filled lazily by the helpers below.
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> Run:
+        if "run" not in self._cache:
+            with self.db.session() as s:
+                run = s.get(Run, self.run_id)
+                if run is None:
+                    raise JobFailed(f"run {self.run_id} no longer exists")
+                s.expunge(run)
+            self._cache["run"] = run
+        return self._cache["run"]
+
+    def task(self) -> Any:
+        if "task" not in self._cache:
+            from analysis.tasks import get_task
+
+            run = self.run()
+            if not run.task:
+                raise JobFailed(f"run {run.name!r} has no task")
+            try:
+                self._cache["task"] = get_task(run.task, run.task_config or {})
+            except (KeyError, ValueError, TypeError) as exc:
+                raise JobFailed(f"task {run.task!r}: {exc}") from exc
+        return self._cache["task"]
+
+    def model(self) -> Any:
+        """The task's model with this job's checkpoint loaded, on ``device``."""
+        from analysis.tasks import CheckpointMismatch
+
+        assert self.checkpoint_id is not None
+        state = load_checkpoint(self.db, self.store, self.checkpoint_id)
+        task = self.task()
+        model = task.build_model()
+        try:
+            task.load_state_dict(model, state)
+        except CheckpointMismatch as exc:
+            raise JobFailed(str(exc)) from exc
+        return model.to(self.device)
+
+
+def load_checkpoint(db: Database, store: BlobStore, checkpoint_id: int) -> dict[str, Any]:
+    from analysis.checkpoints import load_state_dict_file
+
+    with db.session() as s:
+        ckpt = s.get(Checkpoint, checkpoint_id)
+        if ckpt is None:
+            raise JobFailed(f"checkpoint {checkpoint_id} no longer exists")
+        sha = ckpt.sha256
+    return load_state_dict_file(store.open_path(sha))
+
+
+def _llc_config(ctx: JobContext) -> Any:
+    from analysis.llc import LLCConfig
+
+    cfg = {k: v for k, v in ctx.config.items() if k != "restrictions"}
+    cfg["device"] = ctx.device
+    if cfg.get("n_beta") is None and cfg.get("num_samples") is None:
+        cfg["num_samples"] = ctx.task().num_train  # n_beta = n / log n of the training set
+    try:
+        return LLCConfig.from_dict(cfg)
+    except (TypeError, ValueError) as exc:
+        raise JobFailed(f"bad LLC config: {exc}") from exc
+
+
+def _batches(ctx: JobContext, split: str, config: Any) -> Any:
+    return ctx.task().batches(split, getattr(config, "batch_size", None), seed=config.seed)
+
+
+def _call(fn: Callable[..., Any], *args: Any, progress: Progress, **kwargs: Any) -> Any:
+    """Call an analysis function, passing ``progress`` only where it takes one."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "progress" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs["progress"] = progress
+    return fn(*args, **kwargs)
+
+
+def _llc_values(result: Any) -> dict[str, Any]:
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+# --- handlers ------------------------------------------------------------------------
+
+
+def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
+    """Full-model LLC; several jobs (same run and config) go through estimate_llc_many."""
+    from analysis.llc import estimate_llc, estimate_llc_many
+
+    out: dict[int, ResultRows | Exception] = {}
+    models, ok = [], []
+    for ctx in ctxs:
+        try:
+            models.append(ctx.model())
+            ok.append(ctx)
+        except Exception as exc:  # noqa: BLE001 - one bad checkpoint fails only its job
+            out[ctx.job_id] = exc
+    if not ok:
+        return out
+    lead = ok[0]
+    config = _llc_config(lead)
+    task = lead.task()
+    batches = _batches(lead, "train", config)
+
+    def progress(done: int, total: int, message: str) -> None:
+        # A job cancelled mid-batch just drops out (its finish is refused); stop only when
+        # none of the batch is still ours.
+        lost = 0
+        for ctx in ok:
+            try:
+                ctx.progress(done, total, message)
+            except JobLost:
+                lost += 1
+        if lost == len(ok):
+            raise JobLost("every job of this batch was cancelled or reassigned")
+
+    if len(ok) == 1:
+        results = [_call(estimate_llc, models[0], task.loss, batches, config, progress=progress)]
+    else:
+        results = _call(estimate_llc_many, models, task.loss, batches, config, progress=progress)
+    for ctx, res in zip(ok, results, strict=True):
+        # "batch": how many checkpoints shared this vectorised run (1 = alone).
+        out[ctx.job_id] = [{"restriction": "", "values": {**_llc_values(res), "batch": len(ok)}}]
+    return out
+
+
+def run_llc_restricted(ctx: JobContext) -> ResultRows:
+    """Every weight group (vectorised) and every data subset: one result each."""
+    from analysis.llc import estimate_llc
+    from analysis.restrict import estimate_llc_restricted
+
+    model = ctx.model()
+    task = ctx.task()
+    config = _llc_config(ctx)
+    wanted = ctx.config.get("restrictions")
+    masks = {f"weights:{k}": v for k, v in task.weight_groups(model).items()}
+    subsets = [f"data:{k}" for k in task.data_subsets()]
+    if wanted is not None:
+        known = set(masks) | set(subsets)
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise JobFailed(f"unknown restriction(s) {unknown}; task has {sorted(known)}")
+        masks = {k: v for k, v in masks.items() if k in wanted}
+        subsets = [k for k in subsets if k in wanted]
+    rows: ResultRows = []
+    if masks:
+        ctx.progress(0, 1, f"{len(masks)} weight groups")
+        res = _call(
+            estimate_llc_restricted,
+            model,
+            task.loss,
+            _batches(ctx, "train", config),
+            config,
+            masks,
+            progress=ctx.progress,
+        )
+        rows += [{"restriction": k, "values": _llc_values(v)} for k, v in res.items()]
+    for name in subsets:
+        ctx.progress(0, 1, f"data subset {name}")
+        split = name.removeprefix("data:")
+        res = _call(
+            estimate_llc,
+            model,
+            task.loss,
+            _batches(ctx, split, config),
+            config,
+            progress=ctx.progress,
+        )
+        rows.append({"restriction": name, "values": _llc_values(res)})
+    return rows
+
+
+def run_metrics(ctx: JobContext) -> ResultRows:
+    from analysis.metrics import checkpoint_metrics
+
+    model = ctx.model()
+    reference = None
+    with ctx.db.session() as s:
+        first = s.execute(
+            sa.select(Checkpoint.id, Checkpoint.step)
+            .where(Checkpoint.run_id == ctx.run_id)
+            .order_by(Checkpoint.step)
+            .limit(1)
+        ).first()
+    if first is not None and first[1] == 0:
+        reference = load_checkpoint(ctx.db, ctx.store, first[0])
+    ctx.progress(0, 1, "metrics")
+    kwargs = {k: v for k, v in ctx.config.items() if k != "device"}
+    values = checkpoint_metrics(
+        ctx.task(), model, reference_state=reference, device=ctx.device, **kwargs
+    )
+    return [{"restriction": "", "values": {k: _finite(v) for k, v in values.items()}}]
+
+
+def _finite(x: Any) -> float | None:
+    """JSON (and PostgreSQL) has no NaN/inf: store None."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def run_phases(ctx: JobContext) -> ResultRows:
+    """Re-detect boundaries from the run's LLC and loss curves; manual ones are kept."""
+    from analysis.phases import detect_boundaries
+
+    with ctx.db.session() as s:
+        llc_rows = s.execute(
+            sa.select(Result.step, Result.values)
+            .where(Result.run_id == ctx.run_id, Result.kind == "llc", Result.restriction == "")
+            .order_by(Result.step, Result.id)
+        ).all()
+        points = s.execute(
+            sa.select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
+            .where(MetricPoint.run_id == ctx.run_id)
+            .order_by(MetricPoint.name, MetricPoint.step)
+        ).all()
+        metric_rows = s.execute(
+            sa.select(Result.step, Result.values)
+            .where(Result.run_id == ctx.run_id, Result.kind == "metrics")
+            .order_by(Result.step, Result.id)
+        ).all()
+    llc_by_step: dict[int, dict[str, Any]] = {}
+    for step, values in llc_rows:  # newest result per step wins
+        llc_by_step[int(step)] = values
+    steps = sorted(k for k, v in llc_by_step.items() if v.get("mean") is not None and k > 0)
+    llc = [float(llc_by_step[k]["mean"]) for k in steps]
+    llc_std = [float(llc_by_step[k].get("std", 0.0) or 0.0) for k in steps]
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for name, step, value in points:
+        if "loss" in name and value is not None and math.isfinite(value) and step > 0:
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(float(step))
+            ys.append(float(value))
+    if not series:  # no logged losses: fall back to the checkpoint metrics
+        per_step: dict[int, dict[str, Any]] = {int(st): v for st, v in metric_rows}
+        for st in sorted(per_step):
+            for name, value in per_step[st].items():
+                if name.endswith("_loss") and value is not None and st > 0:
+                    xs, ys = series.setdefault(name, ([], []))
+                    xs.append(float(st))
+                    ys.append(float(value))
+    ctx.progress(0, 1, f"detecting boundaries on {len(steps)} LLC points")
+    found = detect_boundaries(steps, llc, llc_std, series)
+    boundaries = [
+        {
+            "step": float(b.step),
+            "source": str(b.source),
+            "kind": str(b.kind),
+            "score": float(b.score),
+            "label": str(b.label or ""),
+        }
+        for b in found
+    ]
+    with ctx.db.session() as s:
+        s.execute(
+            sa.delete(PhaseBoundary).where(
+                PhaseBoundary.run_id == ctx.run_id, PhaseBoundary.manual.is_(False)
+            )
+        )
+        for b in boundaries:
+            s.add(PhaseBoundary(run_id=ctx.run_id, manual=False, created_at=utcnow(), **b))
+    return [{"restriction": "", "values": {"boundaries": boundaries, "llc_points": len(steps)}}]
+
+
+def run_noop(ctx: JobContext) -> ResultRows:
+    return [{"restriction": "", "values": {}}]
+
+
+def run_sleep(ctx: JobContext) -> ResultRows:
+    """Sleeps ``seconds`` in small steps, reporting progress (tests: cancel, crash)."""
+    total = float(ctx.config.get("seconds", 1.0))
+    n = max(1, int(total / 0.05))
+    for i in range(n):
+        time.sleep(total / n)
+        ctx.progress(i + 1, n, f"slept {i + 1}/{n}")
+    return [{"restriction": "", "values": {"seconds": total}}]
+
+
+# kind -> handler of one job; batched kinds are in BATCHED.
+HANDLERS: dict[str, Callable[[JobContext], ResultRows]] = {
+    "llc": lambda ctx: _single(run_llc, ctx),
+    "llc_restricted": run_llc_restricted,
+    "metrics": run_metrics,
+    "phases": run_phases,
+    "noop": run_noop,
+    "sleep": run_sleep,
+}
+BATCHED: dict[str, Callable[[list[JobContext]], dict[int, ResultRows | Exception]]] = {
+    "llc": run_llc,
+}
+# Kinds whose new results change a run's phase boundaries.
+TRIGGERS_PHASES = ("llc", "metrics")
+
+
+def _single(batched: Callable[[list[JobContext]], dict[int, Any]], ctx: JobContext) -> ResultRows:
+    out = batched([ctx])[ctx.job_id]
+    if isinstance(out, Exception):
+        raise out
+    return out

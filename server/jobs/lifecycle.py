@@ -1,0 +1,292 @@
+"""Job state transitions as single SQL statements that are safe on SQLite and PostgreSQL.
+
+queued -> running -> done | failed | cancelled. Every transition of a running job is fenced
+on ``(state='running', worker_id, attempts)``: a worker that lost its job (it was cancelled,
+or requeued as stale and claimed again) matches no row and its late writes change nothing.
+Results are inserted in the same transaction that marks the job done, so a job has either
+all of its results or none, and ``uq_result_job_restriction`` keeps exactly one per
+restriction even if two workers ever raced to the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from server.db import Database
+from server.errors import Conflict, NotFound
+from server.models import Checkpoint, Job, Result, utcnow
+
+ACTIVE = ("queued", "running")
+FINAL = ("done", "failed", "cancelled")
+ERROR_MAX = 20_000
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed job: the fence every later write of this worker must match."""
+
+    job_id: int
+    worker_id: str
+    attempt: int
+    kind: str = ""
+
+
+def _fence(lease: Lease) -> Any:
+    return sa.and_(
+        Job.id == lease.job_id,
+        Job.state == "running",
+        Job.worker_id == lease.worker_id,
+        Job.attempts == lease.attempt,
+    )
+
+
+def claim(db: Database, job_id: int, worker_id: str) -> Lease | None:
+    """Atomically take a queued job; None if someone else has it (or it is not queued).
+
+    One ``UPDATE ... WHERE state='queued' RETURNING`` (SQLite >= 3.35 and PostgreSQL): of
+    any number of racing workers exactly one gets the row back.
+    """
+    now = utcnow()
+    with db.session() as s:
+        row = s.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(
+                state="running",
+                worker_id=worker_id,
+                attempts=Job.attempts + 1,
+                heartbeat_at=now,
+                started_at=now,
+                progress=0.0,
+                progress_msg="claimed",
+                error=None,
+            )
+            .returning(Job.attempts, Job.kind)
+            .execution_options(synchronize_session=False)
+        ).first()
+    if row is None:
+        return None
+    return Lease(job_id, worker_id, int(row[0]), str(row[1]))
+
+
+def device_kind(device: str) -> str:
+    """``cuda:0`` -> ``cuda``; ``cpu`` -> ``cpu``."""
+    return device.split(":", 1)[0]
+
+
+def queued_ids(db: Database, device: str, limit: int = 20) -> list[int]:
+    """Oldest queued jobs that a worker on ``device`` can run."""
+    with db.session() as s:
+        return list(
+            s.scalars(
+                sa.select(Job.id)
+                .where(Job.state == "queued", Job.device.in_(("any", device_kind(device))))
+                .order_by(Job.id)
+                .limit(limit)
+            )
+        )
+
+
+def claim_companions(db: Database, lease: Lease, limit: int) -> list[Lease]:
+    """More queued ``llc`` jobs of the same run and config, to run in one batch."""
+    if limit <= 1 or lease.kind != "llc":
+        return []
+    with db.session() as s:
+        job = s.get(Job, lease.job_id)
+        if job is None or job.kind != "llc":
+            return []
+        ids = list(
+            s.scalars(
+                sa.select(Job.id)
+                .where(
+                    Job.state == "queued",
+                    Job.kind == "llc",
+                    Job.run_id == job.run_id,
+                    Job.config_hash == job.config_hash,
+                    Job.device == job.device,
+                )
+                .order_by(Job.id)
+                .limit(limit - 1)
+            )
+        )
+    leases = [claim(db, i, lease.worker_id) for i in ids]
+    return [x for x in leases if x is not None]
+
+
+def heartbeat(
+    db: Database, lease: Lease, progress: float | None = None, message: str | None = None
+) -> bool:
+    """Refresh the heartbeat (and progress); False if the job is no longer ours."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = max(0.0, min(1.0, float(progress)))
+    if message is not None:
+        values["progress_msg"] = message[:300]
+    with db.session() as s:
+        res = s.execute(
+            sa.update(Job)
+            .where(_fence(lease))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return res.rowcount == 1
+
+
+def finish(db: Database, lease: Lease, results: Iterable[Mapping[str, Any]]) -> bool:
+    """Mark done and insert results in one transaction; False (nothing written) if lost.
+
+    Each result mapping has ``restriction`` and ``values``; run, checkpoint, step and kind
+    come from the job.
+    """
+    with db.session() as s:
+        res = s.execute(
+            sa.update(Job)
+            .where(_fence(lease))
+            .values(state="done", progress=1.0, progress_msg="done", finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            s.rollback()
+            return False
+        job = s.get(Job, lease.job_id)
+        assert job is not None
+        step = None
+        if job.checkpoint_id is not None:
+            step = s.scalar(sa.select(Checkpoint.step).where(Checkpoint.id == job.checkpoint_id))
+        for r in results:
+            s.add(
+                Result(
+                    job_id=job.id,
+                    run_id=job.run_id,
+                    checkpoint_id=job.checkpoint_id,
+                    step=step,
+                    kind=job.kind,
+                    restriction=str(r.get("restriction", "")),
+                    values=dict(r.get("values") or {}),
+                )
+            )
+    return True
+
+
+def fail(db: Database, lease: Lease, error: str) -> bool:
+    """Mark a running job failed with ``error``; False if it was no longer ours."""
+    with db.session() as s:
+        res = s.execute(
+            sa.update(Job)
+            .where(_fence(lease))
+            .values(state="failed", error=error[-ERROR_MAX:], finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return res.rowcount == 1
+
+
+def release(db: Database, lease: Lease) -> bool:
+    """Give an interrupted job back to the queue (worker stopping); False if not ours."""
+    with db.session() as s:
+        res = s.execute(
+            sa.update(Job)
+            .where(_fence(lease))
+            .values(state="queued", worker_id=None, progress_msg="interrupted; queued again")
+            .execution_options(synchronize_session=False)
+        )
+        return res.rowcount == 1
+
+
+def cancel(session: Session, job_id: int) -> Job:
+    """Cancel a queued or running job (a running one stops at its next heartbeat)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    res = session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.state.in_(ACTIVE))
+        .values(state="cancelled", finished_at=utcnow(), progress_msg="cancelled")
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        session.refresh(job)
+        raise Conflict(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
+    session.refresh(job)
+    return job
+
+
+def retry(session: Session, job_id: int) -> Job:
+    """Queue a failed or cancelled job again, with a fresh attempt budget."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    res = session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.state.in_(("failed", "cancelled")))
+        .values(
+            state="queued",
+            attempts=0,
+            worker_id=None,
+            error=None,
+            progress=0.0,
+            progress_msg="",
+            started_at=None,
+            finished_at=None,
+            heartbeat_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        session.refresh(job)
+        raise Conflict(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
+    session.refresh(job)
+    return job
+
+
+def requeue_stale(db: Database, stale_after_s: float, max_attempts: int) -> list[int]:
+    """Requeue running jobs whose heartbeat is older than ``stale_after_s``.
+
+    Jobs that already used ``max_attempts`` are failed instead. Each row is moved by its own
+    conditional UPDATE, so concurrent sweepers requeue a job once. Returns requeued ids.
+    """
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    stale = (Job.state == "running", Job.heartbeat_at < cutoff)
+    requeued: list[int] = []
+    with db.session() as s:
+        rows = s.execute(sa.select(Job.id, Job.attempts).where(*stale)).all()
+    for job_id, attempts in rows:
+        with db.session() as s:
+            if attempts >= max_attempts:
+                s.execute(
+                    sa.update(Job)
+                    .where(Job.id == job_id, Job.attempts == attempts, *stale)
+                    .values(
+                        state="failed",
+                        finished_at=utcnow(),
+                        error=f"worker lost (no heartbeat for {stale_after_s:g}s) "
+                        f"on each of {attempts} attempt(s)",
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                continue
+            res = s.execute(
+                sa.update(Job)
+                .where(Job.id == job_id, Job.attempts == attempts, *stale)
+                .values(
+                    state="queued",
+                    worker_id=None,
+                    progress_msg=f"requeued: worker lost on attempt {attempts}",
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount == 1:
+                requeued.append(job_id)
+    return requeued
+
+
+def queued_all(db: Database) -> list[tuple[int, str]]:
+    """Every queued job as ``(id, device)`` (the Celery sweep re-sends these)."""
+    with db.session() as s:
+        rows = s.execute(sa.select(Job.id, Job.device).where(Job.state == "queued"))
+        return [(int(i), str(d)) for i, d in rows]

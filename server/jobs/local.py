@@ -1,0 +1,99 @@
+"""``LocalQueue``: the embedded default, a pool of worker threads inside the server.
+
+One thread per slot; slots are ``settings.worker_devices`` (comma list), repeated up to
+``settings.local_workers`` threads, so each thread runs one job at a time on its device.
+Threads poll SQL for queued jobs and wake early on ``enqueue``. ``start`` first requeues
+jobs left running by a previous process, so a restarted server loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from server.db import Database
+from server.jobs import lifecycle
+from server.jobs.base import JobQueue
+from server.jobs.runner import JobRunner
+from server.settings import Settings
+from server.storage import BlobStore
+
+log = logging.getLogger("phaseboard.jobs")
+POLL_S = 1.0
+
+
+class LocalQueue(JobQueue):
+    engine = "local"
+
+    def __init__(self, settings: Settings, db: Database, store: BlobStore) -> None:
+        super().__init__(settings, db, store)
+        devices = [d.strip() for d in settings.worker_devices.split(",") if d.strip()] or ["cpu"]
+        n = max(settings.local_workers, len(devices))
+        self.devices = [devices[i % len(devices)] for i in range(n)]
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sweep_lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        # A live worker beats every heartbeat_s: jobs silent for three beats were left by a
+        # previous process (a restart); take them back now rather than after stale_after_s.
+        quiet = min(self.settings.stale_after_s, 3 * self.settings.heartbeat_s)
+        lifecycle.requeue_stale(self.db, quiet, self.settings.max_attempts)
+        for i, device in enumerate(self.devices):
+            runner = JobRunner(
+                self.settings,
+                self.db,
+                self.store,
+                device,
+                self.request_phases,
+                should_stop=self._stop.is_set,
+            )
+            t = threading.Thread(
+                target=self._loop, args=(runner,), name=f"pb-worker-{i}-{device}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop: running jobs are interrupted at their next progress report and queued again
+        (a restart resumes them); threads are joined for up to ``timeout``."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=timeout)
+        self._threads = []
+
+    def enqueue(self, job_ids: list[int]) -> None:
+        if job_ids:
+            self._wake.set()
+
+    def _loop(self, runner: JobRunner) -> None:
+        since_sweep = 0.0
+        while not self._stop.is_set():
+            try:
+                ran = self._run_one(runner)
+                since_sweep += 0 if ran else POLL_S
+                if since_sweep >= max(self.settings.stale_after_s / 2, POLL_S):
+                    since_sweep = 0.0
+                    with self._sweep_lock:
+                        lifecycle.requeue_stale(
+                            self.db, self.settings.stale_after_s, self.settings.max_attempts
+                        )
+            except Exception:  # noqa: BLE001 - keep the pool alive; the row says what failed
+                log.exception("local worker loop error")
+                ran = False
+            if not ran:
+                self._wake.wait(POLL_S)
+                self._wake.clear()
+
+    def _run_one(self, runner: JobRunner) -> bool:
+        for job_id in lifecycle.queued_ids(self.db, runner.device):
+            if self._stop.is_set():
+                return False
+            if runner.run_job(job_id):
+                return True
+        return False

@@ -1,0 +1,196 @@
+"""Run claimed jobs: one code path for the local pool and Celery workers.
+
+``JobRunner.run_job(job_id)`` claims the job (a no-op if another worker has it or it is
+already finished), claims queued companions for a batch, keeps heartbeats going from a side
+thread, writes progress at most every ``PROGRESS_EVERY_S``, and finishes each job with its
+results in one transaction. A job cancelled while running stops at its next progress call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+
+from server.db import Database
+from server.jobs import lifecycle
+from server.jobs.handlers import (
+    BATCHED,
+    HANDLERS,
+    TRIGGERS_PHASES,
+    JobContext,
+    JobFailed,
+    JobLost,
+)
+from server.jobs.lifecycle import Lease
+from server.models import Job
+from server.settings import Settings
+from server.storage import BlobStore
+
+log = logging.getLogger("phaseboard.jobs")
+PROGRESS_EVERY_S = 0.5
+BATCH_LIMIT = 8
+
+
+def make_worker_id(device: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{device}:{uuid.uuid4().hex[:6]}"
+
+
+class _Beat:
+    """Heartbeat thread plus throttled progress writes for a set of leases."""
+
+    def __init__(
+        self,
+        db: Database,
+        leases: list[Lease],
+        every_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.db, self.leases, self.every_s = db, list(leases), every_s
+        self.should_stop = should_stop or (lambda: False)
+        self.lost: set[int] = set()
+        self._stop = threading.Event()
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="pb-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Beat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for lease in self.leases:
+                self._write(lease, None, None)
+
+    def _write(self, lease: Lease, progress: float | None, message: str | None) -> None:
+        try:
+            with self._lock:
+                if not lifecycle.heartbeat(self.db, lease, progress, message):
+                    self.lost.add(lease.job_id)
+        except Exception:  # noqa: BLE001 - a DB hiccup must not kill the job; retry next beat
+            log.exception("heartbeat for job %s failed", lease.job_id)
+
+    def progress_for(self, lease: Lease) -> Callable[[int, int, str], None]:
+        def progress(done: int, total: int, message: str = "") -> None:
+            if lease.job_id in self.lost:
+                raise JobLost(f"job {lease.job_id} was cancelled or reassigned")
+            if self.should_stop():
+                raise JobLost("the worker is stopping")
+            now = time.monotonic()
+            if now - self._last.get(lease.job_id, 0.0) < PROGRESS_EVERY_S and done < total:
+                return
+            self._last[lease.job_id] = now
+            self._write(lease, done / total if total else 0.0, message)
+            if lease.job_id in self.lost:
+                raise JobLost(f"job {lease.job_id} was cancelled or reassigned")
+
+        return progress
+
+
+class JobRunner:
+    """Executes jobs on one device; ``on_phases(run_id)`` queues a run's phases job."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: BlobStore,
+        device: str,
+        on_phases: Callable[[int], None] | None = None,
+        worker_id: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.settings, self.db, self.store, self.device = settings, db, store, device
+        self.on_phases = on_phases
+        self.should_stop = should_stop
+        self.worker_id = worker_id or make_worker_id(device)
+
+    def run_job(self, job_id: int) -> bool:
+        """Claim and run ``job_id`` (plus batch companions); False if it was not ours."""
+        lease = lifecycle.claim(self.db, job_id, self.worker_id)
+        if lease is None:
+            return False
+        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, BATCH_LIMIT)])
+        return True
+
+    def run_leases(self, leases: list[Lease]) -> None:
+        jobs: dict[int, Job] = {}
+        with self.db.session() as s:
+            for lease in leases:
+                job = s.get(Job, lease.job_id)
+                if job is not None:
+                    s.expunge(job)
+                    jobs[lease.job_id] = job
+        by_id = {lease.job_id: lease for lease in leases}
+        with _Beat(self.db, leases, self.settings.heartbeat_s, self.should_stop) as beat:
+            ctxs = [
+                JobContext(
+                    job_id=j.id,
+                    run_id=j.run_id,
+                    checkpoint_id=j.checkpoint_id,
+                    kind=j.kind,
+                    config=dict(j.config or {}),
+                    device=self.device,
+                    db=self.db,
+                    store=self.store,
+                    progress=beat.progress_for(by_id[j.id]),
+                )
+                for j in jobs.values()
+            ]
+            if not ctxs:
+                return
+            kind = ctxs[0].kind
+            outcomes: dict[int, object]
+            try:
+                if kind in BATCHED and len(ctxs) > 1:
+                    outcomes = dict(BATCHED[kind](ctxs))
+                else:
+                    outcomes = {}
+                    for ctx in ctxs:
+                        handler = HANDLERS.get(ctx.kind)
+                        if handler is None:
+                            outcomes[ctx.job_id] = JobFailed(f"no handler for kind {ctx.kind!r}")
+                            continue
+                        try:
+                            outcomes[ctx.job_id] = handler(ctx)
+                        except Exception as exc:  # noqa: BLE001 - recorded on the job row
+                            outcomes[ctx.job_id] = exc
+            except Exception as exc:  # noqa: BLE001 - a batch failure fails the batch
+                outcomes = {ctx.job_id: exc for ctx in ctxs}
+        phases_runs: set[int] = set()
+        for ctx in ctxs:
+            lease = by_id[ctx.job_id]
+            out = outcomes.get(ctx.job_id, JobFailed("no outcome"))
+            if isinstance(out, JobLost):
+                # Still ours (the worker is stopping): hand it back now, not after a timeout.
+                if lifecycle.release(self.db, lease):
+                    log.info("job %s interrupted (%s); queued again", ctx.job_id, out)
+                continue
+            if isinstance(out, BaseException):
+                lifecycle.fail(self.db, lease, _error_text(out))
+                continue
+            if lifecycle.finish(self.db, lease, out) and ctx.kind in TRIGGERS_PHASES:
+                phases_runs.add(ctx.run_id)
+        if self.on_phases is not None:
+            for run_id in sorted(phases_runs):
+                try:
+                    self.on_phases(run_id)
+                except Exception:  # noqa: BLE001 - the results are in; phases can be rerun
+                    log.exception("could not queue phases for run %s", run_id)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, JobFailed):
+        return str(exc)
+    tb = "".join(traceback.format_exception(exc))
+    return f"{type(exc).__name__}: {exc}\n\n{tb}"

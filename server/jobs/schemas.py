@@ -1,0 +1,105 @@
+"""Pydantic request/response models of the jobs API (``server.api.jobs``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    checkpoint_id: int | None
+    kind: str
+    restriction: str
+    config: dict[str, Any]
+    config_hash: str
+    device: str
+    state: str
+    attempts: int
+    worker_id: str | None
+    heartbeat_at: datetime | None
+    progress: float
+    progress_msg: str
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    counts: dict[str, int] = Field(description="Jobs per state under the same filters.")
+
+
+class AnalysesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: list[str] | None = Field(
+        default=None, description="Analyses to queue; default: the run's automatic analyses."
+    )
+    checkpoint_ids: list[int] | None = Field(
+        default=None, description="Checkpoints to analyse; default: all of the run's."
+    )
+    llc: dict[str, Any] | None = Field(
+        default=None, description="LLC hyperparameters over the run's and the defaults."
+    )
+    restrictions: list[str] | None = Field(
+        default=None, description="llc_restricted only: e.g. ['weights:attn', 'data:train_a']."
+    )
+    device: str | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
+
+
+class AnalysesResponse(BaseModel):
+    run_id: int
+    job_ids: list[int]
+    queued: int = Field(description="How many of job_ids are waiting to run.")
+
+
+class LLCValue(BaseModel):
+    mean: float | None
+    std: float | None
+    per_chain: list[float] = []
+    diverged: bool | None = None
+    job_id: int | None = None
+
+
+class LLCPoint(BaseModel):
+    checkpoint_id: int | None
+    step: int | None
+    mean: float | None
+    std: float | None
+    per_chain: list[float] = []
+    diverged: bool | None = None
+    restrictions: dict[str, LLCValue] = Field(
+        default_factory=dict, description="weights:<group> / data:<subset> -> estimate."
+    )
+
+
+class LLCSeries(BaseModel):
+    run_id: int
+    points: list[LLCPoint]
+
+
+class ResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int | None
+    run_id: int
+    checkpoint_id: int | None
+    step: int | None
+    kind: str
+    restriction: str
+    values: dict[str, Any]
+    created_at: datetime
+
+
+class ResultList(BaseModel):
+    run_id: int
+    results: list[ResultOut]

@@ -1,0 +1,168 @@
+"""Streaming ``multipart/form-data`` parsing: the file part goes straight to the blob store.
+
+Starlette's ``request.form()`` spools each file into a ``SpooledTemporaryFile`` which we
+would then copy again; here the request body is fed chunk by chunk to ``python_multipart``'s
+push parser and the bytes of the one file part are written (and hashed) by
+``BlobStore.stage_async`` as they arrive, under the upload limit. Memory stays flat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from server.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from server.storage import BlobStore, StagedBlob
+
+MAX_FIELD_BYTES = 64 * 1024  # small text fields (step, ...); more is not a form we expect
+MAX_FIELDS = 20
+ENVELOPE_SLACK = 1024 * 1024  # multipart boundaries and headers on top of the file itself
+
+
+@dataclass
+class Upload:
+    """The staged file part (None if absent) and the other form fields as text."""
+
+    staged: StagedBlob | None
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    disposition: bytes = b""
+    data: bytearray = field(default_factory=bytearray)
+    is_file: bool = False
+
+
+def check_content_length(request: Request, max_bytes: int) -> None:
+    """Refuse a declared body above the limit before reading any of it (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + ENVELOPE_SLACK:
+        raise PayloadTooLarge(
+            f"upload of {int(declared)} bytes exceeds the limit of "
+            f"{max_bytes // (1024 * 1024)} MB (PHASEBOARD_MAX_UPLOAD_MB)"
+        )
+
+
+async def receive_upload(
+    request: Request, store: BlobStore, *, max_bytes: int, file_field: str = "file"
+) -> Upload:
+    """Parse the request body; the part named ``file_field`` is staged in ``store``.
+
+    Raises ``UnsupportedMediaType`` for a non-multipart body, ``BadInput`` for a malformed
+    one, ``PayloadTooLarge`` past ``max_bytes``. Nothing is left in the store on error.
+    """
+    content_type = request.headers.get("content-type", "")
+    mime, params = parse_options_header(content_type)
+    if mime != b"multipart/form-data":
+        raise UnsupportedMediaType(
+            f"expected multipart/form-data with a {file_field!r} file part and a 'step' field, "
+            f"got content type {content_type or '(none)'!r}"
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadInput("multipart/form-data without a boundary parameter")
+
+    upload = Upload(staged=None)
+    current = _Part()
+    header_name, header_value = bytearray(), bytearray()
+    pending: list[bytes] = []  # file bytes parsed from the latest chunk
+    seen_file = False
+    ended = False
+
+    def on_part_begin() -> None:
+        nonlocal current
+        current = _Part()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        if bytes(header_name).lower() == b"content-disposition":
+            current.disposition = bytes(header_value)
+        header_name.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        nonlocal seen_file
+        _, opts = parse_options_header(current.disposition)
+        if b"name" not in opts:
+            raise BadInput("a multipart part has no name in its Content-Disposition")
+        current.name = opts[b"name"].decode("utf-8", "replace")
+        if b"filename" in opts:
+            current.filename = opts[b"filename"].decode("utf-8", "replace")
+        if current.name == file_field:
+            if seen_file:
+                raise BadInput(f"more than one {file_field!r} part; upload one file per request")
+            seen_file = current.is_file = True
+            upload.filename = current.filename
+        elif len(upload.fields) >= MAX_FIELDS:
+            raise BadInput(f"too many form fields (more than {MAX_FIELDS})")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if current.is_file:
+            pending.append(data[start:end])
+            return
+        if len(current.data) + (end - start) > MAX_FIELD_BYTES:
+            raise BadInput(f"form field {current.name!r} is larger than {MAX_FIELD_BYTES} bytes")
+        current.data.extend(data[start:end])
+
+    def on_part_end() -> None:
+        if not current.is_file:
+            upload.fields[current.name] = current.data.decode("utf-8", "replace")
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_end": on_end,
+        },
+    )
+
+    async def file_bytes() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                for piece in pending:
+                    yield piece
+                pending.clear()
+            parser.finalize()
+            if not ended:
+                raise BadInput("the multipart body ended before its closing boundary (cut off?)")
+        except MultipartParseError as exc:
+            raise BadInput(f"malformed multipart body: {exc}") from exc
+        except ClientDisconnect as exc:
+            raise BadInput("the client disconnected before the upload was complete") from exc
+        for piece in pending:
+            yield piece
+        pending.clear()
+
+    staged = await store.stage_async(file_bytes(), max_bytes=max_bytes)
+    if not seen_file:
+        store.discard(staged)
+        raise BadInput(f"multipart field {file_field!r} (the checkpoint file) is missing")
+    if staged.size == 0:
+        store.discard(staged)
+        raise BadInput(f"the {file_field!r} part is empty")
+    upload.staged = staged
+    return upload

@@ -1,0 +1,352 @@
+"""Page context: the rows each page shows, read straight from the SQL store.
+
+Pages never compute analyses; this module only reads (and downsamples) rows. Every function
+takes a ``Session`` and returns plain dicts/lists ready for a template or a JSON response.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, cast, func, select, text
+from sqlalchemy.orm import Session
+
+from server.api.metrics import read_series
+from server.errors import NotFound
+from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
+
+ACTIVE_STATES = ("queued", "running")
+RUN_SORTS = {
+    "activity": "last activity",
+    "name": "name",
+    "created": "created",
+    "checkpoints": "checkpoints",
+}
+CHECKPOINT_PAGE = 100
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "name": run.name,
+        "task": run.task,
+        "task_config": run.task_config or {},
+        "tags": list(run.tags or []),
+        "notes": run.notes or "",
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+    }
+
+
+def _latest(*values: datetime | None) -> datetime | None:
+    present = [_aware(v) for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back; every timestamp we write is UTC."""
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def list_runs(
+    session: Session, *, q: str = "", tag: str = "", task: str = "", sort: str = "activity"
+) -> dict[str, Any]:
+    """Runs with checkpoint/job counts and last activity, filtered and sorted."""
+    ckpt = (
+        select(
+            Checkpoint.run_id,
+            func.count(Checkpoint.id).label("n"),
+            func.max(Checkpoint.created_at).label("last"),
+        )
+        .group_by(Checkpoint.run_id)
+        .subquery()
+    )
+    jobs = (
+        select(
+            Job.run_id,
+            func.count(Job.id).label("n"),
+            func.sum(cast(Job.state.in_(ACTIVE_STATES), Integer)).label("active"),
+            func.sum(cast(Job.state == "failed", Integer)).label("failed"),
+            func.max(func.coalesce(Job.finished_at, Job.started_at, Job.created_at)).label("last"),
+        )
+        .group_by(Job.run_id)
+        .subquery()
+    )
+    stmt = (
+        select(Run, ckpt.c.n, ckpt.c.last, jobs.c.n, jobs.c.active, jobs.c.failed, jobs.c.last)
+        .outerjoin(ckpt, ckpt.c.run_id == Run.id)
+        .outerjoin(jobs, jobs.c.run_id == Run.id)
+    )
+    if q:
+        stmt = stmt.where(Run.name.ilike(f"%{q}%"))
+    if task:
+        stmt = stmt.where(Run.task == task)
+    rows = []
+    for run, n_ckpt, ckpt_last, n_jobs, active, failed, job_last in session.execute(stmt):
+        tags = list(run.tags or [])
+        if tag and tag not in tags:
+            continue  # tags are a JSON list: filtered here, the same on SQLite and PostgreSQL
+        row = run_dict(run)
+        row.update(
+            checkpoints=n_ckpt or 0,
+            jobs=n_jobs or 0,
+            jobs_active=int(active or 0),
+            jobs_failed=int(failed or 0),
+            last_activity=_latest(run.updated_at, run.created_at, ckpt_last, job_last),
+        )
+        rows.append(row)
+    sort = sort if sort in RUN_SORTS else "activity"
+    if sort == "name":
+        rows.sort(key=lambda r: r["name"].lower())
+    elif sort == "created":
+        rows.sort(key=lambda r: _aware(r["created_at"]), reverse=True)
+    elif sort == "checkpoints":
+        rows.sort(key=lambda r: (r["checkpoints"], r["name"]), reverse=True)
+    else:
+        rows.sort(key=lambda r: r["last_activity"], reverse=True)
+    all_runs = session.execute(select(Run.tags, Run.task)).all()
+    return {
+        "runs": rows,
+        "all_tags": sorted({t for tags, _ in all_runs for t in (tags or [])}),
+        "all_tasks": sorted({t for _, t in all_runs if t}),
+        "filters": {"q": q, "tag": tag, "task": task, "sort": sort},
+        "sorts": RUN_SORTS,
+    }
+
+
+def _scalar_values(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten a metrics result to ``{name: float}`` (nested dicts become ``a.b``)."""
+    out: dict[str, float] = {}
+    for key, value in (values or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            out.update(_scalar_values(value, prefix=f"{name}."))
+    return out
+
+
+def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, Any]:
+    """One page of a run's checkpoints (newest step first) with their metrics and LLC."""
+    total = session.scalar(select(func.count()).where(Checkpoint.run_id == run_id)) or 0
+    pages = max(1, math.ceil(total / CHECKPOINT_PAGE))
+    page = min(max(page, 0), pages - 1)
+    ckpts = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.run_id == run_id)
+        .order_by(Checkpoint.step.desc())
+        .offset(page * CHECKPOINT_PAGE)
+        .limit(CHECKPOINT_PAGE)
+    ).all()
+    ids = [c.id for c in ckpts]
+    metrics: dict[int, dict[str, float]] = {}
+    llc: dict[int, tuple[float | None, float | None]] = {}
+    if ids:
+        for cid, values in session.execute(
+            select(Result.checkpoint_id, Result.values).where(
+                Result.checkpoint_id.in_(ids), Result.kind == "metrics"
+            )
+        ):
+            metrics.setdefault(cid, {}).update(_scalar_values(values))
+        for cid, mean, std in session.execute(
+            select(
+                Result.checkpoint_id,
+                Result.values["mean"].as_float(),
+                Result.values["std"].as_float(),
+            ).where(Result.checkpoint_id.in_(ids), Result.kind == "llc")
+        ):
+            llc[cid] = (mean, std)
+    # Show the loss-like columns first, then a few more; the plots show everything.
+    names = sorted({k for m in metrics.values() for k in m})
+    names.sort(key=lambda n: (0 if "loss" in n else 1 if "acc" in n else 2, n))
+    columns = names[:6]
+    rows = [
+        {
+            "id": c.id,
+            "step": c.step,
+            "size": c.size,
+            "format": c.format,
+            "status": c.status,
+            "error": c.error,
+            "created_at": c.created_at,
+            "metrics": metrics.get(c.id, {}),
+            "llc": llc.get(c.id),
+        }
+        for c in ckpts
+    ]
+    return {
+        "checkpoints": rows,
+        "metric_columns": columns,
+        "total": total,
+        "page": page,
+        "pages": pages,
+    }
+
+
+def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]:
+    """Job counts by state plus the active and most recent failed jobs of a run."""
+    counts = dict(
+        session.execute(
+            select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)
+        ).all()
+    )
+    steps = dict(
+        session.execute(
+            select(Checkpoint.id, Checkpoint.step).where(Checkpoint.run_id == run_id)
+        ).all()
+    )
+    shown = session.scalars(
+        select(Job)
+        .where(Job.run_id == run_id, Job.state.in_((*ACTIVE_STATES, "failed")))
+        .order_by(Job.state.desc(), Job.id.desc())
+        .limit(limit)
+    ).all()
+    jobs = [
+        {
+            "id": j.id,
+            "kind": j.kind,
+            "restriction": j.restriction,
+            "step": steps.get(j.checkpoint_id) if j.checkpoint_id else None,
+            "state": j.state,
+            "progress": max(0.0, min(1.0, j.progress or 0.0)),
+            "progress_msg": j.progress_msg,
+            "error": j.error,
+            "attempts": j.attempts,
+        }
+        for j in shown
+    ]
+    jobs.sort(key=lambda j: (["running", "queued", "failed"].index(j["state"]), -j["id"]))
+    active = sum(counts.get(s, 0) for s in ACTIVE_STATES)
+    return {
+        "counts": counts,
+        "active": active,
+        "done": counts.get("done", 0),
+        "total": sum(counts.values()),
+        "jobs": jobs,
+    }
+
+
+def boundaries(session: Session, run_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(PhaseBoundary)
+        .where(PhaseBoundary.run_id == run_id)
+        .order_by(PhaseBoundary.step, PhaseBoundary.id)
+    ).all()
+    return [boundary_dict(b) for b in rows]
+
+
+def boundary_dict(b: PhaseBoundary) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "run_id": b.run_id,
+        "step": b.step,
+        "source": b.source,
+        "kind": b.kind,
+        "score": b.score,
+        "label": b.label,
+        "manual": b.manual,
+    }
+
+
+_SERIES_NAMES = text(
+    """
+    WITH RECURSIVE names(name) AS (
+        SELECT min(name) FROM metric_points WHERE run_id = :run
+        UNION ALL
+        SELECT (SELECT min(name) FROM metric_points WHERE run_id = :run AND name > names.name)
+        FROM names WHERE names.name IS NOT NULL
+    )
+    SELECT name FROM names WHERE name IS NOT NULL
+    """
+)
+
+
+def series_names(session: Session, run_id: int) -> list[str]:
+    """A run's metric names by index jumps (one seek per name, not a scan of every point)."""
+    return list(session.scalars(_SERIES_NAMES, {"run": run_id}))
+
+
+def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str, Any]:
+    """Everything the plots of one run need, in one response.
+
+    ``series``: logged metric points (downsampled to at most ``max_points`` each by
+    ``server.api.metrics.read_series``, the same min/max buckets as ``/series``) and the
+    scalars of per-checkpoint ``metrics`` results (prefixed ``ckpt/``); ``llc``: mean and std
+    per checkpoint; ``restricted``: the same per restriction; ``boundaries``: phase boundaries.
+    """
+    run = get_run(session, run_id)
+    series: dict[str, dict[str, list[float]]] = {}
+    for name in series_names(session, run_id):
+        steps, values, total = read_series(session, run_id, name, max_points)
+        series[name] = {"step": steps.tolist(), "value": values.tolist(), "count": total}
+
+    ckpt_metrics: dict[str, dict[str, list[float]]] = {}
+    for step, values in session.execute(
+        select(Result.step, Result.values)
+        .where(Result.run_id == run_id, Result.kind == "metrics", Result.step.is_not(None))
+        .order_by(Result.step)
+    ):
+        for key, value in _scalar_values(values).items():
+            if not math.isfinite(value):
+                continue
+            s = ckpt_metrics.setdefault(f"ckpt/{key}", {"step": [], "value": []})
+            s["step"].append(step)
+            s["value"].append(value)
+    for key, s in ckpt_metrics.items():
+        s["count"] = len(s["step"])  # type: ignore[assignment]
+        series[key] = s
+
+    llc: dict[str, list[Any]] = {"step": [], "mean": [], "std": []}
+    restricted: dict[str, dict[str, list[Any]]] = {}
+    stmt = (
+        select(
+            Result.kind,
+            Result.restriction,
+            Result.step,
+            Result.values["mean"].as_float(),
+            Result.values["std"].as_float(),
+        )
+        .where(
+            Result.run_id == run_id,
+            Result.kind.in_(("llc", "llc_restricted")),
+            Result.step.is_not(None),
+        )
+        .order_by(Result.step)
+    )
+    for kind, restriction, step, mean, std in session.execute(stmt):
+        if mean is None or not math.isfinite(mean):
+            continue
+        target = (
+            llc
+            if kind == "llc"
+            else restricted.setdefault(restriction or "?", {"step": [], "mean": [], "std": []})
+        )
+        target["step"].append(step)
+        target["mean"].append(mean)
+        target["std"].append(std if std is not None and math.isfinite(std) else 0.0)
+    return {
+        "run": {"id": run.id, "name": run.name, "task": run.task},
+        "series": dict(sorted(series.items())),
+        "llc": llc,
+        "restricted": dict(sorted(restricted.items())),
+        "boundaries": boundaries(session, run_id),
+    }
+
+
+def runs_by_ids(session: Session, ids: list[int]) -> list[dict[str, Any]]:
+    """The runs named in a compare view, in the order given; unknown ids are skipped."""
+    found = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))}
+    return [run_dict(found[i]) for i in ids if i in found]

@@ -1,0 +1,224 @@
+"""HTML routes: thin handlers that build a context (``queries``) and render a template.
+
+A request from htmx (``HX-Request``) gets the partial it targets; any other request gets the
+full page, so every URL also works as a plain link, a bookmark or a share.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import select
+
+from server.api.deps import SessionDep, SettingsDep, WriteAuth
+from server.errors import NotFound
+from server.models import Share
+from server.web import queries
+from server.web.edits import update_run_header
+from server.web.templating import STATIC_DIR, make_templates
+from server.web.views import PageView, parse_view
+
+router = APIRouter(include_in_schema=False)
+data_router = APIRouter(prefix="/api", tags=["plots"])
+templates = make_templates()
+
+PLOTLY_JS = resources.files("plotly") / "package_data" / "plotly.min.js"
+
+
+def _is_partial(request: Request) -> bool:
+    """htmx asked for a fragment (a history restore wants the whole page back)."""
+    return (
+        request.headers.get("hx-request") == "true"
+        and request.headers.get("hx-history-restore-request") != "true"
+    )
+
+
+def _render(
+    request: Request, name: str, context: dict[str, Any], status_code: int = 200
+) -> HTMLResponse:
+    settings = request.app.state.settings
+    base = {"auth_required": bool(settings.api_token), "readonly": False, "share": None}
+    base.update(context)
+    response = templates.TemplateResponse(request, name, base, status_code=status_code)
+    response.headers["Vary"] = "HX-Request"
+    return response
+
+
+def _not_found(request: Request, message: str) -> HTMLResponse:
+    return _render(request, "not_found.html", {"message": message}, status_code=404)
+
+
+# ---------------------------------------------------------------- runs list
+
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(
+    request: Request,
+    session: SessionDep,
+    q: str = "",
+    tag: str = "",
+    task: str = "",
+    sort: str = "activity",
+) -> HTMLResponse:
+    context = queries.list_runs(session, q=q.strip(), tag=tag, task=task, sort=sort)
+    if _is_partial(request):
+        return _render(request, "_runs_table.html", context)
+    return _render(request, "runs.html", context)
+
+
+# ---------------------------------------------------------------- one run
+
+
+def _run_context(session: SessionDep, run_id: int) -> dict[str, Any]:
+    run = queries.get_run(session, run_id)
+    return {
+        "run": queries.run_dict(run),
+        "ckpts": queries.checkpoint_page(session, run_id),
+        "jobs": queries.jobs_panel(session, run_id),
+        "boundaries": queries.boundaries(session, run_id),
+    }
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
+    try:
+        context = _run_context(session, run_id)
+    except NotFound as exc:
+        return _not_found(request, exc.message)
+    return _render(request, "run.html", context)
+
+
+@router.get("/runs/{run_id}/header", response_class=HTMLResponse)
+def run_header(
+    request: Request, run_id: int, session: SessionDep, edit: bool = False
+) -> HTMLResponse:
+    run = queries.run_dict(queries.get_run(session, run_id))
+    return _render(request, "_run_header.html", {"run": run, "edit": edit})
+
+
+@router.patch("/runs/{run_id}/header", response_class=HTMLResponse, dependencies=[WriteAuth])
+def edit_run_header(
+    request: Request,
+    run_id: int,
+    session: SessionDep,
+    task: Annotated[str, Form()] = "",
+    task_config: Annotated[str, Form()] = "",
+    tags: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    run = update_run_header(
+        session, run_id, task=task, task_config=task_config, tags=tags, notes=notes
+    )
+    return _render(request, "_run_header.html", {"run": queries.run_dict(run), "edit": False})
+
+
+@router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
+def run_checkpoints(
+    request: Request, run_id: int, session: SessionDep, page: int = 0
+) -> HTMLResponse:
+    queries.get_run(session, run_id)
+    context = {"run": {"id": run_id}, "ckpts": queries.checkpoint_page(session, run_id, page)}
+    return _render(request, "_checkpoints.html", context)
+
+
+@router.get("/runs/{run_id}/jobs", response_class=HTMLResponse)
+def run_jobs(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
+    queries.get_run(session, run_id)
+    context = {"run": {"id": run_id}, "jobs": queries.jobs_panel(session, run_id)}
+    return _render(request, "_jobs.html", context)
+
+
+# ---------------------------------------------------------------- compare and shares
+
+
+def _parse_ids(text: str) -> list[int]:
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.isdigit() and int(part) not in ids:
+            ids.append(int(part))
+    return ids[:12]
+
+
+@router.get("/compare", response_class=HTMLResponse, response_model=None)
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    runs: str = "",
+    pick: Annotated[list[int] | None, Query()] = None,
+) -> HTMLResponse | RedirectResponse:
+    if pick:  # the no-JavaScript picker sends ?pick=1&pick=2; the address keeps runs=1,2
+        ids = ",".join(str(i) for i in _parse_ids(",".join(map(str, pick))))
+        return RedirectResponse(f"/compare?runs={ids}", status_code=303)
+    chosen = queries.runs_by_ids(session, _parse_ids(runs))
+    all_runs = queries.list_runs(session, sort="name")["runs"]
+    return _render(request, "compare.html", {"runs": chosen, "all_runs": all_runs})
+
+
+@router.get("/s/{slug}", response_class=HTMLResponse)
+def shared_page(request: Request, slug: str, session: SessionDep) -> HTMLResponse:
+    """A frozen view: the page ``view`` names, read-only, with the view's state."""
+    share = session.scalars(select(Share).where(Share.slug == slug)).first()
+    if share is None:
+        return _not_found(request, f"share link {slug!r} does not exist")
+    view: PageView = parse_view(share.view)
+    shared = {"slug": slug, "view": view.view, "query": view.query}
+    if view.page == "runs":
+        p = view.params
+        context = queries.list_runs(
+            session,
+            q=p.get("q", ""),
+            tag=p.get("tag", ""),
+            task=p.get("task", ""),
+            sort=p.get("sort", "activity"),
+        )
+        return _render(request, "runs.html", {**context, "readonly": True, "share": shared})
+    if view.page == "compare":
+        chosen = queries.runs_by_ids(session, _parse_ids(view.params.get("runs", "")))
+        context = {"runs": chosen, "all_runs": [], "readonly": True, "share": shared}
+        return _render(request, "compare.html", context)
+    assert view.run_id is not None
+    try:
+        context = _run_context(session, view.run_id)
+    except NotFound as exc:
+        return _not_found(request, exc.message)
+    return _render(request, "run.html", {**context, "readonly": True, "share": shared})
+
+
+# ---------------------------------------------------------------- data for the plots
+
+
+@data_router.get("/runs/{run_id}/plotdata")
+def plot_data(
+    run_id: int,
+    session: SessionDep,
+    max_points: Annotated[int, Query(ge=10, le=20000)] = 2000,
+) -> dict[str, Any]:
+    """Series (downsampled), LLC, restricted LLCs and phase boundaries of a run, in one go."""
+    return queries.plot_data(session, run_id, max_points=max_points)
+
+
+# ---------------------------------------------------------------- mounting
+
+
+def _plotly_js(settings: SettingsDep) -> Response:
+    with resources.as_file(PLOTLY_JS) as path:
+        return FileResponse(
+            path,
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
+
+def mount_web(app: FastAPI) -> None:
+    """Add the pages, the plot-data endpoint and ``/static`` (plotly.js from its package)."""
+    app.add_api_route(
+        "/static/vendor/plotly.min.js", _plotly_js, methods=["GET"], include_in_schema=False
+    )
+    app.include_router(data_router)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

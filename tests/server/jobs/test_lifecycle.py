@@ -1,0 +1,69 @@
+"""Planning and the SQL job lifecycle on SQLite and PostgreSQL (no workers)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from server.db import Database
+from server.jobs import lifecycle
+from server.jobs.base import NullQueue
+from server.jobs.planning import config_hash
+from server.models import Job, Result
+from server.storage import BlobStore
+from tests.server.jobs.conftest import seed_run
+
+
+def _queue(settings):  # type: ignore[no-untyped-def]
+    db = Database(settings)
+    return NullQueue(settings, db, BlobStore(settings.storage_dir)), db
+
+
+def test_identical_work_is_planned_once_and_new_config_is_new_work(settings) -> None:
+    run_id, ckpts = seed_run(settings, [1, 10])
+    queue, db = _queue(settings)
+    first = queue.plan_and_enqueue(run_id, ["llc", "metrics"])
+    again = queue.plan_and_enqueue(run_id, ["metrics", "llc"], ckpts)
+    assert sorted(first) == sorted(again) and len(first) == 4
+    other = queue.plan_and_enqueue(run_id, ["llc"], config={"llc": {"num_draws": 7}})
+    assert not set(other) & set(first)
+    with db.session() as s:
+        assert s.scalar(sa.select(sa.func.count(Job.id))) == 6
+        job = s.get(Job, other[0])
+        assert job.config["num_draws"] == 7 and job.config["num_chains"] == 2
+        assert job.config_hash == config_hash(job.config)
+    db.dispose()
+
+
+def test_claim_is_exclusive_and_finish_is_fenced_after_requeue(settings) -> None:
+    run_id, _ = seed_run(settings, [5])
+    queue, db = _queue(settings)
+    (job_id,) = queue.plan_and_enqueue(run_id, ["llc"])
+    first = lifecycle.claim(db, job_id, "w1")
+    assert first is not None and lifecycle.claim(db, job_id, "w2") is None
+    # w1 goes silent: the sweep requeues it and w2 takes over.
+    assert lifecycle.requeue_stale(db, 0.0, max_attempts=3) == [job_id]
+    second = lifecycle.claim(db, job_id, "w2")
+    assert second is not None and second.attempt == 2
+    # w1 wakes up late: its heartbeat and its results are refused.
+    assert not lifecycle.heartbeat(db, first, 0.5, "late")
+    assert not lifecycle.finish(db, first, [{"restriction": "", "values": {"mean": 1.0}}])
+    assert lifecycle.finish(db, second, [{"restriction": "", "values": {"mean": 2.0}}])
+    with db.session() as s:
+        rows = s.scalars(sa.select(Result).where(Result.job_id == job_id)).all()
+        assert [r.values["mean"] for r in rows] == [2.0]
+        assert rows[0].step == 5
+        assert s.get(Job, job_id).state == "done"
+    db.dispose()
+
+
+def test_stale_job_fails_once_attempts_are_used_up(settings) -> None:
+    run_id, _ = seed_run(settings, [5])
+    queue, db = _queue(settings)
+    (job_id,) = queue.plan_and_enqueue(run_id, ["llc"])
+    for _ in range(2):
+        assert lifecycle.claim(db, job_id, "w") is not None
+        lifecycle.requeue_stale(db, 0.0, max_attempts=2)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job.state == "failed" and "worker lost" in job.error and job.attempts == 2
+    db.dispose()

@@ -1,0 +1,115 @@
+"""docker-compose.yml agrees with server/settings.py (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from server.settings import REPO_ROOT, Settings
+
+yaml = pytest.importorskip("yaml")
+
+SERVICES = {"postgres", "redis", "api", "worker"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def _command(service: dict) -> str:
+    cmd = service.get("command", "")
+    return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """``{source: target}`` of a service's volumes (short syntax)."""
+    out = {}
+    for entry in service.get("volumes", []):
+        source, target = entry.split(":")[:2]
+        out[source] = target
+    return out
+
+
+def test_compose_has_the_four_services(compose: dict) -> None:
+    assert set(compose["services"]) == SERVICES
+
+
+def test_every_phaseboard_variable_is_a_settings_field(compose: dict) -> None:
+    fields = set(Settings.model_fields)
+    for name, service in compose["services"].items():
+        for key in service.get("environment", {}):
+            if key.startswith("PHASEBOARD_"):
+                field = key.removeprefix("PHASEBOARD_").lower()
+                assert field in fields, f"{name}: {key} is not a field of Settings"
+
+
+def test_environment_parses_into_settings_for_api_and_worker(compose: dict) -> None:
+    for name in ("api", "worker"):
+        env = {
+            k.removeprefix("PHASEBOARD_").lower(): v
+            for k, v in compose["services"][name]["environment"].items()
+            if k.startswith("PHASEBOARD_") and not str(v).startswith("${")
+        }
+        settings = Settings(**env)
+        assert settings.queue == "celery"
+        assert settings.database_url.startswith("postgresql://")
+        assert "@postgres:" in settings.database_url
+        assert settings.redis_url.startswith("redis://redis:")
+
+
+def test_api_migrates_then_serves_on_all_interfaces(compose: dict) -> None:
+    cmd = _command(compose["services"]["api"])
+    assert cmd.index("phaseboard migrate") < cmd.index("phaseboard up")
+    assert "--host 0.0.0.0" in cmd
+    assert compose["services"]["api"]["environment"]["PHASEBOARD_QUEUE"] == "celery"
+
+
+def test_worker_runs_celery_on_the_gpu_and_can_scale(compose: dict) -> None:
+    worker = compose["services"]["worker"]
+    args = shlex.split(_command(worker))
+    assert args[:2] == ["phaseboard", "worker"]
+    assert args[args.index("--device") + 1] == "cuda:0"
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # `--scale worker=N` needs no fixed name and no host port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_named_volumes_are_declared_and_blobs_shared_at_storage_dir(compose: dict) -> None:
+    declared = set(compose["volumes"])
+    for name, service in compose["services"].items():
+        for source in _mounts(service):
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} is not declared"
+    assert "/var/lib/postgresql/data" in _mounts(compose["services"]["postgres"]).values()
+    targets = set()
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        storage_dir = Path(service["environment"]["PHASEBOARD_STORAGE_DIR"])
+        assert Path(_mounts(service)["blobs"]) == storage_dir, name
+        targets.add(storage_dir)
+    assert len(targets) == 1, "api and worker must see the blob store at the same path"
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_its_dependencies(compose: dict) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert "/api/health" in " ".join(services["api"]["healthcheck"]["test"])
+    for name, needs in {"api": {"postgres", "redis"}, "worker": {"api", "redis"}}.items():
+        depends = services[name]["depends_on"]
+        assert needs <= set(depends), name
+        for dep in needs:
+            assert depends[dep]["condition"] == "service_healthy"
+
+
+def test_dockerfile_installs_torch_before_the_package() -> None:
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    assert text.index("pip install ${TORCH_SPEC}") < text.index("pip install -e .")
+    for path in ("server", "analysis", "migrations", "frontend", "pyproject.toml"):
+        assert path in text
