@@ -10,9 +10,9 @@ Unlike devinterp (one chain at a time) every chain - and, in ``estimate_llc_many
 every checkpoint, in ``analysis.restrict`` every weight group, in ``calibrate`` every
 hyperparameter setting - advances in one ``torch.func.vmap``-ed gradient step over
 stacked parameters. Internally everything is a "row": one (checkpoint, group, chain)
-triple. One extra, never-moving reference row per checkpoint sits at w* and gives
-L_m(w*) on exactly the minibatches the chains see; ``init_loss`` is the mean of those,
-which also makes ``llc`` a paired (lower-variance) difference.
+triple. Each checkpoint's w* is also evaluated (forward only, at draw steps) on exactly
+the minibatches the chains see; ``init_loss`` is the mean of those L_m(w*), which also
+makes ``llc`` a paired (lower-variance) difference.
 
 Noise is drawn outside vmap from seeded ``torch.Generator``s (one per parameter) with shape
 (num_chains, *param_shape) and shared by every checkpoint/group/setting of a call
@@ -293,24 +293,26 @@ def _run_sgld(
         raise ValueError("param_mask leaves no parameter free")
     fixed_names = [n for n in list(named) + list(named_buffers) if n not in free_names]
 
-    # Row layout: chain rows ordered (k, g, c), then K reference rows (k).
+    # Chain rows ordered (k, g, c); the K reference rows (one per checkpoint, at w*) only
+    # need a forward pass at draw steps, so they are evaluated separately without gradients.
     R = K * G * C
-    ckpt_of_row = torch.cat([torch.arange(K).repeat_interleave(G * C), torch.arange(K)]).to(
-        device
-    )  # (V,)
+    ckpt_of_row = torch.arange(K, device=device).repeat_interleave(G * C)  # (R,)
 
     def stacked(name: str) -> Tensor:  # (K, *shape) from every checkpoint
         return torch.stack([sd[name].detach().to(device, dtype) for sd in state_dicts])
 
     w_star = {n: stacked(n) for n in free_names}  # (K, *shape)
-    params = {n: w.index_select(0, ckpt_of_row) for n, w in w_star.items()}  # (V, *shape)
+    params = {n: w.index_select(0, ckpt_of_row) for n, w in w_star.items()}  # (R, *shape)
     if K == 1:  # fixed tensors shared by every row: no copies
         fixed = {n: state_dicts[0][n].detach().to(device) for n in fixed_names}
+        fixed_ref = fixed
         fixed_dims: dict[str, int | None] = {n: None for n in fixed_names}
     else:
-        fixed = {n: stacked(n).index_select(0, ckpt_of_row) for n in fixed_names}
+        fixed_ref = {n: stacked(n) for n in fixed_names}  # (K, *shape)
+        fixed = {n: t.index_select(0, ckpt_of_row) for n, t in fixed_ref.items()}
         fixed_dims = {n: 0 for n in fixed_names}
     fixed = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in fixed.items()}
+    fixed_ref = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in fixed_ref.items()}
 
     # Per-group step size, localization and update mask, shaped to broadcast against the
     # (K, G, C, *shape) view of the chain rows. Reference rows are simply never updated.
@@ -335,6 +337,7 @@ def _run_sgld(
         return functional_call(wrapper, tensors, (batch,))
 
     step_fn = vmap(grad_and_value(loss_at), in_dims=(0, fixed_dims, None))
+    ref_loss_fn = vmap(loss_at, in_dims=(0, fixed_dims, None))
 
     # One noise stream per parameter, seeded by (seed, name): a tensor's noise does not
     # depend on which other tensors are free, so masked runs are reproducible alone.
@@ -342,21 +345,22 @@ def _run_sgld(
     for n in params:
         gens[n] = torch.Generator(device=device)
         gens[n].manual_seed(config.seed * 1_000_003 + zlib.crc32(n.encode()))
-    traces: list[Tensor] = []  # each (V,)
+    traces: list[Tensor] = []  # each (R + K,): chain rows, then reference rows
     total = config.total_steps
     report_every = max(1, total // 50)
     batch_iter = iter(_BatchCycler(batches))
     with torch.no_grad():
         for step in range(total):
             batch = _to_device(next(batch_iter), device, dtype)
-            grads, loss = step_fn(params, fixed, batch)  # loss: (V,)
+            grads, loss = step_fn(params, fixed, batch)  # loss: (R,)
             draw_step = step - config.num_burnin_steps
             if draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0:
-                traces.append(loss.detach())
+                ref_loss = ref_loss_fn(w_star, fixed_ref, batch)  # (K,)
+                traces.append(torch.cat([loss.detach(), ref_loss]))
             for n, w in params.items():
                 shape = w.shape[1:]
-                w_chain = w[:R].view(K, G, C, *shape)  # a view: updated in place
-                grad = grads[n][:R].view(K, G, C, *shape)
+                w_chain = w.view(K, G, C, *shape)  # a view: updated in place
+                grad = grads[n].view(K, G, C, *shape)
                 # Noise (C, *shape), broadcast over checkpoints/groups (see module doc).
                 noise = torch.randn((C, *shape), generator=gens[n], device=device, dtype=dtype)
                 anchor = w_star[n].view(K, 1, 1, *shape)
@@ -369,12 +373,12 @@ def _run_sgld(
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == total):
                 progress(step + 1, total, f"chain draws {len(traces)}/{D}")
 
-    trace = torch.stack(traces, dim=1).float().cpu()  # (V, D)
+    trace = torch.stack(traces, dim=1).float().cpu()  # (R + K, D)
     chain_trace, ref = trace[:R].view(K, G, C, D), trace[R:]
     init = ref.mean(dim=1).view(K, 1, 1, 1)
     finite = torch.isfinite(chain_trace).all(dim=-1)
     for w in params.values():
-        finite &= torch.isfinite(w[:R]).flatten(1).all(dim=1).cpu().view(K, G, C)
+        finite &= torch.isfinite(w).flatten(1).all(dim=1).cpu().view(K, G, C)
     blowup = (chain_trace.abs() > BLOWUP_FACTOR * (init.abs() + 1)).any(dim=-1)
     diverged = ~finite | blowup
     return _SamplerOutput(chain_trace, ref, diverged, num_free, time.perf_counter() - t0)

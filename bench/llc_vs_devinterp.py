@@ -49,7 +49,13 @@ class AttnOnly(nn.Module):
         x = self.embed(input_ids) + self.pos[:T]  # (B, T, d)
         for qkv, out in zip(self.qkv, self.out, strict=True):
             q, k, v = qkv(x).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, T, dh)
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            # Explicit causal attention rather than F.scaled_dot_product_attention: torch has no
+            # vmap batching rule for the fused CPU kernel and falls back to a per-sample loop.
+            # Both samplers run this same model, so the comparison stays like for like.
+            att = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            z = att @ v  # (B, H, T, dh)
             x = x + out(z.transpose(1, 2).reshape(B, T, -1))
         return self.unembed(x)
 
