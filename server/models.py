@@ -84,7 +84,8 @@ class MetricPoint(Base):
     __tablename__ = "metric_points"
     __table_args__ = (
         UniqueConstraint("run_id", "name", "step", name="uq_metric_run_name_step"),
-        Index("ix_metric_series", "run_id", "name", "step"),
+        # Covering: series reads are index-only scans (``server.series_store``).
+        Index("ix_metric_series_values", "run_id", "name", "step", "value"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

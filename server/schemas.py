@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
+from server.series import MAX_STEP
+
 
 def known_tasks() -> list[str] | None:
     """Task names this server knows, or None when the task registry is not importable."""
@@ -111,7 +113,7 @@ class CheckpointOut(BaseModel):
 class MetricIn(TypedDict):
     """One point of a metric series. A TypedDict: 10^5 of them validate in ~0.1 s."""
 
-    step: Annotated[int, Field(ge=0)]
+    step: Annotated[int, Field(ge=0, le=MAX_STEP)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     value: Annotated[float, Field(allow_inf_nan=False, description="A finite number.")]
 

@@ -5,14 +5,18 @@ step range ``[lo, hi]`` is cut into ``nb = (max_points - 2) // 2`` equal buckets
 (``bucket = (step - lo) * nb // (hi - lo + 1)``) and each non-empty bucket keeps its lowest
 and highest value (the earliest step on ties), plus the series' first and last point.
 Spikes, dips and the global extremes therefore survive, which a stride would lose.
-``server.api.metrics`` computes the same buckets in SQL on SQLite.
+``server.series_store`` computes the same buckets in SQL.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["downsample_minmax", "n_buckets"]
+__all__ = ["MAX_STEP", "downsample_minmax", "n_buckets"]
+
+MAX_STEP = 2**53 - 1
+"""Largest accepted step: doubles (the browser's numbers, PostgreSQL's float8 arrays in
+``server.series_store``) hold every integer up to it exactly."""
 
 
 def n_buckets(max_points: int) -> int:

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import Integer, cast, func, select, text
 from sqlalchemy.orm import Session
 
-from server.api.metrics import read_series
 from server.errors import NotFound
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
+from server.series_store import read_series
 
 ACTIVE_STATES = ("queued", "running")
 RUN_SORTS = {
@@ -283,7 +283,7 @@ def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str
     """Everything the plots of one run need, in one response.
 
     ``series``: logged metric points (downsampled to at most ``max_points`` each by
-    ``server.api.metrics.read_series``, the same min/max buckets as ``/series``) and the
+    ``server.series_store.read_series``, the same min/max buckets as ``/series``) and the
     scalars of per-checkpoint ``metrics`` results (prefixed ``ckpt/``); ``llc``: mean and std
     per checkpoint; ``restricted``: the same per restriction; ``boundaries``: phase boundaries.
     """

@@ -345,8 +345,8 @@ def test_a_run_with_2000_checkpoints_and_a_million_points_stays_light(client) ->
     import numpy as np
     import sqlalchemy as sa
 
-    from server.api.metrics import upsert_points
     from server.models import Checkpoint, Result, Run
+    from server.series_store import upsert_points
 
     db = client.app.state.db
     with db.session() as s:
