@@ -1,4 +1,4 @@
-"""The ``phaseboard`` command: ``up | migrate | worker | ingest | export | demo``."""
+"""The ``phaseboard`` command: ``up | migrate | worker | ingest | export | demo | gc``."""
 
 from __future__ import annotations
 
@@ -178,3 +178,34 @@ def demo(
     except PhaseboardClientError as exc:
         console.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(1) from exc
+
+
+@app.command()
+def gc(
+    min_age_hours: float = typer.Option(1.0, help="Spare blobs written more recently."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report, remove nothing."),
+) -> None:
+    """Free disk space: remove blobs no checkpoint references (left by deleted runs)."""
+    from server.blob_gc import collect_garbage
+    from server.db import Database
+    from server.storage import BlobStore
+
+    settings = Settings()
+    settings.ensure_dirs()
+    db = Database(settings)
+    try:
+        report = collect_garbage(
+            db,
+            BlobStore(settings.storage_dir),
+            min_age_hours * 3600,
+            dry_run,  # type: ignore[arg-type]
+        )
+    finally:
+        db.dispose()
+    verb = "would remove" if dry_run else "removed"
+    console.print(
+        f"{verb} {len(report.removed)} unreferenced blob(s), "
+        f"{report.bytes_freed / 1e6:.1f} MB; kept {report.referenced} referenced, "
+        f"{report.kept_recent} younger than {min_age_hours:g} h; "
+        f"{report.temp_files_removed} stale upload temp file(s) removed"
+    )

@@ -103,9 +103,12 @@ class BlobStore:
     def commit(self, staged: StagedBlob) -> Path:
         """Atomically move a staged blob into place; a duplicate is dropped, not rewritten."""
         final = self.path_for(staged.sha256)
-        if final.is_file():
+        try:  # a duplicate: refresh its mtime, since garbage collection spares recent blobs
+            os.utime(final)
             staged.path.unlink(missing_ok=True)
             return final
+        except FileNotFoundError:
+            pass  # new bytes (or collected a moment ago): move ours into place
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)

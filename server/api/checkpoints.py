@@ -225,7 +225,8 @@ def download_checkpoint(checkpoint_id: int, request: Request, session: SessionDe
 
 @router.delete("/checkpoints/{checkpoint_id}", status_code=204, dependencies=[WriteAuth])
 def delete_checkpoint(checkpoint_id: int, session: SessionDep) -> Response:
-    """Delete the row (and its jobs/results); the blob stays for GC (it may be shared)."""
+    """Delete the row (and its jobs/results); the blob stays (it may be shared) until
+    ``phaseboard gc``."""
     session.delete(_get_checkpoint(session, checkpoint_id))
     session.commit()
     return Response(status_code=204)

@@ -151,8 +151,8 @@ def update_run(run_id: int, body: RunUpdate, session: SessionDep) -> RunOut:
 def delete_run(run_id: int, session: SessionDep) -> Response:
     """Delete the run and its rows (checkpoints, metrics, jobs, results, boundaries).
 
-    Blobs stay in the store: another run may hold the same bytes. Unreferenced blobs are
-    garbage that a GC pass (not written yet) may remove.
+    Blobs stay in the store: another run may hold the same bytes. ``phaseboard gc``
+    removes the ones no checkpoint references any more (``server.blob_gc``).
     """
     run = get_run_or_404(session, run_id)
     session.delete(run)

@@ -1,0 +1,89 @@
+"""Blob garbage collection: unreferenced, old blobs go; shared, referenced and recent stay."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from typer.testing import CliRunner
+
+from server.blob_gc import collect_garbage
+from server.cli import app as cli
+from server.db import Database
+from server.storage import BlobStore
+from tests.server.conftest import safetensors_bytes
+
+
+def _upload(client, run_id: int, step: int, data: bytes) -> str:  # type: ignore[no-untyped-def]
+    files = {"file": (f"step_{step}.safetensors", data, "application/octet-stream")}
+    resp = client.post(f"/api/runs/{run_id}/checkpoints", files=files, data={"step": str(step)})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["sha256"]
+
+
+def _age(store: BlobStore, sha: str, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(store.path_for(sha), (old, old))
+
+
+def test_deleting_a_run_then_gc_frees_only_its_unshared_blobs(client, settings) -> None:
+    a = client.post("/api/runs", json={"name": "a"}).json()["id"]
+    b = client.post("/api/runs", json={"name": "b"}).json()["id"]
+    shared = _upload(client, a, 1, safetensors_bytes(1))
+    assert _upload(client, b, 1, safetensors_bytes(1)) == shared
+    only_a = _upload(client, a, 2, safetensors_bytes(2))
+    only_b = _upload(client, b, 2, safetensors_bytes(3))
+    store = BlobStore(settings.storage_dir)
+    for sha in (shared, only_a, only_b):
+        _age(store, sha, 7200)
+    assert client.delete(f"/api/runs/{a}").status_code == 204
+    db = Database(settings)
+    try:
+        dry = collect_garbage(db, store, min_age_s=3600, dry_run=True)
+        assert dry.removed == [only_a] and store.exists(only_a)
+        report = collect_garbage(db, store, min_age_s=3600)
+    finally:
+        db.dispose()
+    assert report.removed == [only_a] and report.bytes_freed > 0 and report.referenced == 2
+    assert sorted(store.blobs()) == sorted([shared, only_b])
+    ckpts = client.get(f"/api/runs/{b}/checkpoints").json()
+    for c in ckpts:  # run b's checkpoints still download
+        assert client.get(f"/api/checkpoints/{c['id']}/download").status_code == 200
+
+
+def test_recent_blobs_are_spared_and_a_duplicate_upload_makes_a_blob_recent(
+    client, settings
+) -> None:
+    run = client.post("/api/runs", json={"name": "r"}).json()["id"]
+    sha = _upload(client, run, 1, safetensors_bytes(5))
+    client.delete(f"/api/runs/{run}")
+    store = BlobStore(settings.storage_dir)
+    db = Database(settings)
+    try:
+        assert collect_garbage(db, store, min_age_s=3600).kept_recent == 1
+        _age(store, sha, 7200)
+        again = client.post("/api/runs", json={"name": "r2"}).json()["id"]
+        _upload(client, again, 1, safetensors_bytes(5))  # same bytes: the blob is reused
+        assert time.time() - store.path_for(sha).stat().st_mtime < 600
+        client.delete(f"/api/runs/{again}")
+        report = collect_garbage(db, store, min_age_s=3600)
+    finally:
+        db.dispose()
+    assert report.removed == [] and store.exists(sha)
+
+
+def test_gc_command_reports_what_it_removed(client, settings, monkeypatch) -> None:
+    run = client.post("/api/runs", json={"name": "r"}).json()["id"]
+    sha = _upload(client, run, 1, safetensors_bytes(7))
+    client.delete(f"/api/runs/{run}")
+    monkeypatch.setenv("PHASEBOARD_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PHASEBOARD_STORAGE_DIR", str(settings.storage_dir))
+    monkeypatch.setenv("PHASEBOARD_HOME", str(settings.home))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["gc", "--min-age-hours", "0", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would remove 1 unreferenced blob" in result.output
+    assert BlobStore(settings.storage_dir).exists(sha)
+    result = runner.invoke(cli, ["gc", "--min-age-hours", "0"])
+    assert result.exit_code == 0 and "removed 1 unreferenced blob" in result.output
+    assert not BlobStore(settings.storage_dir).exists(sha)
