@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy.orm import Session
 
 from server.errors import BadInput
 from server.models import Run, utcnow
+from server.schemas import RunUpdate
 from server.web.queries import get_run
 
 
@@ -32,12 +35,21 @@ def update_run_header(
         raise BadInput(f"task config is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
     if not isinstance(config, dict):
         raise BadInput('task config must be a JSON object, e.g. {"p": 53}')
-    if len(task) > 100:
-        raise BadInput("task name is longer than 100 characters")
-    run.task = task.strip() or None
+    try:  # the API's own rules: a known task, tag and notes lengths
+        update = RunUpdate(
+            task=task.strip() or None, task_config=config, tags=parse_tags(tags), notes=notes
+        )
+    except ValidationError as exc:
+        raise BadInput("; ".join(_field_message(e) for e in exc.errors())) from exc
+    run.task = update.task
     run.task_config = config
-    run.tags = parse_tags(tags)
+    run.tags = update.tags or []
     run.notes = notes
     run.updated_at = utcnow()
     session.flush()
     return run
+
+
+def _field_message(error: ErrorDetails) -> str:
+    field = ".".join(str(part) for part in error["loc"])
+    return f"{field}: {error['msg'].removeprefix('Value error, ')}"

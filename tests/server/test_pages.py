@@ -151,9 +151,18 @@ def test_header_form_refuses_a_bad_config_and_changes_nothing(client, seeded, co
     assert client.get(f"/api/runs/{seeded.run_id}").json() == before
 
 
+def test_header_form_refuses_an_unknown_task_as_the_api_does(client, seeded) -> None:
+    before = client.get(f"/api/runs/{seeded.run_id}").json()
+    form = {"task": "no_such_task", "task_config": "{}", "tags": "x", "notes": "lost?"}
+    resp = client.patch(f"/runs/{seeded.run_id}/header", data=form)
+    assert resp.status_code == 422
+    assert "task: " in resp.json()["detail"] and "modular_addition" in resp.json()["detail"]
+    assert client.get(f"/api/runs/{seeded.run_id}").json() == before
+
+
 def test_header_form_needs_the_token_when_one_is_set(token_client) -> None:
     seeded = seed_runs(token_client.app.state.db)
-    form = {"task": "t", "task_config": "{}", "tags": "", "notes": ""}
+    form = {"task": "tms", "task_config": "{}", "tags": "", "notes": ""}
     assert token_client.patch(f"/runs/{seeded.run_id}/header", data=form).status_code == 401
     ok = token_client.patch(
         f"/runs/{seeded.run_id}/header", data=form, headers={"Authorization": "Bearer tok"}
