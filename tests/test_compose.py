@@ -6,10 +6,9 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from server.settings import REPO_ROOT, Settings
-
-yaml = pytest.importorskip("yaml")
 
 SERVICES = {"postgres", "redis", "api", "worker"}
 

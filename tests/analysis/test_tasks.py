@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from analysis import llc
 from analysis.tasks import (
     CheckpointMismatch,
     Task,
@@ -174,7 +175,6 @@ def test_log_spaced_steps() -> None:
 
 
 def test_head_groups_work_as_llc_param_masks() -> None:
-    llc = pytest.importorskip("analysis.llc")
     task = tiny("attention_lm")
     model = task.build_model()
     config = llc.LLCConfig(lr=1e-4, num_chains=2, num_draws=5, num_samples=task.num_train)

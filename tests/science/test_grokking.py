@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from analysis import llc
 from analysis.phases import loss_change_points
 from analysis.tasks import TrainPoint, get_task
 
@@ -75,7 +76,6 @@ def test_llc_rises_while_memorising_and_falls_after_grokking(run) -> None:
     """Published grokking LLC curves rise during memorisation and fall as the model
     generalises and cleans up: LLC(init) < LLC(memorising) > LLC(generalised).
     Observed here (lr 1e-4, gamma 100): ~3 at init, ~300 memorising, ~50 generalised."""
-    llc = pytest.importorskip("analysis.llc")
     task, points = run
     ckpts = [p for p in points if p.is_checkpoint]
     memorising = next(

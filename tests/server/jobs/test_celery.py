@@ -20,6 +20,7 @@ from server.jobs import make_queue
 from server.jobs.celery_app import CeleryQueue
 from server.settings import Settings
 from server.storage import BlobStore
+from tests.conftest import service_missing
 from tests.server.jobs.conftest import TINY_LLC, all_final, results_by_job, seed_run, wait_for
 
 pytestmark = [
@@ -48,7 +49,7 @@ def celery_redis_url(redis_url: str) -> Iterator[str]:
                     r.flushdb()
                 return
             r.delete("phaseboard:test-session")
-    pytest.skip("no free Redis DB number for the Celery tests")
+    service_missing("a free Redis database number", "DBs 1-15 all hold keys")
 
 
 @pytest.fixture
