@@ -13,7 +13,7 @@ ARG TORCH_SPEC="torch==2.13.0"
 RUN pip install ${TORCH_SPEC}
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY server ./server
 COPY analysis ./analysis
 COPY migrations ./migrations
