@@ -298,21 +298,22 @@ def _run_sgld(
     R = K * G * C
     ckpt_of_row = torch.arange(K, device=device).repeat_interleave(G * C)  # (R,)
 
+    def on_device(t: Tensor) -> Tensor:  # floating tensors in the sampling dtype, others kept
+        return t.detach().to(device, dtype if t.is_floating_point() else None)
+
     def stacked(name: str) -> Tensor:  # (K, *shape) from every checkpoint
-        return torch.stack([sd[name].detach().to(device, dtype) for sd in state_dicts])
+        return torch.stack([on_device(sd[name]) for sd in state_dicts])
 
     w_star = {n: stacked(n) for n in free_names}  # (K, *shape)
     params = {n: w.index_select(0, ckpt_of_row) for n, w in w_star.items()}  # (R, *shape)
     if K == 1:  # fixed tensors shared by every row: no copies
-        fixed = {n: state_dicts[0][n].detach().to(device) for n in fixed_names}
+        fixed = {n: on_device(state_dicts[0][n]) for n in fixed_names}
         fixed_ref = fixed
         fixed_dims: dict[str, int | None] = {n: None for n in fixed_names}
     else:
         fixed_ref = {n: stacked(n) for n in fixed_names}  # (K, *shape)
         fixed = {n: t.index_select(0, ckpt_of_row) for n, t in fixed_ref.items()}
         fixed_dims = {n: 0 for n in fixed_names}
-    fixed = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in fixed.items()}
-    fixed_ref = {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in fixed_ref.items()}
 
     # Per-group step size, localization and update mask, shaped to broadcast against the
     # (K, G, C, *shape) view of the chain rows. Reference rows are simply never updated.
@@ -329,6 +330,10 @@ def _run_sgld(
             num_free[g] += p.numel() if gm is None else int(gm[g].sum().item())
     eps = {n: per_group(group_lr, w.dim() - 1) for n, w in params.items()}
     gamma = {n: per_group(group_gamma, w.dim() - 1) for n, w in params.items()}
+    # Loop invariants of the update below, hoisted: -eps/2, sqrt(eps), w* per checkpoint row.
+    half_step = {n: -0.5 * e for n, e in eps.items()}
+    noise_scale = {n: e.sqrt() for n, e in eps.items()}
+    anchors = {n: w.view(K, 1, 1, *w.shape[1:]) for n, w in w_star.items()}
 
     wrapper = _LossModule(template, loss_fn)
 
@@ -363,10 +368,8 @@ def _run_sgld(
                 grad = grads[n].view(K, G, C, *shape)
                 # Noise (C, *shape), broadcast over checkpoints/groups (see module doc).
                 noise = torch.randn((C, *shape), generator=gens[n], device=device, dtype=dtype)
-                anchor = w_star[n].view(K, 1, 1, *shape)
-                e = eps[n]
-                step_ = -0.5 * e * (n_beta * grad + gamma[n] * (w_chain - anchor))
-                step_ += e.sqrt() * noise
+                step_ = half_step[n] * (n_beta * grad + gamma[n] * (w_chain - anchors[n]))
+                step_ += noise_scale[n] * noise
                 if masks[n] is not None:
                     step_ *= masks[n]
                 w_chain.add_(step_)
@@ -599,7 +602,7 @@ def calibrate(
         res = _summarise(out, 0, g, cfg, out.elapsed_s / len(grid))
         good = [c for c in range(config.num_chains) if c not in res.diverged]
         chains = out.traces[0, g, good].double()  # (C', D)
-        if len(good) and torch.isfinite(chains).all():
+        if good:  # diverged chains (non-finite ones included) are already left out
             mean_trace = chains.mean(dim=0)
             half = mean_trace[mean_trace.shape[0] // 2 :]
             x = torch.arange(half.shape[0], dtype=torch.float64)

@@ -91,9 +91,9 @@ def checkpoint_metrics(
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
+    batches = {split: to_device(task.full_batch(split), device) for split in ("train", "test")}
     with torch.no_grad():
-        for split in ("train", "test"):
-            batch = to_device(task.full_batch(split), device)
+        for split, batch in batches.items():
             out[f"{split}_loss"] = float(task.loss(model, batch))
             acc = task.accuracy(model, batch)
             if acc is not None:
@@ -101,7 +101,7 @@ def checkpoint_metrics(
     out.update(weight_norms(model))
     if reference_state is not None:
         out["distance_from_init"] = distance(model, reference_state)
-    train = to_device(task.full_batch("train"), device)
+    train = batches["train"]
     out["grad_norm"] = gradient_norm(model, task.loss, train)
     if hutchinson_samples > 0:
         trace, se = hessian_trace(model, task.loss, train, samples=hutchinson_samples, seed=seed)

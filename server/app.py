@@ -13,8 +13,10 @@ from server import __version__
 from server.api import build_api_router
 from server.db import Database
 from server.errors import PhaseboardError
+from server.jobs import make_queue
 from server.settings import Settings
 from server.storage import BlobStore
+from server.web import mount_web
 
 
 def _error_body(code: str, message: str) -> dict[str, object]:
@@ -58,13 +60,12 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = app.state.queue
-        if queue is not None and start_workers:
+        if start_workers:
             queue.start()
         try:
             yield
         finally:
-            if queue is not None:
-                queue.stop()
+            queue.stop()
             db.dispose()
 
     app = FastAPI(
@@ -76,26 +77,8 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     app.state.settings = settings
     app.state.db = db
     app.state.store = store
-    app.state.queue = _make_queue(settings, db, store)
+    app.state.queue = make_queue(settings, db, store)
     _install_error_handlers(app)
     app.include_router(build_api_router())
-    _mount_web(app)
-    return app
-
-
-def _make_queue(settings: Settings, db: Database, store: BlobStore):  # type: ignore[no-untyped-def]
-    """The job queue chosen by settings (None while the jobs package is absent)."""
-    try:
-        from server.jobs import make_queue
-    except ImportError:
-        return None
-    return make_queue(settings, db, store)
-
-
-def _mount_web(app: FastAPI) -> None:
-    """HTML pages and static files (absent while the web package is being built)."""
-    try:
-        from server.web import mount_web
-    except ImportError:
-        return
     mount_web(app)
+    return app

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.client import Phaseboard
 
 app = typer.Typer(no_args_is_help=True, help="Phaseboard: training trajectories, LLC and phases.")
 console = Console()
@@ -72,12 +79,30 @@ def _hint_demo_if_empty(settings: Settings) -> None:
         console.print("No runs yet — try [bold]phaseboard demo[/bold] in another terminal.")
 
 
-def _client_options(url: str | None, token: str | None):  # type: ignore[no-untyped-def]
-    """A ``Phaseboard`` client for ``--url``/``--token`` (defaults: this machine's settings)."""
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """A server's refusal or absence becomes one red line and exit status 1, not a trace."""
+    from server.client import PhaseboardClientError
+
+    try:
+        yield
+    except PhaseboardClientError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from exc
+
+
+@contextmanager
+def _connected(url: str | None, token: str | None) -> Iterator[Phaseboard]:
+    """A client for ``--url``/``--token`` (defaults: this machine's settings), closed after."""
     from server.client import Phaseboard
 
     settings = Settings()
-    return Phaseboard(url or settings.base_url, token=token or settings.api_token)
+    client = Phaseboard(url or settings.base_url, token=token or settings.api_token)
+    try:
+        with _client_errors():
+            yield client
+    finally:
+        client.close()
 
 
 @app.command()
@@ -94,15 +119,13 @@ def ingest(
     import json
     from pathlib import Path
 
-    from server.client import PhaseboardClientError
     from server.ingest_dir import ingest_directory, print_summary
 
     try:
         config = json.loads(task_config) if task_config else None
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--task-config") from exc
-    client = _client_options(url, token)
-    try:
+    with _connected(url, token) as client:
         report = ingest_directory(
             Path(path),
             run,
@@ -112,11 +135,6 @@ def ingest(
             step_regex=step_regex,
             console=console,
         )
-    except PhaseboardClientError as exc:
-        console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
     print_summary(report, console)
     if report.failed:
         raise typer.Exit(1)
@@ -134,17 +152,10 @@ def export(
     import sys
     from pathlib import Path
 
-    from server.client import PhaseboardClientError
     from server.export import export_run
 
-    client = _client_options(url, token)
-    try:
+    with _connected(url, token) as client:
         text = export_run(client, run, format)
-    except PhaseboardClientError as exc:
-        console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
     if out:
         Path(out).write_text(text)
         console.print(f"wrote {out}", highlight=False)
@@ -161,11 +172,10 @@ def demo(
     serve: bool = typer.Option(True, help="Keep a server started by the demo running."),
 ) -> None:
     """Grok modular addition on this CPU, log it to the server, queue LLC jobs."""
-    from server.client import PhaseboardClientError
     from server.demo import run_demo
 
     settings = Settings()
-    try:
+    with _client_errors():
         run_demo(
             url or settings.base_url,
             quick=quick,
@@ -175,9 +185,6 @@ def demo(
             settings=settings,
             serve=serve,
         )
-    except PhaseboardClientError as exc:
-        console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(1) from exc
 
 
 @app.command()

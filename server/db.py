@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.errors import NotFound
 from server.settings import Settings
+
+Row = TypeVar("Row")
+
+
+def get_existing(session: Session, model: type[Row], row_id: int, what: str) -> Row:
+    """The ``model`` row with this primary key, or ``NotFound("<what> <id> does not exist")``."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"{what} {row_id} does not exist")
+    return row
 
 
 def make_engine(url: str) -> Engine:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from server.errors import BadInput, NotFound, PayloadTooLarge
 
@@ -59,46 +60,34 @@ class BlobStore:
     def stage(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> StagedBlob:
         """Stream ``chunks`` to a temp file (memory stays flat), hashing as it goes."""
         fd, path = self._new_temp()
-        digest, size = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as fh:
+                sink = _HashingSink(fh, max_bytes)
                 for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise PayloadTooLarge(
-                            f"upload exceeds the limit of {max_bytes // (1024 * 1024)} MB"
-                        )
-                    digest.update(chunk)
-                    fh.write(chunk)
+                    sink.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return StagedBlob(path, digest.hexdigest(), size)
+        return sink.staged(path)
 
     async def stage_async(
         self, chunks: AsyncIterable[bytes], max_bytes: int | None = None
     ) -> StagedBlob:
         """Like ``stage`` for an async byte stream (a request body); fsync runs off the loop."""
         fd, path = self._new_temp()
-        digest, size = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as fh:
+                sink = _HashingSink(fh, max_bytes)
                 async for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise PayloadTooLarge(
-                            f"upload exceeds the limit of {max_bytes // (1024 * 1024)} MB"
-                        )
-                    digest.update(chunk)
-                    fh.write(chunk)
+                    sink.write(chunk)
                 fh.flush()
                 await asyncio.to_thread(os.fsync, fh.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return StagedBlob(path, digest.hexdigest(), size)
+        return sink.staged(path)
 
     def commit(self, staged: StagedBlob) -> Path:
         """Atomically move a staged blob into place; a duplicate is dropped, not rewritten."""
@@ -150,3 +139,23 @@ class BlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path_for(sha256).unlink(missing_ok=True)
+
+
+class _HashingSink:
+    """Writes chunks to an open file, hashing and counting them, refusing past ``max_bytes``."""
+
+    def __init__(self, fh: BinaryIO, max_bytes: int | None) -> None:
+        self.fh, self.max_bytes = fh, max_bytes
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            raise PayloadTooLarge(
+                f"upload exceeds the limit of {self.max_bytes // (1024 * 1024)} MB"
+            )
+        self.digest.update(chunk)
+        self.fh.write(chunk)
+
+    def staged(self, path: Path) -> StagedBlob:
+        return StagedBlob(path, self.digest.hexdigest(), self.size)

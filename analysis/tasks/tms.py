@@ -81,4 +81,4 @@ class TMS(Task):
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         (x,) = batch
-        return ((model(x) - x) ** 2 * self.importance()).sum(-1).mean()
+        return ((model(x) - x) ** 2 * self.importance().to(x)).sum(-1).mean()

@@ -75,10 +75,7 @@
 
   // ------------------------------------------------------------------ htmx glue
 
-  document.addEventListener("htmx:configRequest", (e) => {
-    const t = token();
-    if (t) e.detail.headers.Authorization = "Bearer " + t;
-  });
+  document.addEventListener("htmx:configRequest", (e) => authHeaders(e.detail.headers));
 
   document.addEventListener("htmx:responseError", (e) => {
     const xhr = e.detail.xhr;

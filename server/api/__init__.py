@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 from fastapi import APIRouter
 
-# Resource modules; each defines ``router``. A module that does not exist yet is skipped so
-# the app starts while parts are being built.
-_RESOURCES = ["health", "runs", "checkpoints", "metrics", "jobs", "phases", "shares"]
+from server.api import checkpoints, health, jobs, metrics, phases, runs, shares
 
 
 def build_api_router() -> APIRouter:
     api = APIRouter(prefix="/api")
-    for name in _RESOURCES:
-        try:
-            module = importlib.import_module(f"server.api.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"server.api.{name}":
-                raise
-            continue
+    for module in (health, runs, checkpoints, metrics, jobs, phases, shares):
         api.include_router(module.router)
     return api

@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from analysis.checkpoints import CheckpointError, CheckpointInfo, scan_checkpoint_file
 from server.api.deps import SessionDep, WriteAuth
 from server.api.runs import get_run_or_404
-from server.db import Database
-from server.errors import BadCheckpoint, BadInput, Conflict, NotFound
+from server.db import Database, get_existing
+from server.errors import BadCheckpoint, BadInput, Conflict
 from server.models import Checkpoint, Run
 from server.schemas import CheckpointOut
 from server.storage import BlobStore, StagedBlob
@@ -142,11 +142,10 @@ def _non_finite_message(names: list[str]) -> str | None:
 
 
 def _queue_analyses(request: Request, run: Run, ckpt: Checkpoint) -> list[int]:
-    queue = getattr(request.app.state, "queue", None)
-    if queue is None or not run.task:
+    if not run.task:  # saves a session; checkpoints_added applies the same rule
         return []
     try:
-        return list(queue.checkpoints_added(run.id, [ckpt.id]) or [])
+        return list(request.app.state.queue.checkpoints_added(run.id, [ckpt.id]))
     except Exception:  # noqa: BLE001 - the checkpoint is stored; jobs can be planned later
         log.exception("planning analyses for checkpoint %s failed", ckpt.id)
         return []
@@ -195,10 +194,7 @@ def list_checkpoints(run_id: int, session: SessionDep) -> list[CheckpointOut]:
 
 
 def _get_checkpoint(session: SessionDep, checkpoint_id: int) -> Checkpoint:
-    ckpt = session.get(Checkpoint, checkpoint_id)
-    if ckpt is None:
-        raise NotFound(f"checkpoint {checkpoint_id} does not exist")
-    return ckpt
+    return get_existing(session, Checkpoint, checkpoint_id, "checkpoint")
 
 
 @router.get("/checkpoints/{checkpoint_id}")

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 
 from server.api.deps import DatabaseDep, SessionDep, WriteAuth
-from server.errors import BadInput, NotFound
+from server.db import get_existing
+from server.errors import BadInput
 from server.jobs import lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.planning import ALL_KINDS
@@ -26,25 +27,19 @@ from server.jobs.schemas import (
 from server.models import Job, Result, Run
 
 router = APIRouter(tags=["jobs"])
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = lifecycle.ACTIVE + lifecycle.FINAL
 
 
-def _queue(request: Request) -> JobQueue | None:
+def _queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
 def _job(session: Any, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
-    return job
+    return get_existing(session, Job, job_id, "job")
 
 
 def _run(session: Any, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"run {run_id} does not exist")
-    return run
+    return get_existing(session, Run, run_id, "run")
 
 
 @router.get("/jobs", response_model=JobList)
@@ -99,9 +94,7 @@ def retry_job(job_id: int, db: DatabaseDep, request: Request) -> JobOut:
     with db.session() as s:
         job = lifecycle.retry(s, job_id)
         out = JobOut.model_validate(job)
-    queue = _queue(request)
-    if queue is not None:
-        queue.enqueue([job_id])
+    _queue(request).enqueue([job_id])
     return out
 
 
@@ -116,8 +109,6 @@ def queue_analyses(
 ) -> AnalysesResponse:
     """Queue analyses for a run's existing checkpoints; identical work is not repeated."""
     queue = _queue(request)
-    if queue is None:
-        raise BadInput("this server has no job queue")
     kinds = body.kinds
     if kinds is None:
         from server.jobs.planning import analyses_for_run
@@ -132,9 +123,7 @@ def queue_analyses(
         config["llc"] = body.llc
     if body.restrictions is not None:
         config["restrictions"] = body.restrictions
-    if body.device is not None:
-        if body.device not in ("any", "cpu", "cuda"):
-            raise BadInput("device must be any, cpu or cuda")
+    if body.device is not None:  # checked by plan_jobs
         config["device"] = body.device
     ids = queue.plan_and_enqueue(run_id, kinds, body.checkpoint_ids, config)
     with db.session() as s:

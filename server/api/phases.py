@@ -14,7 +14,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator
 
 from server.api.deps import SessionDep, WriteAuth
-from server.errors import BadInput, NotFound
+from server.db import get_existing
+from server.errors import BadInput
 from server.models import PhaseBoundary, Run
 from server.web.queries import boundaries, boundary_dict
 
@@ -50,16 +51,12 @@ class BoundaryPatch(BaseModel):
 
 
 def _boundary(session: SessionDep, boundary_id: int) -> PhaseBoundary:
-    row = session.get(PhaseBoundary, boundary_id)
-    if row is None:
-        raise NotFound(f"phase boundary {boundary_id} does not exist")
-    return row
+    return get_existing(session, PhaseBoundary, boundary_id, "phase boundary")
 
 
 @router.get("/runs/{run_id}/phases", response_model=list[BoundaryOut])
 def list_phases(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
-    if session.get(Run, run_id) is None:
-        raise NotFound(f"run {run_id} does not exist")
+    get_existing(session, Run, run_id, "run")
     return boundaries(session, run_id)
 
 
@@ -70,8 +67,7 @@ def list_phases(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
     dependencies=[WriteAuth],
 )
 def add_phase(run_id: int, body: BoundaryIn, session: SessionDep) -> dict[str, Any]:
-    if session.get(Run, run_id) is None:
-        raise NotFound(f"run {run_id} does not exist")
+    get_existing(session, Run, run_id, "run")
     row = PhaseBoundary(
         run_id=run_id,
         step=body.step,

@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.api.deps import SessionDep, WriteAuth
-from server.errors import BadInput, Conflict, NotFound
+from server.db import get_existing
+from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
 from server.schemas import RunCreate, RunOut, RunUpdate
 
@@ -28,10 +29,7 @@ SORTS = {
 
 
 def get_run_or_404(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"run {run_id} does not exist")
-    return run
+    return get_existing(session, Run, run_id, "run")
 
 
 def _latest(*times: datetime | None) -> datetime | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from server.db import Database
 from server.jobs.base import JobQueue, NullQueue
-from server.jobs.planning import ALL_KINDS, CHECKPOINT_KINDS, DEFAULT_LLC, config_hash
 from server.settings import Settings
 from server.storage import BlobStore
 
@@ -28,12 +27,4 @@ def make_queue(settings: Settings, db: Database, store: BlobStore) -> JobQueue:
     return NullQueue(settings, db, store)
 
 
-__all__ = [
-    "ALL_KINDS",
-    "CHECKPOINT_KINDS",
-    "DEFAULT_LLC",
-    "JobQueue",
-    "NullQueue",
-    "config_hash",
-    "make_queue",
-]
+__all__ = ["JobQueue", "NullQueue", "make_queue"]

@@ -11,7 +11,6 @@ just to plan jobs.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 
 from server.db import Database
 from server.models import Checkpoint, MetricPoint, PhaseBoundary, Result, Run, utcnow
+from server.series_store import series_names
 from server.storage import BlobStore
 
 Progress = Callable[[int, int, str], None]
@@ -116,17 +116,6 @@ def _batches(ctx: JobContext, split: str, config: Any) -> Any:
     return ctx.task().batches(split, getattr(config, "batch_size", None), seed=config.seed)
 
 
-def _call(fn: Callable[..., Any], *args: Any, progress: Progress, **kwargs: Any) -> Any:
-    """Call an analysis function, passing ``progress`` only where it takes one."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "progress" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs["progress"] = progress
-    return fn(*args, **kwargs)
-
-
 def _llc_values(result: Any) -> dict[str, Any]:
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
 
@@ -166,9 +155,9 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
             raise JobLost("every job of this batch was cancelled or reassigned")
 
     if len(ok) == 1:
-        results = [_call(estimate_llc, models[0], task.loss, batches, config, progress=progress)]
+        results = [estimate_llc(models[0], task.loss, batches, config, progress=progress)]
     else:
-        results = _call(estimate_llc_many, models, task.loss, batches, config, progress=progress)
+        results = estimate_llc_many(models, task.loss, batches, config, progress=progress)
     for ctx, res in zip(ok, results, strict=True):
         # "batch": how many checkpoints shared this vectorised run (1 = alone).
         out[ctx.job_id] = [{"restriction": "", "values": {**_llc_values(res), "batch": len(ok)}}]
@@ -196,8 +185,7 @@ def run_llc_restricted(ctx: JobContext) -> ResultRows:
     rows: ResultRows = []
     if masks:
         ctx.progress(0, 1, f"{len(masks)} weight groups")
-        res = _call(
-            estimate_llc_restricted,
+        res = estimate_llc_restricted(
             model,
             task.loss,
             _batches(ctx, "train", config),
@@ -209,8 +197,7 @@ def run_llc_restricted(ctx: JobContext) -> ResultRows:
     for name in subsets:
         ctx.progress(0, 1, f"data subset {name}")
         split = name.removeprefix("data:")
-        res = _call(
-            estimate_llc,
+        res = estimate_llc(
             model,
             task.loss,
             _batches(ctx, split, config),
@@ -259,9 +246,10 @@ def run_phases(ctx: JobContext) -> ResultRows:
             .where(Result.run_id == ctx.run_id, Result.kind == "llc", Result.restriction == "")
             .order_by(Result.step, Result.id)
         ).all()
-        points = s.execute(
+        loss_names = [n for n in series_names(s, ctx.run_id) if "loss" in n]
+        points = s.execute(  # only the loss series: a run may log 10^6 points of others
             sa.select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
-            .where(MetricPoint.run_id == ctx.run_id)
+            .where(MetricPoint.run_id == ctx.run_id, MetricPoint.name.in_(loss_names))
             .order_by(MetricPoint.name, MetricPoint.step)
         ).all()
         metric_rows = s.execute(

@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from server.db import Database
-from server.errors import Conflict, NotFound
+from server.db import Database, get_existing
+from server.errors import Conflict
 from server.models import Checkpoint, Job, Result, utcnow
 
 ACTIVE = ("queued", "running")
@@ -200,47 +200,50 @@ def release(db: Database, lease: Lease) -> bool:
 
 def cancel(session: Session, job_id: int) -> Job:
     """Cancel a queued or running job (a running one stops at its next heartbeat)."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
-    res = session.execute(
-        sa.update(Job)
-        .where(Job.id == job_id, Job.state.in_(ACTIVE))
-        .values(state="cancelled", finished_at=utcnow(), progress_msg="cancelled")
-        .execution_options(synchronize_session=False)
+    return _move(
+        session,
+        job_id,
+        ACTIVE,
+        "only queued or running jobs can be cancelled",
+        state="cancelled",
+        finished_at=utcnow(),
+        progress_msg="cancelled",
     )
-    if res.rowcount != 1:
-        session.refresh(job)
-        raise Conflict(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
-    session.refresh(job)
-    return job
 
 
 def retry(session: Session, job_id: int) -> Job:
     """Queue a failed or cancelled job again, with a fresh attempt budget."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
+    return _move(
+        session,
+        job_id,
+        ("failed", "cancelled"),
+        "only failed or cancelled jobs can be retried",
+        state="queued",
+        attempts=0,
+        worker_id=None,
+        error=None,
+        progress=0.0,
+        progress_msg="",
+        started_at=None,
+        finished_at=None,
+        heartbeat_at=None,
+    )
+
+
+def _move(
+    session: Session, job_id: int, from_states: tuple[str, ...], refusal: str, **values: object
+) -> Job:
+    """Set ``values`` on the job if (atomically) it is in one of ``from_states``."""
+    job = get_existing(session, Job, job_id, "job")
     res = session.execute(
         sa.update(Job)
-        .where(Job.id == job_id, Job.state.in_(("failed", "cancelled")))
-        .values(
-            state="queued",
-            attempts=0,
-            worker_id=None,
-            error=None,
-            progress=0.0,
-            progress_msg="",
-            started_at=None,
-            finished_at=None,
-            heartbeat_at=None,
-        )
+        .where(Job.id == job_id, Job.state.in_(from_states))
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if res.rowcount != 1:
-        session.refresh(job)
-        raise Conflict(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
     session.refresh(job)
+    if res.rowcount != 1:
+        raise Conflict(f"job {job_id} is {job.state}; {refusal}")
     return job
 
 

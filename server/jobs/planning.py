@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from server.db import get_existing
 from server.errors import BadInput, NotFound
 from server.models import Checkpoint, Job, Result, Run, utcnow
 
@@ -134,9 +135,7 @@ def plan_jobs(
 
     ``checkpoint_ids=None`` means every checkpoint of the run. The caller commits.
     """
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"run {run_id} does not exist")
+    run = get_existing(session, Run, run_id, "run")
     kinds = list(dict.fromkeys(kinds))
     unknown = [k for k in kinds if k not in ALL_KINDS]
     if unknown:
@@ -157,11 +156,13 @@ def plan_jobs(
     else:
         ckpts = sorted(session.scalars(query.order_by(Checkpoint.step)))
 
+    device = str((config or {}).get("device") or "any")
+    if device not in ("any", "cpu", "cuda"):
+        raise BadInput("device must be any, cpu or cuda")
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         cfg = job_config(kind, run, config)
         digest = config_hash(cfg)
-        device = str((config or {}).get("device") or "any")
         if kind in RUN_KINDS or kind in TEST_KINDS:
             targets: list[int | None] = [None]
             tag = _results_fingerprint(session, run_id) if kind == "phases" else ""

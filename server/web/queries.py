@@ -10,14 +10,14 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select, text
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
-from server.errors import NotFound
+from server.db import get_existing
+from server.jobs.lifecycle import ACTIVE
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
-from server.series_store import read_series
+from server.series_store import read_series, series_names
 
-ACTIVE_STATES = ("queued", "running")
 RUN_SORTS = {
     "activity": "last activity",
     "name": "name",
@@ -28,10 +28,7 @@ CHECKPOINT_PAGE = 100
 
 
 def get_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"run {run_id} does not exist")
-    return run
+    return get_existing(session, Run, run_id, "run")
 
 
 def run_dict(run: Run) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def list_runs(
         select(
             Job.run_id,
             func.count(Job.id).label("n"),
-            func.sum(cast(Job.state.in_(ACTIVE_STATES), Integer)).label("active"),
+            func.sum(cast(Job.state.in_(ACTIVE), Integer)).label("active"),
             func.sum(cast(Job.state == "failed", Integer)).label("failed"),
             func.max(func.coalesce(Job.finished_at, Job.started_at, Job.created_at)).label("last"),
         )
@@ -203,17 +200,16 @@ def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]
             select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)
         ).all()
     )
-    steps = dict(
-        session.execute(
-            select(Checkpoint.id, Checkpoint.step).where(Checkpoint.run_id == run_id)
-        ).all()
-    )
     shown = session.scalars(
         select(Job)
-        .where(Job.run_id == run_id, Job.state.in_((*ACTIVE_STATES, "failed")))
+        .where(Job.run_id == run_id, Job.state.in_((*ACTIVE, "failed")))
         .order_by(Job.state.desc(), Job.id.desc())
         .limit(limit)
     ).all()
+    ckpt_ids = {j.checkpoint_id for j in shown if j.checkpoint_id}
+    # Only the shown jobs' checkpoints: this panel is polled while jobs run.
+    by_id = select(Checkpoint.id, Checkpoint.step).where(Checkpoint.id.in_(ckpt_ids))
+    steps = dict(session.execute(by_id).all())
     jobs = [
         {
             "id": j.id,
@@ -229,7 +225,7 @@ def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]
         for j in shown
     ]
     jobs.sort(key=lambda j: (["running", "queued", "failed"].index(j["state"]), -j["id"]))
-    active = sum(counts.get(s, 0) for s in ACTIVE_STATES)
+    active = sum(counts.get(s, 0) for s in ACTIVE)
     return {
         "counts": counts,
         "active": active,
@@ -259,24 +255,6 @@ def boundary_dict(b: PhaseBoundary) -> dict[str, Any]:
         "label": b.label,
         "manual": b.manual,
     }
-
-
-_SERIES_NAMES = text(
-    """
-    WITH RECURSIVE names(name) AS (
-        SELECT min(name) FROM metric_points WHERE run_id = :run
-        UNION ALL
-        SELECT (SELECT min(name) FROM metric_points WHERE run_id = :run AND name > names.name)
-        FROM names WHERE names.name IS NOT NULL
-    )
-    SELECT name FROM names WHERE name IS NOT NULL
-    """
-)
-
-
-def series_names(session: Session, run_id: int) -> list[str]:
-    """A run's metric names by index jumps (one seek per name, not a scan of every point)."""
-    return list(session.scalars(_SERIES_NAMES, {"run": run_id}))
 
 
 def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str, Any]:
@@ -344,6 +322,12 @@ def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str
         "restricted": dict(sorted(restricted.items())),
         "boundaries": boundaries(session, run_id),
     }
+
+
+def run_choices(session: Session) -> list[dict[str, Any]]:
+    """Every run's id and name, by name: the compare page's picker needs nothing more."""
+    rows = session.execute(select(Run.id, Run.name)).all()
+    return [{"id": i, "name": n} for i, n in sorted(rows, key=lambda r: r.name.lower())]
 
 
 def runs_by_ids(session: Session, ids: list[int]) -> list[dict[str, Any]]:

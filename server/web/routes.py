@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
-from server.api.deps import SessionDep, SettingsDep, WriteAuth
+from server.api.deps import SessionDep, WriteAuth
 from server.errors import NotFound
 from server.models import Share
 from server.web import queries
@@ -155,7 +155,7 @@ def compare_page(
         ids = ",".join(str(i) for i in _parse_ids(",".join(map(str, pick))))
         return RedirectResponse(f"/compare?runs={ids}", status_code=303)
     chosen = queries.runs_by_ids(session, _parse_ids(runs))
-    all_runs = queries.list_runs(session, sort="name")["runs"]
+    all_runs = queries.run_choices(session)
     return _render(request, "compare.html", {"runs": chosen, "all_runs": all_runs})
 
 
@@ -205,7 +205,7 @@ def plot_data(
 # ---------------------------------------------------------------- mounting
 
 
-def _plotly_js(settings: SettingsDep) -> Response:
+def _plotly_js() -> Response:
     with resources.as_file(PLOTLY_JS) as path:
         return FileResponse(
             path,
