@@ -6,13 +6,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, func
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.errors import NotFound
 from server.settings import Settings
 
 Row = TypeVar("Row")
+
+
+def name_contains(column: ColumnElement[str], text: str) -> ColumnElement[bool]:
+    """Case-insensitive substring match with ``%``, ``_`` and ``\\`` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(column).like(f"%{escaped.lower()}%", escape="\\")
 
 
 def get_existing(session: Session, model: type[Row], row_id: int, what: str) -> Row:

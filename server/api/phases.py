@@ -46,7 +46,7 @@ class BoundaryIn(BaseModel):
 
 
 class BoundaryPatch(BaseModel):
-    step: float | None = Field(default=None, ge=0)
+    step: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     label: str | None = Field(default=None, max_length=200)
 
 

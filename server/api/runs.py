@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.api.deps import SessionDep, WriteAuth
-from server.db import get_existing
+from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
 from server.schemas import RunCreate, RunOut, RunUpdate
@@ -111,8 +111,7 @@ def list_runs(
         raise BadInput(f"sort: unknown order {sort!r}; use one of {', '.join(SORTS)}")
     query = select(Run)
     if q:
-        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(func.lower(Run.name).like(f"%{escaped.lower()}%", escape="\\"))
+        query = query.where(name_contains(Run.name, q))
     if task:
         query = query.where(Run.task == task)
     query = query.order_by(SORTS[sort], Run.id)

@@ -18,9 +18,9 @@ def parse_tags(text: str) -> list[str]:
     """``"a, b,,a"`` -> ``["a", "b"]`` (order kept, duplicates and blanks dropped)."""
     seen: list[str] = []
     for part in text.split(","):
-        tag = part.strip()
+        tag = part.strip()[:100]
         if tag and tag not in seen:
-            seen.append(tag[:100])
+            seen.append(tag)
     return seen
 
 

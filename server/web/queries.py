@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
-from server.db import get_existing
+from server.db import get_existing, name_contains
 from server.jobs.lifecycle import ACTIVE
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
 from server.series_store import read_series, series_names
@@ -86,7 +86,7 @@ def list_runs(
         .outerjoin(jobs, jobs.c.run_id == Run.id)
     )
     if q:
-        stmt = stmt.where(Run.name.ilike(f"%{q}%"))
+        stmt = stmt.where(name_contains(Run.name, q))
     if task:
         stmt = stmt.where(Run.task == task)
     rows = []

@@ -93,6 +93,12 @@ def test_runs_list_filters_by_name_tag_and_task(client, seeded, query, shown, hi
     assert shown in text and hidden not in text
 
 
+def test_runs_list_search_takes_wildcards_literally(client, seeded) -> None:
+    assert "grokking-p53" not in client.get("/?q=%25", headers=HX).text  # q=%
+    assert "grokking-p53" not in client.get("/?q=grokking_p53", headers=HX).text
+    assert "grokking-p53" in client.get("/?q=king-p5", headers=HX).text
+
+
 def test_runs_list_sorts_and_counts(client, seeded) -> None:
     text = client.get("/?sort=name", headers=HX).text
     assert text.index("grokking-p53") < text.index("tms-5-2")
@@ -307,6 +313,19 @@ def test_phase_add_validates_input(client, seeded, body, status) -> None:
     assert client.post(f"/api/runs/{seeded.run_id}/phases", json=body).status_code == status
 
 
+@pytest.mark.parametrize("step", ["NaN", "Infinity", "-1"])
+def test_phase_move_refuses_a_step_that_is_not_a_finite_non_negative_number(
+    client, seeded, step
+) -> None:
+    url = f"/api/phases/{seeded.boundary_ids[0]}"
+    before = client.get(f"/api/runs/{seeded.run_id}/phases").json()
+    resp = client.patch(
+        url, content=f'{{"step": {step}}}', headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 422 and "step" in resp.text
+    assert client.get(f"/api/runs/{seeded.run_id}/phases").json() == before
+
+
 def test_phase_routes_404_and_token(client, token_client, seeded) -> None:
     assert client.get("/api/runs/9999/phases").status_code == 404
     assert client.post("/api/runs/9999/phases", json={"step": 1}).status_code == 404
@@ -421,3 +440,10 @@ def test_a_run_with_2000_checkpoints_and_a_million_points_stays_light(client) ->
     started = time.perf_counter()
     assert client.get(f"/runs/{rid}").status_code == 200  # one page of the table only
     assert time.perf_counter() - started < 5
+
+
+def test_header_tags_are_cut_to_100_characters_before_duplicates_are_dropped() -> None:
+    from server.web.edits import parse_tags
+
+    long = "x" * 150
+    assert parse_tags(f"{long}, {long[:100]}, a, ,a") == ["x" * 100, "a"]
