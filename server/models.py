@@ -73,6 +73,10 @@ class Checkpoint(Base):
     n_tensors: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(20), default="ok")  # "ok" | "flagged"
     error: Mapped[str | None] = mapped_column(Text)  # why it is flagged (e.g. NaN weights)
+    # How the stored weights map onto the model's names (analysis.checkpoints.KeyMapping):
+    # {"nesting": "state_dict" | None, "strip_prefix": "model.", "dropped": ["optimizer", ...]};
+    # jobs apply it when loading. None: names used as stored.
+    key_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="checkpoints")

@@ -105,6 +105,13 @@ class CheckpointOut(BaseModel):
     n_tensors: int
     status: str = Field(description='"ok", or "flagged" with the reason in ``error``.')
     error: str | None
+    key_mapping: dict[str, Any] | None = Field(
+        default=None,
+        description='How the file maps onto the model: {"nesting": entry the weights came from '
+        '(e.g. "state_dict", "ema") or null, "strip_prefix": removed from every name (e.g. '
+        '"module."), "dropped": other entries not kept (optimizer state, ...)}.',
+    )
+    mapping: str = Field(default="", description="The key mapping in words; empty if none.")
     created_at: datetime
     download_url: str = ""
     job_ids: list[int] = Field(default_factory=list, description="Analyses queued on upload.")

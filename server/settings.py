@@ -28,6 +28,18 @@ class Settings(BaseSettings):
         default=None, description="If set, writes need this bearer token."
     )
     max_upload_mb: int = Field(default=2048, description="Largest accepted checkpoint upload.")
+    # Bounds on inspecting one uploaded checkpoint (analysis.checkpoints.LoadLimits); past
+    # any of them the upload is refused with 422.
+    checkpoint_max_objects: int = Field(
+        default=1_000_000, ge=1, description="Dict entries looked at while finding the weights."
+    )
+    checkpoint_max_depth: int = Field(default=64, ge=1, description="Deepest dict nesting.")
+    checkpoint_max_inflated_mb: int = Field(
+        default=256, ge=0, description="Decompressed size of compressed archive members."
+    )
+    checkpoint_max_inspect_s: float = Field(
+        default=120.0, gt=0, description="Wall time of walking one unpickled checkpoint."
+    )
     host: str = "127.0.0.1"
     port: int = 8765
     public_url: str | None = Field(default=None, description="Base URL used in share links.")

@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -84,6 +84,20 @@ class BlobStore:
                     sink.write(chunk)
                 fh.flush()
                 await asyncio.to_thread(os.fsync, fh.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return sink.staged(path)
+
+    def stage_written(self, write: Callable[[BinaryIO], object]) -> StagedBlob:
+        """Stage what ``write(file)`` writes (a serializer), hashing as it goes."""
+        fd, path = self._new_temp()
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                sink = _HashingSink(fh, None)
+                write(sink)  # type: ignore[arg-type]
+                fh.flush()
+                os.fsync(fh.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -195,6 +195,24 @@ class Task:
         """Named weight subsets for restricted LLCs; per layer by default."""
         return layer_groups(model)
 
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of the model's state_dict, checked against every upload.
+
+        Built on the meta device (no weights allocated, no init work) and cached per task
+        instance; a task whose model cannot be built there falls back to a real build.
+        Override where even that is too expensive (e.g. compute it from a config).
+        """
+        cached = getattr(self, "_expected_shapes", None)
+        if cached is None:
+            try:
+                with torch.device("meta"):
+                    model = self.build_model()
+            except Exception:  # noqa: BLE001 - some constructors need real tensors
+                model = self.build_model()
+            cached = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            self._expected_shapes = cached
+        return dict(cached)
+
     def load_state_dict(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
         """Strictly load ``state_dict``; raise CheckpointMismatch naming every problem."""
         own = model.state_dict()

@@ -3,12 +3,20 @@
 An upload is staged (streamed to a temp file while hashed), validated from that file in a
 worker thread, and only then committed: blob renamed into place, then the row inserted. A
 crash at any point therefore leaves either no row, or a row whose blob is complete.
+
+Validation finds the weights (``analysis.checkpoints.prepare_checkpoint``: nesting, wrapper
+prefix), checks them against the run's task model, and records the key mapping on the row.
+A torch file is stored as a safetensors file of its weights alone (optimizer state and the
+like are dropped); a safetensors file is stored as uploaded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
@@ -16,13 +24,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from analysis.checkpoints import CheckpointError, CheckpointInfo, scan_checkpoint_file
+from analysis.checkpoints import (
+    CheckpointError,
+    KeyMapping,
+    LoadLimits,
+    PreparedCheckpoint,
+    prepare_checkpoint,
+    write_safetensors,
+)
 from server.api.deps import SessionDep, WriteAuth
 from server.api.runs import get_run_or_404
 from server.db import Database, get_existing
 from server.errors import BadCheckpoint, BadInput, Conflict
 from server.models import Checkpoint, Run
 from server.schemas import CheckpointOut
+from server.settings import Settings
 from server.storage import BlobStore, StagedBlob
 from server.uploads import check_content_length, receive_upload
 
@@ -54,6 +70,7 @@ _UPLOAD_BODY = {
 
 def checkpoint_out(ckpt: Checkpoint, job_ids: list[int] | None = None) -> CheckpointOut:
     out = CheckpointOut.model_validate(ckpt)
+    out.mapping = KeyMapping.from_dict(ckpt.key_mapping).describe()
     out.download_url = f"/api/checkpoints/{ckpt.id}/download"
     out.job_ids = job_ids or []
     return out
@@ -86,17 +103,57 @@ def _duplicate_step(run_id: int, step: int) -> Conflict:
     return Conflict(f"run {run_id} already has a checkpoint at step {step}; nothing was stored")
 
 
-def _validate(path: Path) -> CheckpointInfo:
+def load_limits(settings: Settings) -> LoadLimits:
+    return LoadLimits(
+        max_objects=settings.checkpoint_max_objects,
+        max_depth=settings.checkpoint_max_depth,
+        max_inflated_bytes=settings.checkpoint_max_inflated_mb * 1024 * 1024,
+        max_seconds=settings.checkpoint_max_inspect_s,
+    )
+
+
+@lru_cache(maxsize=64)
+def _expected_shapes(task: str, config_json: str) -> dict[str, tuple[int, ...]] | None:
+    from analysis.tasks import get_task
+
     try:
-        return scan_checkpoint_file(path)
+        return get_task(task, json.loads(config_json)).expected_shapes()
+    except Exception:  # noqa: BLE001 - e.g. a factory installed on the workers only
+        log.warning("cannot build task %r here; uploads are not checked against it", task)
+        return None
+
+
+def expected_shapes(run: Run) -> dict[str, tuple[int, ...]] | None:
+    """The run's model ``{name: shape}`` (cached per task config), or None without a task."""
+    if not run.task:
+        return None
+    return _expected_shapes(run.task, json.dumps(run.task_config or {}, sort_keys=True))
+
+
+def _validate(
+    path: Path, expected: dict[str, tuple[int, ...]] | None, limits: LoadLimits
+) -> PreparedCheckpoint:
+    try:
+        return prepare_checkpoint(path, expected, limits=limits)
     except CheckpointError as exc:
         raise BadCheckpoint(f"{exc}; nothing was stored") from exc
 
 
+def _weights_blob(store: BlobStore, weights: dict[str, Any]) -> StagedBlob:
+    """The weights alone, as a safetensors file staged in the store."""
+    return store.stage_written(lambda fh: write_safetensors(weights, fh))
+
+
 def _store(
-    db: Database, store: BlobStore, staged: StagedBlob, run_id: int, step: int, info: CheckpointInfo
+    db: Database,
+    store: BlobStore,
+    staged: StagedBlob,
+    run_id: int,
+    step: int,
+    prepared: PreparedCheckpoint,
 ) -> Checkpoint:
     """Commit the blob, then insert the row; undo a blob this call added if the insert fails."""
+    info, mapping = prepared.info, prepared.mapping
     existed = store.exists(staged.sha256)
     store.commit(staged)
     ckpt = Checkpoint(
@@ -109,6 +166,7 @@ def _store(
         n_tensors=info.n_tensors,
         status="flagged" if info.non_finite else "ok",
         error=_non_finite_message(info.non_finite),
+        key_mapping=None if mapping.is_identity else mapping.to_dict(),
     )
     try:
         with db.session() as session:
@@ -162,8 +220,12 @@ async def upload_checkpoint(run_id: int, request: Request) -> CheckpointOut:
 
     The body is streamed to disk (memory does not grow with file size). Refused with a 4xx
     naming the problem, and nothing stored: unknown run (404), body over the limit (413),
-    not multipart (415), missing/bad step or file (422), unsafe pickle, corrupt file or
-    non-tensor content (422), duplicate step (409). NaN/inf weights are stored, flagged.
+    not multipart (415), missing/bad step or file (422), unsafe pickle, corrupt file,
+    non-tensor content, a file too costly to inspect, or (for a run with a task) weights that
+    do not fit the task's model, named (422), duplicate step (409). NaN/inf weights are
+    stored, flagged. The response's ``key_mapping`` says where the weights were found and
+    which prefix was stripped; jobs load through it. Torch files are stored as their
+    weights alone (safetensors); the file's other entries are listed as dropped.
     """
     settings, db, store = request.app.state.settings, request.app.state.db, request.app.state.store
     check_content_length(request, settings.max_upload_bytes)
@@ -171,15 +233,24 @@ async def upload_checkpoint(run_id: int, request: Request) -> CheckpointOut:
     upload = await receive_upload(request, store, max_bytes=settings.max_upload_bytes)
     staged = upload.staged
     assert staged is not None
+    weights_only: StagedBlob | None = None
     try:
         raw_step = upload.fields.get("step", request.query_params.get("step"))
         step = _parse_step(raw_step)
         if await run_in_threadpool(_step_taken, db, run_id, step):
             raise _duplicate_step(run_id, step)
-        info = await run_in_threadpool(_validate, staged.path)
-        ckpt = await run_in_threadpool(_store, db, store, staged, run_id, step, info)
+        expected = await run_in_threadpool(expected_shapes, run)
+        limits = load_limits(settings)
+        prepared = await run_in_threadpool(_validate, staged.path, expected, limits)
+        if prepared.weights is not None:
+            weights_only = await run_in_threadpool(_weights_blob, store, prepared.weights)
+            prepared.weights = None  # let the mmap go
+        blob = weights_only or staged
+        ckpt = await run_in_threadpool(_store, db, store, blob, run_id, step, prepared)
     finally:
         store.discard(staged)  # no-op once committed (the temp file was renamed)
+        if weights_only is not None:
+            store.discard(weights_only)
     job_ids = await run_in_threadpool(_queue_analyses, request, run, ckpt)
     return checkpoint_out(ckpt, job_ids)
 
@@ -211,12 +282,19 @@ def download_checkpoint(checkpoint_id: int, request: Request, session: SessionDe
     """Stream the checkpoint's bytes as uploaded."""
     ckpt = _get_checkpoint(session, checkpoint_id)
     path = request.app.state.store.open_path(ckpt.sha256)
-    ext = "safetensors" if ckpt.format == "safetensors" else "pt"
+    ext = "safetensors" if _stored_as_safetensors(path) else "pt"
     return FileResponse(
         path,
         media_type="application/octet-stream",
         filename=f"run{ckpt.run_id}-step{ckpt.step}.{ext}",
     )
+
+
+def _stored_as_safetensors(path: Path) -> bool:
+    """Torch uploads are stored as safetensors of their weights; older blobs as uploaded."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
 
 
 @router.delete("/checkpoints/{checkpoint_id}", status_code=204, dependencies=[WriteAuth])

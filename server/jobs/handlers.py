@@ -78,9 +78,9 @@ class JobContext:
         from analysis.tasks import CheckpointMismatch
 
         assert self.checkpoint_id is not None
-        state = load_checkpoint(self.db, self.store, self.checkpoint_id)
         task = self.task()
         model = task.build_model()
+        state = load_checkpoint(self.db, self.store, self.checkpoint_id, model.state_dict())
         try:
             task.load_state_dict(model, state)
         except CheckpointMismatch as exc:
@@ -88,15 +88,34 @@ class JobContext:
         return model.to(self.device)
 
 
-def load_checkpoint(db: Database, store: BlobStore, checkpoint_id: int) -> dict[str, Any]:
-    from analysis.checkpoints import load_state_dict_file
+def load_checkpoint(
+    db: Database, store: BlobStore, checkpoint_id: int, expected: Any = None
+) -> dict[str, Any]:
+    """The checkpoint's weights under the model's names, through the key mapping recorded at
+    upload; with ``expected`` (the model's names) a checkpoint uploaded before its run had a
+    task gets its prefix worked out now."""
+    from analysis.checkpoints import (
+        CheckpointError,
+        KeyMapping,
+        apply_key_mapping,
+        load_state_dict_file,
+        resolve_prefix,
+    )
 
     with db.session() as s:
         ckpt = s.get(Checkpoint, checkpoint_id)
         if ckpt is None:
             raise JobFailed(f"checkpoint {checkpoint_id} no longer exists")
-        sha = ckpt.sha256
-    return load_state_dict_file(store.open_path(sha))
+        sha, mapping = ckpt.sha256, KeyMapping.from_dict(ckpt.key_mapping)
+    try:
+        raw = load_state_dict_file(store.open_path(sha))
+        state = apply_key_mapping(raw, mapping)
+    except CheckpointError as exc:
+        raise JobFailed(f"checkpoint {checkpoint_id}: {exc}") from exc
+    if expected is not None and set(state) != set(expected):
+        prefix = resolve_prefix(raw, expected)
+        state = {k[len(prefix) :]: v for k, v in raw.items()}
+    return state
 
 
 def _llc_config(ctx: JobContext) -> Any:
@@ -221,7 +240,7 @@ def run_metrics(ctx: JobContext) -> ResultRows:
             .limit(1)
         ).first()
     if first is not None and first[1] == 0:
-        reference = load_checkpoint(ctx.db, ctx.store, first[0])
+        reference = load_checkpoint(ctx.db, ctx.store, first[0], model.state_dict())
     ctx.progress(0, 1, "metrics")
     kwargs = {k: v for k, v in ctx.config.items() if k != "device"}
     values = checkpoint_metrics(

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
+from analysis.checkpoints import KeyMapping
 from server.db import get_existing, name_contains
 from server.jobs.lifecycle import ACTIVE
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
@@ -178,6 +179,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             "format": c.format,
             "status": c.status,
             "error": c.error,
+            "mapping": KeyMapping.from_dict(c.key_mapping).describe(),
             "created_at": c.created_at,
             "metrics": metrics.get(c.id, {}),
             "llc": llc.get(c.id),

@@ -14,6 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from analysis.checkpoints import save_safetensors_bytes
+from analysis.tasks import get_task
 from server.app import create_app
 from server.storage import BlobStore
 from tests.server.conftest import safetensors_bytes, store_state, tiny_state_dict
@@ -224,7 +225,8 @@ def test_upload_plans_analyses_only_for_runs_with_a_task(client) -> None:
     plain = client.post("/api/runs", json={"name": "plain"}).json()["id"]
     tasked = client.post("/api/runs", json={"name": "t", "task": "dln"}).json()["id"]
     assert upload(client, plain, safetensors_bytes()).json()["job_ids"] == []
-    resp = upload(client, tasked, safetensors_bytes())
+    dln = get_task("dln", {}).build_model().state_dict()
+    resp = upload(client, tasked, save_safetensors_bytes(dln))
     assert resp.json()["job_ids"] == [11, 12]
     assert queue.calls == [(tasked, [resp.json()["id"]])]
     client.app.state.queue = None
