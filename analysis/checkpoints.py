@@ -267,7 +267,7 @@ def _check_safetensors_header(path: str | Path) -> dict[str, tuple[int, ...]]:
     except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "not fully covered" in first or "invalid offset" in first:
-            first = _coverage_problem(Path(path)) or first
+            first = _coverage_problem(Path(path)) or f"{first} (a gap or an overlap)"
         raise CorruptCheckpoint(f"corrupt safetensors file: {first[:300]}") from exc
 
 
@@ -288,7 +288,7 @@ def _coverage_problem(path: Path) -> str | None:
         return f"truncated safetensors file: tensors end at byte {end} but the file has {size}"
     if end < size:
         return f"{size - end} trailing bytes after the last tensor"
-    return "tensor data offsets leave a gap or overlap"
+    return None  # a gap or an overlap: the loader's own message names the tensor
 
 
 @cache
