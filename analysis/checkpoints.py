@@ -133,7 +133,8 @@ class LoadLimits:
 
     max_objects: int = 1_000_000  # dict entries / containers looked at, in all
     max_depth: int = 64  # nesting of dicts inside the unpickled object
-    max_inflated_bytes: int = 256 * 1024 * 1024  # decompressed size of compressed zip members
+    # decompressed size of compressed zip members in all, and of the pickle itself
+    max_inflated_bytes: int = 256 * 1024 * 1024
     max_seconds: float = 120.0  # wall time of the walk over the unpickled object
 
 
@@ -340,6 +341,12 @@ def _check_zip_members(path: str | Path, limits: LoadLimits) -> None:
         raise CorruptCheckpoint(f"corrupt torch checkpoint: {exc}") from exc
     inflated = 0
     for zi in infos:
+        if zi.filename.endswith(".pkl") and zi.file_size > limits.max_inflated_bytes:
+            raise CheckpointTooComplex(  # unpickling is the costly part, stored or not
+                f"refused: the archive's pickle {zi.filename!r} is {zi.file_size} bytes, over "
+                f"the limit of {limits.max_inflated_bytes}",
+                inflated=0,
+            )
         if zi.compress_type == zipfile.ZIP_STORED:
             if zi.file_size != zi.compress_size:
                 raise CorruptCheckpoint(f"corrupt torch checkpoint: member {zi.filename!r}")

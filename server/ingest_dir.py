@@ -5,16 +5,22 @@ Recognised checkpoints, anywhere under the directory:
 - ``step_1000.pt`` / ``ckpt-1000.pth`` / ``1000.safetensors``: the step is read from the name;
 - Hugging Face Trainer folders ``checkpoint-1000/`` holding ``model.safetensors`` (or
   ``pytorch_model.bin``); their optimizer/scheduler/RNG files are not checkpoints and ignored.
+  Sharded weights (``model.safetensors.index.json`` + ``model-0000N-of-0000M.safetensors``)
+  are uploaded as one safetensors file, read shard by shard as it is sent (``server.shards``).
 
 Steps come from the path (``--step-regex`` with one group overrides the default patterns).
 Files are uploaded as they are, streamed from disk; the server loads them safely
 (safetensors, or ``torch.load(weights_only=True)``). Scalars in ``events.out.tfevents.*``
-files become metric series. A second import of the same directory skips every step the server
-already has, so an interrupted import can simply be run again.
+files become metric series, and so does the ``log_history`` of the newest Hugging Face
+``trainer_state.json`` (loss, learning_rate, grad_norm, eval_* at their steps). A second
+import of the same directory skips every step the server already has, so an interrupted
+import can simply be run again.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,9 +40,10 @@ from rich.progress import (
 from rich.table import Table
 
 from server.client import Phaseboard, PhaseboardClientError, Run
+from server.shards import INDEX_NAME, MergedSafetensors, ShardError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-HF_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_MODEL_FILES = ("model.safetensors", INDEX_NAME, "pytorch_model.bin")
 # Files a Hugging Face Trainer (or similar) writes beside the weights; never checkpoints.
 NOT_WEIGHTS = re.compile(
     r"^(optimizer|scheduler|scaler|rng_state.*|training_args|trainer_state)\.(pt|pth|bin)$"
@@ -102,7 +109,14 @@ def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item
             if path.parent in hf_dirs:
                 continue
             hf_dirs.add(path.parent)
-            items.append(Item("checkpoint", str(path.relative_to(root)), size=path.stat().st_size))
+            item = Item("checkpoint", str(path.relative_to(root)), size=path.stat().st_size)
+            if model_name == INDEX_NAME:
+                try:
+                    with MergedSafetensors(path) as merged:
+                        item.size = merged.size
+                except ShardError as exc:
+                    item.status, item.detail = "skipped", f"cannot merge shards: {exc}"
+            items.append(item)
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.suffix not in CHECKPOINT_SUFFIXES:
             continue
@@ -129,11 +143,17 @@ def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item
     return items
 
 
-def read_tensorboard_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
+Series = dict[str, list[tuple[int, float]]]
+# {series name: {step: wall-clock time (s since the epoch)}}, where the source records one.
+WallTimes = dict[str, dict[int, float]]
+
+
+def read_tensorboard_scalars(root: Path, wall_times: WallTimes | None = None) -> Series:
     """Scalars from every TensorBoard event file under ``root``: ``{tag: [(step, value)]}``.
 
     Tags are used as metric names; when event files sit in several folders, the folder (relative
-    to ``root``) prefixes the tag so ``train/loss`` of two folders stay apart.
+    to ``root``) prefixes the tag so ``train/loss`` of two folders stay apart. ``wall_times``,
+    if given, is filled with each point's wall time.
     """
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -146,9 +166,41 @@ def read_tensorboard_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
         acc.Reload()
         prefix = "" if len(dirs) == 1 else f"{d.relative_to(root).as_posix()}/"
         for tag in acc.Tags().get("scalars", []):
-            by_step = {int(e.step): float(e.value) for e in acc.Scalars(tag)}  # last one wins
+            events = acc.Scalars(tag)
+            by_step = {int(e.step): float(e.value) for e in events}  # last one wins
             series[prefix + tag] = sorted(by_step.items())
+            if wall_times is not None:
+                wall_times[prefix + tag] = {int(e.step): float(e.wall_time) for e in events}
     return series
+
+
+def read_trainer_state(root: Path) -> Series:
+    """``log_history`` of the newest Hugging Face ``trainer_state.json`` under ``root``.
+
+    Each later ``checkpoint-N/trainer_state.json`` repeats the earlier history, so the one with
+    the highest ``global_step`` is read. Every numeric entry but ``step`` becomes a series
+    named as the Trainer names it (``loss``, ``learning_rate``, ``eval_loss``, ...). The
+    Trainer records no wall time per entry.
+    """
+    best: tuple[int, list[Any]] | None = None
+    for path in root.rglob("trainer_state.json"):
+        try:
+            state = json.loads(path.read_text())
+            history = state["log_history"]
+            global_step = int(state.get("global_step") or 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(history, list) and (best is None or global_step > best[0]):
+            best = (global_step, history)
+    series: dict[str, dict[int, float]] = {}
+    for entry in best[1] if best else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+            continue
+        for key, value in entry.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if key != "step" and number and math.isfinite(value):
+                series.setdefault(key, {})[entry["step"]] = float(value)
+    return {name: sorted(points.items()) for name, points in series.items()}
 
 
 # --- upload -------------------------------------------------------------------------------
@@ -247,11 +299,11 @@ def ingest_directory(
         for item in todo:
             current = progress.add_task(f"step {item.step}", total=item.size)
             try:
-                with (root / item.path).open("rb") as f:
+                with _open_weights(root / item.path) as f:
                     record = run.upload_file(
                         int(item.step or 0),
                         _ProgressFile(f, progress, current),  # type: ignore[arg-type]
-                        filename=Path(item.path).name,
+                        filename=Path(getattr(f, "name", item.path)).name,
                     )
                 if record is None:
                     item.status, item.detail = "skipped", "already on the server"
@@ -264,7 +316,7 @@ def ingest_directory(
                 if exc.status_code is None:  # server gone: stop, a rerun resumes here
                     progress.remove_task(current)
                     break
-            except OSError as exc:
+            except (OSError, ShardError) as exc:
                 item.status, item.detail = "failed", f"cannot read: {exc}"
             progress.remove_task(current)
             progress.advance(overall, item.size)
@@ -276,12 +328,32 @@ def ingest_directory(
     return report
 
 
+def _open_weights(path: Path) -> IO[bytes]:
+    """The file to upload: a sharded checkpoint's index opens as the merged shards."""
+    if path.name == INDEX_NAME:
+        return MergedSafetensors(path)  # type: ignore[return-value]
+    return path.open("rb")
+
+
 def _ingest_scalars(root: Path, run: Run, report: IngestReport, console: Console) -> None:
+    wall_times: WallTimes = {}
     try:
-        series = read_tensorboard_scalars(root)
+        series = read_tensorboard_scalars(root, wall_times)
     except Exception as exc:  # noqa: BLE001 - a broken event file must not sink the import
         report.items.append(Item("scalars", "events.out.tfevents.*", None, "failed", str(exc)))
-        return
+        series = {}
+    for name, points in read_trainer_state(root).items():
+        series.setdefault(name, points)  # TensorBoard's copy (with wall times) wins
+    _log_series(run, report, series, wall_times)
+
+
+def _log_series(run: Run, report: IngestReport, series: Series, wall_times: WallTimes) -> None:
+    """Send each series not yet on the server.
+
+    ``wall_times`` holds the wall-clock time of each point where the source recorded one;
+    it is not sent yet: metric points have no wall-time column so far (another change adds
+    one; pass ``wall_times[name][step]`` along with the point there).
+    """
     for name, points in series.items():
         item = Item("scalars", name, detail=f"{len(points)} points")
         report.items.append(item)

@@ -147,3 +147,77 @@ def test_export_of_a_missing_run_fails_clearly(url: str) -> None:
     result = runner.invoke(app, ["export", "no-such-run", "--url", url])
     assert result.exit_code == 1
     assert "no run named 'no-such-run'" in " ".join(result.output.split())
+
+
+def _sharded_checkpoint(folder: Path, weights: dict[str, torch.Tensor]) -> None:
+    """What ``save_pretrained(max_shard_size=...)`` writes: two shards and their index."""
+    names = sorted(weights)
+    shards = {
+        "model-00001-of-00002.safetensors": names[:2],
+        "model-00002-of-00002.safetensors": names[2:],
+    }
+    folder.mkdir(parents=True)
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: weights[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(keys, shard))
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def _big_weights() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return {
+        "a.weight": torch.randn(300, 7, generator=gen),
+        "b.bias": torch.randn(5, generator=gen).to(torch.bfloat16),
+        "c.weight": torch.randn(64, 64, generator=gen),
+        "d.steps": torch.arange(10),
+    }
+
+
+def test_merged_shards_read_in_small_pieces_are_one_valid_file(tmp_path: Path) -> None:
+    from safetensors.torch import load
+
+    from server.shards import MergedSafetensors
+
+    weights = _big_weights()
+    _sharded_checkpoint(tmp_path / "ck", weights)
+    with MergedSafetensors(tmp_path / "ck" / "model.safetensors.index.json") as merged:
+        pieces = []
+        while chunk := merged.read(1000):  # never more than one read buffer in memory
+            assert len(chunk) <= 1000
+            pieces.append(chunk)
+        assert merged.seek(0, 2) == merged.size == sum(map(len, pieces))
+    back = load(b"".join(pieces))
+    assert set(back) == set(weights) and all(torch.equal(back[k], weights[k]) for k in weights)
+
+
+def test_ingest_merges_sharded_weights_and_imports_trainer_log_history(
+    url: str, tmp_path: Path
+) -> None:
+    from safetensors.torch import load
+
+    weights = _big_weights()
+    for step in (10, 20):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        _sharded_checkpoint(folder, weights)
+        history = [
+            {"epoch": 0.1 * s, "step": s, "loss": 2.0 / s, "learning_rate": 1e-3, "grad_norm": 1.5}
+            for s in range(1, step + 1)
+        ] + [{"epoch": 1.0, "step": step, "eval_loss": 0.5, "eval_runtime": 0.1}]
+        state = {"global_step": step, "log_history": history}
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+    result = runner.invoke(app, ["ingest", str(tmp_path / "out"), "--run", "sharded", "--url", url])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "checkpoints: 2 imported, 0 skipped, 0 failed" in text
+    with Phaseboard(url) as pb:
+        run = pb.run("sharded")
+        ckpts = run.checkpoints()
+        assert [c["step"] for c in ckpts] == [10, 20]
+        got = load(pb.request("GET", ckpts[1]["download_url"]).content)
+        assert all(torch.equal(got[k], weights[k]) for k in weights)
+        loss = run.series("loss")
+        assert loss["steps"] == list(range(1, 21)) and loss["values"][0] == 2.0
+        assert run.series("eval_loss")["steps"] == [20]  # from the newest trainer_state.json
+        assert run.series("learning_rate")["total_points"] == 20
