@@ -343,8 +343,8 @@ def _check_zip_members(path: str | Path, limits: LoadLimits) -> None:
     for zi in infos:
         if zi.filename.endswith(".pkl") and zi.file_size > limits.max_inflated_bytes:
             raise CheckpointTooComplex(  # unpickling is the costly part, stored or not
-                f"refused: the archive's pickle {zi.filename!r} is {zi.file_size} bytes, over "
-                f"the limit of {limits.max_inflated_bytes}",
+                f"refused: the archive's pickle {zi.filename!r} would inflate to more than "
+                f"{limits.max_inflated_bytes} bytes ({zi.file_size})",
                 inflated=0,
             )
         if zi.compress_type == zipfile.ZIP_STORED:
