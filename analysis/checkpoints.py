@@ -187,8 +187,11 @@ class KeyMapping:
         if self.strip_prefix:
             parts.append(f"stripped {self.strip_prefix!r}")
         if self.dropped:
-            shown = ", ".join(self.dropped[:6]) + (" ..." if len(self.dropped) > 6 else "")
-            parts.append(f"dropped {shown} (only the weights are kept)")
+            n = len(self.dropped)
+            # optimizer state first: it is what a reader looks for
+            names = sorted(self.dropped, key=lambda d: ("optim" not in d.lower(), d))
+            shown = ", ".join(names[:4]) + (f" +{n - 4} more" if n > 4 else "")
+            parts.append(f"dropped {shown} (weights only kept)")
         return "; ".join(parts)
 
 

@@ -221,3 +221,17 @@ def test_ingest_merges_sharded_weights_and_imports_trainer_log_history(
         assert loss["steps"] == list(range(1, 21)) and loss["values"][0] == 2.0
         assert run.series("eval_loss")["steps"] == [20]  # from the newest trainer_state.json
         assert run.series("learning_rate")["total_points"] == 20
+
+
+def test_client_logs_a_compiled_model_and_a_misfit_is_refused_naming_tensors(url: str) -> None:
+    from server.client import PhaseboardClientError
+    from tests.server.jobs.conftest import TINY_TASK, state_dict
+
+    sd = state_dict(0)
+    with Phaseboard(url) as pb:
+        run = pb.run("compiled", task="dln", task_config=TINY_TASK)
+        record = run.log_checkpoint(0, {f"_orig_mod.{k}": v for k, v in sd.items()})
+        assert record is not None and record["key_mapping"]["strip_prefix"] == "_orig_mod."
+        with pytest.raises(PhaseboardClientError, match="missing from the checkpoint"):
+            run.log_checkpoint(1, {k: v for k, v in sd.items() if k != "layers.0.weight"})
+        assert [c["step"] for c in run.checkpoints()] == [0]
