@@ -443,6 +443,7 @@ class _Budget:
     def __init__(self, limits: LoadLimits) -> None:
         self.limits, self.visited = limits, 0
         self.deadline = time.monotonic() + limits.max_seconds
+        self._next_clock = 0
 
     def visit(self, n: int = 1) -> None:
         self.visited += n
@@ -452,11 +453,13 @@ class _Budget:
                 "objects; not a state_dict we can check",
                 visited=self.visited,
             )
-        if self.visited % 4096 == 0 and time.monotonic() > self.deadline:
+        if self.visited >= self._next_clock and time.monotonic() > self.deadline:
             raise CheckpointTooComplex(
                 f"refused: inspecting the file took more than {self.limits.max_seconds:.0f} s",
                 visited=self.visited,
             )
+        if self.visited >= self._next_clock:
+            self._next_clock = self.visited + 4096  # read the clock every 4096 objects
 
 
 def _flatten_bounded(obj: Mapping, budget: _Budget) -> tuple[dict[str, Tensor], list[str]]:

@@ -284,3 +284,9 @@ def test_safetensors_headers_follow_the_real_loaders_rules(tmp_path: Path, data,
         prepare_checkpoint(path)
     with pytest.raises(CorruptCheckpoint):
         load_state_dict_file(path)
+
+
+def test_walk_stops_at_its_deadline(tmp_path: Path) -> None:
+    path = _save({"w": torch.ones(1)}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointTooComplex, match="took more than"):
+        prepare_checkpoint(path, limits=LoadLimits(max_seconds=-1.0))
