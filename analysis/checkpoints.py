@@ -135,7 +135,7 @@ class LoadLimits:
     max_depth: int = 64  # nesting of dicts inside the unpickled object
     # decompressed size of compressed zip members in all, and of the pickle itself
     max_inflated_bytes: int = 256 * 1024 * 1024
-    max_seconds: float = 120.0  # wall time of the walk over the unpickled object
+    max_seconds: float = 30.0  # wall time of the walk over the unpickled object
 
 
 @dataclass(frozen=True)

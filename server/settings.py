@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         default=256, ge=0, description="Decompressed size of compressed archive members."
     )
     checkpoint_max_inspect_s: float = Field(
-        default=120.0, gt=0, description="Wall time of walking one unpickled checkpoint."
+        default=30.0, gt=0, description="Wall time of walking one unpickled checkpoint."
     )
     host: str = "127.0.0.1"
     port: int = 8765
