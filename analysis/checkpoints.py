@@ -278,15 +278,18 @@ def _check_safetensors_header(path: str | Path) -> dict[str, tuple[int, ...]]:
 def _coverage_problem(path: Path) -> str | None:
     """Say whether data is cut off or left over; only called once the real parser accepted
     the header's JSON (so parsing it here is safe)."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    ends = [
-        int(m["data_offsets"][1])
-        for k, m in header.items()
-        if k != "__metadata__" and isinstance(m, dict)
-    ]
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        ends = [
+            int(m["data_offsets"][1])
+            for k, m in header.items()
+            if k != "__metadata__" and isinstance(m, dict)
+        ]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        return None
     end = 8 + n + max(ends, default=0)
     if end > size:
         return f"truncated safetensors file: tensors end at byte {end} but the file has {size}"
@@ -465,8 +468,8 @@ class _Budget:
 def _flatten_bounded(obj: Mapping, budget: _Budget) -> tuple[dict[str, Tensor], list[str]]:
     """``{dotted.name: tensor}`` of a nested mapping and the names of non-tensor leaves.
 
-    Iterative; each dict is entered once (a dict met twice, shared or self-referencing,
-    is refused, since names would repeat without end), depth and count bounded.
+    Iterative; each dict is entered once (a dict met again, shared or self-referencing, is a
+    non-tensor leaf: a state_dict is a tree), depth and count bounded.
     """
     out: dict[str, Tensor] = {}
     bad: list[str] = []
@@ -488,12 +491,9 @@ def _flatten_bounded(obj: Mapping, budget: _Budget) -> tuple[dict[str, Tensor], 
             if isinstance(v, Tensor):
                 out[name] = v
             elif isinstance(v, Mapping):
-                if id(v) in entered:
-                    raise CheckpointTooComplex(
-                        f"refused: the dict at {name[:80]!r} appears more than once "
-                        "(shared or self-referencing); a state_dict is a tree",
-                        visited=budget.visited,
-                    )
+                if id(v) in entered:  # not entered twice: names would repeat without end
+                    bad.append(f"{name[:80]!r} (a dict met before: shared or self-referencing)")
+                    continue
                 entered.add(id(v))
                 children.append((v, name + ".", depth + 1))
             else:

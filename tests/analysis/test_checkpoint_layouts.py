@@ -22,6 +22,7 @@ from analysis.checkpoints import (
     KeyMapping,
     LoadLimits,
     ModelMismatch,
+    NotAStateDict,
     UnsafeCheckpoint,
     apply_key_mapping,
     load_state_dict_file,
@@ -185,15 +186,21 @@ def test_shared_children_pickle_is_refused_after_linear_work(tmp_path: Path) -> 
     for _ in range(40):  # 2**40 paths if walked naively
         x = {"a": x, "b": x}
     path = _save({"w": torch.ones(1), "x": x}, tmp_path / "shared.pt")
-    with pytest.raises(CheckpointTooComplex, match="more than once") as err:
-        prepare_checkpoint(path)
-    assert err.value.visited <= 200
+    budget = LoadLimits(max_objects=200)  # 40 dicts of 2 entries: far below, if walked once
+    with pytest.raises(NotAStateDict, match="a dict met before"):
+        prepare_checkpoint(path, limits=budget)
+
+
+def test_a_weights_dict_saved_twice_is_not_refused(tmp_path: Path) -> None:
+    sd = _task_state()
+    prepared = prepare_checkpoint(_save({"model": sd, "best": sd}, tmp_path / "twice.pt"))
+    assert prepared.mapping.nesting == "model" and set(prepared.shapes) == set(sd)
 
 
 def test_self_referencing_dict_is_refused(tmp_path: Path) -> None:
     d: dict = {"w": torch.ones(1)}
     d["self"] = d
-    with pytest.raises(CheckpointTooComplex, match="more than once"):
+    with pytest.raises(NotAStateDict, match="'self' \\(a dict met before"):
         prepare_checkpoint(_save(d, tmp_path / "self.pt"))
 
 
