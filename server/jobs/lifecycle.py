@@ -293,3 +293,23 @@ def queued_all(db: Database) -> list[tuple[int, str]]:
     with db.session() as s:
         rows = s.execute(sa.select(Job.id, Job.device).where(Job.state == "queued"))
         return [(int(i), str(d)) for i, d in rows]
+
+
+TRACEBACK_SEP = "\n\n"
+"""Between a job error's message and its traceback (``split_error`` takes them apart)."""
+
+
+def split_error(text: str | None) -> tuple[str | None, str | None]:
+    """A stored job error as ``(message, traceback or None)``.
+
+    The API shows the message to anyone and the traceback (server paths, code) only to a
+    caller holding the API token (``server.api.jobs``); pages show the message only.
+    """
+    if text is None:
+        return None, None
+    message, sep, tb = text.partition(TRACEBACK_SEP + "Traceback (most recent call last):")
+    if not sep:
+        if '\n  File "' in text:  # cut by ERROR_MAX to its tail: all of it is traceback
+            return text.strip().splitlines()[-1], text
+        return text, None
+    return message, tb and "Traceback (most recent call last):" + tb

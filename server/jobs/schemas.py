@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.analysis_config import LLCParams
+from server.schemas import DbInt, Text
+
 
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -25,7 +28,12 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None
     progress: float
     progress_msg: str
-    error: str | None
+    error: str | None = Field(description="Why it failed: the message, without traceback.")
+    traceback: str | None = Field(
+        default=None,
+        description="The failure's Python traceback; only to a caller presenting the API "
+        "token (never when the server has none; it is in the server's log).",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -40,19 +48,19 @@ class JobList(BaseModel):
 class AnalysesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kinds: list[str] | None = Field(
+    kinds: list[Text] | None = Field(
         default=None, description="Analyses to queue; default: the run's automatic analyses."
     )
-    checkpoint_ids: list[int] | None = Field(
+    checkpoint_ids: list[DbInt] | None = Field(
         default=None, description="Checkpoints to analyse; default: all of the run's."
     )
-    llc: dict[str, Any] | None = Field(
+    llc: LLCParams | None = Field(  # type: ignore[valid-type]
         default=None, description="LLC hyperparameters over the run's and the defaults."
     )
-    restrictions: list[str] | None = Field(
+    restrictions: list[Text] | None = Field(
         default=None, description="llc_restricted only: e.g. ['weights:attn', 'data:train_a']."
     )
-    device: str | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
+    device: Text | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
 
 
 class AnalysesResponse(BaseModel):

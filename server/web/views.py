@@ -47,6 +47,8 @@ def parse_view(view: str) -> PageView:
     if parts.scheme or parts.netloc:
         raise BadInput("view must be a local page path, not an absolute URL")
     path, query = parts.path, parts.query
+    if any("\x00" in k + v for k, v in parse_qsl(query, keep_blank_values=True)):
+        raise BadInput("view's query contains a NUL character (%00)")
     if path == "/":
         return PageView("runs", None, path, query)
     if path == "/compare":
