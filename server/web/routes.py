@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from server.api.deps import SessionDep, WriteAuth
-from server.errors import NotFound
+from server.errors import ERROR_RESPONSES, NotFound
 from server.models import Share
 from server.schemas import MAX_INT64, DbInt, Text
 from server.web import queries
@@ -24,7 +24,7 @@ from server.web.templating import STATIC_DIR, make_templates
 from server.web.views import PageView, parse_view
 
 router = APIRouter(include_in_schema=False)
-data_router = APIRouter(prefix="/api", tags=["plots"])
+data_router = APIRouter(prefix="/api", tags=["plots"], responses=ERROR_RESPONSES)
 templates = make_templates()
 
 PLOTLY_JS = resources.files("plotly") / "package_data" / "plotly.min.js"
