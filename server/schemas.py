@@ -32,8 +32,10 @@ def _ascii_digits(value: object) -> object:
     Python's ``int()`` (and pydantic's lax mode) also read ``1_000``, ``+5``, `` 5`` and
     non-ASCII digits such as ``٥``; none of those is how anyone writes a step or an id.
     """
-    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-        raise ValueError(f"must be written in ASCII digits 0-9, got {value[:40]!r}")
+    if isinstance(value, str):
+        digits = value.removeprefix("-")  # a sign is read, so the range check can name it
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError(f"{value[:40]!r} is not an integer (ASCII digits 0-9)")
     return value
 
 

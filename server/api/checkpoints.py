@@ -69,8 +69,12 @@ def _parse_step(raw: str | None) -> int:
     try:
         return _STEP.validate_python(raw.strip())
     except ValidationError as exc:
-        msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise BadInput(f"step: {msg} (got {raw[:40]!r})") from None
+        err = exc.errors()[0]
+        bound = {"greater_than_equal": ">= {ge}", "less_than_equal": "<= {le}"}.get(err["type"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if bound is not None:
+            msg = f"must be {bound.format(**err.get('ctx', {}))}, got {raw.strip()}"
+        raise BadInput(f"step: {msg}") from None
 
 
 def _run_for_upload(db: Database, run_id: int) -> Run:
