@@ -67,6 +67,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("A body that cannot be read at all (not UTF-8, a broken form)."),
     401: _error("A write without the bearer token this server requires."),
     403: _error("A cross-site write from a browser (see ``server.security``)."),
     404: _error("No such run, checkpoint, job, boundary, share or route."),

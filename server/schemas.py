@@ -7,7 +7,7 @@ field and the problem, e.g. ``task: unknown task 'mlp'; known tasks: dln, tms``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -45,6 +45,15 @@ StepInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_STEP
 """A training step: non-negative, exact as a double (``server.series.MAX_STEP``)."""
 Text = Annotated[str, Field(pattern=NO_NUL)]
 """Any string that is stored or searched: no NUL characters."""
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A timestamp in responses, always with its offset (RFC 3339 ``date-time``): SQLite hands
+back naive UTC values, PostgreSQL aware ones."""
 
 
 def known_tasks() -> list[str] | None:
@@ -124,11 +133,11 @@ class RunOut(BaseModel):
     tags: list[str]
     notes: str
     analysis_config: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     checkpoint_count: int = 0
     jobs: dict[str, int] = Field(default_factory=dict, description="Job counts by state.")
-    last_activity: datetime | None = None
+    last_activity: UtcDatetime | None = None
 
 
 class CheckpointOut(BaseModel):
@@ -144,7 +153,7 @@ class CheckpointOut(BaseModel):
     n_tensors: int
     status: str = Field(description='"ok", or "flagged" with the reason in ``error``.')
     error: str | None
-    created_at: datetime
+    created_at: UtcDatetime
     download_url: str = ""
     job_ids: list[int] = Field(default_factory=list, description="Analyses queued on upload.")
 

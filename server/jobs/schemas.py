@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.analysis_config import LLCParams
-from server.schemas import DbInt, Text
+from server.schemas import DbInt, Text, UtcDatetime
 
 
 class JobOut(BaseModel):
@@ -25,7 +24,7 @@ class JobOut(BaseModel):
     state: str
     attempts: int
     worker_id: str | None
-    heartbeat_at: datetime | None
+    heartbeat_at: UtcDatetime | None
     progress: float
     progress_msg: str
     error: str | None = Field(description="Why it failed: the message, without traceback.")
@@ -34,9 +33,9 @@ class JobOut(BaseModel):
         description="The failure's Python traceback; only to a caller presenting the API "
         "token (never when the server has none; it is in the server's log).",
     )
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
 
 class JobList(BaseModel):
@@ -105,7 +104,7 @@ class ResultOut(BaseModel):
     kind: str
     restriction: str
     values: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ResultList(BaseModel):
