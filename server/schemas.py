@@ -40,7 +40,10 @@ def _ascii_digits(value: object) -> object:
 
 
 DbInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_INT64)]
-"""A non-negative integer that fits a SQL BIGINT: ids, offsets, limits."""
+"""A non-negative integer that fits a SQL BIGINT: offsets, limits, page numbers."""
+MAX_ID = 2**31 - 1
+DbId = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_ID)]
+"""A row id: the primary keys are SQL INTEGER (32-bit on PostgreSQL)."""
 StepInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_STEP)]
 """A training step: non-negative, exact as a double (``server.series.MAX_STEP``)."""
 Text = Annotated[str, Field(pattern=NO_NUL)]

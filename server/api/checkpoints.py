@@ -23,7 +23,7 @@ from server.api.runs import get_run_or_404
 from server.db import Database, get_existing
 from server.errors import BadCheckpoint, BadInput, Conflict
 from server.models import Checkpoint, Run
-from server.schemas import CheckpointOut, DbInt, StepInt
+from server.schemas import CheckpointOut, DbId, StepInt
 from server.series import MAX_STEP
 from server.storage import BlobStore, StagedBlob
 from server.uploads import check_content_length, receive_upload
@@ -163,7 +163,7 @@ def _queue_analyses(request: Request, run: Run, ckpt: Checkpoint) -> list[int]:
     dependencies=[WriteAuth],
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_checkpoint(run_id: DbInt, request: Request) -> CheckpointOut:
+async def upload_checkpoint(run_id: DbId, request: Request) -> CheckpointOut:
     """Upload one checkpoint: multipart field ``file`` and form field ``step``.
 
     The body is streamed to disk (memory does not grow with file size). Refused with a 4xx
@@ -191,7 +191,7 @@ async def upload_checkpoint(run_id: DbInt, request: Request) -> CheckpointOut:
 
 
 @router.get("/runs/{run_id}/checkpoints")
-def list_checkpoints(run_id: DbInt, session: SessionDep) -> list[CheckpointOut]:
+def list_checkpoints(run_id: DbId, session: SessionDep) -> list[CheckpointOut]:
     get_run_or_404(session, run_id)
     rows = session.scalars(
         select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)
@@ -199,12 +199,12 @@ def list_checkpoints(run_id: DbInt, session: SessionDep) -> list[CheckpointOut]:
     return [checkpoint_out(c) for c in rows]
 
 
-def _get_checkpoint(session: SessionDep, checkpoint_id: DbInt) -> Checkpoint:
+def _get_checkpoint(session: SessionDep, checkpoint_id: DbId) -> Checkpoint:
     return get_existing(session, Checkpoint, checkpoint_id, "checkpoint")
 
 
 @router.get("/checkpoints/{checkpoint_id}")
-def get_checkpoint(checkpoint_id: DbInt, session: SessionDep) -> CheckpointOut:
+def get_checkpoint(checkpoint_id: DbId, session: SessionDep) -> CheckpointOut:
     return checkpoint_out(_get_checkpoint(session, checkpoint_id))
 
 
@@ -213,7 +213,7 @@ def get_checkpoint(checkpoint_id: DbInt, session: SessionDep) -> CheckpointOut:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_checkpoint(checkpoint_id: DbInt, request: Request, session: SessionDep) -> Response:
+def download_checkpoint(checkpoint_id: DbId, request: Request, session: SessionDep) -> Response:
     """Stream the checkpoint's bytes as uploaded."""
     ckpt = _get_checkpoint(session, checkpoint_id)
     path = request.app.state.store.open_path(ckpt.sha256)
@@ -226,7 +226,7 @@ def download_checkpoint(checkpoint_id: DbInt, request: Request, session: Session
 
 
 @router.delete("/checkpoints/{checkpoint_id}", status_code=204, dependencies=[WriteAuth])
-def delete_checkpoint(checkpoint_id: DbInt, session: SessionDep) -> Response:
+def delete_checkpoint(checkpoint_id: DbId, session: SessionDep) -> Response:
     """Delete the row (and its jobs/results); the blob stays (it may be shared) until
     ``phaseboard gc``."""
     session.delete(_get_checkpoint(session, checkpoint_id))

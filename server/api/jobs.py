@@ -26,7 +26,7 @@ from server.jobs.schemas import (
     ResultOut,
 )
 from server.models import Job, Result, Run
-from server.schemas import DbInt, Text
+from server.schemas import DbId, DbInt, Text
 
 router = APIRouter(tags=["jobs"])
 STATES = lifecycle.ACTIVE + lifecycle.FINAL
@@ -56,7 +56,7 @@ def _run(session: Any, run_id: int) -> Run:
 def list_jobs(
     session: SessionDep,
     request: Request,
-    run_id: DbInt | None = None,
+    run_id: DbId | None = None,
     state: str | None = Query(None, description="queued|running|done|failed|cancelled"),
     kind: Text | None = None,
     limit: DbInt = Query(200, ge=1, le=5000),
@@ -86,12 +86,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: DbInt, session: SessionDep, request: Request) -> JobOut:
+def get_job(job_id: DbId, session: SessionDep, request: Request) -> JobOut:
     return _job_out(_job(session, job_id), request)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, dependencies=[WriteAuth])
-def cancel_job(job_id: DbInt, db: DatabaseDep, request: Request) -> JobOut:
+def cancel_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
     """Cancel a queued job, or stop a running one at its next progress report."""
     with db.session() as s:
         job = lifecycle.cancel(s, job_id)
@@ -100,7 +100,7 @@ def cancel_job(job_id: DbInt, db: DatabaseDep, request: Request) -> JobOut:
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[WriteAuth])
-def retry_job(job_id: DbInt, db: DatabaseDep, request: Request) -> JobOut:
+def retry_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
     """Queue a failed or cancelled job again."""
     with db.session() as s:
         job = lifecycle.retry(s, job_id)
@@ -116,7 +116,7 @@ def retry_job(job_id: DbInt, db: DatabaseDep, request: Request) -> JobOut:
     dependencies=[WriteAuth],
 )
 def queue_analyses(
-    run_id: DbInt, body: AnalysesRequest, db: DatabaseDep, request: Request
+    run_id: DbId, body: AnalysesRequest, db: DatabaseDep, request: Request
 ) -> AnalysesResponse:
     """Queue analyses for a run's existing checkpoints; identical work is not repeated."""
     queue = _queue(request)
@@ -166,7 +166,7 @@ def _diverged(values: dict[str, Any]) -> bool | None:
 
 @router.get("/runs/{run_id}/llc", response_model=LLCSeries)
 def run_llc(
-    run_id: DbInt,
+    run_id: DbId,
     session: SessionDep,
     config_hash: Text | None = Query(None, description="Only results of this LLC config."),
 ) -> LLCSeries:
@@ -201,7 +201,7 @@ def run_llc(
 
 @router.get("/runs/{run_id}/results", response_model=ResultList)
 def run_results(
-    run_id: DbInt,
+    run_id: DbId,
     session: SessionDep,
     kind: Text | None = Query(None, description="metrics | llc | llc_restricted | phases"),
     restriction: Text | None = None,

@@ -11,7 +11,7 @@ from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.api.runs import get_run_or_404
 from server.errors import NotFound, PayloadTooLarge
 from server.models import MetricPoint
-from server.schemas import DbInt, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
+from server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
 from server.series_store import read_series, upsert_points
 
 router = APIRouter(tags=["metrics"])
@@ -19,7 +19,7 @@ router = APIRouter(tags=["metrics"])
 
 @router.post("/runs/{run_id}/metrics", dependencies=[WriteAuth])
 def add_metrics(
-    run_id: DbInt, points: list[MetricIn], session: SessionDep, settings: SettingsDep
+    run_id: DbId, points: list[MetricIn], session: SessionDep, settings: SettingsDep
 ) -> MetricsAccepted:
     """Add points; a point at an existing (name, step) replaces its value (upsert).
 
@@ -44,7 +44,7 @@ def add_metrics(
 
 @router.get("/runs/{run_id}/series")
 def get_series(
-    run_id: DbInt,
+    run_id: DbId,
     session: SessionDep,
     name: Annotated[Text, Query(min_length=1, max_length=200)],
     max_points: Annotated[int, Query(ge=10, le=200_000)] = 2000,
@@ -64,7 +64,7 @@ def get_series(
 
 
 @router.get("/runs/{run_id}/series/names")
-def series_names(run_id: DbInt, session: SessionDep) -> list[SeriesName]:
+def series_names(run_id: DbId, session: SessionDep) -> list[SeriesName]:
     """The run's series with their point counts and step ranges."""
     get_run_or_404(session, run_id)
     rows = session.execute(

@@ -15,7 +15,7 @@ from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
-from server.schemas import DbInt, RunCreate, RunOut, RunUpdate, Text
+from server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
 
 router = APIRouter(tags=["runs"])
 
@@ -128,14 +128,12 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: DbInt, session: SessionDep) -> RunOut:
+def get_run(run_id: DbId, session: SessionDep) -> RunOut:
     return runs_out(session, [get_run_or_404(session, run_id)])[0]
 
 
 @router.patch("/runs/{run_id}", dependencies=[WriteAuth])
-def update_run(
-    run_id: DbInt, body: RunUpdate, session: SessionDep, settings: SettingsDep
-) -> RunOut:
+def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Change only the fields given; a rename onto an existing name is a 409.
 
     ``null`` clears a field (``task`` to none, ``notes`` to "", ``tags`` to [], a config
@@ -158,7 +156,7 @@ def update_run(
 
 
 @router.delete("/runs/{run_id}", status_code=204, dependencies=[WriteAuth])
-def delete_run(run_id: DbInt, session: SessionDep) -> Response:
+def delete_run(run_id: DbId, session: SessionDep) -> Response:
     """Delete the run and its rows (checkpoints, metrics, jobs, results, boundaries).
 
     Blobs stay in the store: another run may hold the same bytes. ``phaseboard gc``

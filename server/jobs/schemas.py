@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.analysis_config import LLCParams
-from server.schemas import DbInt, Text, UtcDatetime
+from server.schemas import DbId, Text, UtcDatetime
 
 
 class JobOut(BaseModel):
@@ -50,7 +50,7 @@ class AnalysesRequest(BaseModel):
     kinds: list[Text] | None = Field(
         default=None, description="Analyses to queue; default: the run's automatic analyses."
     )
-    checkpoint_ids: list[DbInt] | None = Field(
+    checkpoint_ids: list[DbId] | None = Field(
         default=None, description="Checkpoints to analyse; default: all of the run's."
     )
     llc: LLCParams | None = Field(  # type: ignore[valid-type]

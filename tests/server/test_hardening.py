@@ -22,6 +22,7 @@ from tests.server.conftest import safetensors_bytes
 HUGE = 652942260495584145178624  # > 2^63
 OFFSET = 7495652762223579053564528427008
 I64_OVER = 2**63  # 9223372036854775808
+I32_OVER = 2**31
 
 
 def full_state(settings: Settings) -> tuple[dict[str, list[tuple[str, ...]]], frozenset[str]]:
@@ -81,6 +82,14 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", f"/api/runs/{HUGE}", {}, 422, "run_id"),
     ("PATCH", f"/api/runs/{HUGE}", {"json": {"notes": "x"}}, 422, "run_id"),
     ("DELETE", f"/api/runs/{HUGE}", {}, 422, "run_id"),
+    # ids are 32-bit INTEGER keys on PostgreSQL: 2^31 is out of range there
+    ("GET", f"/api/runs/{I32_OVER}", {}, 422, "run_id"),
+    ("GET", f"/api/runs/{I32_OVER}/llc", {}, 422, "run_id"),
+    ("GET", f"/api/jobs/{I32_OVER}", {}, 422, "job_id"),
+    ("DELETE", f"/api/phases/{I32_OVER}", {}, 422, "boundary_id"),
+    ("GET", f"/api/checkpoints/{I32_OVER}", {}, 422, "checkpoint_id"),
+    ("GET", f"/compare?pick={I32_OVER}", {}, 422, "pick"),
+    ("POST", "/api/shares", {"json": {"view": f"/runs/{I32_OVER}"}}, 422, "view"),
     ("GET", f"/api/runs?offset={OFFSET}", {}, 422, "offset"),
     ("GET", f"/api/runs?limit={HUGE}", {}, 422, "limit"),
     ("GET", f"/api/jobs?offset={OFFSET}", {}, 422, "offset"),
