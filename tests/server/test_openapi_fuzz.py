@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from server.app import create_app
 from tests.server.conftest import safetensors_bytes
 
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 6
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
