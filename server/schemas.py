@@ -164,7 +164,7 @@ class CheckpointOut(BaseModel):
 class MetricIn(TypedDict):
     """One point of a metric series. A TypedDict: 10^5 of them validate in ~0.1 s."""
 
-    step: StepInt
+    step: Annotated[int, Field(strict=True, ge=0, le=MAX_STEP)]  # JSON integers only: fast
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     value: Annotated[float, Field(allow_inf_nan=False, description="A finite number.")]
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import httpx
+import pytest
 import sqlalchemy as sa
 
 from server.db import Database
@@ -21,6 +23,7 @@ from server.jobs.local import LocalQueue
 from server.jobs.planning import plan_jobs
 from server.models import Job, Run, utcnow
 from server.storage import BlobStore
+from tests.server.live import live_server, settings_env
 
 
 def _dead_pid() -> int:
@@ -89,3 +92,48 @@ def test_a_reclaimed_job_out_of_attempts_fails_with_the_reason(make_settings) ->
             assert "worker process ended" in (job.error or "")
     finally:
         db.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_kill_9_of_phaseboard_then_restart_takes_the_running_job_back_at_once(
+    make_settings,
+) -> None:
+    """A real server process is killed mid-job; the next one resumes the job in seconds
+    although its heartbeat is fresh (30 s beats, 600 s stale timeout)."""
+    settings = make_settings(queue="local")
+    env = {
+        **settings_env(settings),
+        "PHASEBOARD_QUEUE": "local",
+        "PHASEBOARD_HEARTBEAT_S": "30",
+        "PHASEBOARD_STALE_AFTER_S": "600",
+    }
+    db = Database(settings)
+    try:
+        with live_server(env) as first:
+            rid = httpx.post(first.url + "/api/runs", json={"name": "k"}).json()["id"]
+            with db.session() as s:
+                (job_id,) = plan_jobs(s, rid, ["sleep"], config={"seconds": 120})
+            first_owner = _wait_owner(db, job_id, first.proc.pid)
+            first.proc.kill()  # SIGKILL: no shutdown, the row still says running
+            first.proc.wait()
+        assert first_owner is not None
+        with live_server(env) as second:
+            started = time.monotonic()
+            assert _wait_owner(db, job_id, second.proc.pid) is not None
+            assert time.monotonic() - started < 20
+    finally:
+        db.dispose()
+
+
+def _wait_owner(db: Database, job_id: int, pid: int, timeout: float = 60.0) -> str | None:
+    """Wait until the job runs under a worker of process ``pid``; its worker id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.state == "running" and (job.worker_id or "").split(":")[1:2] == [str(pid)]:
+                return job.worker_id
+        time.sleep(0.2)
+    return None
