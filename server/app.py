@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__
 from server.api import build_api_router
 from server.db import Database
 from server.errors import PhaseboardError
 from server.jobs import make_queue
+from server.security import install as install_security
 from server.settings import Settings
 from server.storage import BlobStore
 from server.web import mount_web
@@ -31,6 +33,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(
             _error_body(exc.code, exc.message), status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (unknown route, wrong method) in our body shape too."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            _error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(RequestValidationError)
@@ -79,6 +91,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     app.state.store = store
     app.state.queue = make_queue(settings, db, store)
     _install_error_handlers(app)
+    install_security(app, settings)  # cross-site writes refused, security headers
     app.include_router(build_api_router())
     mount_web(app)
     return app

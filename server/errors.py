@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel, Field
+
 
 class PhaseboardError(Exception):
     """Base error: ``status_code`` and a message meant for the user."""
@@ -49,3 +53,27 @@ class Unauthorized(PhaseboardError):
 class UnsupportedMediaType(PhaseboardError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response: ``{"error": code, "detail": message}``."""
+
+    error: str = Field(description="Machine-readable code: not_found, bad_input, conflict, ...")
+    detail: str = Field(description="What was wrong, written for a person.")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("A body that cannot be read at all (not UTF-8, a broken form)."),
+    401: _error("A write without the bearer token this server requires."),
+    403: _error("A cross-site write from a browser (see ``server.security``)."),
+    404: _error("No such run, checkpoint, job, boundary, share or route."),
+    409: _error("Conflicts with what is stored (duplicate name or step, job state)."),
+    413: _error("Over a size limit: upload bytes, request body, metric points."),
+    415: _error("Not the content type this route takes (an upload wants multipart)."),
+    422: _error("Bad input; the detail names the field and the problem."),
+}
+"""Declared once on the API routers, so the OpenAPI spec shows what the app really sends."""

@@ -6,13 +6,57 @@ field and the problem, e.g. ``task: unknown task 'mlp'; known tasks: dln, tms``.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypedDict
 
 from server.series import MAX_STEP
+
+# ------------------------------------------------------------------ shared input types
+# Every integer and string that reaches SQL goes through one of these, so a bad value is a
+# 422 naming the field on SQLite and PostgreSQL alike (never an OverflowError / a bigint or
+# NUL error from the driver, i.e. a 500).
+
+MAX_INT64 = 2**63 - 1
+NO_NUL = r"^[^\x00]*$"
+"""Pattern of every stored or searched string: PostgreSQL text cannot hold NUL (U+0000)."""
+
+
+def _ascii_digits(value: object) -> object:
+    """Integers written as text (path, query, form) must be plain ASCII digits.
+
+    Python's ``int()`` (and pydantic's lax mode) also read ``1_000``, ``+5``, `` 5`` and
+    non-ASCII digits such as ``٥``; none of those is how anyone writes a step or an id.
+    """
+    if isinstance(value, str):
+        digits = value.removeprefix("-")  # a sign is read, so the range check can name it
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError(f"{value[:40]!r} is not an integer (ASCII digits 0-9)")
+    return value
+
+
+DbInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_INT64)]
+"""A non-negative integer that fits a SQL BIGINT: offsets, limits, page numbers."""
+MAX_ID = 2**31 - 1
+DbId = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_ID)]
+"""A row id: the primary keys are SQL INTEGER (32-bit on PostgreSQL)."""
+StepInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_STEP)]
+"""A training step: non-negative, exact as a double (``server.series.MAX_STEP``)."""
+Text = Annotated[str, Field(pattern=NO_NUL)]
+"""Any string that is stored or searched: no NUL characters."""
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A timestamp in responses, always with its offset (RFC 3339 ``date-time``): SQLite hands
+back naive UTC values, PostgreSQL aware ones."""
 
 
 def known_tasks() -> list[str] | None:
@@ -43,9 +87,9 @@ def _check_name(name: str) -> str:
     return name
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_name)]
-TaskName = Annotated[str | None, AfterValidator(_check_task)]
-Tag = Annotated[str, Field(min_length=1, max_length=100)]
+Name = Annotated[Text, Field(min_length=1, max_length=200), AfterValidator(_check_name)]
+TaskName = Annotated[Text | None, AfterValidator(_check_task)]
+Tag = Annotated[Text, Field(min_length=1, max_length=100)]
 
 
 class RunCreate(BaseModel):
@@ -55,7 +99,7 @@ class RunCreate(BaseModel):
     task: TaskName = Field(default=None, description="A task name from the registry.")
     task_config: dict[str, Any] = Field(default_factory=dict)
     tags: list[Tag] = Field(default_factory=list, max_length=50)
-    notes: str = Field(default="", max_length=100_000)
+    notes: Text = Field(default="", max_length=100_000)
     analysis_config: dict[str, Any] = Field(
         default_factory=dict,
         description='Analyses for new checkpoints, e.g. {"analyses": ["metrics", "llc"]}.',
@@ -63,15 +107,22 @@ class RunCreate(BaseModel):
 
 
 class RunUpdate(BaseModel):
-    """A partial update: only the fields present are changed."""
+    """A partial update: only the fields present are changed; ``null`` clears a field."""
 
     model_config = ConfigDict(extra="forbid")
+    CLEARED: ClassVar[dict[str, Callable[[], object]]] = {
+        "notes": str,
+        "tags": list,
+        "task_config": dict,
+        "analysis_config": dict,
+    }
+    """What ``null`` sets each clearable field to (``task: null`` means no task)."""
 
-    name: Name | None = None
+    name: Name | SkipJsonSchema[None] = None
     task: TaskName = None
     task_config: dict[str, Any] | None = None
     tags: list[Tag] | None = Field(default=None, max_length=50)
-    notes: str | None = Field(default=None, max_length=100_000)
+    notes: Text | None = Field(default=None, max_length=100_000)
     analysis_config: dict[str, Any] | None = None
 
 
@@ -85,11 +136,11 @@ class RunOut(BaseModel):
     tags: list[str]
     notes: str
     analysis_config: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     checkpoint_count: int = 0
     jobs: dict[str, int] = Field(default_factory=dict, description="Job counts by state.")
-    last_activity: datetime | None = None
+    last_activity: UtcDatetime | None = None
 
 
 class CheckpointOut(BaseModel):
@@ -112,7 +163,7 @@ class CheckpointOut(BaseModel):
         '"module."), "dropped": other entries not kept (optimizer state, ...)}.',
     )
     mapping: str = Field(default="", description="The key mapping in words; empty if none.")
-    created_at: datetime
+    created_at: UtcDatetime
     download_url: str = ""
     job_ids: list[int] = Field(default_factory=list, description="Analyses queued on upload.")
 
@@ -120,8 +171,8 @@ class CheckpointOut(BaseModel):
 class MetricIn(TypedDict):
     """One point of a metric series. A TypedDict: 10^5 of them validate in ~0.1 s."""
 
-    step: Annotated[int, Field(ge=0, le=MAX_STEP)]
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    step: Annotated[int, Field(strict=True, ge=0, le=MAX_STEP)]  # JSON integers only: fast
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
     value: Annotated[float, Field(allow_inf_nan=False, description="A finite number.")]
 
 

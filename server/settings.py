@@ -58,6 +58,18 @@ class Settings(BaseSettings):
         default=6 * 3600, description="Longest job; sets Celery's visibility timeout."
     )
     max_attempts: int = 3
+    # Bounds on what one request may ask of the server (issue 11); 413/422 past them.
+    max_metric_points: int = Field(
+        default=100_000, description="Most metric points in one POST (the client sends 5000)."
+    )
+    max_json_mb: float = Field(default=16.0, description="Largest JSON/form request body.")
+    max_llc_chains: int = Field(default=256, description="Most SGLD chains of one LLC job.")
+    max_llc_draws: int = Field(default=100_000, description="Most draws per chain.")
+    max_llc_batch_size: int = Field(default=65_536, description="Largest SGLD minibatch.")
+    max_llc_chain_steps: int = Field(
+        default=10_000_000,
+        description="Most chains x (burn-in + draws x steps between draws) of one LLC job.",
+    )
     auto_analyses: str = Field(
         default="metrics,llc",
         description="Analyses queued for each new checkpoint of a known task.",

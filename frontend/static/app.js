@@ -20,6 +20,7 @@
 
   function authHeaders(headers) {
     headers = headers || {};
+    headers["X-Phaseboard"] = "1"; // proves same-origin to the server's cross-site guard
     const t = token();
     if (t) headers.Authorization = "Bearer " + t;
     return headers;
@@ -644,6 +645,7 @@
   function initCompareForms() {
     document.addEventListener("submit", (e) => {
       const form = e.target;
+      if (form.id === "plot-controls") { e.preventDefault(); return; } // live controls
       if (!form.matches("[data-compare-form], #compare-pick")) return;
       e.preventDefault();
       const ids = $$("input[type=checkbox]:checked", form).map((el) => el.value);

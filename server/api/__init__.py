@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.api import checkpoints, health, jobs, metrics, phases, runs, shares
+from server.errors import ERROR_RESPONSES
 
 
 def build_api_router() -> APIRouter:
-    api = APIRouter(prefix="/api")
+    api = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
     for module in (health, runs, checkpoints, metrics, jobs, phases, shares):
         api.include_router(module.router)
     return api

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -37,12 +38,14 @@ from server.api.runs import get_run_or_404
 from server.db import Database, get_existing
 from server.errors import BadCheckpoint, BadInput, Conflict
 from server.models import Checkpoint, Run
-from server.schemas import CheckpointOut
+from server.schemas import CheckpointOut, DbId, StepInt
+from server.series import MAX_STEP
 from server.settings import Settings
 from server.storage import BlobStore, StagedBlob
 from server.uploads import check_content_length, receive_upload
 
 log = logging.getLogger(__name__)
+_STEP: TypeAdapter[int] = TypeAdapter(StepInt)
 router = APIRouter(tags=["checkpoints"])
 
 _UPLOAD_BODY = {
@@ -59,7 +62,7 @@ _UPLOAD_BODY = {
                             "format": "binary",
                             "description": "safetensors or torch.save state_dict file",
                         },
-                        "step": {"type": "integer", "minimum": 0},
+                        "step": {"type": "integer", "minimum": 0, "maximum": MAX_STEP},
                     },
                 }
             }
@@ -77,15 +80,18 @@ def checkpoint_out(ckpt: Checkpoint, job_ids: list[int] | None = None) -> Checkp
 
 
 def _parse_step(raw: str | None) -> int:
+    """The form's ``step`` by the API's one rule for steps (``schemas.StepInt``)."""
     if raw is None or not raw.strip():
         raise BadInput("form field 'step' (the training step of this checkpoint) is missing")
     try:
-        step = int(raw.strip())
-    except ValueError:
-        raise BadInput(f"step: {raw[:40]!r} is not an integer") from None
-    if step < 0:
-        raise BadInput(f"step: must be >= 0, got {step}")
-    return step
+        return _STEP.validate_python(raw.strip())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        bound = {"greater_than_equal": ">= {ge}", "less_than_equal": "<= {le}"}.get(err["type"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if bound is not None:
+            msg = f"must be {bound.format(**err.get('ctx', {}))}, got {raw.strip()}"
+        raise BadInput(f"step: {msg}") from None
 
 
 def _run_for_upload(db: Database, run_id: int) -> Run:
@@ -215,7 +221,7 @@ def _queue_analyses(request: Request, run: Run, ckpt: Checkpoint) -> list[int]:
     dependencies=[WriteAuth],
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_checkpoint(run_id: int, request: Request) -> CheckpointOut:
+async def upload_checkpoint(run_id: DbId, request: Request) -> CheckpointOut:
     """Upload one checkpoint: multipart field ``file`` and form field ``step``.
 
     The body is streamed to disk (memory does not grow with file size). Refused with a 4xx
@@ -256,7 +262,7 @@ async def upload_checkpoint(run_id: int, request: Request) -> CheckpointOut:
 
 
 @router.get("/runs/{run_id}/checkpoints")
-def list_checkpoints(run_id: int, session: SessionDep) -> list[CheckpointOut]:
+def list_checkpoints(run_id: DbId, session: SessionDep) -> list[CheckpointOut]:
     get_run_or_404(session, run_id)
     rows = session.scalars(
         select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)
@@ -264,12 +270,12 @@ def list_checkpoints(run_id: int, session: SessionDep) -> list[CheckpointOut]:
     return [checkpoint_out(c) for c in rows]
 
 
-def _get_checkpoint(session: SessionDep, checkpoint_id: int) -> Checkpoint:
+def _get_checkpoint(session: SessionDep, checkpoint_id: DbId) -> Checkpoint:
     return get_existing(session, Checkpoint, checkpoint_id, "checkpoint")
 
 
 @router.get("/checkpoints/{checkpoint_id}")
-def get_checkpoint(checkpoint_id: int, session: SessionDep) -> CheckpointOut:
+def get_checkpoint(checkpoint_id: DbId, session: SessionDep) -> CheckpointOut:
     return checkpoint_out(_get_checkpoint(session, checkpoint_id))
 
 
@@ -278,7 +284,7 @@ def get_checkpoint(checkpoint_id: int, session: SessionDep) -> CheckpointOut:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_checkpoint(checkpoint_id: int, request: Request, session: SessionDep) -> Response:
+def download_checkpoint(checkpoint_id: DbId, request: Request, session: SessionDep) -> Response:
     """Stream the checkpoint's bytes as uploaded."""
     ckpt = _get_checkpoint(session, checkpoint_id)
     path = request.app.state.store.open_path(ckpt.sha256)
@@ -298,7 +304,7 @@ def _stored_as_safetensors(path: Path) -> bool:
 
 
 @router.delete("/checkpoints/{checkpoint_id}", status_code=204, dependencies=[WriteAuth])
-def delete_checkpoint(checkpoint_id: int, session: SessionDep) -> Response:
+def delete_checkpoint(checkpoint_id: DbId, session: SessionDep) -> Response:
     """Delete the row (and its jobs/results); the blob stays (it may be shared) until
     ``phaseboard gc``."""
     session.delete(_get_checkpoint(session, checkpoint_id))

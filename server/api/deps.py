@@ -32,10 +32,23 @@ def require_write(request: Request) -> None:
     token = request.app.state.settings.api_token
     if not token:
         return
+    if not has_token(request):
+        raise Unauthorized("this server requires 'Authorization: Bearer <token>' for writes")
+
+
+def has_token(request: Request) -> bool:
+    """The request carries the configured bearer token (False when none is configured).
+
+    Compared as bytes: ``hmac.compare_digest`` refuses non-ASCII ``str`` (a 500 otherwise).
+    """
+    token = request.app.state.settings.api_token
+    if not token:
+        return False
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-        raise Unauthorized("this server requires 'Authorization: Bearer <token>' for writes")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

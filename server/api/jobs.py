@@ -7,12 +7,13 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 
-from server.api.deps import DatabaseDep, SessionDep, WriteAuth
+from server.analysis_config import check_kinds, check_llc
+from server.api.deps import DatabaseDep, SessionDep, WriteAuth, has_token
 from server.db import get_existing
 from server.errors import BadInput
 from server.jobs import lifecycle
 from server.jobs.base import JobQueue
-from server.jobs.planning import ALL_KINDS
+from server.jobs.planning import LLC_KINDS, analyses_for_run
 from server.jobs.schemas import (
     AnalysesRequest,
     AnalysesResponse,
@@ -25,6 +26,7 @@ from server.jobs.schemas import (
     ResultOut,
 )
 from server.models import Job, Result, Run
+from server.schemas import DbId, DbInt, Text
 
 router = APIRouter(tags=["jobs"])
 STATES = lifecycle.ACTIVE + lifecycle.FINAL
@@ -38,6 +40,14 @@ def _job(session: Any, job_id: int) -> Job:
     return get_existing(session, Job, job_id, "job")
 
 
+def _job_out(job: Job, request: Request) -> JobOut:
+    """A job as the API shows it: the error's traceback only to a token holder."""
+    out = JobOut.model_validate(job)
+    out.error, traceback = lifecycle.split_error(job.error)
+    out.traceback = traceback if has_token(request) else None
+    return out
+
+
 def _run(session: Any, run_id: int) -> Run:
     return get_existing(session, Run, run_id, "run")
 
@@ -45,11 +55,12 @@ def _run(session: Any, run_id: int) -> Run:
 @router.get("/jobs", response_model=JobList)
 def list_jobs(
     session: SessionDep,
-    run_id: int | None = None,
+    request: Request,
+    run_id: DbId | None = None,
     state: str | None = Query(None, description="queued|running|done|failed|cancelled"),
-    kind: str | None = None,
-    limit: int = Query(200, ge=1, le=5000),
-    offset: int = Query(0, ge=0),
+    kind: Text | None = None,
+    limit: DbInt = Query(200, ge=1, le=5000),
+    offset: DbInt = 0,
 ) -> JobList:
     """Jobs, newest first, with per-state counts under the same run/kind filters."""
     if state is not None and state not in STATES:
@@ -68,32 +79,32 @@ def list_jobs(
     ).all()
     total = sum(counts.values()) if state is None else counts.get(state, 0)
     return JobList(
-        jobs=[JobOut.model_validate(j) for j in jobs],
+        jobs=[_job_out(j, request) for j in jobs],
         total=total,
         counts={s: counts.get(s, 0) for s in STATES},
     )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: int, session: SessionDep) -> JobOut:
-    return JobOut.model_validate(_job(session, job_id))
+def get_job(job_id: DbId, session: SessionDep, request: Request) -> JobOut:
+    return _job_out(_job(session, job_id), request)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, dependencies=[WriteAuth])
-def cancel_job(job_id: int, db: DatabaseDep) -> JobOut:
+def cancel_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
     """Cancel a queued job, or stop a running one at its next progress report."""
     with db.session() as s:
         job = lifecycle.cancel(s, job_id)
-        out = JobOut.model_validate(job)
+        out = _job_out(job, request)
     return out
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[WriteAuth])
-def retry_job(job_id: int, db: DatabaseDep, request: Request) -> JobOut:
+def retry_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
     """Queue a failed or cancelled job again."""
     with db.session() as s:
         job = lifecycle.retry(s, job_id)
-        out = JobOut.model_validate(job)
+        out = _job_out(job, request)
     _queue(request).enqueue([job_id])
     return out
 
@@ -105,22 +116,23 @@ def retry_job(job_id: int, db: DatabaseDep, request: Request) -> JobOut:
     dependencies=[WriteAuth],
 )
 def queue_analyses(
-    run_id: int, body: AnalysesRequest, db: DatabaseDep, request: Request
+    run_id: DbId, body: AnalysesRequest, db: DatabaseDep, request: Request
 ) -> AnalysesResponse:
     """Queue analyses for a run's existing checkpoints; identical work is not repeated."""
     queue = _queue(request)
-    kinds = body.kinds
-    if kinds is None:
-        from server.jobs.planning import analyses_for_run
-
-        with db.session() as s:
-            kinds = analyses_for_run(_run(s, run_id), request.app.state.settings.auto_analyses)
-    bad = [k for k in kinds if k not in ALL_KINDS]
-    if bad:
-        raise BadInput(f"unknown analysis kind(s) {bad}; known: {', '.join(ALL_KINDS)}")
+    settings = request.app.state.settings
+    with db.session() as s:
+        run = _run(s, run_id)
+        kinds = body.kinds
+        if kinds is None:
+            kinds = analyses_for_run(run, settings.auto_analyses)
+        check_kinds(kinds, "kinds")
+        llc = body.llc.model_dump(exclude_unset=True) if body.llc is not None else None
+        if any(k in LLC_KINDS for k in kinds):  # the config a job would get, checked now
+            check_llc(settings, (run.analysis_config or {}).get("llc"), llc)
     config: dict[str, Any] = {}
-    if body.llc is not None:
-        config["llc"] = body.llc
+    if llc is not None:
+        config["llc"] = llc
     if body.restrictions is not None:
         config["restrictions"] = body.restrictions
     if body.device is not None:  # checked by plan_jobs
@@ -154,9 +166,9 @@ def _diverged(values: dict[str, Any]) -> bool | None:
 
 @router.get("/runs/{run_id}/llc", response_model=LLCSeries)
 def run_llc(
-    run_id: int,
+    run_id: DbId,
     session: SessionDep,
-    config_hash: str | None = Query(None, description="Only results of this LLC config."),
+    config_hash: Text | None = Query(None, description="Only results of this LLC config."),
 ) -> LLCSeries:
     """Per checkpoint: step, LLC mean and std, and each restriction's estimate (newest)."""
     _run(session, run_id)
@@ -189,10 +201,10 @@ def run_llc(
 
 @router.get("/runs/{run_id}/results", response_model=ResultList)
 def run_results(
-    run_id: int,
+    run_id: DbId,
     session: SessionDep,
-    kind: str | None = Query(None, description="metrics | llc | llc_restricted | phases"),
-    restriction: str | None = None,
+    kind: Text | None = Query(None, description="metrics | llc | llc_restricted | phases"),
+    restriction: Text | None = None,
 ) -> ResultList:
     """Raw result rows of a run, ordered by step."""
     _run(session, run_id)

@@ -7,22 +7,32 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from server.api.deps import SessionDep, WriteAuth
+from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.api.runs import get_run_or_404
-from server.errors import NotFound
+from server.errors import NotFound, PayloadTooLarge
 from server.models import MetricPoint
-from server.schemas import MetricIn, MetricsAccepted, SeriesName, SeriesOut
+from server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
 from server.series_store import read_series, upsert_points
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.post("/runs/{run_id}/metrics", dependencies=[WriteAuth])
-def add_metrics(run_id: int, points: list[MetricIn], session: SessionDep) -> MetricsAccepted:
+def add_metrics(
+    run_id: DbId, points: list[MetricIn], session: SessionDep, settings: SettingsDep
+) -> MetricsAccepted:
     """Add points; a point at an existing (name, step) replaces its value (upsert).
 
     Values must be finite numbers (null, NaN and inf are refused with the point's index).
+    At most ``PHASEBOARD_MAX_METRIC_POINTS`` points per request (413 past it): send more
+    in several requests, as ``server.client`` does.
     """
+    if len(points) > settings.max_metric_points:
+        raise PayloadTooLarge(
+            f"{len(points)} points in one request; this server takes at most "
+            f"{settings.max_metric_points} per request (PHASEBOARD_MAX_METRIC_POINTS): "
+            "send them in batches; nothing was stored"
+        )
     get_run_or_404(session, run_id)
     latest: dict[tuple[str, int], float] = {}
     for p in points:  # within one request the last value for a (name, step) wins
@@ -34,9 +44,9 @@ def add_metrics(run_id: int, points: list[MetricIn], session: SessionDep) -> Met
 
 @router.get("/runs/{run_id}/series")
 def get_series(
-    run_id: int,
+    run_id: DbId,
     session: SessionDep,
-    name: Annotated[str, Query(min_length=1, max_length=200)],
+    name: Annotated[Text, Query(min_length=1, max_length=200)],
     max_points: Annotated[int, Query(ge=10, le=200_000)] = 2000,
 ) -> SeriesOut:
     """One series, downsampled to at most ``max_points`` keeping per-bucket min and max."""
@@ -54,7 +64,7 @@ def get_series(
 
 
 @router.get("/runs/{run_id}/series/names")
-def series_names(run_id: int, session: SessionDep) -> list[SeriesName]:
+def series_names(run_id: DbId, session: SessionDep) -> list[SeriesName]:
     """The run's series with their point counts and step ranges."""
     get_run_or_404(session, run_id)
     rows = session.execute(

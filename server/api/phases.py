@@ -17,6 +17,7 @@ from server.api.deps import SessionDep, WriteAuth
 from server.db import get_existing
 from server.errors import BadInput
 from server.models import PhaseBoundary, Run
+from server.schemas import DbId, Text
 from server.web.queries import boundaries, boundary_dict
 
 router = APIRouter(tags=["phases"])
@@ -35,7 +36,7 @@ class BoundaryOut(BaseModel):
 
 class BoundaryIn(BaseModel):
     step: float = Field(ge=0, description="Training step of the boundary.")
-    label: str = Field(default="", max_length=200)
+    label: Text = Field(default="", max_length=200)
 
     @field_validator("step")
     @classmethod
@@ -47,15 +48,15 @@ class BoundaryIn(BaseModel):
 
 class BoundaryPatch(BaseModel):
     step: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    label: str | None = Field(default=None, max_length=200)
+    label: Text | None = Field(default=None, max_length=200)
 
 
-def _boundary(session: SessionDep, boundary_id: int) -> PhaseBoundary:
+def _boundary(session: SessionDep, boundary_id: DbId) -> PhaseBoundary:
     return get_existing(session, PhaseBoundary, boundary_id, "phase boundary")
 
 
 @router.get("/runs/{run_id}/phases", response_model=list[BoundaryOut])
-def list_phases(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
+def list_phases(run_id: DbId, session: SessionDep) -> list[dict[str, Any]]:
     get_existing(session, Run, run_id, "run")
     return boundaries(session, run_id)
 
@@ -66,7 +67,7 @@ def list_phases(run_id: int, session: SessionDep) -> list[dict[str, Any]]:
     status_code=201,
     dependencies=[WriteAuth],
 )
-def add_phase(run_id: int, body: BoundaryIn, session: SessionDep) -> dict[str, Any]:
+def add_phase(run_id: DbId, body: BoundaryIn, session: SessionDep) -> dict[str, Any]:
     get_existing(session, Run, run_id, "run")
     row = PhaseBoundary(
         run_id=run_id,
@@ -83,7 +84,7 @@ def add_phase(run_id: int, body: BoundaryIn, session: SessionDep) -> dict[str, A
 
 
 @router.patch("/phases/{boundary_id}", response_model=BoundaryOut, dependencies=[WriteAuth])
-def edit_phase(boundary_id: int, body: BoundaryPatch, session: SessionDep) -> dict[str, Any]:
+def edit_phase(boundary_id: DbId, body: BoundaryPatch, session: SessionDep) -> dict[str, Any]:
     row = _boundary(session, boundary_id)
     if body.step is None and body.label is None:
         raise BadInput("nothing to change: give 'label' and/or 'step'")
@@ -97,6 +98,6 @@ def edit_phase(boundary_id: int, body: BoundaryPatch, session: SessionDep) -> di
 
 
 @router.delete("/phases/{boundary_id}", status_code=204, dependencies=[WriteAuth])
-def delete_phase(boundary_id: int, session: SessionDep) -> Response:
+def delete_phase(boundary_id: DbId, session: SessionDep) -> Response:
     session.delete(_boundary(session, boundary_id))
     return Response(status_code=204)

@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.api.deps import SessionDep, WriteAuth
+from server.analysis_config import check_analysis_config
+from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
-from server.schemas import RunCreate, RunOut, RunUpdate
+from server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
 
 router = APIRouter(tags=["runs"])
 
@@ -87,8 +88,9 @@ def _commit_or_conflict(session: Session, name: str) -> None:
 
 
 @router.post("/runs", status_code=201, dependencies=[WriteAuth])
-def create_run(body: RunCreate, session: SessionDep) -> RunOut:
+def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Create a run; its ``name`` is unique (409 otherwise)."""
+    check_analysis_config(settings, body.analysis_config)
     if _name_taken(session, body.name):
         raise Conflict(f"a run named {body.name!r} already exists")
     run = Run(**body.model_dump())
@@ -100,12 +102,14 @@ def create_run(body: RunCreate, session: SessionDep) -> RunOut:
 @router.get("/runs")
 def list_runs(
     session: SessionDep,
-    q: Annotated[str | None, Query(description="Substring of the name (case-insensitive).")] = None,
-    tag: Annotated[str | None, Query(description="Only runs carrying this tag.")] = None,
-    task: Annotated[str | None, Query(description="Only runs of this task.")] = None,
+    q: Annotated[
+        Text | None, Query(description="Substring of the name (case-insensitive).")
+    ] = None,
+    tag: Annotated[Text | None, Query(description="Only runs carrying this tag.")] = None,
+    task: Annotated[Text | None, Query(description="Only runs of this task.")] = None,
     sort: Annotated[str, Query(description=f"One of: {', '.join(SORTS)}.")] = "-created",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[DbInt, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[DbInt, Query()] = 0,
 ) -> list[RunOut]:
     if sort not in SORTS:
         raise BadInput(f"sort: unknown order {sort!r}; use one of {', '.join(SORTS)}")
@@ -124,18 +128,25 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: int, session: SessionDep) -> RunOut:
+def get_run(run_id: DbId, session: SessionDep) -> RunOut:
     return runs_out(session, [get_run_or_404(session, run_id)])[0]
 
 
 @router.patch("/runs/{run_id}", dependencies=[WriteAuth])
-def update_run(run_id: int, body: RunUpdate, session: SessionDep) -> RunOut:
-    """Change only the fields given; a rename onto an existing name is a 409."""
+def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: SettingsDep) -> RunOut:
+    """Change only the fields given; a rename onto an existing name is a 409.
+
+    ``null`` clears a field (``task`` to none, ``notes`` to "", ``tags`` to [], a config
+    to {}); a run always has a name, so ``name`` may not be null.
+    """
     run = get_run_or_404(session, run_id)
     changes = body.model_dump(exclude_unset=True)
-    for key in ("name", "task_config", "tags", "notes", "analysis_config"):
+    if "name" in changes and changes["name"] is None:
+        raise BadInput("name: may not be null (a run always has a name)")
+    for key, empty in RunUpdate.CLEARED.items():
         if key in changes and changes[key] is None:
-            raise BadInput(f"{key}: may not be null")
+            changes[key] = empty()
+    check_analysis_config(settings, changes.get("analysis_config"))
     if "name" in changes and _name_taken(session, changes["name"], exclude_id=run_id):
         raise Conflict(f"a run named {changes['name']!r} already exists")
     for key, value in changes.items():
@@ -145,7 +156,7 @@ def update_run(run_id: int, body: RunUpdate, session: SessionDep) -> RunOut:
 
 
 @router.delete("/runs/{run_id}", status_code=204, dependencies=[WriteAuth])
-def delete_run(run_id: int, session: SessionDep) -> Response:
+def delete_run(run_id: DbId, session: SessionDep) -> Response:
     """Delete the run and its rows (checkpoints, metrics, jobs, results, boundaries).
 
     Blobs stay in the store: another run may hold the same bytes. ``phaseboard gc``

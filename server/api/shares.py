@@ -15,6 +15,7 @@ from sqlalchemy import select
 from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.errors import NotFound
 from server.models import Share
+from server.schemas import Text
 from server.web.views import MAX_VIEW_CHARS, parse_view
 
 router = APIRouter(prefix="/shares", tags=["shares"])
@@ -23,7 +24,7 @@ SLUG_BYTES = 6  # 8 url-safe characters, 48 random bits
 
 
 class ShareIn(BaseModel):
-    view: str = Field(max_length=MAX_VIEW_CHARS, examples=["/runs/1?x=log&smooth=0.6"])
+    view: Text = Field(max_length=MAX_VIEW_CHARS, examples=["/runs/1?x=log&smooth=0.6"])
 
 
 class ShareOut(BaseModel):
@@ -57,7 +58,7 @@ def create_share(
 
 
 @router.get("/{slug}", response_model=ShareOut)
-def get_share(slug: str, request: Request, session: SessionDep, settings: SettingsDep) -> ShareOut:
+def get_share(slug: Text, request: Request, session: SessionDep, settings: SettingsDep) -> ShareOut:
     share = session.scalars(select(Share).where(Share.slug == slug)).first()
     if share is None:
         raise NotFound(f"share link {slug!r} does not exist")

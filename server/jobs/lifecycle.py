@@ -10,11 +10,13 @@ restriction even if two workers ever raced to the end.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psutil
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -288,8 +290,101 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int) -> list
     return requeued
 
 
+def owner_gone(worker_id: str | None, claimed_at: datetime | None) -> bool:
+    """The worker that holds a job was a process on this host that no longer runs.
+
+    Worker ids are ``host:pid:device:nonce`` (``runner.make_worker_id``). The owner is gone
+    when its pid is dead, or now belongs to a process started after the claim (pid reuse).
+    Another host's workers are never judged from here (they may be alive): False.
+    """
+    if not worker_id:
+        return False
+    host, _, rest = worker_id.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        started = psutil.Process(int(pid_text)).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # no access to it: someone else's live process
+        return False
+    if claimed_at is None:
+        return False
+    claimed = claimed_at if claimed_at.tzinfo else claimed_at.replace(tzinfo=UTC)
+    return started > claimed.timestamp() + 1.0  # the pid was reused by a later process
+
+
+def requeue_orphaned(db: Database, max_attempts: int) -> list[int]:
+    """At start-up: requeue running jobs whose worker process on this host is gone.
+
+    After a ``kill -9`` of ``phaseboard up`` its jobs still look alive (a recent
+    heartbeat) for up to ``stale_after_s``; their owner is known dead, so take them back
+    now. Fenced on (state, worker_id, attempts) like every move of a running job; a job that
+    used ``max_attempts`` fails instead, as in ``requeue_stale``.
+    """
+    with db.session() as s:
+        rows = s.execute(
+            sa.select(Job.id, Job.attempts, Job.worker_id, Job.started_at).where(
+                Job.state == "running"
+            )
+        ).all()
+    moved: list[int] = []
+    for job_id, attempts, worker_id, started_at in rows:
+        if not owner_gone(worker_id, started_at):
+            continue
+        fence = (
+            Job.id == job_id,
+            Job.state == "running",
+            Job.worker_id == worker_id,
+            Job.attempts == attempts,
+        )
+        if attempts >= max_attempts:
+            values: dict[str, Any] = {
+                "state": "failed",
+                "finished_at": utcnow(),
+                "error": f"worker process ended (killed?) on each of {attempts} attempt(s)",
+            }
+        else:
+            values = {
+                "state": "queued",
+                "worker_id": None,
+                "progress_msg": f"requeued: worker process ended on attempt {attempts}",
+            }
+        with db.session() as s:
+            res = s.execute(
+                sa.update(Job)
+                .where(*fence)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount == 1 and values["state"] == "queued":
+                moved.append(job_id)
+    return moved
+
+
 def queued_all(db: Database) -> list[tuple[int, str]]:
     """Every queued job as ``(id, device)`` (the Celery sweep re-sends these)."""
     with db.session() as s:
         rows = s.execute(sa.select(Job.id, Job.device).where(Job.state == "queued"))
         return [(int(i), str(d)) for i, d in rows]
+
+
+TRACEBACK_SEP = "\n\n"
+"""Between a job error's message and its traceback (``split_error`` takes them apart)."""
+
+
+def split_error(text: str | None) -> tuple[str | None, str | None]:
+    """A stored job error as ``(message, traceback or None)``.
+
+    The API shows the message to anyone and the traceback (server paths, code) only to a
+    caller holding the API token (``server.api.jobs``); pages show the message only.
+    """
+    if text is None:
+        return None, None
+    message, sep, tb = text.partition(TRACEBACK_SEP + "Traceback (most recent call last):")
+    if not sep:
+        if '\n  File "' in text:  # cut by ERROR_MAX to its tail: all of it is traceback
+            return text.strip().splitlines()[-1], text
+        return text, None
+    return message, tb and "Traceback (most recent call last):" + tb

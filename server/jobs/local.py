@@ -22,6 +22,10 @@ log = logging.getLogger("phaseboard.jobs")
 POLL_S = 1.0
 
 
+def _ids(ids: list[int]) -> tuple[int, str]:
+    return len(ids), ", ".join(map(str, ids[:20]))
+
+
 class LocalQueue(JobQueue):
     engine = "local"
 
@@ -39,6 +43,10 @@ class LocalQueue(JobQueue):
         if self._threads:
             return
         self._stop.clear()
+        # Jobs held by a dead process on this host (a kill -9 of the previous boot): now.
+        reclaimed = lifecycle.requeue_orphaned(self.db, self.settings.max_attempts)
+        if reclaimed:
+            log.info("requeued %d job(s) of a worker process that ended: %s", *_ids(reclaimed))
         # A live worker beats every heartbeat_s: jobs silent for three beats were left by a
         # previous process (a restart); take them back now rather than after stale_after_s.
         quiet = min(self.settings.stale_after_s, 3 * self.settings.heartbeat_s)

@@ -177,6 +177,8 @@ class JobRunner:
                     log.info("job %s interrupted (%s); queued again", ctx.job_id, out)
                 continue
             if isinstance(out, BaseException):
+                if not isinstance(out, JobFailed):  # the traceback goes to the server log
+                    log.error("job %s (%s) failed", ctx.job_id, ctx.kind, exc_info=out)
                 lifecycle.fail(self.db, lease, _error_text(out))
                 continue
             if lifecycle.finish(self.db, lease, out) and ctx.kind in TRIGGERS_PHASES:
@@ -193,4 +195,4 @@ def _error_text(exc: BaseException) -> str:
     if isinstance(exc, JobFailed):
         return str(exc)
     tb = "".join(traceback.format_exception(exc))
-    return f"{type(exc).__name__}: {exc}\n\n{tb}"
+    return f"{type(exc).__name__}: {exc}{lifecycle.TRACEBACK_SEP}{tb}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from server.analysis_config import LLCParams
+from server.schemas import DbId, Text, UtcDatetime
 
 
 class JobOut(BaseModel):
@@ -22,13 +24,18 @@ class JobOut(BaseModel):
     state: str
     attempts: int
     worker_id: str | None
-    heartbeat_at: datetime | None
+    heartbeat_at: UtcDatetime | None
     progress: float
     progress_msg: str
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    error: str | None = Field(description="Why it failed: the message, without traceback.")
+    traceback: str | None = Field(
+        default=None,
+        description="The failure's Python traceback; only to a caller presenting the API "
+        "token (never when the server has none; it is in the server's log).",
+    )
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
 
 class JobList(BaseModel):
@@ -40,19 +47,19 @@ class JobList(BaseModel):
 class AnalysesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kinds: list[str] | None = Field(
+    kinds: list[Text] | None = Field(
         default=None, description="Analyses to queue; default: the run's automatic analyses."
     )
-    checkpoint_ids: list[int] | None = Field(
+    checkpoint_ids: list[DbId] | None = Field(
         default=None, description="Checkpoints to analyse; default: all of the run's."
     )
-    llc: dict[str, Any] | None = Field(
+    llc: LLCParams | None = Field(  # type: ignore[valid-type]
         default=None, description="LLC hyperparameters over the run's and the defaults."
     )
-    restrictions: list[str] | None = Field(
+    restrictions: list[Text] | None = Field(
         default=None, description="llc_restricted only: e.g. ['weights:attn', 'data:train_a']."
     )
-    device: str | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
+    device: Text | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
 
 
 class AnalysesResponse(BaseModel):
@@ -97,7 +104,7 @@ class ResultOut(BaseModel):
     kind: str
     restriction: str
     values: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ResultList(BaseModel):

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from analysis.checkpoints import KeyMapping
 from server.db import get_existing, name_contains
-from server.jobs.lifecycle import ACTIVE
+from server.jobs.lifecycle import ACTIVE, split_error
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
 from server.series_store import read_series, series_names
 
@@ -221,7 +221,7 @@ def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]
             "state": j.state,
             "progress": max(0.0, min(1.0, j.progress or 0.0)),
             "progress_msg": j.progress_msg,
-            "error": j.error,
+            "error": split_error(j.error)[0],
             "attempts": j.attempts,
         }
         for j in shown

@@ -15,15 +15,16 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from server.api.deps import SessionDep, WriteAuth
-from server.errors import NotFound
+from server.errors import ERROR_RESPONSES, NotFound
 from server.models import Share
+from server.schemas import MAX_ID, DbId, DbInt, Text
 from server.web import queries
 from server.web.edits import update_run_header
 from server.web.templating import STATIC_DIR, make_templates
 from server.web.views import PageView, parse_view
 
 router = APIRouter(include_in_schema=False)
-data_router = APIRouter(prefix="/api", tags=["plots"])
+data_router = APIRouter(prefix="/api", tags=["plots"], responses=ERROR_RESPONSES)
 templates = make_templates()
 
 PLOTLY_JS = resources.files("plotly") / "package_data" / "plotly.min.js"
@@ -59,9 +60,9 @@ def _not_found(request: Request, message: str) -> HTMLResponse:
 def runs_page(
     request: Request,
     session: SessionDep,
-    q: str = "",
-    tag: str = "",
-    task: str = "",
+    q: Text = "",
+    tag: Text = "",
+    task: Text = "",
     sort: str = "activity",
 ) -> HTMLResponse:
     context = queries.list_runs(session, q=q.strip(), tag=tag, task=task, sort=sort)
@@ -84,7 +85,7 @@ def _run_context(session: SessionDep, run_id: int) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
+def run_page(request: Request, run_id: DbId, session: SessionDep) -> HTMLResponse:
     try:
         context = _run_context(session, run_id)
     except NotFound as exc:
@@ -94,7 +95,7 @@ def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse
 
 @router.get("/runs/{run_id}/header", response_class=HTMLResponse)
 def run_header(
-    request: Request, run_id: int, session: SessionDep, edit: bool = False
+    request: Request, run_id: DbId, session: SessionDep, edit: bool = False
 ) -> HTMLResponse:
     run = queries.run_dict(queries.get_run(session, run_id))
     return _render(request, "_run_header.html", {"run": run, "edit": edit})
@@ -103,12 +104,12 @@ def run_header(
 @router.patch("/runs/{run_id}/header", response_class=HTMLResponse, dependencies=[WriteAuth])
 def edit_run_header(
     request: Request,
-    run_id: int,
+    run_id: DbId,
     session: SessionDep,
-    task: Annotated[str, Form()] = "",
-    task_config: Annotated[str, Form()] = "",
-    tags: Annotated[str, Form()] = "",
-    notes: Annotated[str, Form()] = "",
+    task: Annotated[Text, Form()] = "",
+    task_config: Annotated[Text, Form()] = "",
+    tags: Annotated[Text, Form()] = "",
+    notes: Annotated[Text, Form()] = "",
 ) -> HTMLResponse:
     run = update_run_header(
         session, run_id, task=task, task_config=task_config, tags=tags, notes=notes
@@ -118,7 +119,7 @@ def edit_run_header(
 
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
 def run_checkpoints(
-    request: Request, run_id: int, session: SessionDep, page: int = 0
+    request: Request, run_id: DbId, session: SessionDep, page: DbInt = 0
 ) -> HTMLResponse:
     queries.get_run(session, run_id)
     context = {"run": {"id": run_id}, "ckpts": queries.checkpoint_page(session, run_id, page)}
@@ -126,7 +127,7 @@ def run_checkpoints(
 
 
 @router.get("/runs/{run_id}/jobs", response_class=HTMLResponse)
-def run_jobs(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
+def run_jobs(request: Request, run_id: DbId, session: SessionDep) -> HTMLResponse:
     queries.get_run(session, run_id)
     context = {"run": {"id": run_id}, "jobs": queries.jobs_panel(session, run_id)}
     return _render(request, "_jobs.html", context)
@@ -139,7 +140,7 @@ def _parse_ids(text: str) -> list[int]:
     ids: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if part.isdigit() and int(part) not in ids:
+        if part.isascii() and part.isdigit() and int(part) <= MAX_ID and int(part) not in ids:
             ids.append(int(part))
     return ids[:12]
 
@@ -149,7 +150,7 @@ def compare_page(
     request: Request,
     session: SessionDep,
     runs: str = "",
-    pick: Annotated[list[int] | None, Query()] = None,
+    pick: Annotated[list[DbId] | None, Query()] = None,
 ) -> HTMLResponse | RedirectResponse:
     if pick:  # the no-JavaScript picker sends ?pick=1&pick=2; the address keeps runs=1,2
         ids = ",".join(str(i) for i in _parse_ids(",".join(map(str, pick))))
@@ -160,7 +161,7 @@ def compare_page(
 
 
 @router.get("/s/{slug}", response_class=HTMLResponse)
-def shared_page(request: Request, slug: str, session: SessionDep) -> HTMLResponse:
+def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLResponse:
     """A frozen view: the page ``view`` names, read-only, with the view's state."""
     share = session.scalars(select(Share).where(Share.slug == slug)).first()
     if share is None:
@@ -194,7 +195,7 @@ def shared_page(request: Request, slug: str, session: SessionDep) -> HTMLRespons
 
 @data_router.get("/runs/{run_id}/plotdata")
 def plot_data(
-    run_id: int,
+    run_id: DbId,
     session: SessionDep,
     max_points: Annotated[int, Query(ge=10, le=20000)] = 2000,
 ) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from server.errors import BadInput
+from server.schemas import MAX_ID
 
 MAX_VIEW_CHARS = 4000
-_RUN_PATH = re.compile(r"^/runs/([0-9]{1,18})$")
+_RUN_PATH = re.compile(r"^/runs/([0-9]{1,10})$")
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,13 @@ def parse_view(view: str) -> PageView:
     if parts.scheme or parts.netloc:
         raise BadInput("view must be a local page path, not an absolute URL")
     path, query = parts.path, parts.query
+    if any("\x00" in k + v for k, v in parse_qsl(query, keep_blank_values=True)):
+        raise BadInput("view's query contains a NUL character (%00)")
     if path == "/":
         return PageView("runs", None, path, query)
     if path == "/compare":
         return PageView("compare", None, path, query)
     match = _RUN_PATH.match(path)
-    if match:
+    if match and int(match.group(1)) <= MAX_ID:
         return PageView("run", int(match.group(1)), path, query)
     raise BadInput(f"view must be one of the pages '/', '/runs/<id>', '/compare'; got {path!r}")

@@ -87,6 +87,15 @@ def page(browser):  # type: ignore[no-untyped-def]
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    # A Content-Security-Policy violation is a console error, not a page error: count it too.
+    pg.on(
+        "console",
+        lambda msg: (
+            errors.append("CSP: " + msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
+    )
     pg.js_errors = errors
     try:
         yield pg

@@ -26,7 +26,7 @@ def _wait_plots(page) -> None:  # type: ignore[no-untyped-def]
 def _save_token(page) -> None:  # type: ignore[no-untyped-def]
     page.fill("#token-input", TOKEN)
     page.click("#token-form button[type=submit]")
-    page.wait_for_function("localStorage.getItem('pb-token') === 's3cret'")
+    page.wait_for_function("() => localStorage.getItem('pb-token') === 's3cret'")
 
 
 def test_runs_list_searches_with_htmx_and_keeps_the_filter_in_the_url(site, page) -> None:
@@ -37,7 +37,7 @@ def test_runs_list_searches_with_htmx_and_keeps_the_filter_in_the_url(site, page
     shoot(page, "runs-desktop")
     page.fill("#q", "grok")
     page.wait_for_url(re.compile(r"\?.*q=grok"))
-    page.wait_for_function("document.querySelectorAll('#runs-table tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#runs-table tbody tr').length === 1")
     assert "tms-5-2" not in page.inner_text("#runs-table")
     page.select_option("#tag", "grokking")
     page.wait_for_url(re.compile(r"tag=grokking"))
@@ -88,7 +88,9 @@ def test_jobs_panel_polls_until_jobs_finish(site, page) -> None:
     _wait_plots(page)
     assert page.get_attribute("#jobs", "hx-trigger") == "every 2s"
     finish_running_jobs(site.db)
-    page.wait_for_function("document.getElementById('jobs').dataset.active === '0'", timeout=10_000)
+    page.wait_for_function(
+        "() => document.getElementById('jobs').dataset.active === '0'", timeout=10_000
+    )
     assert "running" not in page.inner_text("#jobs .job-counts")
     assert page.get_attribute("#jobs", "hx-trigger") is None  # polling stopped
 
@@ -178,7 +180,7 @@ def test_manual_boundaries_are_added_renamed_and_deleted(site, page) -> None:
     item.locator("input").fill("cleanup")
     item.locator("button:has-text('Rename')").click()
     page.wait_for_function(
-        "document.getElementById('plot-llc').data.some(t => t.name === 'phase boundaries' && "
+        "() => document.getElementById('plot-llc').data.some(t => t.name === 'phase boundaries' && "
         "t.hovertemplate.some(h => h.includes('cleanup')))"
     )
     rows = httpx.get(f"{site.url}/api/runs/{site.seeded.run_id}/phases").json()
@@ -254,7 +256,7 @@ def test_upload_through_the_form_then_watch_the_job_finish(local_site, page, tmp
     bad_item = page.locator(".upload-item:has-text('checkpoint-200.safetensors')")
     bad_item.locator(".upload-msg").filter(has_not_text="uploading").wait_for()
     page.wait_for_function(
-        "[...document.querySelectorAll('.upload-item.error .upload-msg')].length >= 2"
+        "() => [...document.querySelectorAll('.upload-item.error .upload-msg')].length >= 2"
     )
     assert "step" in page.inner_text(".upload-item:has-text('weights.safetensors') .upload-msg")
     bad_msg = bad_item.locator(".upload-msg").inner_text()
@@ -269,7 +271,7 @@ def test_upload_through_the_form_then_watch_the_job_finish(local_site, page, tmp
     assert "failed" not in page.inner_text("#jobs .job-counts")
     # Finished jobs refresh the plots and the table without a reload.
     page.wait_for_function(
-        "document.getElementById('plot-llc').data &&"
+        "() => document.getElementById('plot-llc').data &&"
         " document.getElementById('plot-llc').data.some(t => t.name === 'LLC')",
         timeout=20_000,
     )
