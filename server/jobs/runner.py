@@ -34,7 +34,7 @@ from server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 PROGRESS_EVERY_S = 0.5
-BATCH_LIMIT = 8
+BATCH_LIMIT = 8  # the default of settings.llc_batch_checkpoints
 
 
 def make_worker_id(device: str) -> str:
@@ -120,7 +120,8 @@ class JobRunner:
         lease = lifecycle.claim(self.db, job_id, self.worker_id)
         if lease is None:
             return False
-        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, BATCH_LIMIT)])
+        limit = max(1, self.settings.llc_batch_checkpoints)
+        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, limit)])
         return True
 
     def run_leases(self, leases: list[Lease]) -> None:
@@ -144,6 +145,7 @@ class JobRunner:
                     db=self.db,
                     store=self.store,
                     progress=beat.progress_for(by_id[j.id]),
+                    memory_mb=self.settings.llc_memory_mb,
                 )
                 for j in jobs.values()
             ]
