@@ -145,17 +145,32 @@ def heartbeat(
         return res.rowcount == 1
 
 
-def finish(db: Database, lease: Lease, results: Iterable[Mapping[str, Any]]) -> bool:
+def finish(
+    db: Database,
+    lease: Lease,
+    results: Iterable[Mapping[str, Any]],
+    *,
+    chain_steps: float | None = None,
+    chain_steps_per_s: float | None = None,
+) -> bool:
     """Mark done and insert results in one transaction; False (nothing written) if lost.
 
     Each result mapping has ``restriction`` and ``values``; run, checkpoint, step and kind
-    come from the job.
+    come from the job. ``chain_steps``/``chain_steps_per_s``: the measured SGLD throughput
+    (``server.jobs.throughput``).
     """
     with db.session() as s:
         res = s.execute(
             sa.update(Job)
             .where(_fence(lease))
-            .values(state="done", progress=1.0, progress_msg="done", finished_at=utcnow())
+            .values(
+                state="done",
+                progress=1.0,
+                progress_msg="done",
+                finished_at=utcnow(),
+                chain_steps=chain_steps,
+                chain_steps_per_s=chain_steps_per_s,
+            )
             .execution_options(synchronize_session=False)
         )
         if res.rowcount != 1:

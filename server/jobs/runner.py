@@ -28,6 +28,7 @@ from server.jobs.handlers import (
     JobLost,
 )
 from server.jobs.lifecycle import Lease
+from server.jobs.throughput import chain_steps
 from server.models import Job
 from server.settings import Settings
 from server.storage import BlobStore
@@ -153,6 +154,7 @@ class JobRunner:
                 return
             kind = ctxs[0].kind
             outcomes: dict[int, object]
+            started = time.monotonic()
             try:
                 if kind in BATCHED and len(ctxs) > 1:
                     outcomes = dict(BATCHED[kind](ctxs))
@@ -169,6 +171,14 @@ class JobRunner:
                             outcomes[ctx.job_id] = exc
             except Exception as exc:  # noqa: BLE001 - a batch failure fails the batch
                 outcomes = {ctx.job_id: exc for ctx in ctxs}
+        wall_s = time.monotonic() - started
+        steps = {
+            job_id: chain_steps(out)  # type: ignore[arg-type]
+            for job_id, out in outcomes.items()
+            if isinstance(out, list)
+        }
+        batch_steps = sum(v for v in steps.values() if v)
+        rate = batch_steps / wall_s if batch_steps and wall_s > 0 else None
         phases_runs: set[int] = set()
         for ctx in ctxs:
             lease = by_id[ctx.job_id]
@@ -181,7 +191,14 @@ class JobRunner:
             if isinstance(out, BaseException):
                 lifecycle.fail(self.db, lease, _error_text(out))
                 continue
-            if lifecycle.finish(self.db, lease, out) and ctx.kind in TRIGGERS_PHASES:
+            done = lifecycle.finish(
+                self.db,
+                lease,
+                out,  # type: ignore[arg-type]
+                chain_steps=steps.get(ctx.job_id),
+                chain_steps_per_s=rate if steps.get(ctx.job_id) else None,
+            )
+            if done and ctx.kind in TRIGGERS_PHASES:
                 phases_runs.add(ctx.run_id)
         if self.on_phases is not None:
             for run_id in sorted(phases_runs):

@@ -232,7 +232,24 @@ def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]
         "done": counts.get("done", 0),
         "total": sum(counts.values()),
         "jobs": jobs,
+        "eta": eta_rows(session, run_id) if active else [],
     }
+
+
+def eta_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """Time to completion per kind, from the stored measured throughput (jobs.throughput)."""
+    from server.jobs.throughput import eta_by_kind, format_eta
+
+    return [
+        {
+            "kind": kind,
+            "jobs": e["jobs"],
+            "text": format_eta(e["seconds"]),
+            "seconds": e["seconds"],
+            "rate": e["rate"],
+        }
+        for kind, e in eta_by_kind(session, run_id).items()
+    ]
 
 
 def boundaries(session: Session, run_id: int) -> list[dict[str, Any]]:
