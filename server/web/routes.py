@@ -6,11 +6,10 @@ full page, so every URL also works as a plain link, a bookmark or a share.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
@@ -25,8 +24,6 @@ from server.web.views import PageView, parse_view
 router = APIRouter(include_in_schema=False)
 data_router = APIRouter(prefix="/api", tags=["plots"])
 templates = make_templates()
-
-PLOTLY_JS = resources.files("plotly") / "package_data" / "plotly.min.js"
 
 
 def _is_partial(request: Request) -> bool:
@@ -205,20 +202,11 @@ def plot_data(
 # ---------------------------------------------------------------- mounting
 
 
-def _plotly_js() -> Response:
-    with resources.as_file(PLOTLY_JS) as path:
-        return FileResponse(
-            path,
-            media_type="text/javascript",
-            headers={"Cache-Control": "public, max-age=86400"},
-        )
-
-
 def mount_web(app: FastAPI) -> None:
     """Add the pages, the plot-data endpoint and ``/static`` (plotly.js from its package)."""
-    app.add_api_route(
-        "/static/vendor/plotly.min.js", _plotly_js, methods=["GET"], include_in_schema=False
-    )
+    from server.web.static_assets import mount_assets
+
+    mount_assets(app)  # plotly.js gzipped (GET and HEAD) and the favicon
     app.include_router(data_router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
