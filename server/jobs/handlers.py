@@ -357,7 +357,7 @@ def run_phases(ctx: JobContext) -> ResultRows:
     boundaries = [
         {
             "step": float(b.step),
-            "source": str(b.source),
+            "source": str(b.source)[:100],  # merged sources "llc+loss:a+...", column of 100
             "kind": str(b.kind),
             "score": float(b.score),
             "label": str(b.label or ""),
