@@ -17,6 +17,7 @@ from server.api.deps import SessionDep, WriteAuth
 from server.errors import NotFound
 from server.models import Share
 from server.web import queries
+from server.web.compare_checks import config_warnings
 from server.web.edits import update_run_header
 from server.web.templating import STATIC_DIR, make_templates
 from server.web.views import PageView, parse_view
@@ -153,7 +154,9 @@ def compare_page(
         return RedirectResponse(f"/compare?runs={ids}", status_code=303)
     chosen = queries.runs_by_ids(session, _parse_ids(runs))
     all_runs = queries.run_choices(session)
-    return _render(request, "compare.html", {"runs": chosen, "all_runs": all_runs})
+    warnings = config_warnings(session, chosen)
+    context = {"runs": chosen, "all_runs": all_runs, "warnings": warnings}
+    return _render(request, "compare.html", context)
 
 
 @router.get("/s/{slug}", response_class=HTMLResponse)
@@ -177,6 +180,7 @@ def shared_page(request: Request, slug: str, session: SessionDep) -> HTMLRespons
     if view.page == "compare":
         chosen = queries.runs_by_ids(session, _parse_ids(view.params.get("runs", "")))
         context = {"runs": chosen, "all_runs": [], "readonly": True, "share": shared}
+        context["warnings"] = config_warnings(session, chosen)
         return _render(request, "compare.html", context)
     assert view.run_id is not None
     try:
