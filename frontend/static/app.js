@@ -313,7 +313,8 @@
         hovermode: "x unified",
         legend: { orientation: "h", x: 0, y: -0.2, yanchor: "top", font: { size: 11 } },
         xaxis,
-        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false },
+        // On a log axis label only 1, 2, 5 x 10^k: plotly's default crowds the minor digits.
+        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false, dtick: ylog ? "D2" : undefined },
         yaxis9: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
         paper_bgcolor: "rgba(0,0,0,0)",
         plot_bgcolor: "#fff",
@@ -465,7 +466,8 @@
       // Metrics; accuracy on its own 0-1 axis on the right
       decor = this.phaseDecor("x", "paper", true);
       layout = Object.assign(this.baseLayout("value", ylog), { shapes: decor.shapes, annotations: decor.annotations });
-      layout.yaxis2 = { title: { text: "accuracy" }, overlaying: "y", side: "right", range: [0, 1.02], zeroline: false, showgrid: false };
+      layout.yaxis2 = { title: { text: "accuracy" }, overlaying: "y", side: "right", range: [0, 1.02], zeroline: false,
+        showgrid: false, tickvals: [0, 0.25, 0.5, 0.75, 1] };
       layout.margin.r = 48;
       this.draw("metrics", this.lineTraces((n) => !isLoss(n)).concat(decor.traces), layout, this.emptyText("metrics", "Pick a metric in Series to plot it here."));
       // LLC with a ± std band
@@ -707,9 +709,12 @@
     const sorted = bs.slice().sort((a, b) => a.step - b.step);
     const edges = [xType === "log" ? 1 : 0].concat(sorted.map((b) => b.step), [maxStep]);
     const out = [];
+    const pos = (v) => (xType === "log" ? Math.log10(Math.max(v, 1)) : v);
+    const span = pos(maxStep) - pos(edges[0]) || 1;
     for (let i = 0; i + 1 < edges.length; i++) {
       const lo = edges[i], hi = edges[i + 1];
-      if (!(hi > lo)) continue;
+      // A stage under 8 % of the axis has no room for its name (log x usually gives it room).
+      if (!(hi > lo) || (pos(hi) - pos(lo)) / span < 0.08) continue;
       const mid = xType === "log" ? Math.sqrt(Math.max(lo, 1) * hi) : (lo + hi) / 2;
       const opener = i > 0 ? sorted[i - 1] : null;
       const text = opener && opener.label ? opener.label : "stage " + (i + 1);

@@ -43,7 +43,7 @@ def test_loss_is_log_accuracy_has_its_own_axis_and_x_axes_are_titled(site, page)
 
 
 def test_stage_labels_sit_between_boundaries_user_labels_first(site, page) -> None:
-    page.goto(f"{site.url}/runs/{site.seeded.run_id}")
+    page.goto(f"{site.url}/runs/{site.seeded.run_id}?x=log")
     _wait_plots(page)
     for plot in ("loss", "llc", "metrics"):
         labels = page.evaluate(
@@ -53,6 +53,12 @@ def test_stage_labels_sit_between_boundaries_user_labels_first(site, page) -> No
         # Boundaries at 380 ("memorisation", typed by a user) and 2900 (no label).
         assert labels == ["stage 1", "memorisation", "stage 3"], plot
         assert page.locator(f"#plot-{plot} .annotation-text", has_text="stage 3").count() == 1
+    # On a linear axis the first stage (steps 0-380 of 10^4) is too narrow for its name.
+    page.select_option("#c-x", "step")
+    page.wait_for_function(
+        "document.getElementById('plot-llc').layout.annotations"
+        ".filter(a => a.name === 'stage-label').length === 2"
+    )
 
 
 def test_restricted_small_multiples_toggle_independent_and_normalised_y(site, page) -> None:
