@@ -237,7 +237,8 @@ def detect_boundaries(
     """LLC critical points plus loss change points, sorted by step.
 
     Boundaries within ``merge_decades`` of each other (in log10 step) are merged
-    into the highest-scoring one; its ``label`` lists every source that agreed.
+    into the highest-scoring one; its ``source`` lists every source that agreed
+    (``"llc+loss:train_loss"``); ``label`` stays for the user to name the stage.
     """
     found: list[Boundary] = []
     if len(llc_steps):
@@ -256,8 +257,7 @@ def detect_boundaries(
     for group in merged:
         best = max(group, key=lambda b: b.score)
         sources = sorted({b.source for b in group})
-        label = best.label or ("+".join(sources) if len(sources) > 1 else "")
-        out.append(Boundary(best.step, best.source, best.kind, best.score, label))
+        out.append(Boundary(best.step, "+".join(sources), best.kind, best.score, best.label))
     return out
 
 

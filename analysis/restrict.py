@@ -9,6 +9,7 @@ stacked (see ``analysis.llc``), not a Python loop of full estimates.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,7 +24,9 @@ __all__ = [
     "attention_head_masks",
     "estimate_llc_data_restricted",
     "estimate_llc_restricted",
+    "estimate_llc_restricted_many",
     "mask_by_pattern",
+    "rows_for_budget",
 ]
 
 
@@ -171,3 +174,73 @@ def estimate_llc_data_restricted(
         )
         for name, batches in subsets.items()
     }
+
+
+def rows_for_budget(model: nn.Module, config: LLCConfig, budget_bytes: int) -> int:
+    """How many SGLD rows (one checkpoint x group x chain each) fit in ``budget_bytes``.
+
+    A row holds its parameters, their gradient, noise, the update and autograd/vmap
+    temporaries: about 8 parameter-sized tensors, plus the activations of one minibatch
+    (guessed as 4 parameter-sized tensors for the small models this is made for). A rough
+    guess on purpose: it only decides how checkpoints are chunked, never what is computed.
+    """
+    n = sum(p.numel() for p in model.parameters())
+    per_row = 12 * n * torch.tensor([], dtype=config.torch_dtype).element_size()
+    return max(1, int(budget_bytes // max(per_row, 1)))
+
+
+def estimate_llc_restricted_many(
+    models_or_state_dicts: Sequence[nn.Module | dict[str, Tensor]],
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    masks: dict[str, ParamMask],
+    *,
+    model: nn.Module | None = None,
+    max_rows: int | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, LLCResult]]:
+    """Weight-restricted LLC for every group at several checkpoints of one architecture.
+
+    Rows are (checkpoint x group x chain), advanced together in one vmap-ed step; with
+    ``max_rows`` set, checkpoints are chunked so that a chunk's rows (plus one reference row
+    per checkpoint) stay within it (at least one checkpoint per chunk). Every chunk replays
+    the same seed and minibatches and the noise is shared across checkpoints, so each
+    checkpoint's results equal ``estimate_llc_restricted`` on it alone. Returns one
+    ``{group: LLCResult}`` per checkpoint, in order.
+    """
+    if not models_or_state_dicts or not masks:
+        return [{} for _ in models_or_state_dicts]
+    names = list(masks)
+    template = model
+    state_dicts: list[dict[str, Tensor]] = []
+    for item in models_or_state_dicts:
+        if isinstance(item, nn.Module):
+            template = template or item
+            state_dicts.append({**dict(item.named_parameters()), **dict(item.named_buffers())})
+        else:
+            state_dicts.append(dict(item))
+    if template is None:
+        raise ValueError("pass model= (a template module) when giving only state_dicts")
+    per_ckpt_rows = len(names) * config.num_chains + 1
+    per_chunk = len(state_dicts) if max_rows is None else max(1, max_rows // per_ckpt_rows)
+    chunks = [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
+    if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
+        batches = list(itertools.islice(batches, config.total_steps))  # replay per chunk
+    results: list[dict[str, LLCResult]] = []
+    for ci, chunk in enumerate(chunks):
+
+        def chunk_progress(done: int, total: int, msg: str, ci: int = ci) -> None:
+            if progress is not None:
+                progress(
+                    ci * total + done, len(chunks) * total, f"{msg} (chunk {ci + 1}/{len(chunks)})"
+                )
+
+        out = _run_sgld(
+            template, loss_fn, batches, config, chunk, [masks[n] for n in names],
+            [config.lr] * len(names), [config.localization] * len(names), chunk_progress,
+        )  # fmt: skip
+        share = out.elapsed_s / (len(chunk) * len(names))
+        for k in range(len(chunk)):
+            results.append({n: _summarise(out, k, g, config, share) for g, n in enumerate(names)})
+    return results

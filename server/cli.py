@@ -56,16 +56,22 @@ def worker(
     device: str = typer.Option("cpu", help="Device this worker runs jobs on: cpu, cuda:0, ..."),
     concurrency: int = typer.Option(1, help="Jobs run at once by this worker (processes)."),
     loglevel: str = typer.Option("INFO", help="Celery log level."),
+    lane: str = typer.Option(
+        "all", help="all | fast (only cheap jobs: metrics, phases) | heavy (only LLC jobs)."
+    ),
 ) -> None:
     """Run a Celery worker (PHASEBOARD_QUEUE=celery) taking only jobs it can run on DEVICE."""
     from server.jobs.celery_app import run_worker, worker_queues
+    from server.jobs.lanes import LANES
 
+    if lane not in LANES:
+        raise typer.BadParameter(f"lane must be one of {', '.join(LANES)}")
     settings = Settings()
     console.print(
-        f"worker on [bold]{device}[/bold] queues {', '.join(worker_queues(device))}\n"
+        f"worker on [bold]{device}[/bold] queues {', '.join(worker_queues(device, lane))}\n"
         f"  broker   {settings.redis_url}\n  database {settings.database_url}"
     )
-    run_worker(settings, device, concurrency=concurrency, loglevel=loglevel)
+    run_worker(settings, device, concurrency=concurrency, loglevel=loglevel, lane=lane)
 
 
 # --- ingest / export / demo commands (researcher workflow) --------------------------------

@@ -131,13 +131,16 @@ def start_server(url: str, settings: Settings, console: Console) -> subprocess.P
     raise PhaseboardClientError(f"phaseboard up did not answer within 90 s; see {log_path}")
 
 
+# Log-spaced in (step + offset): dense enough early for memorisation, and several checkpoints
+# through the late grokking jump, without the near-duplicates of merging two grids.
+SCHEDULE_OFFSET = 30.0
+
+
 def checkpoint_schedule(config: dict[str, Any]) -> list[int]:
-    """Half log-spaced (early development), half evenly spaced (the late grokking jump)."""
+    """Exactly ``num_checkpoints`` unique log-spaced steps from 0 to ``steps``."""
     from analysis.tasks.base import log_spaced_steps
 
-    steps, count = config["steps"], config["num_checkpoints"]
-    even = [round(i * steps / (count // 2)) for i in range(count // 2 + 1)]
-    return sorted(set(log_spaced_steps(steps, count - count // 2)) | set(even))
+    return log_spaced_steps(config["steps"], config["num_checkpoints"], SCHEDULE_OFFSET)
 
 
 def train_and_log(
@@ -206,7 +209,8 @@ def run_demo(
             notes="Modular addition trained by `phaseboard demo`: memorisation, then grokking.",
             analysis_config={"llc": QUICK_LLC if quick else FULL_LLC},
         )
-        console.print(f"Run [bold]{name}[/bold]: {run.url}")
+        stays_up = proc is None or serve  # a link only to a server that keeps answering
+        console.print(f"Run [bold]{name}[/bold]" + (f": {run.url}" if stays_up else ""))
         t0 = time.monotonic()
         n_ckpt, last = train_and_log(run, config, console)
         console.print(
@@ -216,8 +220,14 @@ def run_demo(
         jobs = run.analyze(kinds=ANALYSES)
         run.finish()
         console.print(f"queued analyses: {', '.join(ANALYSES)}")
-        console.print(f"\nOpen the run page: [bold link={run.url}]{run.url}[/bold link]")
-        console.print("Loss, LLC and phase boundaries appear there as the jobs finish.")
+        if stays_up:
+            console.print(f"\nOpen the run page: [bold link={run.url}]{run.url}[/bold link]")
+            console.print("Loss, LLC and phase boundaries appear there as the jobs finish.")
+        else:
+            console.print(
+                "\nThe server started for this demo stops now (--no-serve); the queued "
+                f"analyses of run [bold]{name}[/bold] resume with [bold]phaseboard up[/bold]."
+            )
         result = DemoResult(run.id, run.url, n_ckpt, last, jobs)
         if proc is not None and serve:
             console.print("The server started for this demo keeps running; Ctrl+C stops it.")

@@ -127,6 +127,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # SGLD chain-steps this job needed (rows x steps) and the measured throughput of the
+    # batch it ran in: the jobs panel's time-to-completion estimate reads these.
+    chain_steps: Mapped[float | None] = mapped_column(Float)
+    chain_steps_per_s: Mapped[float | None] = mapped_column(Float)
 
 
 class Result(Base):

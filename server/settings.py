@@ -5,6 +5,7 @@ Nothing else in the code base reads environment variables: pass a ``Settings`` a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +49,30 @@ class Settings(BaseSettings):
         default="local", description="local: in-process worker pool; celery: Redis broker."
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
-    local_workers: int = Field(default=1, description="Threads of the in-process worker pool.")
+    local_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Threads of the in-process worker pool (default: one per CPU core).",
+    )
+    local_fast_workers: int = Field(
+        default=1,
+        description="Extra local threads that take only cheap jobs (metrics, phases), so "
+        "these never wait behind LLC batches.",
+    )
+    torch_threads: int = Field(
+        default=1,
+        description="torch intra-op threads per local worker thread; 1 with one worker per "
+        "core measured faster than fewer workers with more threads (bench/RESULTS.md).",
+    )
+    llc_batch_checkpoints: int = Field(
+        default=8,
+        description="Queued LLC / restricted-LLC jobs of one run and config claimed together "
+        "and run as one vectorised batch (1: one job at a time).",
+    )
+    llc_memory_mb: int | None = Field(
+        default=None,
+        description="Memory budget of one vectorised LLC batch; checkpoints are chunked to "
+        "fit. Default: 1024 MB on CPU, a third of the free memory on a GPU.",
+    )
     worker_devices: str = Field(default="cpu", description="Comma list of devices for local pool.")
     heartbeat_s: float = Field(default=5.0, description="Seconds between worker heartbeats.")
     stale_after_s: float = Field(

@@ -71,13 +71,25 @@ def to_device(batch: Batch, device: str | torch.device) -> Batch:
     return batch
 
 
-def log_spaced_steps(total: int, count: int) -> list[int]:
-    """About ``count`` distinct integer steps in [0, total], log-spaced, with 0 and total."""
-    if total <= 0:
-        return [0]
-    grid = torch.logspace(0, math.log10(total), max(count - 1, 1), dtype=torch.float64)
-    steps = {0, total, *(int(round(s)) for s in grid.tolist())}
-    return sorted(s for s in steps if 0 <= s <= total)
+def log_spaced_steps(total: int, count: int, offset: float = 1.0) -> list[int]:
+    """Exactly ``count`` distinct integer steps in [0, total], from 0 to ``total``, spaced
+    evenly in log(step + offset) (``total + 1`` steps when ``count`` exceeds that).
+
+    Rounding collisions at the dense end are pushed to the next free integer, so there are
+    no duplicates and no near-duplicates from merging two grids; a larger ``offset`` moves
+    checkpoints from the first few steps towards the later ones.
+    """
+    if total <= 0 or count <= 1:
+        return [0] if total <= 0 or count <= 0 else [total]
+    count = min(count, total + 1)
+    lo, hi = math.log(offset), math.log(total + offset)
+    steps = [round(math.exp(lo + (hi - lo) * i / (count - 1)) - offset) for i in range(count)]
+    steps[0], steps[-1] = 0, total
+    for i in range(1, count):  # strictly increasing...
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    for i in range(count - 2, -1, -1):  # ...and still ending at total
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    return steps
 
 
 def layer_groups(model: nn.Module) -> dict[str, ParamMask]:

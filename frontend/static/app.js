@@ -13,6 +13,10 @@
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
     "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
+  // 20 distinct colours (Tableau 10 + Okabe-Ito + darker tones) for plots with many
+  // restrictions: no colour repeats within one plot up to 20 traces.
+  const PALETTE = COLORS.concat(["#000000", "#e69f00", "#56b4e9", "#009e73", "#0072b2",
+    "#d55e00", "#cc79a7", "#393b79", "#637939", "#843c39"]);
 
   function token() {
     try { return localStorage.getItem("pb-token") || ""; } catch (e) { return ""; }
@@ -96,6 +100,7 @@
       refreshPartial("checkpoints");
     }
     Plots.jobsDone = done;
+    Plots.renderJobNotes();
   });
 
   function refreshPartial(name) {
@@ -107,7 +112,7 @@
 
   // ------------------------------------------------------------------ view state <-> URL
 
-  const DEFAULTS = { x: "step", ylog: "0", smooth: "0", restricted: "grid" };
+  const DEFAULTS = { x: "step", ylog: "1", smooth: "0", restricted: "grid", ry: "indep" };
 
   const State = {
     values: {},
@@ -198,6 +203,11 @@
       smooth.addEventListener("input", () => { out.textContent = Number(smooth.value).toFixed(2); });
       smooth.addEventListener("change", () => { State.set({ smooth: smooth.value }); this.renderAll(); });
       restricted.addEventListener("change", () => { State.set({ restricted: restricted.value }); this.renderAll(); });
+      const ry = $("#c-ry");
+      if (ry) {
+        ry.value = State.get("ry") === "norm" ? "norm" : "indep";
+        ry.addEventListener("change", () => { State.set({ ry: ry.value }); this.renderRestricted(); });
+      }
       $("#c-reset").addEventListener("click", () => { State.set({ xmin: null, xmax: null }); this.renderAll(); });
       const share = $("#c-share");
       if (share) share.addEventListener("click", () => this.share());
@@ -244,8 +254,9 @@
         return all.filter((n) => chosen.includes(n));
       }
       const loss = all.filter(isLoss);
-      const other = all.filter((n) => !isLoss(n));
-      return loss.concat(other.slice(0, 1));
+      const acc = all.filter(isAccuracy);
+      const other = all.filter((n) => !isLoss(n) && !isAccuracy(n));
+      return loss.concat(acc, other.slice(0, 1));
     },
 
     renderSeriesPicker() {
@@ -257,9 +268,11 @@
         box.innerHTML = '<span class="muted">no logged series yet</span>';
         return;
       }
+      const groups = seriesGroups(box);
       all.forEach((name, i) => {
         const label = document.createElement("label");
         label.className = "chip";
+        if (isFromCheckpoints(name)) label.title = name + ": computed by the metrics job from the uploaded checkpoint";
         const input = document.createElement("input");
         input.type = "checkbox";
         input.value = name;
@@ -270,8 +283,8 @@
           State.set({ series: picked.join(",") || "," });
           this.renderAll();
         });
-        label.append(input, " " + name);
-        box.append(label);
+        label.append(input, " " + displayName(name));
+        (isFromCheckpoints(name) ? groups.ckpt : groups.logged).append(label);
       });
     },
 
@@ -291,15 +304,18 @@
 
     baseLayout(yTitle, ylog) {
       const range = this.xRange();
-      // No x title ("step" is in the controls and the hover); the legend sits under the axis.
-      const xaxis = { type: this.xType(), zeroline: false, automargin: true };
+      // The legend sits under the x title; the top margin keeps plotly's toolbar off the
+      // boundary markers and stage labels.
+      const xaxis = { type: this.xType(), zeroline: false, automargin: true,
+        title: { text: xTitle(this.xType()), standoff: 4, font: { size: 11 } } };
       if (range) { xaxis.range = range; xaxis.autorange = false; }
       return {
-        margin: { l: 56, r: 16, t: 16, b: 30 },
+        margin: { l: 56, r: 16, t: 34, b: 30 },
         hovermode: "x unified",
-        legend: { orientation: "h", x: 0, y: -0.12, yanchor: "top", font: { size: 11 } },
+        legend: { orientation: "h", x: 0, y: -0.2, yanchor: "top", font: { size: 11 } },
         xaxis,
-        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false },
+        // On a log axis label only 1, 2, 5 x 10^k: plotly's default crowds the minor digits.
+        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false, dtick: ylog ? "D2" : undefined },
         yaxis9: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
         paper_bgcolor: "rgba(0,0,0,0)",
         plot_bgcolor: "#fff",
@@ -315,7 +331,8 @@
     },
 
     traceName(run, name) {
-      return this.mode === "compare" ? run.name + " · " + name : name;
+      const shown = isFromCheckpoints(name) ? displayName(name) + " (ckpt)" : name;
+      return this.mode === "compare" ? run.name + " · " + shown : shown;
     },
 
     lineTraces(filter) {
@@ -333,7 +350,10 @@
               line: { color: style.color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
           }
           traces.push({ x: s.step, y: emaSmooth(s.value, w), type: "scatter", mode: s.step.length < 60 ? "lines+markers" : "lines",
-            name: label, line: { color: style.color, dash: style.dash, width: 2 }, marker: { size: 5 } });
+            name: label, line: { color: style.color, dash: style.dash, width: 2 }, marker: { size: 5 },
+            yaxis: isAccuracy(name) ? "y2" : undefined,
+            legendgroup: this.mode === "compare" ? d.run.name : undefined,
+            legendgrouptitle: this.mode === "compare" && i === 0 ? { text: d.run.name } : undefined });
         });
       });
       return traces;
@@ -370,7 +390,8 @@
       // An open-ended last stage (x1 null) is closed at the largest step seen.
       const maxStep = this.maxStep();
       shapes.forEach((s) => { if (s.x1 === null) s.x1 = maxStep; });
-      return { shapes: shapes.filter((s) => s.type !== "rect" || s.x1 > s.x0), traces };
+      const annotations = this.mode === "compare" ? [] : stageLabels(this.data[0].boundaries || [], maxStep, this.xType(), xref, yref);
+      return { shapes: shapes.filter((s) => s.type !== "rect" || s.x1 > s.x0), traces, annotations };
     },
 
     maxStep() {
@@ -394,6 +415,7 @@
         return;
       }
       if (!el.data) el.innerHTML = "";
+      this.fitLegend(el, traces, layout);
       const config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"],
         toImageButtonOptions: { filename: "phaseboard-" + id } };
       Plotly.react(el, traces, layout, config);
@@ -440,17 +462,21 @@
       const ylog = State.get("ylog") === "1";
       // Loss
       let decor = this.phaseDecor("x", "paper", true);
-      let layout = Object.assign(this.baseLayout("loss", ylog), { shapes: decor.shapes });
-      this.draw("loss", this.lineTraces(isLoss).concat(decor.traces), layout, "No loss series selected or logged yet.");
-      // Metrics
+      let layout = Object.assign(this.baseLayout("loss", ylog), { shapes: decor.shapes, annotations: decor.annotations });
+      this.draw("loss", this.lineTraces(isLoss).concat(decor.traces), layout, this.emptyText("metrics", "No loss series selected or logged yet."));
+      // Metrics; accuracy on its own 0-1 axis on the right
       decor = this.phaseDecor("x", "paper", true);
-      layout = Object.assign(this.baseLayout("value", ylog), { shapes: decor.shapes });
-      this.draw("metrics", this.lineTraces((n) => !isLoss(n)).concat(decor.traces), layout, "Pick a metric in Series to plot it here.");
+      layout = Object.assign(this.baseLayout("value", ylog), { shapes: decor.shapes, annotations: decor.annotations });
+      layout.yaxis2 = { title: { text: "accuracy" }, overlaying: "y", side: "right", range: [0, 1.02], zeroline: false,
+        showgrid: false, tickvals: [0, 0.25, 0.5, 0.75, 1] };
+      layout.margin.r = 48;
+      this.draw("metrics", this.lineTraces((n) => !isLoss(n)).concat(decor.traces), layout, this.emptyText("metrics", "Pick a metric in Series to plot it here."));
       // LLC with a ± std band
       decor = this.phaseDecor("x", "paper", true);
-      layout = Object.assign(this.baseLayout("LLC", false), { shapes: decor.shapes });
-      this.draw("llc", this.llcTraces().concat(decor.traces), layout, "No LLC results yet.");
+      layout = Object.assign(this.baseLayout("LLC", false), { shapes: decor.shapes, annotations: decor.annotations });
+      this.draw("llc", this.llcTraces().concat(decor.traces), layout, this.emptyText("llc", "No LLC results yet."));
       this.renderRestricted();
+      this.renderJobNotes();
     },
 
     llcTraces() {
@@ -475,7 +501,7 @@
       const overlay = State.get("restricted") === "overlay";
       const el = document.getElementById("plot-restricted");
       if (!restrictions.length) {
-        this.draw("restricted", [], {}, "No restricted LLC results yet.");
+        this.draw("restricted", [], {}, this.emptyText("llc_restricted", "No restricted LLC results yet."));
         return;
       }
       if (overlay || restrictions.length === 1) {
@@ -484,18 +510,19 @@
         this.data.forEach((d, r) => restrictions.forEach((name, i) => {
           const s = d.restricted[name];
           if (!s) return;
-          const color = COLORS[(this.mode === "compare" ? r : i) % COLORS.length];
+          const color = this.mode === "compare" ? COLORS[r % COLORS.length] : PALETTE[i % PALETTE.length];
           traces.push({ x: s.step, y: s.mean, type: "scatter", mode: "lines+markers",
             name: this.traceName(d.run, name), line: { color, width: 2, dash: this.mode === "compare" ? ["solid", "dash", "dot"][i % 3] : "solid" },
             marker: { size: 4 }, error_y: { type: "data", array: s.std, visible: true, thickness: 1, width: 0, color } });
         }));
-        const layout = Object.assign(this.baseLayout("restricted LLC", false), { shapes: decor.shapes });
+        const layout = Object.assign(this.baseLayout("restricted LLC", false), { shapes: decor.shapes, annotations: decor.annotations });
         el.style.height = "";
-        this.draw("restricted", traces, layout, "No restricted LLC results yet.");
+        this.draw("restricted", traces, layout, this.emptyText("llc_restricted", "No restricted LLC results yet."));
         return;
       }
       // Small multiples: one subplot per restriction, all axes matched to the first.
       const n = restrictions.length;
+      const norm = State.get("ry") === "norm";
       const cols = Math.min(n, this.gridCols());
       const rows = Math.ceil(n / cols);
       const base = this.baseLayout("", false);
@@ -510,13 +537,16 @@
         const ax = k === 0 ? "" : String(k + 1);
         layout["xaxis" + ax] = { type: this.xType(), matches: k ? "x" : undefined, zeroline: false, tickfont: { size: 10 } };
         if (k === 0 && base.xaxis.range) { layout.xaxis.range = base.xaxis.range; layout.xaxis.autorange = false; }
-        layout["yaxis" + ax] = { matches: k ? "y" : undefined, zeroline: false, tickfont: { size: 10 } };
+        // Independent y-axes (each restriction's own scale) or all normalised to their max.
+        layout["yaxis" + ax] = { zeroline: false, tickfont: { size: 10 }, matches: norm && k ? "y" : undefined };
         layout.annotations.push({ text: "<b>" + escapeHtml(name) + "</b>", showarrow: false, xref: "x" + ax + " domain",
           yref: "y" + ax + " domain", x: 0.5, y: 1.0, yanchor: "bottom", font: { size: 11 } });
-        this.phaseDecor("x" + ax, "y" + ax + " domain", false).shapes.forEach((s) => layout.shapes.push(s));
+        const sub = this.phaseDecor("x" + ax, "y" + ax + " domain", false);
+        sub.shapes.forEach((s) => layout.shapes.push(s));
         this.data.forEach((d, r) => {
-          const s = d.restricted[name];
+          let s = d.restricted[name];
           if (!s) return;
+          if (norm) s = normalised(s);
           const color = COLORS[(this.mode === "compare" ? r : 0) % COLORS.length];
           traces.push(Object.assign(bandTrace(s, color, "± std"), { xaxis: "x" + ax, yaxis: "y" + ax, showlegend: false }));
           traces.push({ x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
@@ -525,7 +555,54 @@
         });
       });
       el.style.height = rows * 170 + 70 + "px";
-      this.draw("restricted", traces, layout, "No restricted LLC results yet.");
+      el.dataset.ry = norm ? "norm" : "indep";
+      this.draw("restricted", traces, layout, this.emptyText("llc_restricted", "No restricted LLC results yet."));
+    },
+
+    // -------------------------------------------------------------- at a glance (speed)
+
+    /** Compare mode: the legend goes under the plot, grouped per run, and the plot grows
+     *  by the legend's rows instead of being squashed by it. */
+    fitLegend(el, traces, layout) {
+      if (this.mode !== "compare" || el.id === "plot-restricted") return;
+      const items = traces.filter((t) => t.showlegend !== false).length;
+      const perRow = window.innerWidth < 700 ? 1 : 3;
+      const extra = Math.ceil(items / perRow) * 20 + 24 * this.data.length;
+      layout.height = 330 + extra;
+      layout.legend = Object.assign({}, layout.legend, { orientation: "h", y: -0.12, yanchor: "top", groupclick: "toggleitem" });
+      layout.margin = Object.assign({}, layout.margin, { b: 40 + extra });
+      el.style.height = layout.height + "px";
+    },
+
+    /** Jobs of ``kind`` in the jobs panel: {queued, running, done, failed, progress}. */
+    jobsOf(kind) {
+      const el = $("#jobs");
+      if (!el || !el.dataset.kinds) return null;
+      try { return JSON.parse(el.dataset.kinds)[kind] || null; } catch (e) { return null; }
+    },
+
+    /** "llc: 8 running (40 %), 16 queued, 7 done" while jobs of ``kind`` are active. */
+    jobsText(kind) {
+      const j = this.jobsOf(kind);
+      if (!j || !(j.running || j.queued)) return "";
+      const parts = [];
+      if (j.running) parts.push(j.running + " running (" + Math.round(100 * (j.progress || 0)) + " %)");
+      if (j.queued) parts.push(j.queued + " queued");
+      if (j.done) parts.push(j.done + " done");
+      return kind.replace("_", " ") + " jobs: " + parts.join(", ");
+    },
+
+    emptyText(kind, fallback) {
+      const text = this.jobsText(kind);
+      return text ? "Computing: " + escapeHtml(text) + "…" : fallback;
+    },
+
+    renderJobNotes() {
+      const notes = { loss: "metrics", metrics: "metrics", llc: "llc", restricted: "llc_restricted" };
+      Object.entries(notes).forEach(([id, kind]) => {
+        const el = document.getElementById("jobs-note-" + id);
+        if (el) el.textContent = this.mode === "run" ? this.jobsText(kind) : "";
+      });
     },
 
     // -------------------------------------------------------------- manual phase boundaries
@@ -602,6 +679,56 @@
     return () => { clearTimeout(t); t = setTimeout(fn, ms); };
   }
   function isLoss(name) { return /loss/i.test(name); }
+  // --- at a glance (speed): series groups, axis titles, stage labels, normalisation
+  function isAccuracy(name) { return /(^|[_/.])acc(uracy)?($|[_.])/i.test(name) && !isLoss(name); }
+  function isFromCheckpoints(name) { return name.indexOf("ckpt/") === 0; }
+  function displayName(name) { return isFromCheckpoints(name) ? name.slice(5) : name; }
+  function xTitle(type) { return type === "log" ? "step (log)" : "step"; }
+  /** Two labelled rows in the series picker: logged by the training script, and computed
+   *  from the checkpoints by the metrics job (names that start with ``ckpt/``). */
+  function seriesGroups(box) {
+    const make = (title, hint) => {
+      const row = document.createElement("div");
+      row.className = "series-group";
+      const t = document.createElement("span");
+      t.className = "series-group-title";
+      t.textContent = title;
+      t.title = hint;
+      row.append(t);
+      box.append(row);
+      return row;
+    };
+    return {
+      logged: make("Logged during training", "sent by run.log() from the training loop"),
+      ckpt: make("Computed from checkpoints", "metrics job results (ckpt/ in the API)"),
+    };
+  }
+  /** Stage names between boundaries: the user's label of the boundary that opens a stage,
+   *  else "stage N". Drawn at the bottom of each plot, centred in its stage. */
+  function stageLabels(bs, maxStep, xType, xref, yref) {
+    if (!bs.length) return [];
+    const sorted = bs.slice().sort((a, b) => a.step - b.step);
+    const edges = [xType === "log" ? 1 : 0].concat(sorted.map((b) => b.step), [maxStep]);
+    const out = [];
+    const pos = (v) => (xType === "log" ? Math.log10(Math.max(v, 1)) : v);
+    const span = pos(maxStep) - pos(edges[0]) || 1;
+    for (let i = 0; i + 1 < edges.length; i++) {
+      const lo = edges[i], hi = edges[i + 1];
+      // A stage under 8 % of the axis has no room for its name (log x usually gives it room).
+      if (!(hi > lo) || (pos(hi) - pos(lo)) / span < 0.08) continue;
+      const mid = xType === "log" ? Math.sqrt(Math.max(lo, 1) * hi) : (lo + hi) / 2;
+      const opener = i > 0 ? sorted[i - 1] : null;
+      const text = opener && opener.label ? opener.label : "stage " + (i + 1);
+      out.push({ text: escapeHtml(text), x: xType === "log" ? Math.log10(mid) : mid, xref, yref,
+        y: 0.01, yanchor: "bottom", showarrow: false, font: { size: 10, color: "#4b5563" },
+        bgcolor: "rgba(255,255,255,0.7)", name: "stage-label" });
+    }
+    return out;
+  }
+  function normalised(s) {
+    const m = Math.max(...s.mean.map((v) => Math.abs(v || 0)), 1e-12);
+    return { step: s.step, mean: s.mean.map((v) => (v === null ? v : v / m)), std: s.std.map((v) => (v || 0) / m) };
+  }
   function round(v) { return Math.abs(v) >= 100 ? Math.round(v) : Number(v.toPrecision(6)); }
   function fmt(v) { return v === null || v === undefined ? "–" : String(Number(Number(v).toPrecision(5))); }
   function escapeHtml(s) {

@@ -2,7 +2,10 @@
 
 Routing: a job's ``device`` ("any" | "cpu" | "cuda") picks the queue ``pb.<device>``; a
 worker started with ``--device cuda:0`` consumes ``pb.cuda`` and ``pb.any``, a CPU worker
-``pb.cpu`` and ``pb.any``, so each takes only jobs it can run.
+``pb.cpu`` and ``pb.any``, so each takes only jobs it can run. Cheap kinds
+(``server.jobs.lanes.FAST_KINDS``) that may run anywhere go to ``pb.fast`` instead, which
+every worker also consumes; ``phaseboard worker --lane fast`` starts one that consumes only
+``pb.fast``, so metrics and phases never wait behind LLC batches.
 
 Delivery: ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1 keep a message
 until its job is finished, and the visibility timeout (``max_job_s`` + margin) stops Redis
@@ -25,6 +28,7 @@ from celery import Celery, signals
 from server.db import Database
 from server.jobs import lifecycle
 from server.jobs.base import JobQueue
+from server.jobs.lanes import is_fast
 from server.jobs.runner import JobRunner
 from server.models import Job
 from server.settings import Settings
@@ -42,8 +46,24 @@ def queue_name(device: str) -> str:
     return f"pb.{kind if kind in DEVICE_QUEUES else 'any'}"
 
 
-def worker_queues(device: str) -> list[str]:
-    return [queue_name(device), queue_name("any")]
+FAST_QUEUE = "pb.fast"
+
+
+def job_queue(device: str, kind: str) -> str:
+    """The queue a job's message goes to: ``pb.fast`` for cheap kinds runnable anywhere."""
+    if is_fast(kind) and lifecycle.device_kind(device or "any") == "any":
+        return FAST_QUEUE
+    return queue_name(device)
+
+
+def worker_queues(device: str, lane: str = "all") -> list[str]:
+    """Queues a worker consumes: fast first; ``lane`` "fast" or "heavy" keeps one side."""
+    heavy = [queue_name(device), queue_name("any")]
+    if lane == "fast":
+        return [FAST_QUEUE]
+    if lane == "heavy":
+        return heavy
+    return [FAST_QUEUE, *heavy]
 
 
 # Per worker process: set by ``phaseboard worker`` before Celery starts (and inherited by
@@ -111,10 +131,12 @@ class CeleryQueue(JobQueue):
         if not job_ids:
             return
         with self.db.session() as s:
-            rows = s.execute(sa.select(Job.id, Job.device).where(Job.id.in_(job_ids))).all()
+            rows = s.execute(
+                sa.select(Job.id, Job.device, Job.kind).where(Job.id.in_(job_ids))
+            ).all()
         try:
-            for job_id, device in sorted(rows):
-                self.app.send_task(TASK_NAME, args=[job_id], queue=queue_name(device))
+            for job_id, device, kind in sorted(rows):
+                self.app.send_task(TASK_NAME, args=[job_id], queue=job_queue(device, kind))
         except Exception:  # noqa: BLE001 - broker down: SQL holds the jobs, resend later
             log.exception("could not send %d job(s) to the broker; will resend", len(rows))
             self._resend_needed.set()
@@ -123,8 +145,8 @@ class CeleryQueue(JobQueue):
         """Send a message for every queued job (messages lost with Redis); duplicates no-op."""
         rows = lifecycle.queued_all(self.db)
         try:
-            for job_id, device in rows:
-                self.app.send_task(TASK_NAME, args=[job_id], queue=queue_name(device))
+            for job_id, device, kind in rows:
+                self.app.send_task(TASK_NAME, args=[job_id], queue=job_queue(device, kind))
         except Exception:
             self._resend_needed.set()
             raise
@@ -157,7 +179,11 @@ class CeleryQueue(JobQueue):
 
 
 def run_worker(
-    settings: Settings, device: str, concurrency: int = 1, loglevel: str = "INFO"
+    settings: Settings,
+    device: str,
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+    lane: str = "all",
 ) -> None:
     """Run a Celery worker for ``device`` in this process (``phaseboard worker``)."""
     app = make_celery(settings)
@@ -182,7 +208,7 @@ def run_worker(
         [
             "worker",
             "--queues",
-            ",".join(worker_queues(device)),
+            ",".join(worker_queues(device, lane)),
             "--concurrency",
             str(concurrency),
             "--hostname",

@@ -2,8 +2,9 @@
 
 A handler gets a ``JobContext`` per job (the job row's fields, the worker's device, the
 blob store and a ``progress(done, total, message)`` callback) and returns, per job, a list
-of ``{"restriction": str, "values": dict}``. ``llc`` is the one batched kind: several
-checkpoints of one run with one config go through ``estimate_llc_many`` together.
+of ``{"restriction": str, "values": dict}``. ``llc`` and ``llc_restricted`` are batched:
+several checkpoints of one run with one config go through ``estimate_llc_many`` /
+``estimate_llc_restricted_many`` together.
 
 Analysis code is imported inside the handlers, so the API process never imports torch
 just to plan jobs.
@@ -47,6 +48,8 @@ class JobContext:
     db: Database
     store: BlobStore
     progress: Progress
+    # Memory budget of one vectorised LLC batch (None: the device's default).
+    memory_mb: int | None = None
     # Filled lazily by the helpers below.
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -176,7 +179,14 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
     if len(ok) == 1:
         results = [estimate_llc(models[0], task.loss, batches, config, progress=progress)]
     else:
-        results = estimate_llc_many(models, task.loss, batches, config, progress=progress)
+        results = estimate_llc_many(
+            models,
+            task.loss,
+            batches,
+            config,
+            progress=progress,
+            max_batch=_max_rows(lead, models[0], config),
+        )
     for ctx, res in zip(ok, results, strict=True):
         # "batch": how many checkpoints shared this vectorised run (1 = alone).
         out[ctx.job_id] = [{"restriction": "", "values": {**_llc_values(res), "batch": len(ok)}}]
@@ -185,46 +195,111 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
 
 def run_llc_restricted(ctx: JobContext) -> ResultRows:
     """Every weight group (vectorised) and every data subset: one result each."""
-    from analysis.llc import estimate_llc
-    from analysis.restrict import estimate_llc_restricted
+    return _single(run_llc_restricted_many, ctx)
 
-    model = ctx.model()
-    task = ctx.task()
-    config = _llc_config(ctx)
-    wanted = ctx.config.get("restrictions")
-    masks = {f"weights:{k}": v for k, v in task.weight_groups(model).items()}
+
+def _max_rows(ctx: JobContext, model: Any, config: Any) -> int | None:
+    """Rows per vmap call from the memory budget (settings), else the device's default."""
+    from analysis.llc import _default_max_batch
+    from analysis.restrict import rows_for_budget
+
+    if ctx.memory_mb is not None:
+        return rows_for_budget(model, config, ctx.memory_mb * 1024 * 1024)
+    if ctx.device.startswith("cuda"):
+        return _default_max_batch(model, config)
+    return rows_for_budget(model, config, CPU_MEMORY_MB * 1024 * 1024)
+
+
+CPU_MEMORY_MB = 1024  # default budget of one LLC batch on a CPU
+
+
+def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
+    """Restricted LLCs of several checkpoints (same run and config) in one vectorised run.
+
+    Weight groups: rows = checkpoint x group x chain in one vmap step, chunked to the memory
+    budget (``estimate_llc_restricted_many``); data subsets: checkpoint x chain per subset
+    (``estimate_llc_many``). Each checkpoint's results equal those of its own job alone.
+    """
+    from analysis.llc import estimate_llc_many
+    from analysis.restrict import estimate_llc_restricted_many
+
+    out: dict[int, ResultRows | Exception] = {}
+    models, ok = [], []
+    for ctx in ctxs:
+        try:
+            models.append(ctx.model())
+            ok.append(ctx)
+        except Exception as exc:  # noqa: BLE001 - one bad checkpoint fails only its job
+            out[ctx.job_id] = exc
+    if not ok:
+        return out
+    lead = ok[0]
+    task = lead.task()
+    config = _llc_config(lead)
+    wanted = lead.config.get("restrictions")
+    masks = {f"weights:{k}": v for k, v in task.weight_groups(models[0]).items()}
     subsets = [f"data:{k}" for k in task.data_subsets()]
     if wanted is not None:
         known = set(masks) | set(subsets)
         unknown = sorted(set(wanted) - known)
         if unknown:
-            raise JobFailed(f"unknown restriction(s) {unknown}; task has {sorted(known)}")
+            err = JobFailed(f"unknown restriction(s) {unknown}; task has {sorted(known)}")
+            return {**out, **{ctx.job_id: err for ctx in ok}}
         masks = {k: v for k, v in masks.items() if k in wanted}
         subsets = [k for k in subsets if k in wanted]
-    rows: ResultRows = []
+    max_rows = _max_rows(lead, models[0], config)
+    parts = (1 if masks else 0) + len(subsets)
+    stage = {"i": 0, "label": ""}
+
+    def progress(done: int, total: int, message: str) -> None:
+        lost = 0
+        overall = stage["i"] * total + done
+        text = f"{stage['label']}: {message}" if stage["label"] else message
+        for ctx in ok:
+            try:
+                ctx.progress(overall, max(parts, 1) * total, text)
+            except JobLost:
+                lost += 1
+        if lost == len(ok):
+            raise JobLost("every job of this batch was cancelled or reassigned")
+
+    rows: dict[int, ResultRows] = {ctx.job_id: [] for ctx in ok}
     if masks:
-        ctx.progress(0, 1, f"{len(masks)} weight groups")
-        res = estimate_llc_restricted(
-            model,
+        stage["label"] = f"{len(masks)} weight groups x {len(ok)} checkpoints"
+        per_ckpt = estimate_llc_restricted_many(
+            models,
             task.loss,
-            _batches(ctx, "train", config),
+            _batches(lead, "train", config),
             config,
             masks,
-            progress=ctx.progress,
+            max_rows=max_rows,
+            progress=progress,
         )
-        rows += [{"restriction": k, "values": _llc_values(v)} for k, v in res.items()]
+        for ctx, res in zip(ok, per_ckpt, strict=True):
+            rows[ctx.job_id] += [
+                {"restriction": k, "values": {**_llc_values(v), "batch": len(ok)}}
+                for k, v in res.items()
+            ]
+        stage["i"] += 1
     for name in subsets:
-        ctx.progress(0, 1, f"data subset {name}")
+        stage["label"] = f"data subset {name} x {len(ok)} checkpoints"
         split = name.removeprefix("data:")
-        res = estimate_llc(
-            model,
+        chunk = None if max_rows is None else max(max_rows, config.num_chains + 1)
+        results = estimate_llc_many(
+            models,
             task.loss,
-            _batches(ctx, split, config),
+            _batches(lead, split, config),
             config,
-            progress=ctx.progress,
+            progress=progress,
+            max_batch=chunk,
         )
-        rows.append({"restriction": name, "values": _llc_values(res)})
-    return rows
+        for ctx, res in zip(ok, results, strict=True):
+            rows[ctx.job_id].append(
+                {"restriction": name, "values": {**_llc_values(res), "batch": len(ok)}}
+            )
+        stage["i"] += 1
+    out.update(rows)
+    return out
 
 
 def run_metrics(ctx: JobContext) -> ResultRows:
@@ -301,7 +376,7 @@ def run_phases(ctx: JobContext) -> ResultRows:
     boundaries = [
         {
             "step": float(b.step),
-            "source": str(b.source),
+            "source": str(b.source)[:100],  # merged sources "llc+loss:a+...", column of 100
             "kind": str(b.kind),
             "score": float(b.score),
             "label": str(b.label or ""),
@@ -344,6 +419,7 @@ HANDLERS: dict[str, Callable[[JobContext], ResultRows]] = {
 }
 BATCHED: dict[str, Callable[[list[JobContext]], dict[int, ResultRows | Exception]]] = {
     "llc": run_llc,
+    "llc_restricted": run_llc_restricted_many,
 }
 # Kinds whose new results change a run's phase boundaries.
 TRIGGERS_PHASES = ("llc", "metrics")

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from server.db import Database, get_existing
 from server.errors import Conflict
+from server.jobs.lanes import BATCH_KINDS, claim_order, lane_filter
 from server.models import Checkpoint, Job, Result, utcnow
 
 ACTIVE = ("queued", "running")
@@ -82,33 +83,39 @@ def device_kind(device: str) -> str:
     return device.split(":", 1)[0]
 
 
-def queued_ids(db: Database, device: str, limit: int = 20) -> list[int]:
-    """Oldest queued jobs that a worker on ``device`` can run."""
+def queued_ids(db: Database, device: str, limit: int = 20, lane: str = "all") -> list[int]:
+    """Queued jobs a worker on ``device`` in ``lane`` can run: fast kinds first, then oldest
+    (see ``server.jobs.lanes``)."""
     with db.session() as s:
         return list(
             s.scalars(
                 sa.select(Job.id)
-                .where(Job.state == "queued", Job.device.in_(("any", device_kind(device))))
-                .order_by(Job.id)
+                .where(
+                    Job.state == "queued",
+                    Job.device.in_(("any", device_kind(device))),
+                    lane_filter(lane),
+                )
+                .order_by(*claim_order())
                 .limit(limit)
             )
         )
 
 
 def claim_companions(db: Database, lease: Lease, limit: int) -> list[Lease]:
-    """More queued ``llc`` jobs of the same run and config, to run in one batch."""
-    if limit <= 1 or lease.kind != "llc":
+    """More queued jobs of a batched kind (``llc``, ``llc_restricted``) with the same run,
+    config and device, to run in one vectorised batch."""
+    if limit <= 1 or lease.kind not in BATCH_KINDS:
         return []
     with db.session() as s:
         job = s.get(Job, lease.job_id)
-        if job is None or job.kind != "llc":
+        if job is None or job.kind != lease.kind:
             return []
         ids = list(
             s.scalars(
                 sa.select(Job.id)
                 .where(
                     Job.state == "queued",
-                    Job.kind == "llc",
+                    Job.kind == job.kind,
                     Job.run_id == job.run_id,
                     Job.config_hash == job.config_hash,
                     Job.device == job.device,
@@ -140,17 +147,32 @@ def heartbeat(
         return res.rowcount == 1
 
 
-def finish(db: Database, lease: Lease, results: Iterable[Mapping[str, Any]]) -> bool:
+def finish(
+    db: Database,
+    lease: Lease,
+    results: Iterable[Mapping[str, Any]],
+    *,
+    chain_steps: float | None = None,
+    chain_steps_per_s: float | None = None,
+) -> bool:
     """Mark done and insert results in one transaction; False (nothing written) if lost.
 
     Each result mapping has ``restriction`` and ``values``; run, checkpoint, step and kind
-    come from the job.
+    come from the job. ``chain_steps``/``chain_steps_per_s``: the measured SGLD throughput
+    (``server.jobs.throughput``).
     """
     with db.session() as s:
         res = s.execute(
             sa.update(Job)
             .where(_fence(lease))
-            .values(state="done", progress=1.0, progress_msg="done", finished_at=utcnow())
+            .values(
+                state="done",
+                progress=1.0,
+                progress_msg="done",
+                finished_at=utcnow(),
+                chain_steps=chain_steps,
+                chain_steps_per_s=chain_steps_per_s,
+            )
             .execution_options(synchronize_session=False)
         )
         if res.rowcount != 1:
@@ -363,11 +385,11 @@ def requeue_orphaned(db: Database, max_attempts: int) -> list[int]:
     return moved
 
 
-def queued_all(db: Database) -> list[tuple[int, str]]:
-    """Every queued job as ``(id, device)`` (the Celery sweep re-sends these)."""
+def queued_all(db: Database) -> list[tuple[int, str, str]]:
+    """Every queued job as ``(id, device, kind)`` (the Celery sweep re-sends these)."""
     with db.session() as s:
-        rows = s.execute(sa.select(Job.id, Job.device).where(Job.state == "queued"))
-        return [(int(i), str(d)) for i, d in rows]
+        rows = s.execute(sa.select(Job.id, Job.device, Job.kind).where(Job.state == "queued"))
+        return [(int(i), str(d), str(k)) for i, d, k in rows]
 
 
 TRACEBACK_SEP = "\n\n"

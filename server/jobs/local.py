@@ -1,7 +1,10 @@
 """``LocalQueue``: the embedded default, a pool of worker threads inside the server.
 
 One thread per slot; slots are ``settings.worker_devices`` (comma list), repeated up to
-``settings.local_workers`` threads, so each thread runs one job at a time on its device.
+``settings.local_workers`` threads (default: one per core), so each thread runs one job at a
+time on its device; ``settings.local_fast_workers`` more threads take only cheap kinds (see
+``server.jobs.lanes``). torch runs ``settings.torch_threads`` intra-op threads (default 1:
+one worker per core beat fewer workers with more threads, bench/RESULTS.md).
 Threads poll SQL for queued jobs and wake early on ``enqueue``. ``start`` first requeues
 jobs left running by a previous process, so a restarted server loses nothing.
 """
@@ -34,6 +37,9 @@ class LocalQueue(JobQueue):
         devices = [d.strip() for d in settings.worker_devices.split(",") if d.strip()] or ["cpu"]
         n = max(settings.local_workers, len(devices))
         self.devices = [devices[i % len(devices)] for i in range(n)]
+        # (device, lane) per thread: the general ones, then the fast lane on the first device.
+        self.slots = [(d, "all") for d in self.devices]
+        self.slots += [(devices[0], "fast")] * max(0, settings.local_fast_workers)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -51,7 +57,11 @@ class LocalQueue(JobQueue):
         # previous process (a restart); take them back now rather than after stale_after_s.
         quiet = min(self.settings.stale_after_s, 3 * self.settings.heartbeat_s)
         lifecycle.requeue_stale(self.db, quiet, self.settings.max_attempts)
-        for i, device in enumerate(self.devices):
+        if self.settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        for i, (device, lane) in enumerate(self.slots):
             runner = JobRunner(
                 self.settings,
                 self.db,
@@ -61,7 +71,10 @@ class LocalQueue(JobQueue):
                 should_stop=self._stop.is_set,
             )
             t = threading.Thread(
-                target=self._loop, args=(runner,), name=f"pb-worker-{i}-{device}", daemon=True
+                target=self._loop,
+                args=(runner, lane),
+                name=f"pb-worker-{i}-{device}-{lane}",
+                daemon=True,
             )
             t.start()
             self._threads.append(t)
@@ -79,11 +92,11 @@ class LocalQueue(JobQueue):
         if job_ids:
             self._wake.set()
 
-    def _loop(self, runner: JobRunner) -> None:
+    def _loop(self, runner: JobRunner, lane: str = "all") -> None:
         since_sweep = 0.0
         while not self._stop.is_set():
             try:
-                ran = self._run_one(runner)
+                ran = self._run_one(runner, lane)
                 since_sweep += 0 if ran else POLL_S
                 if since_sweep >= max(self.settings.stale_after_s / 2, POLL_S):
                     since_sweep = 0.0
@@ -98,8 +111,8 @@ class LocalQueue(JobQueue):
                 self._wake.wait(POLL_S)
                 self._wake.clear()
 
-    def _run_one(self, runner: JobRunner) -> bool:
-        for job_id in lifecycle.queued_ids(self.db, runner.device):
+    def _run_one(self, runner: JobRunner, lane: str = "all") -> bool:
+        for job_id in lifecycle.queued_ids(self.db, runner.device, lane=lane):
             if self._stop.is_set():
                 return False
             if runner.run_job(job_id):

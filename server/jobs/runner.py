@@ -28,13 +28,14 @@ from server.jobs.handlers import (
     JobLost,
 )
 from server.jobs.lifecycle import Lease
+from server.jobs.throughput import chain_steps
 from server.models import Job
 from server.settings import Settings
 from server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 PROGRESS_EVERY_S = 0.5
-BATCH_LIMIT = 8
+BATCH_LIMIT = 8  # the default of settings.llc_batch_checkpoints
 
 
 def make_worker_id(device: str) -> str:
@@ -120,7 +121,8 @@ class JobRunner:
         lease = lifecycle.claim(self.db, job_id, self.worker_id)
         if lease is None:
             return False
-        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, BATCH_LIMIT)])
+        limit = max(1, self.settings.llc_batch_checkpoints)
+        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, limit)])
         return True
 
     def run_leases(self, leases: list[Lease]) -> None:
@@ -144,6 +146,7 @@ class JobRunner:
                     db=self.db,
                     store=self.store,
                     progress=beat.progress_for(by_id[j.id]),
+                    memory_mb=self.settings.llc_memory_mb,
                 )
                 for j in jobs.values()
             ]
@@ -151,6 +154,7 @@ class JobRunner:
                 return
             kind = ctxs[0].kind
             outcomes: dict[int, object]
+            started = time.monotonic()
             try:
                 if kind in BATCHED and len(ctxs) > 1:
                     outcomes = dict(BATCHED[kind](ctxs))
@@ -167,6 +171,14 @@ class JobRunner:
                             outcomes[ctx.job_id] = exc
             except Exception as exc:  # noqa: BLE001 - a batch failure fails the batch
                 outcomes = {ctx.job_id: exc for ctx in ctxs}
+        wall_s = time.monotonic() - started
+        steps = {
+            job_id: chain_steps(out)  # type: ignore[arg-type]
+            for job_id, out in outcomes.items()
+            if isinstance(out, list)
+        }
+        batch_steps = sum(v for v in steps.values() if v)
+        rate = batch_steps / wall_s if batch_steps and wall_s > 0 else None
         phases_runs: set[int] = set()
         for ctx in ctxs:
             lease = by_id[ctx.job_id]
@@ -181,7 +193,14 @@ class JobRunner:
                     log.error("job %s (%s) failed", ctx.job_id, ctx.kind, exc_info=out)
                 lifecycle.fail(self.db, lease, _error_text(out))
                 continue
-            if lifecycle.finish(self.db, lease, out) and ctx.kind in TRIGGERS_PHASES:
+            done = lifecycle.finish(
+                self.db,
+                lease,
+                out,  # type: ignore[arg-type]
+                chain_steps=steps.get(ctx.job_id),
+                chain_steps_per_s=rate if steps.get(ctx.job_id) else None,
+            )
+            if done and ctx.kind in TRIGGERS_PHASES:
                 phases_runs.add(ctx.run_id)
         if self.on_phases is not None:
             for run_id in sorted(phases_runs):

@@ -152,6 +152,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
     ids = [c.id for c in ckpts]
     metrics: dict[int, dict[str, float]] = {}
     llc: dict[int, tuple[float | None, float | None]] = {}
+    failed: dict[int, list[dict[str, str]]] = {}
     if ids:
         for cid, values in session.execute(
             select(Result.checkpoint_id, Result.values).where(
@@ -167,6 +168,12 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             ).where(Result.checkpoint_id.in_(ids), Result.kind == "llc")
         ):
             llc[cid] = (mean, std)
+        for cid, kind, error in session.execute(
+            select(Job.checkpoint_id, Job.kind, Job.error).where(
+                Job.checkpoint_id.in_(ids), Job.state == "failed"
+            )
+        ):
+            failed.setdefault(cid, []).append({"kind": kind, "error": (error or "")[:300]})
     # Show the loss-like columns first, then a few more; the plots show everything.
     names = sorted({k for m in metrics.values() for k in m})
     names.sort(key=lambda n: (0 if "loss" in n else 1 if "acc" in n else 2, n))
@@ -183,6 +190,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             "created_at": c.created_at,
             "metrics": metrics.get(c.id, {}),
             "llc": llc.get(c.id),
+            "failed_jobs": failed.get(c.id, []),
         }
         for c in ckpts
     ]
@@ -234,7 +242,42 @@ def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]
         "done": counts.get("done", 0),
         "total": sum(counts.values()),
         "jobs": jobs,
+        "eta": eta_rows(session, run_id) if active else [],
+        "by_kind": jobs_by_kind(session, run_id) if active else {},
     }
+
+
+def jobs_by_kind(session: Session, run_id: int) -> dict[str, dict[str, Any]]:
+    """Per kind: jobs per state and the mean progress of the running ones (the plot cards
+    say what is running while their results are still missing)."""
+    out: dict[str, dict[str, Any]] = {}
+    rows = session.execute(
+        select(Job.kind, Job.state, func.count(), func.avg(Job.progress))
+        .where(Job.run_id == run_id)
+        .group_by(Job.kind, Job.state)
+    ).all()
+    for kind, state, n, progress in rows:
+        entry = out.setdefault(kind, {"queued": 0, "running": 0, "done": 0, "failed": 0})
+        entry[state] = int(n)
+        if state == "running":
+            entry["progress"] = float(progress or 0.0)
+    return out
+
+
+def eta_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """Time to completion per kind, from the stored measured throughput (jobs.throughput)."""
+    from server.jobs.throughput import eta_by_kind, format_eta
+
+    return [
+        {
+            "kind": kind,
+            "jobs": e["jobs"],
+            "text": format_eta(e["seconds"]),
+            "seconds": e["seconds"],
+            "rate": e["rate"],
+        }
+        for kind, e in eta_by_kind(session, run_id).items()
+    ]
 
 
 def boundaries(session: Session, run_id: int) -> list[dict[str, Any]]:

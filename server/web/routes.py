@@ -6,11 +6,10 @@ full page, so every URL also works as a plain link, a bookmark or a share.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
@@ -19,6 +18,7 @@ from server.errors import ERROR_RESPONSES, NotFound
 from server.models import Share
 from server.schemas import MAX_ID, DbId, DbInt, Text
 from server.web import queries
+from server.web.compare_checks import config_warnings
 from server.web.edits import update_run_header
 from server.web.templating import STATIC_DIR, make_templates
 from server.web.views import PageView, parse_view
@@ -26,8 +26,6 @@ from server.web.views import PageView, parse_view
 router = APIRouter(include_in_schema=False)
 data_router = APIRouter(prefix="/api", tags=["plots"], responses=ERROR_RESPONSES)
 templates = make_templates()
-
-PLOTLY_JS = resources.files("plotly") / "package_data" / "plotly.min.js"
 
 
 def _is_partial(request: Request) -> bool:
@@ -157,7 +155,9 @@ def compare_page(
         return RedirectResponse(f"/compare?runs={ids}", status_code=303)
     chosen = queries.runs_by_ids(session, _parse_ids(runs))
     all_runs = queries.run_choices(session)
-    return _render(request, "compare.html", {"runs": chosen, "all_runs": all_runs})
+    warnings = config_warnings(session, chosen)
+    context = {"runs": chosen, "all_runs": all_runs, "warnings": warnings}
+    return _render(request, "compare.html", context)
 
 
 @router.get("/s/{slug}", response_class=HTMLResponse)
@@ -181,6 +181,7 @@ def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLRespon
     if view.page == "compare":
         chosen = queries.runs_by_ids(session, _parse_ids(view.params.get("runs", "")))
         context = {"runs": chosen, "all_runs": [], "readonly": True, "share": shared}
+        context["warnings"] = config_warnings(session, chosen)
         return _render(request, "compare.html", context)
     assert view.run_id is not None
     try:
@@ -206,20 +207,11 @@ def plot_data(
 # ---------------------------------------------------------------- mounting
 
 
-def _plotly_js() -> Response:
-    with resources.as_file(PLOTLY_JS) as path:
-        return FileResponse(
-            path,
-            media_type="text/javascript",
-            headers={"Cache-Control": "public, max-age=86400"},
-        )
-
-
 def mount_web(app: FastAPI) -> None:
     """Add the pages, the plot-data endpoint and ``/static`` (plotly.js from its package)."""
-    app.add_api_route(
-        "/static/vendor/plotly.min.js", _plotly_js, methods=["GET"], include_in_schema=False
-    )
+    from server.web.static_assets import mount_assets
+
+    mount_assets(app)  # plotly.js gzipped (GET and HEAD) and the favicon
     app.include_router(data_router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

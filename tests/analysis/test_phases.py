@@ -90,7 +90,9 @@ def test_detect_boundaries_merges_agreeing_sources_and_sorts() -> None:
     assert steps == sorted(steps)
     assert near(out, 1e3) and near(out, 1e4)
     merged = [b for b in out if abs(math.log10(b.step) - 3) < 0.1]
-    assert len(merged) == 1 and merged[0].label == "llc+loss:train_loss"
+    # The agreeing sources are the boundary's source, not a label the user seems to have typed.
+    assert len(merged) == 1 and merged[0].source == "llc+loss:train_loss"
+    assert merged[0].label == ""
     assert set(merged[0].to_dict()) == {"step", "source", "kind", "score", "label"}
 
 

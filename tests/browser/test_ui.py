@@ -60,7 +60,7 @@ def test_run_page_draws_traces_and_phase_lines(site, page) -> None:
         # Two boundaries -> two dashed lines (+ one shaded stage) in every plot.
         assert page.locator(f"#plot-{plot} .shapelayer path").count() >= 2, plot
     assert "phase boundaries" in (page.locator("#plot-loss .legend").text_content() or "")
-    # Restricted LLCs: one small multiple per head, shared axes.
+    # Restricted LLCs: one small multiple per head.
     titles = page.locator("#plot-restricted .annotation-text").all_text_contents()
     assert [t for t in titles if "head" in t] == [f"blocks.0.attn.head{h}" for h in range(4)]
     # Boundary hover text carries step, source and score.
@@ -101,8 +101,9 @@ def test_axis_smoothing_and_zoom_live_in_the_url(site, page) -> None:
     page.select_option("#c-x", "log")
     page.wait_for_url(re.compile(r"x=log"))
     assert page.evaluate("document.getElementById('plot-loss').layout.xaxis.type") == "log"
-    page.check("#c-ylog")
-    page.wait_for_url(re.compile(r"ylog=1"))
+    assert page.is_checked("#c-ylog")  # loss on a log y-axis is the default
+    page.uncheck("#c-ylog")
+    page.wait_for_url(re.compile(r"ylog=0"))
     page.eval_on_selector(
         "#c-smooth",
         "el => { el.value = '0.8'; el.dispatchEvent(new Event('input')); "
@@ -130,10 +131,10 @@ def test_axis_smoothing_and_zoom_live_in_the_url(site, page) -> None:
     page.goto(page.url)
     _wait_plots(page)
     assert page.input_value("#c-x") == "log"
-    assert page.is_checked("#c-ylog")
+    assert not page.is_checked("#c-ylog")
     assert page.input_value("#c-smooth") == "0.8"
     assert not page.is_checked("#series-0")
-    assert page.evaluate("document.getElementById('plot-loss').layout.yaxis.type") == "log"
+    assert page.evaluate("document.getElementById('plot-loss').layout.yaxis.type") == "linear"
     assert page.evaluate("document.getElementById('plot-llc').layout.xaxis.autorange") is False
 
 

@@ -19,7 +19,12 @@ TINY_LLC: dict[str, Any] = {"num_chains": 2, "num_draws": 15, "batch_size": 32, 
 
 
 def fast_settings(make_settings: Callable[..., Settings], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"heartbeat_s": 0.2, "stale_after_s": 2.0, "auto_analyses": "llc"}
+    values: dict[str, Any] = {
+        "heartbeat_s": 0.2,
+        "stale_after_s": 2.0,
+        "auto_analyses": "llc",
+        "local_workers": 1,  # one general worker: batching is deterministic
+    }
     values.update(overrides)
     return make_settings(**values)
 

@@ -1,0 +1,200 @@
+"""A whole `phaseboard demo` trajectory: how long its analyses take after training.
+
+Trains the demo's modular-addition run once (the same config and checkpoint schedule as
+`phaseboard demo`), then, against real `phaseboard up` servers (subprocesses, SQLite, local
+worker pool), measures:
+
+A. the full demo analyses (metrics, LLC, restricted LLC for every group, phases) on every
+   checkpoint with the default settings: time to all done, time to the first LLC batch, and
+   how long after it the first automatic phase boundaries appear;
+B. the restricted LLCs alone on ``--baseline-checkpoints`` checkpoints, twice in this run:
+   with the defaults (batched across checkpoints, one worker per core, 1 torch thread each)
+   and as before this change ("per-job": ``llc_batch_checkpoints=1``, one worker thread,
+   torch's default intra-op threads, no fast lane). Prints the per-job / batched ratio.
+
+Targets (issue 12): A under 5 minutes on the 2-core CPU machine, B's ratio at least 5, the
+first boundaries within a minute of the first LLC batch.
+
+    .venv/bin/python bench/trajectory.py                       # the demo: 32 checkpoints
+    .venv/bin/python bench/trajectory.py --quick               # `demo --quick` config
+    .venv/bin/python bench/trajectory.py --device cuda --checkpoints 100   # GPU figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console  # noqa: E402
+
+from server.client import Phaseboard  # noqa: E402
+from server.demo import (  # noqa: E402
+    FULL_CONFIG,
+    FULL_LLC,
+    QUICK_CONFIG,
+    QUICK_LLC,
+    _get_task,
+    _json_config,
+    checkpoint_schedule,
+    start_server,
+)
+from server.settings import Settings  # noqa: E402
+
+DEMO_KINDS = ["metrics", "llc", "llc_restricted"]
+PER_JOB_ENV = {  # the path before batching: what `phaseboard up` did by default
+    "PHASEBOARD_LLC_BATCH_CHECKPOINTS": "1",
+    "PHASEBOARD_LOCAL_WORKERS": "1",
+    "PHASEBOARD_LOCAL_FAST_WORKERS": "0",
+    "PHASEBOARD_TORCH_THREADS": "0",  # 0: leave torch's default (one thread per core)
+}
+
+
+def train(config: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[Any], float]:
+    """(checkpoints, logged points, seconds): the demo's training, kept in memory."""
+    import torch
+
+    task = _get_task(config)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    ckpts, points = [], []
+    for point in task.train(checkpoint_steps=checkpoint_schedule(config)):
+        points.append((point.step, point.metrics))
+        if point.state_dict is not None:
+            ckpts.append((point.step, point.state_dict))
+    return ckpts, points, time.perf_counter() - t0
+
+
+@contextmanager
+def server(home: Path, env: dict[str, str]) -> Any:
+    """`phaseboard up` on a free port with ``env`` added to its environment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = start_server(url, Settings(home=home), Console(quiet=True))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def upload(url: str, name: str, config: dict, llc: dict, ckpts: list, points: list) -> Any:
+    """A run with the demo's config whose checkpoints queue nothing on upload."""
+    pb = Phaseboard(url)
+    run = pb.run(
+        name,
+        task="modular_addition",
+        task_config=_json_config(config),
+        analysis_config={"llc": llc, "analyses": []},
+    )
+    for step, metrics in points:
+        run.log(step, metrics)
+    for step, sd in ckpts:
+        run.log_checkpoint(step, sd)
+    run.flush()
+    return run
+
+
+def jobs_by_kind(run: Any) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for job in run.client.request(
+        "GET", "/api/jobs", params={"run_id": run.id, "limit": 5000}
+    ).json()["jobs"]:
+        out.setdefault(job["kind"], []).append(job)
+    return out
+
+
+def wait_all(run: Any, kinds: list[str], timeout_s: float, watch_phases: bool) -> dict[str, float]:
+    """Queue ``kinds``; poll until every job is final. Times in seconds since queueing."""
+    t0 = time.perf_counter()
+    run.analyze(kinds=kinds)
+    marks: dict[str, float] = {}
+    while time.perf_counter() - t0 < timeout_s:
+        time.sleep(0.5)
+        now = time.perf_counter() - t0
+        jobs = jobs_by_kind(run)
+        if "first_llc" not in marks and any(j["state"] == "done" for j in jobs.get("llc", [])):
+            marks["first_llc"] = now
+        if watch_phases and "first_llc" in marks and "first_phases" not in marks:
+            phases = run.client.request("GET", f"/api/runs/{run.id}/phases").json()
+            if any(not b["manual"] for b in phases):
+                marks["first_phases"] = now
+        states = [j["state"] for js in jobs.values() for j in js]
+        failed = [j for js in jobs.values() for j in js if j["state"] == "failed"]
+        if failed:
+            raise SystemExit(f"job failed: {failed[0]['kind']}: {failed[0]['error'][:500]}")
+        finished = bool(states) and all(s in ("done", "cancelled") for s in states)
+        phased = not watch_phases or any(j["state"] == "done" for j in jobs.get("phases", []))
+        if finished and phased:
+            marks["all"] = now
+            return marks
+    raise SystemExit(f"not done within {timeout_s:.0f} s: {marks}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the `demo --quick` config")
+    ap.add_argument("--checkpoints", type=int, help="override the number of checkpoints")
+    ap.add_argument("--device", default="cpu", help="worker device: cpu or cuda")
+    ap.add_argument("--baseline-checkpoints", type=int, default=8)
+    ap.add_argument("--skip-full", action="store_true", help="only part B")
+    ap.add_argument("--timeout", type=float, default=3600)
+    args = ap.parse_args()
+
+    config = dict(QUICK_CONFIG if args.quick else FULL_CONFIG)
+    if args.checkpoints:
+        config["num_checkpoints"] = args.checkpoints
+    llc = dict(QUICK_LLC if args.quick else FULL_LLC)
+    device_env = {"PHASEBOARD_WORKER_DEVICES": args.device, "PHASEBOARD_AUTO_ANALYSES": ""}
+    print(f"cores {os.cpu_count()}, device {args.device}, load {os.getloadavg()[0]:.1f}")
+    ckpts, points, train_s = train(config)
+    print(f"trained {config['steps']} steps in {train_s:.0f} s: {len(ckpts)} checkpoints")
+    n = min(args.baseline_checkpoints, len(ckpts))
+    subset = [ckpts[round(i * (len(ckpts) - 1) / max(n - 1, 1))] for i in range(n)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_full:
+            with server(Path(tmp) / "full", device_env) as url:
+                run = upload(url, "full", config, llc, ckpts, points)
+                marks = wait_all(run, DEMO_KINDS, args.timeout, watch_phases=True)
+            gap = marks.get("first_phases", float("nan")) - marks["first_llc"]
+            print(
+                f"A. full demo analyses, {len(ckpts)} checkpoints: all done {marks['all']:.0f} s"
+                f" ({marks['all'] / 60:.1f} min; target < 5 min); first LLC batch "
+                f"{marks['first_llc']:.0f} s; first phase boundaries {gap:.0f} s after it "
+                "(target < 60 s)"
+            )
+        with server(Path(tmp) / "batched", device_env) as url:
+            run = upload(url, "batched", config, llc, subset, points)
+            batched = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
+        with server(Path(tmp) / "per-job", {**device_env, **PER_JOB_ENV}) as url:
+            run = upload(url, "per-job", config, llc, subset, points)
+            per_job = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
+    print(
+        f"B. restricted LLC on {n} checkpoints: per-job {per_job:.0f} s, batched {batched:.0f} s;"
+        f" ratio {per_job / batched:.2f}x (target >= 5x)"
+    )
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Restricted LLCs of several checkpoints in one vectorised run (checkpoint x group x chain)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from analysis.llc import LLCConfig
+from analysis.restrict import estimate_llc_restricted, estimate_llc_restricted_many, rows_for_budget
+
+
+class Net(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 3, generator=g)
+    y = x.sum(dim=1, keepdim=True)
+    return [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]
+
+
+CONFIG = LLCConfig(num_chains=3, num_draws=20, num_burnin_steps=5, lr=1e-3, num_samples=128)
+MASKS = {"a": {"a.weight": None, "a.bias": None}, "b": {"b.weight": None, "b.bias": None}}
+
+
+@pytest.mark.parametrize("max_rows", [None, 8])  # 8 rows: one checkpoint (2x3 + 1) per chunk
+def test_batched_restricted_llc_equals_each_checkpoint_alone(max_rows: int | None) -> None:
+    models = [Net(seed) for seed in range(3)]
+    alone = [estimate_llc_restricted(m, _mse, _batches(), CONFIG, MASKS) for m in models]
+    many = estimate_llc_restricted_many(models, _mse, _batches(), CONFIG, MASKS, max_rows=max_rows)
+    assert len(many) == 3
+    for one, batched in zip(alone, many, strict=True):
+        assert list(batched) == ["a", "b"]
+        for group in MASKS:
+            # Same seed, batches and noise: equal up to float32 reduction order (tolerance
+            # 1e-4 relative on the LLC, 1e-6 on the init loss).
+            assert math.isclose(batched[group].mean, one[group].mean, rel_tol=1e-4, abs_tol=1e-4)
+            assert math.isclose(batched[group].init_loss, one[group].init_loss, rel_tol=1e-6)
+            assert batched[group].num_params_free == one[group].num_params_free
+
+
+def test_batched_restricted_llc_takes_state_dicts_with_a_template() -> None:
+    models = [Net(seed) for seed in range(2)]
+    sds = [m.state_dict() for m in models]
+    many = estimate_llc_restricted_many(sds, _mse, _batches(), CONFIG, MASKS, model=Net(9))
+    alone = estimate_llc_restricted(models[1], _mse, _batches(), CONFIG, MASKS)
+    assert math.isclose(many[1]["b"].mean, alone["b"].mean, rel_tol=1e-4, abs_tol=1e-4)
+    with pytest.raises(ValueError, match="template"):
+        estimate_llc_restricted_many(sds, _mse, _batches(), CONFIG, MASKS)
+
+
+def test_memory_budget_gives_more_rows_for_more_memory_and_at_least_one() -> None:
+    model = Net(0)
+    small, large = rows_for_budget(model, CONFIG, 10_000), rows_for_budget(model, CONFIG, 10**9)
+    assert 1 <= small < large
+    assert rows_for_budget(model, CONFIG, 1) == 1
