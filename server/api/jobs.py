@@ -125,6 +125,8 @@ def queue_analyses(
         config["restrictions"] = body.restrictions
     if body.device is not None:  # checked by plan_jobs
         config["device"] = body.device
+    if body.calibrate is not None:
+        config["calibrate"] = body.calibrate.checked()
     ids = queue.plan_and_enqueue(run_id, kinds, body.checkpoint_ids, config)
     with db.session() as s:
         waiting = s.scalar(

@@ -257,13 +257,17 @@ def boundary_dict(b: PhaseBoundary) -> dict[str, Any]:
     }
 
 
-def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str, Any]:
+def plot_data(
+    session: Session, run_id: int, max_points: int = 2000, llc_settings: str | None = None
+) -> dict[str, Any]:
     """Everything the plots of one run need, in one response.
 
     ``series``: logged metric points (downsampled to at most ``max_points`` each by
     ``server.series_store.read_series``, the same min/max buckets as ``/series``) and the
-    scalars of per-checkpoint ``metrics`` results (prefixed ``ckpt/``); ``llc``: mean and std
-    per checkpoint; ``restricted``: the same per restriction; ``boundaries``: phase boundaries.
+    scalars of per-checkpoint ``metrics`` results (prefixed ``ckpt/``); ``llc``: mean, std,
+    verdict, n_beta and result id per checkpoint of one LLC settings series (``llc_settings``,
+    default the run's current; see ``server.web.llc_series``); ``restricted``: the same per
+    restriction; ``boundaries``: phase boundaries.
     """
     run = get_run(session, run_id)
     series: dict[str, dict[str, list[float]]] = {}
@@ -287,39 +291,13 @@ def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str
         s["count"] = len(s["step"])  # type: ignore[assignment]
         series[key] = s
 
-    llc: dict[str, list[Any]] = {"step": [], "mean": [], "std": []}
-    restricted: dict[str, dict[str, list[Any]]] = {}
-    stmt = (
-        select(
-            Result.kind,
-            Result.restriction,
-            Result.step,
-            Result.values["mean"].as_float(),
-            Result.values["std"].as_float(),
-        )
-        .where(
-            Result.run_id == run_id,
-            Result.kind.in_(("llc", "llc_restricted")),
-            Result.step.is_not(None),
-        )
-        .order_by(Result.step)
-    )
-    for kind, restriction, step, mean, std in session.execute(stmt):
-        if mean is None or not math.isfinite(mean):
-            continue
-        target = (
-            llc
-            if kind == "llc"
-            else restricted.setdefault(restriction or "?", {"step": [], "mean": [], "std": []})
-        )
-        target["step"].append(step)
-        target["mean"].append(mean)
-        target["std"].append(std if std is not None and math.isfinite(std) else 0.0)
+    from server.web.llc_series import llc_series
+
+    llc_part = llc_series(session, run, llc_settings)
     return {
         "run": {"id": run.id, "name": run.name, "task": run.task},
         "series": dict(sorted(series.items())),
-        "llc": llc,
-        "restricted": dict(sorted(restricted.items())),
+        **llc_part,
         "boundaries": boundaries(session, run_id),
     }
 
