@@ -66,7 +66,9 @@ def llc_series(session: Session, run: Run, shown: str | None = None) -> dict[str
         if entry["config"] is None and job_cfg is not None:
             entry["config"] = {k: v for k, v in job_cfg.items() if k != "restrictions"}
     if current not in settings:
-        settings[current] = {"hash": current, "count": 0, "config": llc_settings(run)}
+        settings[current] = {"hash": current, "count": 0, "config": None}
+    if settings[current]["config"] is None:  # e.g. results stored without a job row
+        settings[current]["config"] = llc_settings(run)
     for entry in settings.values():
         entry["label"] = settings_label(entry["config"] or {})
         entry["current"] = entry["hash"] == current

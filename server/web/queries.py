@@ -151,6 +151,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
     ids = [c.id for c in ckpts]
     metrics: dict[int, dict[str, float]] = {}
     llc: dict[int, tuple[float | None, float | None]] = {}
+    llc_info: dict[int, dict[str, Any]] = {}  # result id, verdict and n_beta of that LLC
     if ids:
         for cid, values in session.execute(
             select(Result.checkpoint_id, Result.values).where(
@@ -158,14 +159,20 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             )
         ):
             metrics.setdefault(cid, {}).update(_scalar_values(values))
-        for cid, mean, std in session.execute(
+        for cid, mean, std, rid, verdict, n_beta in session.execute(
             select(
                 Result.checkpoint_id,
                 Result.values["mean"].as_float(),
                 Result.values["std"].as_float(),
-            ).where(Result.checkpoint_id.in_(ids), Result.kind == "llc")
+                Result.id,
+                Result.values["verdict"].as_string(),
+                Result.values["n_beta"].as_float(),
+            )
+            .where(Result.checkpoint_id.in_(ids), Result.kind == "llc")
+            .order_by(Result.id)  # the newest estimate of a checkpoint is shown
         ):
             llc[cid] = (mean, std)
+            llc_info[cid] = {"id": rid, "verdict": verdict or "ok", "n_beta": n_beta}
     # Show the loss-like columns first, then a few more; the plots show everything.
     names = sorted({k for m in metrics.values() for k in m})
     names.sort(key=lambda n: (0 if "loss" in n else 1 if "acc" in n else 2, n))
@@ -181,6 +188,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             "created_at": c.created_at,
             "metrics": metrics.get(c.id, {}),
             "llc": llc.get(c.id),
+            "llc_info": llc_info.get(c.id),
         }
         for c in ckpts
     ]
