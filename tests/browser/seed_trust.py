@@ -26,7 +26,8 @@ def _trace(rng: random.Random, init: float, level: float, blow: bool = False) ->
 def _estimate(rng: random.Random, step: int, verdict: str) -> dict[str, Any]:
     init, n_beta = 0.05 + 1.0 / step, 150.0
     level = {"negative": -0.01, "left the basin": 3.0}.get(verdict, 0.1)
-    traces = [_trace(rng, init, level, blow=(verdict == "diverged chains" and c == 2)) for c in range(CHAINS)]
+    blows = [verdict == "diverged chains" and c == 2 for c in range(CHAINS)]
+    traces = [_trace(rng, init, level, blow=b) for b in blows]
     per_chain = [n_beta * (sum(t) / DRAWS - init) for t in traces]
     diverged = [2] if verdict == "diverged chains" else []
     good = [x for c, x in enumerate(per_chain) if c not in diverged]
@@ -48,8 +49,10 @@ def _estimate(rng: random.Random, step: int, verdict: str) -> dict[str, Any]:
                    "batch_size": 64, "seed": 0, "sampler": "sgld"},
         "diagnostics": {
             "draw": draws,
-            "distance": [[0.02 * math.sqrt(d + 1) * (1 + c / 5) for d in draws] for c in range(CHAINS)],
-            "grad_norm": [[1.0 + 0.3 * c + rng.random() * 0.1 for _ in draws] for c in range(CHAINS)],
+            "distance": [[0.02 * math.sqrt(d + 1) * (1 + c / 5) for d in draws]
+                         for c in range(CHAINS)],
+            "grad_norm": [[1.0 + 0.3 * c + rng.random() * 0.1 for _ in draws]
+                          for c in range(CHAINS)],
         },
     }  # fmt: skip
 
@@ -66,7 +69,8 @@ def _calibration(ckpts: list[Checkpoint]) -> dict[str, Any]:
                 {"index": k, "mean": mean * (0.8 + 0.1 * k), "std": 2.0, "verdict": verdict,
                  "verdict_detail": "", "diverged": [], "init_loss": 0.1 + 0.02 * k,
                  "num_params_free": 9000,
-                 "mean_trace": [0.1 + 0.02 * k + mean / 150 * (1 - math.exp(-d / 6)) for d in range(40)]}
+                 "mean_trace": [0.1 + 0.02 * k + mean / 150 * (1 - math.exp(-d / 6))
+                                for d in range(40)]}
                 for k in range(len(picks))
             ]  # fmt: skip
             entries.append(
@@ -108,6 +112,7 @@ def seed_trust_run(db: Database) -> int:
                 v = _estimate(rng, c.step, "ok" if h == 0 else verdict)
                 v["settings_hash"] = settings_hash
                 s.add(Result(run_id=run.id, checkpoint_id=c.id, step=c.step,
-                             kind="llc_restricted", restriction=f"weights:{name}", values=v))  # fmt: skip
+                             kind="llc_restricted", restriction=f"weights:{name}",
+                             values=v))  # fmt: skip
         s.add(Result(run_id=run.id, kind="calibrate", values=_calibration(ckpts)))
         return run.id

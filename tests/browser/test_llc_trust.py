@@ -57,7 +57,8 @@ def test_clicking_an_llc_point_opens_one_trace_per_chain_and_the_url_keeps_it(
           const i = el.data.findIndex(t => t.name === 'LLC');
           const t = el.data[i];
           const k = t.x.indexOf(300);
-          el.emit('plotly_click', {points: [{curveNumber: i, pointIndex: k, customdata: t.customdata[k]}]});
+          const point = {curveNumber: i, pointIndex: k, customdata: t.customdata[k]};
+          el.emit('plotly_click', {points: [point]});
         }"""
     )
     page.wait_for_selector("#llc-diag #diag-traces .scatterlayer", timeout=10_000)
