@@ -834,13 +834,16 @@ def calibrate(
     return CalibrationReport(entries, best, reason, config.to_dict())
 
 
-def devinterp_init_loss(loss_fn: LossFn, model: nn.Module, batches: Iterable[Any], n: int) -> float:
-    """L(w*) the way devinterp's ``sample()`` measures it when no ``init_loss`` is given:
-    the mean loss of the model over the loader's first ``n`` (= num_chains) minibatches,
-    unpaired with the chains' draws. ``LLCResult.rebased(devinterp_init_loss(...))``
-    reproduces a devinterp estimate from our draws (README "Comparing with devinterp")."""
+def devinterp_init_loss(
+    loss_fn: LossFn, model: nn.Module, batches: Iterable[Any], num_batches: int = 32
+) -> float:
+    """L(w*) the way devinterp 2.0.1's ``sample()`` measures it: the mean loss of the model
+    over the first ``num_batches`` (its ``num_init_loss_batches``, default 32) minibatches of
+    the sampling stream (by default every chain's loader is seeded alike, so one stream),
+    once, unpaired with the draws. ``LLCResult.rebased(devinterp_init_loss(...))`` puts our
+    draws on devinterp's footing (README "Trusting an LLC estimate")."""
     losses = []
     with torch.no_grad():
-        for batch in itertools.islice(_BatchCycler(batches), n):
+        for batch in itertools.islice(_BatchCycler(batches), num_batches):
             losses.append(float(loss_fn(model, batch)))
     return sum(losses) / len(losses)

@@ -140,14 +140,19 @@ def test_calibrate_requires_ok_on_every_checkpoint() -> None:
 
 
 def test_devinterp_init_loss_reproduces_its_estimate_from_our_draws() -> None:
-    """devinterp's sample() takes L(w*) as the mean loss over the loader's first
-    num_chains batches; rebasing our draws on that is n_beta x (trace mean - that)."""
+    """devinterp 2.0.1's sample() takes L(w*) as the mean loss over the first
+    num_init_loss_batches minibatches; rebasing our draws on that is n_beta x (trace mean -
+    that), and the offset to our paired estimate is n_beta x the difference in L(w*)."""
     model = _trained()
     data = _data()
     cfg = LLCConfig(**CFG)
     res = estimate_llc(model, _mse, data, cfg)
-    init = devinterp_init_loss(_mse, model, data, cfg.num_chains)
-    by_hand = float(np.mean([float(_mse(model, b)) for b in data[:4]]))
+    init = devinterp_init_loss(_mse, model, data, num_batches=4)
+    with torch.no_grad():
+        by_hand = float(np.mean([float(_mse(model, b)) for b in data[:4]]))
+    assert devinterp_init_loss(_mse, model, data) == pytest.approx(  # 32: cycles the 16
+        float(np.mean([float(_mse(model, b).detach()) for b in data + data])), rel=1e-6
+    )
     assert init == pytest.approx(by_hand, rel=1e-6)
     theirs = res.rebased(init)
     expected = [res.n_beta * (float(np.mean(t)) - by_hand) for t in res.loss_trace]
