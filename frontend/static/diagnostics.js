@@ -136,7 +136,9 @@
       note = el("p", { id: "llc-series-note", class: "series-note" });
       $("#card-llc figcaption").after(note);
     }
-    note.textContent = shown ? "Series: " + (shown.current ? "the run's current settings, " : "older settings, ") + shown.label : "";
+    const nb = (d.llc.n_beta || []).find((x) => x !== null && x !== undefined);
+    note.textContent = shown ? "Series: " + (shown.current ? "the run's current settings, " : "older settings, ") +
+      shown.label + (nb !== undefined ? " (n_beta = " + fmt(nb) + ")" : "") : "";
   }
 
   // ------------------------------------------------------------------ one estimate

@@ -144,6 +144,8 @@ def _llc_value(values: dict[str, Any], job_id: int | None = None) -> LLCValue:
         per_chain=list(values.get("per_chain") or []),
         diverged=_diverged(values),
         job_id=job_id,
+        verdict=values.get("verdict"),
+        n_beta=values.get("n_beta"),
     )
 
 
@@ -183,6 +185,7 @@ def run_llc(
                 v.per_chain,
                 v.diverged,
             )
+            point.verdict, point.n_beta = v.verdict, v.n_beta
         else:
             point.restrictions[r.restriction or r.kind] = _llc_value(r.values, r.job_id)
     ordered = sorted(points.values(), key=lambda p: (p.step is None, p.step or 0))

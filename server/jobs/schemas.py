@@ -92,6 +92,8 @@ class LLCValue(BaseModel):
     per_chain: list[float] = []
     diverged: bool | None = None
     job_id: int | None = None
+    verdict: str | None = Field(default=None, description="ok, diverged chains, ... (README)")
+    n_beta: float | None = None
 
 
 class LLCPoint(BaseModel):
@@ -101,6 +103,8 @@ class LLCPoint(BaseModel):
     std: float | None
     per_chain: list[float] = []
     diverged: bool | None = None
+    verdict: str | None = None
+    n_beta: float | None = None
     restrictions: dict[str, LLCValue] = Field(
         default_factory=dict, description="weights:<group> / data:<subset> -> estimate."
     )
