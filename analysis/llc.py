@@ -10,9 +10,16 @@ Unlike devinterp (one chain at a time) every chain - and, in ``estimate_llc_many
 every checkpoint, in ``analysis.restrict`` every weight group, in ``calibrate`` every
 hyperparameter setting - advances in one ``torch.func.vmap``-ed gradient step over
 stacked parameters. Internally everything is a "row": one (checkpoint, group, chain)
-triple. Each checkpoint's w* is also evaluated (forward only, at draw steps) on exactly
-the minibatches the chains see; ``init_loss`` is the mean of those L_m(w*), which also
-makes ``llc`` a paired (lower-variance) difference.
+triple. Every chain draws its own minibatches (chain c of every checkpoint/group/setting
+the same ones), so the chains are independent and std / sqrt(chains) is an honest
+standard error. Each checkpoint's w* is also evaluated (forward only, at draw steps) on
+exactly chain c's minibatches; chain c's LLC is n_beta x (its mean loss - that mean
+L_m(w*)), a paired (lower-variance) difference, and ``init_loss`` is their mean.
+
+Sampling runs in eval mode on a structural copy of the model (``_structure_copy``): the
+caller's module is never moved, switched or written to. Each result carries a verdict
+(``analysis.verdict``) and downsampled per-chain diagnostics (distance from w*, gradient
+norm). ``LLCConfig.sampler`` picks plain SGLD or devinterp's RMSprop-preconditioned SGLD.
 
 Noise is drawn outside vmap from seeded ``torch.Generator``s (one per parameter) with shape
 (num_chains, *param_shape) and shared by every checkpoint/group/setting of a call

@@ -101,7 +101,7 @@ def use_llc_settings(
         run.analysis_config = cfg
         s.flush()
         settings = llc_settings(run)
-        kinds = [k for k in analyses_for_run(run, request.app.state.settings.auto_analyses)]
+        kinds = analyses_for_run(run, request.app.state.settings.auto_analyses)
         has_restricted = s.scalar(
             sa.select(sa.func.count()).where(
                 Result.run_id == run_id, Result.kind == "llc_restricted"
