@@ -10,9 +10,16 @@ Unlike devinterp (one chain at a time) every chain - and, in ``estimate_llc_many
 every checkpoint, in ``analysis.restrict`` every weight group, in ``calibrate`` every
 hyperparameter setting - advances in one ``torch.func.vmap``-ed gradient step over
 stacked parameters. Internally everything is a "row": one (checkpoint, group, chain)
-triple. Each checkpoint's w* is also evaluated (forward only, at draw steps) on exactly
-the minibatches the chains see; ``init_loss`` is the mean of those L_m(w*), which also
-makes ``llc`` a paired (lower-variance) difference.
+triple. Every chain draws its own minibatches (chain c of every checkpoint/group/setting
+the same ones), so the chains are independent and std / sqrt(chains) is an honest
+standard error. Each checkpoint's w* is also evaluated (forward only, at draw steps) on
+exactly chain c's minibatches; chain c's LLC is n_beta x (its mean loss - that mean
+L_m(w*)), a paired (lower-variance) difference, and ``init_loss`` is their mean.
+
+Sampling runs in eval mode on a structural copy of the model (``_structure_copy``): the
+caller's module is never moved, switched or written to. Each result carries a verdict
+(``analysis.verdict``) and downsampled per-chain diagnostics (distance from w*, gradient
+norm). ``LLCConfig.sampler`` picks plain SGLD or devinterp's RMSprop-preconditioned SGLD.
 
 Noise is drawn outside vmap from seeded ``torch.Generator``s (one per parameter) with shape
 (num_chains, *param_shape) and shared by every checkpoint/group/setting of a call
@@ -22,6 +29,7 @@ in the batch, so ``estimate_llc_many`` reproduces ``estimate_llc`` per checkpoin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -36,12 +44,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from analysis.verdict import diverged_chains, judge
+
 LossFn = Callable[[nn.Module, Any], Tensor]
 Progress = Callable[[int, int, str], None]
 ParamMask = dict[str, Tensor | None]
 
-# A chain whose loss ever exceeds BLOWUP_FACTOR * (|init_loss| + 1) counts as diverged.
-BLOWUP_FACTOR = 1e3
+# Per-chain per-draw diagnostics (distance from w*, gradient norm) are kept at this many
+# evenly spaced draws.
+DIAGNOSTIC_POINTS = 50
+SAMPLERS = ("sgld", "rmsprop_sgld")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -70,6 +82,12 @@ class LLCConfig:
     device: str = "cpu"
     dtype: str = "float32"
     num_samples: int | None = None  # training-set size n
+    # "sgld" or "rmsprop_sgld" (devinterp's RMSprop-preconditioned SGLD: the update and
+    # the noise are scaled per coordinate by 1 / (sqrt(v) + rmsprop_eps) resp. its root,
+    # v the running mean of squared minibatch gradients with decay rmsprop_alpha).
+    sampler: str = "sgld"
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 0.1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,6 +121,10 @@ class LLCConfig:
                 "set n_beta, or num_samples (the training-set size n) so that "
                 "n_beta = n / log n can be derived"
             )
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not (0 <= self.rmsprop_alpha < 1 and self.rmsprop_eps > 0):
+            raise ValueError("rmsprop_alpha must be in [0, 1) and rmsprop_eps > 0")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device must be cpu, cuda[:i] or mps, got {self.device!r}")
 
@@ -157,10 +179,40 @@ class LLCResult:
     num_params_free: int
     config: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    # analysis.verdict: "ok", "diverged chains", ... with a one-line reason and the numbers
+    verdict: str = "ok"
+    verdict_detail: str = ""
+    checks: dict[str, Any] = field(default_factory=dict)
+    init_loss_per_chain: list[float] = field(default_factory=list)  # L(w*) on chain c's batches
+    # {"draw": [i...], "distance": (C, P), "grad_norm": (C, P)} at P <= 50 evenly spaced draws
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    chance_loss: float | None = None
+
+    def rebased(self, init_loss: float) -> LLCResult:
+        """The same draws with L(w*) taken as ``init_loss`` (e.g. measured devinterp's way,
+        see ``devinterp_init_loss``): per-chain LLC = n_beta x (chain mean - init_loss)."""
+        per_chain = [self.n_beta * (sum(r) / len(r) - init_loss) for r in self.loss_trace]
+        good = np.array([x for c, x in enumerate(per_chain) if c not in self.diverged])
+        mean = float(good.mean()) if good.size else float("nan")
+        std = float(good.std(ddof=1)) if good.size > 1 else 0.0
+        return dataclasses.replace(
+            self, per_chain=per_chain, mean=mean, std=std, init_loss=init_loss,
+            init_loss_per_chain=[init_loss] * len(per_chain),
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; non-finite floats become None."""
+        from analysis.verdict import ADVICE
+
         return {
+            "verdict": self.verdict,
+            "verdict_detail": self.verdict_detail,
+            "verdict_advice": ADVICE.get(self.verdict, ""),
+            "checks": dict(self.checks),
+            "init_loss_per_chain": [_json_float(x) for x in self.init_loss_per_chain],
+            "diagnostics": self.diagnostics,
+            "chance_loss": self.chance_loss,
+            "sampler": self.config.get("sampler", "sgld"),
             "mean": _json_float(self.mean),
             "std": _json_float(self.std),
             "per_chain": [_json_float(x) for x in self.per_chain],
@@ -234,10 +286,12 @@ class _LossModule(nn.Module):
 @dataclass
 class _SamplerOutput:
     traces: Tensor  # (K, G, C, D) minibatch losses of the chains at draw steps
-    ref: Tensor  # (K, D) minibatch losses at w* on the same batches
-    diverged: Tensor  # (K, G, C) bool
+    ref: Tensor  # (K, C, D) minibatch losses at w* on chain c's batches
+    finite: Tensor  # (K, G, C) bool: the chain's weights stayed finite
     num_free: list[int]  # per group
     elapsed_s: float
+    n_betas: list[float]  # per group
+    diagnostics: dict[str, Tensor]  # name -> (K, G, C, D)
 
 
 def _group_mask_tensor(masks: Sequence[ParamMask | None], name: str, p: Tensor) -> Tensor | None:
@@ -261,6 +315,38 @@ def _group_mask_tensor(masks: Sequence[ParamMask | None], name: str, p: Tensor) 
     return torch.stack(rows)
 
 
+def _structure_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose tensors live on the meta device, in eval mode.
+
+    ``functional_call`` supplies every parameter and buffer, so the copy only lends its
+    structure: the caller's module is never moved, switched to eval or written to (a
+    BatchNorm's ``num_batches_tracked`` stays as it was), and no weights are duplicated.
+    """
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    template = copy.deepcopy(model, memo)
+    return template.eval()
+
+
+def _stack_batches(batches: list[Any], rows: int) -> Any:
+    """C batches -> one batch with a leading row dim of size ``rows`` (a multiple of C):
+    row r gets batch ``r % C``."""
+    first = batches[0]
+    if isinstance(first, Tensor):
+        stacked = torch.stack(batches)  # (C, ...)
+        reps = rows // len(batches)
+        return stacked.unsqueeze(0).expand(reps, *stacked.shape).reshape(rows, *stacked.shape[1:])
+    if isinstance(first, Mapping):
+        return {k: _stack_batches([b[k] for b in batches], rows) for k in first}
+    if isinstance(first, tuple | list):
+        return type(first)(_stack_batches([b[i] for b in batches], rows) for i in range(len(first)))
+    raise TypeError(
+        f"chains draw independent minibatches, so batch leaves must be tensors; got {type(first)}"
+    )
+
+
 def _run_sgld(
     model: nn.Module,
     loss_fn: LossFn,
@@ -271,16 +357,22 @@ def _run_sgld(
     group_lr: Sequence[float],
     group_gamma: Sequence[float],
     progress: Progress | None,
+    group_nbeta: Sequence[float] | None = None,
 ) -> _SamplerOutput:
-    """Run K checkpoints x G groups x C chains (+ K reference rows) in one vmap batch."""
+    """Run K checkpoints x G groups x C chains (+ K x C reference rows) in one vmap batch.
+
+    Every chain draws its own minibatches (chain c of every checkpoint and group gets the
+    same ones, so comparisons between checkpoints/groups stay paired); its reference row
+    evaluates L_m(w*) on exactly those minibatches.
+    """
     t0 = time.perf_counter()
     device, dtype = torch.device(config.device), config.torch_dtype
     K, G, C, D = len(state_dicts), len(group_masks), config.num_chains, config.num_draws
-    n_beta = config.effective_n_beta
+    nbetas = [config.effective_n_beta] * G if group_nbeta is None else list(group_nbeta)
 
-    template = model.to(device)
-    named = dict(template.named_parameters())
-    named_buffers = dict(template.named_buffers())
+    template = _structure_copy(model)
+    named = dict(model.named_parameters())
+    named_buffers = dict(model.named_buffers())
     # A parameter is sampled if some group frees (part of) it; everything else is fixed.
     free_names = [
         n for n in named if any(m is None or n in m for m in group_masks)
@@ -293,8 +385,8 @@ def _run_sgld(
         raise ValueError("param_mask leaves no parameter free")
     fixed_names = [n for n in list(named) + list(named_buffers) if n not in free_names]
 
-    # Chain rows ordered (k, g, c); the K reference rows (one per checkpoint, at w*) only
-    # need a forward pass at draw steps, so they are evaluated separately without gradients.
+    # Chain rows ordered (k, g, c); the K x C reference rows (at w*) only need a forward
+    # pass at draw steps, so they are evaluated separately without gradients.
     R = K * G * C
     ckpt_of_row = torch.arange(K, device=device).repeat_interleave(G * C)  # (R,)
 
@@ -330,10 +422,14 @@ def _run_sgld(
             num_free[g] += p.numel() if gm is None else int(gm[g].sum().item())
     eps = {n: per_group(group_lr, w.dim() - 1) for n, w in params.items()}
     gamma = {n: per_group(group_gamma, w.dim() - 1) for n, w in params.items()}
+    nbeta = {n: per_group(nbetas, w.dim() - 1) for n, w in params.items()}
     # Loop invariants of the update below, hoisted: -eps/2, sqrt(eps), w* per checkpoint row.
     half_step = {n: -0.5 * e for n, e in eps.items()}
     noise_scale = {n: e.sqrt() for n, e in eps.items()}
     anchors = {n: w.view(K, 1, 1, *w.shape[1:]) for n, w in w_star.items()}
+    rmsprop = config.sampler == "rmsprop_sgld"
+    square_avg = {n: torch.zeros_like(w) for n, w in params.items()} if rmsprop else {}
+    alpha, rms_eps = config.rmsprop_alpha, config.rmsprop_eps
 
     wrapper = _LossModule(template, loss_fn)
 
@@ -341,8 +437,9 @@ def _run_sgld(
         tensors = {"inner." + n: t for n, t in {**free, **fixed_}.items()}
         return functional_call(wrapper, tensors, (batch,))
 
-    step_fn = vmap(grad_and_value(loss_at), in_dims=(0, fixed_dims, None))
-    ref_loss_fn = vmap(loss_at, in_dims=(0, fixed_dims, None))
+    step_fn = vmap(grad_and_value(loss_at), in_dims=(0, fixed_dims, 0))
+    # (K, C): checkpoint k's w* on chain c's minibatch.
+    ref_loss_fn = vmap(vmap(loss_at, in_dims=(None, None, 0)), in_dims=(0, fixed_dims, None))
 
     # One noise stream per parameter, seeded by (seed, name): a tensor's noise does not
     # depend on which other tensors are free, so masked runs are reproducible alone.
@@ -350,54 +447,104 @@ def _run_sgld(
     for n in params:
         gens[n] = torch.Generator(device=device)
         gens[n].manual_seed(config.seed * 1_000_003 + zlib.crc32(n.encode()))
-    traces: list[Tensor] = []  # each (R + K,): chain rows, then reference rows
+    traces: list[Tensor] = []  # each (R,)
+    refs: list[Tensor] = []  # each (K, C)
+    dist: list[Tensor] = []  # each (R,): |w - w*| over the free coordinates
+    gnorm: list[Tensor] = []  # each (R,): |grad L_m(w)| over the free coordinates
     total = config.total_steps
     report_every = max(1, total // 50)
     batch_iter = iter(_BatchCycler(batches))
     with torch.no_grad():
         for step in range(total):
-            batch = _to_device(next(batch_iter), device, dtype)
+            chain_batches = [_to_device(next(batch_iter), device, dtype) for _ in range(C)]
+            batch = _stack_batches(chain_batches, R)
             grads, loss = step_fn(params, fixed, batch)  # loss: (R,)
             draw_step = step - config.num_burnin_steps
             if draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0:
-                ref_loss = ref_loss_fn(w_star, fixed_ref, batch)  # (K,)
-                traces.append(torch.cat([loss.detach(), ref_loss]))
+                refs.append(ref_loss_fn(w_star, fixed_ref, _stack_batches(chain_batches, C)))
+                traces.append(loss.detach())
+                d2 = torch.zeros(R, device=device, dtype=dtype)
+                g2 = torch.zeros(R, device=device, dtype=dtype)
+                for n, w in params.items():
+                    shape = w.shape[1:]
+                    diff = w.view(K, G, C, *shape) - anchors[n]
+                    gr = grads[n].view(K, G, C, *shape)
+                    if masks[n] is not None:
+                        diff, gr = diff * masks[n], gr * masks[n]
+                    d2 += (diff**2).flatten(3).sum(-1).flatten()
+                    g2 += (gr**2).flatten(3).sum(-1).flatten()
+                dist.append(d2.sqrt())
+                gnorm.append(g2.sqrt())
             for n, w in params.items():
                 shape = w.shape[1:]
                 w_chain = w.view(K, G, C, *shape)  # a view: updated in place
                 grad = grads[n].view(K, G, C, *shape)
                 # Noise (C, *shape), broadcast over checkpoints/groups (see module doc).
                 noise = torch.randn((C, *shape), generator=gens[n], device=device, dtype=dtype)
-                step_ = half_step[n] * (n_beta * grad + gamma[n] * (w_chain - anchors[n]))
-                step_ += noise_scale[n] * noise
+                drift = nbeta[n] * grad + gamma[n] * (w_chain - anchors[n])
+                if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
+                    v = square_avg[n].view(K, G, C, *shape)
+                    v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                    precond = 1.0 / (v.sqrt() + rms_eps)
+                    step_ = half_step[n] * precond * drift
+                    step_ += noise_scale[n] * precond.sqrt() * noise
+                else:
+                    step_ = half_step[n] * drift
+                    step_ += noise_scale[n] * noise
                 if masks[n] is not None:
                     step_ *= masks[n]
                 w_chain.add_(step_)
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == total):
                 progress(step + 1, total, f"chain draws {len(traces)}/{D}")
 
-    trace = torch.stack(traces, dim=1).float().cpu()  # (R + K, D)
-    chain_trace, ref = trace[:R].view(K, G, C, D), trace[R:]
-    init = ref.mean(dim=1).view(K, 1, 1, 1)
-    finite = torch.isfinite(chain_trace).all(dim=-1)
+    chain_trace = torch.stack(traces, dim=1).float().cpu().view(K, G, C, D)
+    ref = torch.stack(refs, dim=-1).float().cpu()  # (K, C, D)
+    finite = torch.ones(K, G, C, dtype=torch.bool)
     for w in params.values():
         finite &= torch.isfinite(w).flatten(1).all(dim=1).cpu().view(K, G, C)
-    blowup = (chain_trace.abs() > BLOWUP_FACTOR * (init.abs() + 1)).any(dim=-1)
-    diverged = ~finite | blowup
-    return _SamplerOutput(chain_trace, ref, diverged, num_free, time.perf_counter() - t0)
+    diag = {
+        "distance": torch.stack(dist, dim=1).float().cpu().view(K, G, C, D),
+        "grad_norm": torch.stack(gnorm, dim=1).float().cpu().view(K, G, C, D),
+    }
+    return _SamplerOutput(
+        chain_trace, ref, finite, num_free, time.perf_counter() - t0, nbetas, diag
+    )
+
+
+def _downsample(rows: Tensor, points: int) -> tuple[list[int], list[list[float | None]]]:
+    """(C, D) -> draw indices and values at most ``points`` evenly spaced draws."""
+    D = rows.shape[-1]
+    idx = sorted({round(i * (D - 1) / max(points - 1, 1)) for i in range(min(points, D))})
+    return idx, [[_json_float(float(x)) for x in row[idx]] for row in rows]
 
 
 def _summarise(
-    out: _SamplerOutput, k: int, g: int, config: LLCConfig, elapsed_s: float
+    out: _SamplerOutput,
+    k: int,
+    g: int,
+    config: LLCConfig,
+    elapsed_s: float,
+    chance_loss: float | None = None,
 ) -> LLCResult:
-    n_beta = config.effective_n_beta
+    n_beta = out.n_betas[g]
     chains = out.traces[k, g].double()  # (C, D)
-    init_loss = float(out.ref[k].double().mean())
-    per_chain = (n_beta * (chains.mean(dim=1) - init_loss)).tolist()
-    diverged = [c for c in range(chains.shape[0]) if bool(out.diverged[k, g, c])]
+    ref = out.ref[k].double()  # (C, D)
+    init_per_chain = ref.mean(dim=1)  # (C,)
+    init_loss = float(init_per_chain.mean())
+    per_chain = (n_beta * (chains.mean(dim=1) - init_per_chain)).tolist()
+    diverged = diverged_chains(
+        chains.numpy(), init_per_chain.numpy(), n_beta, out.num_free[g],
+        chance_loss=chance_loss, weights_finite=out.finite[k, g].numpy(),
+    )  # fmt: skip
     good = np.array([x for c, x in enumerate(per_chain) if c not in diverged])
     mean = float(good.mean()) if good.size else float("nan")
     std = float(good.std(ddof=1)) if good.size > 1 else (0.0 if good.size else float("nan"))
+    verdict = judge(
+        chains.numpy(), init_per_chain.numpy(), n_beta, out.num_free[g], diverged,
+        chance_loss=chance_loss,
+    )  # fmt: skip
+    draws, dist = _downsample(out.diagnostics["distance"][k, g], DIAGNOSTIC_POINTS)
+    _, gnorm = _downsample(out.diagnostics["grad_norm"][k, g], DIAGNOSTIC_POINTS)
     return LLCResult(
         mean=mean,
         std=std,
@@ -409,6 +556,12 @@ def _summarise(
         num_params_free=out.num_free[g],
         config=config.to_dict(),
         elapsed_s=elapsed_s,
+        verdict=verdict.name,
+        verdict_detail=verdict.detail,
+        checks=verdict.to_dict()["checks"],
+        init_loss_per_chain=init_per_chain.tolist(),
+        diagnostics={"draw": draws, "distance": dist, "grad_norm": gnorm},
+        chance_loss=chance_loss,
     )
 
 
@@ -423,8 +576,13 @@ def estimate_llc(
     *,
     param_mask: ParamMask | None = None,
     progress: Progress | None = None,
+    chance_loss: float | None = None,
 ) -> LLCResult:
     """Estimate the LLC of ``model`` at its current weights, all chains in one vmap.
+
+    ``chance_loss``: the task's loss at chance level (e.g. ln(classes)), used by the
+    verdict (``analysis.verdict``) to tell chains that left the basin. The model is only
+    read: sampling runs in eval mode on a structural copy (see ``_structure_copy``).
 
     ``loss_fn(model, batch)`` must be vmap-friendly (no ``.item()``, no data-dependent
     Python control flow). ``param_mask``: None frees every parameter; otherwise absent
@@ -436,7 +594,7 @@ def estimate_llc(
         model, loss_fn, batches, config, [sd], [param_mask],
         [config.lr], [config.localization], progress,
     )  # fmt: skip
-    return _summarise(out, 0, 0, config, out.elapsed_s)
+    return _summarise(out, 0, 0, config, out.elapsed_s, chance_loss)
 
 
 def _default_max_batch(model: nn.Module, config: LLCConfig) -> int:
@@ -460,6 +618,7 @@ def estimate_llc_many(
     param_mask: ParamMask | None = None,
     progress: Progress | None = None,
     max_batch: int | None = None,
+    chance_loss: float | None = None,
 ) -> list[LLCResult]:
     """LLC at several checkpoints of one architecture, checkpoints x chains in one vmap.
 
@@ -505,7 +664,8 @@ def estimate_llc_many(
             [config.lr], [config.localization], chunk_progress,
         )  # fmt: skip
         results += [
-            _summarise(out, k, 0, config, out.elapsed_s / len(chunk)) for k in range(len(chunk))
+            _summarise(out, k, 0, config, out.elapsed_s / len(chunk), chance_loss)
+            for k in range(len(chunk))
         ]
     return results
 
@@ -515,16 +675,23 @@ def estimate_llc_many(
 
 @dataclass
 class CalibrationEntry:
+    """One (lr, localization, n_beta) setting; the summary fields are at the primary
+    (last) calibrated checkpoint, ``per_checkpoint`` has every checkpoint's."""
+
     lr: float
     localization: float
     mean: float
     std: float
     diverged: list[int]
-    stable: bool  # no diverged chain and a positive estimate
-    flat: bool  # second half of the mean trace has no trend
+    stable: bool  # no diverged chain and 0 < estimate <= d/2
+    flat: bool  # the verdict's trend test passed (second half of the mean trace)
     drift: float  # |slope| * length of the 2nd half of the mean trace
-    spread: float  # std of the chains' losses over the 2nd half
+    spread: float  # residual std of the 2nd half of the mean trace
     mean_trace: list[float]
+    n_beta: float = 0.0
+    verdict: str = "ok"  # the first non-ok verdict over the checkpoints, else "ok"
+    ok: bool = True  # verdict ok on every calibrated checkpoint
+    per_checkpoint: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -546,26 +713,52 @@ class CalibrationReport:
     config: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        rec = self.recommended
         return {
             "entries": [e.to_dict() for e in self.entries],
             "recommended": None
-            if self.recommended is None
-            else {"lr": self.recommended.lr, "localization": self.recommended.localization},
+            if rec is None
+            else {"lr": rec.lr, "localization": rec.localization, "n_beta": rec.n_beta},
             "reason": self.reason,
             "config": dict(self.config),
         }
 
     def summary(self) -> str:
         """A fixed-width table, one line per setting, the recommended one starred."""
-        lines = [f"{'':2}{'lr':>10} {'gamma':>10} {'llc':>10} {'std':>9} {'div':>4} stable flat"]
+        lines = [
+            f"{'':2}{'lr':>10} {'gamma':>10} {'n_beta':>8} {'llc':>10} {'std':>9} {'div':>4} "
+            "verdict"
+        ]
         for e in self.entries:
             star = "* " if e is self.recommended else "  "
             lines.append(
-                f"{star}{e.lr:>10.3g} {e.localization:>10.3g} {e.mean:>10.4g} {e.std:>9.3g} "
-                f"{len(e.diverged):>4} {_yes(e.stable):>6} {_yes(e.flat):>4}"
+                f"{star}{e.lr:>10.3g} {e.localization:>10.3g} {e.n_beta:>8.4g} {e.mean:>10.4g} "
+                f"{e.std:>9.3g} {len(e.diverged):>4} {e.verdict}"
             )
         lines.append(self.reason)
         return "\n".join(lines)
+
+
+def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | None, str]:
+    """The rule (README "Calibration"): among settings whose verdict is ``ok`` on every
+    calibrated checkpoint (d/2 bound, basin, divergence, sign and trend all pass), the
+    largest lr (fastest mixing); ties go to the smallest localization (least pull to w*),
+    then to the smallest n_beta."""
+    ok = [e for e in entries if e.ok]
+    if not ok:
+        counts: dict[str, int] = {}
+        for e in entries:
+            counts[e.verdict] = counts.get(e.verdict, 0) + 1
+        why = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+        return None, f"no setting was ok on every checkpoint ({why}): try smaller lrs, " + (
+            "larger localizations or more draws"
+        )
+    best = max(ok, key=lambda e: (e.lr, -e.localization, -e.n_beta))
+    return best, (
+        f"recommended lr={best.lr:g}, localization={best.localization:g}, "
+        f"n_beta={best.n_beta:.4g}: the largest lr whose verdict is ok on all "
+        f"{len(best.per_checkpoint)} calibrated checkpoint(s)"
+    )
 
 
 def calibrate(
@@ -576,60 +769,88 @@ def calibrate(
     *,
     lrs: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2),
     localizations: Sequence[float] = (1.0, 10.0, 100.0),
+    n_betas: Sequence[float] | None = None,
+    checkpoints: Sequence[Mapping[str, Tensor]] | None = None,
     param_mask: ParamMask | None = None,
-    flat_tolerance: float = 1.0,
+    chance_loss: float | None = None,
     progress: Progress | None = None,
 ) -> CalibrationReport:
-    """Run the (lr x localization) grid in one vmap batch and recommend a setting.
+    """Run the (lr x localization x n_beta) grid on every checkpoint in one vmap batch.
 
-    A setting is *stable* if no chain diverged and its estimate is positive (a negative
-    LLC means the chains found lower loss than w*: w* is not a local minimum at this
-    resolution, or the step is too large). It is *flat* if, over the second half of the
-    draws, the drift of the chain-mean loss (|least-squares slope| x length) is at most
-    ``flat_tolerance`` x the spread (std) of the chains' losses there. The recommendation
-    is the stable, flat setting with the largest lr (fastest mixing); among equal lrs
-    the smallest localization (least bias from the pull to w*).
+    ``checkpoints``: state_dicts of the same architecture to calibrate on together (e.g.
+    the first settled, a middle and the last checkpoint); None: ``model``'s own weights.
+    A setting is recommended only if its verdict (``analysis.verdict``) is ``ok`` on all
+    of them: a setting fine at the end of training can diverge earlier on. See
+    ``recommend`` for the rule.
     """
-    grid = [(float(lr), float(g)) for lr in lrs for g in localizations]
-    sd = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    n_betas = [config.effective_n_beta] if n_betas is None else [float(b) for b in n_betas]
+    grid = [(float(lr), float(g), b) for lr in lrs for g in localizations for b in n_betas]
+    if checkpoints is None:
+        checkpoints = [{**dict(model.named_parameters()), **dict(model.named_buffers())}]
     out = _run_sgld(
-        model, loss_fn, batches, config, [sd], [param_mask] * len(grid),
-        [lr for lr, _ in grid], [g for _, g in grid], progress,
+        model, loss_fn, batches, config, list(checkpoints), [param_mask] * len(grid),
+        [lr for lr, _, _ in grid], [g for _, g, _ in grid], progress,
+        group_nbeta=[b for _, _, b in grid],
     )  # fmt: skip
+    K = len(checkpoints)
     entries = []
-    for g, (lr, gamma) in enumerate(grid):
-        cfg = dataclasses.replace(config, lr=lr, localization=gamma)
-        res = _summarise(out, 0, g, cfg, out.elapsed_s / len(grid))
-        good = [c for c in range(config.num_chains) if c not in res.diverged]
-        chains = out.traces[0, g, good].double()  # (C', D)
-        if good:  # diverged chains (non-finite ones included) are already left out
-            mean_trace = chains.mean(dim=0)
-            half = mean_trace[mean_trace.shape[0] // 2 :]
-            x = torch.arange(half.shape[0], dtype=torch.float64)
-            slope = float(
-                ((x - x.mean()) * (half - half.mean())).sum()
-                / ((x - x.mean()) ** 2).sum().clamp_min(1e-12)
-            )
-            drift = abs(slope) * half.shape[0]
-            spread = float(chains[:, chains.shape[1] // 2 :].std()) if chains.numel() > 1 else 0.0
-            flat = drift <= flat_tolerance * spread + 1e-12
-            trace_list = mean_trace.tolist()
-        else:
-            drift, spread, flat, trace_list = float("nan"), float("nan"), False, []
-        stable = not res.diverged and math.isfinite(res.mean) and res.mean > 0
+    for g, (lr, gamma, nb) in enumerate(grid):
+        cfg = dataclasses.replace(config, lr=lr, localization=gamma, n_beta=nb)
+        per_ckpt = []
+        for k in range(K):
+            res = _summarise(out, k, g, cfg, out.elapsed_s / (len(grid) * K), chance_loss)
+            good = [c for c in range(config.num_chains) if c not in res.diverged]
+            trace = out.traces[k, g, good].double().mean(dim=0).tolist() if good else []
+            per_ckpt.append((res, trace))
+        res, trace = per_ckpt[-1]
+        bad = [r.verdict for r, _ in per_ckpt if r.verdict != "ok"]
         entries.append(
             CalibrationEntry(
-                lr, gamma, res.mean, res.std, res.diverged, stable, flat, drift, spread, trace_list
+                lr=lr,
+                localization=gamma,
+                mean=res.mean,
+                std=res.std,
+                diverged=res.diverged,
+                stable=not res.diverged
+                and math.isfinite(res.mean)
+                and 0 < res.mean <= res.num_params_free / 2,
+                flat=res.verdict != "not converged",
+                drift=float(res.checks.get("trend_drift") or float("nan")),
+                spread=float(res.checks.get("trend_noise") or float("nan")),
+                mean_trace=trace,
+                n_beta=nb,
+                verdict=bad[0] if bad else "ok",
+                ok=not bad,
+                per_checkpoint=[
+                    {
+                        "index": k,
+                        "mean": _json_float(r.mean),
+                        "std": _json_float(r.std),
+                        "verdict": r.verdict,
+                        "verdict_detail": r.verdict_detail,
+                        "diverged": r.diverged,
+                        "init_loss": _json_float(r.init_loss),
+                        "num_params_free": r.num_params_free,
+                        "mean_trace": [_json_float(x) for x in t],
+                    }
+                    for k, (r, t) in enumerate(per_ckpt)
+                ],
             )
         )
-    ok = [e for e in entries if e.stable and e.flat]
-    if ok:
-        best = max(ok, key=lambda e: (e.lr, -e.localization))
-        reason = (
-            f"recommended lr={best.lr:g}, localization={best.localization:g}: "
-            "the largest stable, flat lr"
-        )
-    else:
-        best = None
-        reason = "no setting was both stable and flat: try smaller lrs or more draws"
+    best, reason = recommend(entries)
     return CalibrationReport(entries, best, reason, config.to_dict())
+
+
+def devinterp_init_loss(
+    loss_fn: LossFn, model: nn.Module, batches: Iterable[Any], num_batches: int = 32
+) -> float:
+    """L(w*) the way devinterp 2.0.1's ``sample()`` measures it: the mean loss of the model
+    over the first ``num_batches`` (its ``num_init_loss_batches``, default 32) minibatches of
+    the sampling stream (by default every chain's loader is seeded alike, so one stream),
+    once, unpaired with the draws. ``LLCResult.rebased(devinterp_init_loss(...))`` puts our
+    draws on devinterp's footing (README "Trusting an LLC estimate")."""
+    losses = []
+    with torch.no_grad():
+        for batch in itertools.islice(_BatchCycler(batches), num_batches):
+            losses.append(float(loss_fn(model, batch)))
+    return sum(losses) / len(losses)

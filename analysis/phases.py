@@ -225,6 +225,27 @@ def loss_change_points(
     return out
 
 
+def _segments(
+    steps: ArrayLike, llc: ArrayLike, stds: ArrayLike | None, breaks: ArrayLike | None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Split the LLC curve at every break step (a gap) into contiguous stretches."""
+    s = np.asarray(steps, dtype=float)
+    if not len(s):
+        return []
+    y = np.asarray(llc, dtype=float)
+    e = None if stds is None else np.asarray(stds, dtype=float)
+    order = np.argsort(s)
+    s, y = s[order], y[order]
+    e = None if e is None else e[order]
+    b = np.sort(np.asarray(breaks if breaks is not None else [], dtype=float))
+    seg_id = np.searchsorted(b, s)  # points between the same two breaks share an id
+    out = []
+    for k in np.unique(seg_id):
+        m = seg_id == k
+        out.append((s[m], y[m], None if e is None else e[m]))
+    return out
+
+
 def detect_boundaries(
     llc_steps: ArrayLike,
     llc: ArrayLike,
@@ -232,6 +253,7 @@ def detect_boundaries(
     loss_series: Mapping[str, tuple[ArrayLike, ArrayLike]],
     *,
     merge_decades: float = 0.05,
+    llc_breaks: ArrayLike | None = None,
     **llc_kwargs: float,
 ) -> list[Boundary]:
     """LLC critical points plus loss change points, sorted by step.
@@ -239,10 +261,13 @@ def detect_boundaries(
     Boundaries within ``merge_decades`` of each other (in log10 step) are merged
     into the highest-scoring one; its ``source`` lists every source that agreed
     (``"llc+loss:train_loss"``); ``label`` stays for the user to name the stage.
+    ``llc_breaks``: steps where the LLC curve has a gap (a checkpoint whose estimate
+    is missing or not trusted); the LLC detector runs on each stretch between gaps
+    separately and never smooths or interpolates across one.
     """
     found: list[Boundary] = []
-    if len(llc_steps):
-        found += llc_boundaries(llc_steps, llc, stds=llc_std, **llc_kwargs)
+    for seg_steps, seg_llc, seg_std in _segments(llc_steps, llc, llc_std, llc_breaks):
+        found += llc_boundaries(seg_steps, seg_llc, stds=seg_std, **llc_kwargs)
     for name, (s, v) in loss_series.items():
         found += loss_change_points(s, v, source=f"loss:{name}")
     found.sort(key=lambda b: b.step)

@@ -133,6 +133,7 @@ def estimate_llc_restricted(
     masks: dict[str, ParamMask],
     *,
     progress: Progress | None = None,
+    chance_loss: float | None = None,
 ) -> dict[str, LLCResult]:
     """Weight-restricted LLC for every group in ``masks``, all groups in one vmap batch.
 
@@ -148,7 +149,8 @@ def estimate_llc_restricted(
         [config.lr] * len(names), [config.localization] * len(names), progress,
     )  # fmt: skip
     return {
-        n: _summarise(out, 0, g, config, out.elapsed_s / len(names)) for g, n in enumerate(names)
+        n: _summarise(out, 0, g, config, out.elapsed_s / len(names), chance_loss)
+        for g, n in enumerate(names)
     }
 
 

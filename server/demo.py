@@ -2,7 +2,8 @@
 
 Trains the built-in ``modular_addition`` task (small p, full batch, AdamW with strong weight
 decay) through memorisation into generalisation, logs every eval and log-spaced checkpoints
-through ``server.client`` (exactly what a user's training script would do), queues metrics,
+through ``server.client`` (exactly what a user's training script would do), calibrates the LLC
+settings (a ``calibrate`` job; its recommendation becomes the run's settings), queues metrics,
 LLC and restricted-LLC jobs, and prints the run page. If no server answers at the URL and the
 URL is local, ``phaseboard up`` is started in a subprocess and kept serving until Ctrl+C.
 """
@@ -54,6 +55,11 @@ QUICK_CONFIG: dict[str, Any] = {
 FULL_LLC: dict[str, Any] = {"num_chains": 4, "num_draws": 100, "num_burnin_steps": 20}
 QUICK_LLC: dict[str, Any] = {"num_chains": 2, "num_draws": 40, "num_burnin_steps": 10}
 ANALYSES = ["metrics", "llc", "llc_restricted"]
+# A small calibration grid (6 settings, run in one vectorised batch) tried on the first
+# settled, the middle and the last checkpoint before any LLC job is queued.
+CALIBRATION_GRID: dict[str, Any] = {"lrs": [1e-4, 3e-4, 1e-3], "localizations": [100.0, 1000.0]}
+CALIBRATION_WAIT_S = 180.0
+CALIBRATION_PICKUP_S = 15.0  # a calibration no worker has started by then is left queued
 
 
 @dataclass
@@ -178,6 +184,41 @@ def train_and_log(
     return n_ckpt, last
 
 
+def calibrate_llc(run: Run, console: Console) -> dict[str, Any] | None:
+    """Queue ``calibrate`` on the run, wait for it, and use the recommended LLC settings.
+
+    Returns the calibration (None if no worker finished it in time: then the run keeps
+    its LLC settings and the calibration shows up on the run page when it is done).
+    """
+    run.flush()
+    queued = run.analyze(kinds=["calibrate"], calibrate=CALIBRATION_GRID)
+    (job_id,) = queued["job_ids"]
+    console.print("calibrating the LLC settings (lr x localization) on 3 checkpoints ...")
+    started = time.monotonic()
+    while True:
+        job = run.client.request("GET", f"/api/jobs/{job_id}").json()
+        waited = time.monotonic() - started
+        if job["state"] in ("done", "failed", "cancelled"):
+            break
+        if waited > CALIBRATION_WAIT_S or (
+            job["state"] == "queued" and waited > CALIBRATION_PICKUP_S
+        ):
+            console.print("calibration still pending; LLC jobs use the demo's settings")
+            return None
+        time.sleep(0.5)
+    if job["state"] != "done":
+        console.print(f"calibration {job['state']}: {job.get('error') or ''}".strip())
+        return None
+    cal = run.client.request("GET", f"/api/runs/{run.id}/calibration").json()["calibration"]
+    console.print(cal["reason"])
+    rec = cal.get("recommended")
+    if rec is not None:
+        body = {"lr": rec["lr"], "localization": rec["localization"]}
+        # Sets the run's LLC settings; its LLC jobs are queued by the caller with them.
+        run.client.request("POST", f"/api/runs/{run.id}/llc-settings", json=body)
+    return cal
+
+
 def run_demo(
     url: str,
     *,
@@ -207,7 +248,8 @@ def run_demo(
             task_config=_json_config(config),
             tags=["demo", "grokking"],
             notes="Modular addition trained by `phaseboard demo`: memorisation, then grokking.",
-            analysis_config={"llc": QUICK_LLC if quick else FULL_LLC},
+            # Only metrics while training: LLC jobs wait for the calibration below.
+            analysis_config={"analyses": ["metrics"], "llc": QUICK_LLC if quick else FULL_LLC},
         )
         stays_up = proc is None or serve  # a link only to a server that keeps answering
         console.print(f"Run [bold]{name}[/bold]" + (f": {run.url}" if stays_up else ""))
@@ -216,6 +258,12 @@ def run_demo(
         console.print(
             f"trained {config['steps']} steps in {time.monotonic() - t0:.0f} s, "
             f"{n_ckpt} checkpoints; final " + ", ".join(f"{k}={v:.3f}" for k, v in last.items())
+        )
+        calibrate_llc(run, console)
+        run.client.request(
+            "PATCH",
+            f"/api/runs/{run.id}",
+            json={"analysis_config": {**run.refresh()["analysis_config"], "analyses": ANALYSES}},
         )
         jobs = run.analyze(kinds=ANALYSES)
         run.finish()

@@ -17,6 +17,7 @@ Parameters: ``embed.weight`` (V, d), ``pos_embed`` (T, d),
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,6 +124,9 @@ class AttentionLM(Task):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
     @torch.no_grad()
+    def chance_loss(self) -> float | None:
+        return math.log(self.config["vocab"])  # a uniform guess over the vocabulary
+
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
         """Next-token accuracy on the repeated (induction-predictable) tokens."""
         tokens, targets, repeated = batch

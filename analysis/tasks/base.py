@@ -150,6 +150,13 @@ class Task:
         """Fraction correct, or None where accuracy is undefined (regression tasks)."""
         return None
 
+    def chance_loss(self) -> float | None:
+        """The loss of guessing (e.g. ln(classes) for cross-entropy), or None if unknown.
+
+        The LLC verdict uses it to flag chains that left the basin (``analysis.verdict``).
+        """
+        return None
+
     # --- data ----------------------------------------------------------------------
 
     def datasets(self) -> dict[str, TensorDataset]:

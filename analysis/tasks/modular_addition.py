@@ -14,6 +14,7 @@ Parameters: ``embed.weight`` (p+1, d), ``pos_embed`` (3, d), ``attn.W_Q/W_K/W_V`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,6 +111,9 @@ class ModularAddition(Task):
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         tokens, labels = batch
         return F.cross_entropy(model(tokens).float(), labels)
+
+    def chance_loss(self) -> float | None:
+        return math.log(self.config["p"])  # cross-entropy of a uniform guess over p classes
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:

@@ -176,7 +176,7 @@
       const started = performance.now();
       try {
         this.data = await Promise.all(this.runIds.map((id) =>
-          api("GET", "/api/runs/" + id + "/plotdata?max_points=2000")));
+          api("GET", "/api/runs/" + id + "/plotdata?max_points=2000" + diag("plotQuery", ""))));
       } catch (err) {
         if (status) status.textContent = "Could not load plot data: " + err.message;
         return;
@@ -185,6 +185,7 @@
       this.renderSeriesPicker();
       this.renderAll();
       this.renderPhaseList();
+      diag("loaded", null, this);
       if (status) status.textContent = "";
       this.root.dataset.loadedMs = String(Math.round(performance.now() - started));
       this.root.dataset.loaded = "true";
@@ -422,6 +423,7 @@
       if (!el.dataset.bound) {
         el.dataset.bound = "1";
         el.on("plotly_relayout", (ev) => this.onRelayout(ev));
+        diag("bindPlot", null, el, id);
       }
     },
 
@@ -486,10 +488,11 @@
         if (!l.step.length) return;
         const color = COLORS[r % COLORS.length];
         traces.push(bandTrace(l, color, this.mode === "compare" ? d.run.name + " ± std" : "± std"));
-        traces.push({ x: l.step, y: l.mean, type: "scatter", mode: "lines+markers",
+        traces.push(Object.assign({ x: l.step, y: l.mean, type: "scatter", mode: "lines+markers",
           name: this.mode === "compare" ? d.run.name + " · LLC" : "LLC",
           line: { color, width: 2 }, marker: { size: 4 },
-          customdata: l.std, hovertemplate: "%{y:.4g} ± %{customdata:.3g}" });
+          customdata: l.std, hovertemplate: "%{y:.4g} ± %{customdata:.3g}" }, diag("markers", {}, l, color, 7)));
+        diag("gapTraces", [], l).forEach((t) => traces.push(t));
       });
       return traces;
     },
@@ -513,7 +516,8 @@
           const color = this.mode === "compare" ? COLORS[r % COLORS.length] : PALETTE[i % PALETTE.length];
           traces.push({ x: s.step, y: s.mean, type: "scatter", mode: "lines+markers",
             name: this.traceName(d.run, name), line: { color, width: 2, dash: this.mode === "compare" ? ["solid", "dash", "dot"][i % 3] : "solid" },
-            marker: { size: 4 }, error_y: { type: "data", array: s.std, visible: true, thickness: 1, width: 0, color } });
+            marker: { size: 4 }, error_y: { type: "data", array: s.std, visible: true, thickness: 1, width: 0, color },
+            ...diag("markers", {}, s, color, 6) });
         }));
         const layout = Object.assign(this.baseLayout("restricted LLC", false), { shapes: decor.shapes, annotations: decor.annotations });
         el.style.height = "";
@@ -549,9 +553,9 @@
           if (norm) s = normalised(s);
           const color = COLORS[(this.mode === "compare" ? r : 0) % COLORS.length];
           traces.push(Object.assign(bandTrace(s, color, "± std"), { xaxis: "x" + ax, yaxis: "y" + ax, showlegend: false }));
-          traces.push({ x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
+          traces.push(Object.assign({ x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
             name: this.traceName(d.run, name), legendgroup: d.run.name, showlegend: false,
-            line: { color, width: 1.5 } });
+            line: { color, width: 1.5 } }, diag("markers", {}, s, color, 5)));
         });
       });
       el.style.height = rows * 170 + 70 + "px";
@@ -738,7 +742,15 @@
     const n = parseInt(hex.slice(1), 16);
     return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + a + ")";
   }
+  /** Call ``window.PhaseboardDiag[name](...args)`` (diagnostics.js) if it is loaded. */
+  function diag(name, fallback, ...args) {
+    const d = window.PhaseboardDiag;
+    return d && typeof d[name] === "function" ? d[name](...args) : fallback;
+  }
   function bandTrace(s, color, name) {
+    // Points without a finite mean (every chain diverged) are gaps, not zeros.
+    const keep = s.mean.map((m, i) => i).filter((i) => s.mean[i] !== null && s.mean[i] !== undefined);
+    s = { step: keep.map((i) => s.step[i]), mean: keep.map((i) => s.mean[i]), std: keep.map((i) => s.std[i]) };
     const up = s.mean.map((m, i) => m + (s.std[i] || 0));
     const lo = s.mean.map((m, i) => m - (s.std[i] || 0));
     return { x: s.step.concat(s.step.slice().reverse()), y: up.concat(lo.reverse()), type: "scatter",

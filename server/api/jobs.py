@@ -137,6 +137,8 @@ def queue_analyses(
         config["restrictions"] = body.restrictions
     if body.device is not None:  # checked by plan_jobs
         config["device"] = body.device
+    if body.calibrate is not None:
+        config["calibrate"] = body.calibrate.checked()
     ids = queue.plan_and_enqueue(run_id, kinds, body.checkpoint_ids, config)
     with db.session() as s:
         waiting = s.scalar(
@@ -154,6 +156,8 @@ def _llc_value(values: dict[str, Any], job_id: int | None = None) -> LLCValue:
         per_chain=list(values.get("per_chain") or []),
         diverged=_diverged(values),
         job_id=job_id,
+        verdict=values.get("verdict"),
+        n_beta=values.get("n_beta"),
     )
 
 
@@ -193,6 +197,7 @@ def run_llc(
                 v.per_chain,
                 v.diverged,
             )
+            point.verdict, point.n_beta = v.verdict, v.n_beta
         else:
             point.restrictions[r.restriction or r.kind] = _llc_value(r.values, r.job_id)
     ordered = sorted(points.values(), key=lambda p: (p.step is None, p.step or 0))

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from server.db import Database
-from server.models import Checkpoint, MetricPoint, PhaseBoundary, Result, Run, utcnow
+from server.models import Checkpoint, Job, MetricPoint, PhaseBoundary, Result, Run, utcnow
 from server.series_store import series_names
 from server.storage import BlobStore
 
@@ -176,8 +176,13 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
         if lost == len(ok):
             raise JobLost("every job of this batch was cancelled or reassigned")
 
+    chance = task.chance_loss()
     if len(ok) == 1:
-        results = [estimate_llc(models[0], task.loss, batches, config, progress=progress)]
+        results = [
+            estimate_llc(
+                models[0], task.loss, batches, config, progress=progress, chance_loss=chance
+            )
+        ]
     else:
         results = estimate_llc_many(
             models,
@@ -186,11 +191,20 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
             config,
             progress=progress,
             max_batch=_max_rows(lead, models[0], config),
+            chance_loss=chance,
         )
     for ctx, res in zip(ok, results, strict=True):
         # "batch": how many checkpoints shared this vectorised run (1 = alone).
-        out[ctx.job_id] = [{"restriction": "", "values": {**_llc_values(res), "batch": len(ok)}}]
+        values = {**_llc_values(res), "batch": len(ok), **_settings(ctx)}
+        out[ctx.job_id] = [{"restriction": "", "values": values}]
     return out
+
+
+def _settings(ctx: JobContext) -> dict[str, Any]:
+    """Which LLC series a result belongs to (results of other settings are kept apart)."""
+    from server.jobs.planning import llc_settings_hash
+
+    return {"settings_hash": llc_settings_hash(ctx.config)}
 
 
 def run_llc_restricted(ctx: JobContext) -> ResultRows:
@@ -274,10 +288,11 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
             masks,
             max_rows=max_rows,
             progress=progress,
+            chance_loss=task.chance_loss(),
         )
         for ctx, res in zip(ok, per_ckpt, strict=True):
             rows[ctx.job_id] += [
-                {"restriction": k, "values": {**_llc_values(v), "batch": len(ok)}}
+                {"restriction": k, "values": {**_llc_values(v), "batch": len(ok), **_settings(ctx)}}
                 for k, v in res.items()
             ]
         stage["i"] += 1
@@ -292,10 +307,14 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
             config,
             progress=progress,
             max_batch=chunk,
+            chance_loss=task.chance_loss(),
         )
         for ctx, res in zip(ok, results, strict=True):
             rows[ctx.job_id].append(
-                {"restriction": name, "values": {**_llc_values(res), "batch": len(ok)}}
+                {
+                    "restriction": name,
+                    "values": {**_llc_values(res), "batch": len(ok), **_settings(ctx)},
+                }
             )
         stage["i"] += 1
     out.update(rows)
@@ -333,13 +352,20 @@ def _finite(x: Any) -> float | None:
 def run_phases(ctx: JobContext) -> ResultRows:
     """Re-detect boundaries from the run's LLC and loss curves; manual ones are kept."""
     from analysis.phases import detect_boundaries
+    from server.jobs.planning import llc_settings, llc_settings_hash
 
+    current = llc_settings_hash(llc_settings(ctx.run()))
     with ctx.db.session() as s:
         llc_rows = s.execute(
-            sa.select(Result.step, Result.values)
+            sa.select(Result.step, Result.values, Job.config_hash)
+            .join(Job, Job.id == Result.job_id, isouter=True)
             .where(Result.run_id == ctx.run_id, Result.kind == "llc", Result.restriction == "")
             .order_by(Result.step, Result.id)
         ).all()
+        ckpt_steps = sorted(
+            int(x)
+            for x in s.scalars(sa.select(Checkpoint.step).where(Checkpoint.run_id == ctx.run_id))
+        )
         loss_names = [n for n in series_names(s, ctx.run_id) if "loss" in n]
         points = s.execute(  # only the loss series: a run may log 10^6 points of others
             sa.select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
@@ -352,9 +378,18 @@ def run_phases(ctx: JobContext) -> ResultRows:
             .order_by(Result.step, Result.id)
         ).all()
     llc_by_step: dict[int, dict[str, Any]] = {}
-    for step, values in llc_rows:  # newest result per step wins
-        llc_by_step[int(step)] = values
-    steps = sorted(k for k, v in llc_by_step.items() if v.get("mean") is not None and k > 0)
+    for step, values, job_hash in llc_rows:  # newest result per step wins
+        key = values.get("settings_hash") or job_hash  # None: stored without a job
+        if key is None or key == current:
+            llc_by_step[int(step)] = values
+    # Only estimates whose verdict is ok (results from before verdicts: a finite mean);
+    # every other checkpoint is a gap the detector must not bridge.
+    steps = sorted(
+        k
+        for k, v in llc_by_step.items()
+        if v.get("mean") is not None and v.get("verdict", "ok") == "ok" and k > 0
+    )
+    breaks = [k for k in ckpt_steps if k > 0 and k not in set(steps)]
     llc = [float(llc_by_step[k]["mean"]) for k in steps]
     llc_std = [float(llc_by_step[k].get("std", 0.0) or 0.0) for k in steps]
     series: dict[str, tuple[list[float], list[float]]] = {}
@@ -372,7 +407,7 @@ def run_phases(ctx: JobContext) -> ResultRows:
                     xs.append(float(st))
                     ys.append(float(value))
     ctx.progress(0, 1, f"detecting boundaries on {len(steps)} LLC points")
-    found = detect_boundaries(steps, llc, llc_std, series)
+    found = detect_boundaries(steps, llc, llc_std, series, llc_breaks=breaks)
     boundaries = [
         {
             "step": float(b.step),
@@ -391,7 +426,57 @@ def run_phases(ctx: JobContext) -> ResultRows:
         )
         for b in boundaries:
             s.add(PhaseBoundary(run_id=ctx.run_id, manual=False, created_at=utcnow(), **b))
-    return [{"restriction": "", "values": {"boundaries": boundaries, "llc_points": len(steps)}}]
+    values = {"boundaries": boundaries, "llc_points": len(steps), "llc_gaps": len(breaks)}
+    return [{"restriction": "", "values": values}]
+
+
+def run_calibrate(ctx: JobContext) -> ResultRows:
+    """The LLC settings grid on a few checkpoints in one vectorised batch; recommends one."""
+    from analysis.llc import calibrate
+    from analysis.tasks import CheckpointMismatch
+    from server.jobs.planning import llc_settings_hash
+
+    task = ctx.task()
+    ids = list(ctx.config.get("checkpoint_ids") or [])
+    if not ids:
+        raise JobFailed("calibrate: no checkpoints given")
+    with ctx.db.session() as s:
+        query = sa.select(Checkpoint.id, Checkpoint.step).where(Checkpoint.id.in_(ids))
+        steps = {int(i): int(step) for i, step in s.execute(query)}
+    ids = sorted((i for i in ids if i in steps), key=lambda i: steps[i])
+    if not ids:
+        raise JobFailed("calibrate: its checkpoints no longer exist")
+    sub = JobContext(
+        ctx.job_id, ctx.run_id, None, "llc", dict(ctx.config.get("llc") or {}), ctx.device,
+        ctx.db, ctx.store, ctx.progress, ctx._cache,
+    )  # fmt: skip
+    config = _llc_config(sub)
+    model = task.build_model()
+    states = []
+    for cid in ids:
+        state = load_checkpoint(ctx.db, ctx.store, cid)
+        try:
+            task.load_state_dict(model, state)
+        except CheckpointMismatch as exc:
+            raise JobFailed(f"checkpoint {cid}: {exc}") from exc
+        states.append({k: v.detach().clone().to(ctx.device) for k, v in model.state_dict().items()})
+    report = calibrate(
+        model.to(ctx.device),
+        task.loss,
+        _batches(ctx, "train", config),
+        config,
+        lrs=ctx.config["lrs"],
+        localizations=ctx.config["localizations"],
+        n_betas=ctx.config.get("n_betas"),
+        checkpoints=states,
+        chance_loss=task.chance_loss(),
+        progress=ctx.progress,
+    )
+    values = report.to_dict()
+    values["checkpoints"] = [{"id": i, "step": int(steps[i])} for i in ids]
+    values["settings_hash"] = llc_settings_hash(sub.config)
+    values["base"] = sub.config
+    return [{"restriction": "", "values": values}]
 
 
 def run_noop(ctx: JobContext) -> ResultRows:
@@ -414,6 +499,7 @@ HANDLERS: dict[str, Callable[[JobContext], ResultRows]] = {
     "llc_restricted": run_llc_restricted,
     "metrics": run_metrics,
     "phases": run_phases,
+    "calibrate": run_calibrate,
     "noop": run_noop,
     "sleep": run_sleep,
 }

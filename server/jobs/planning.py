@@ -15,6 +15,10 @@ Kinds:
 - ``phases``: per run, re-detects stage boundaries from the run's current results. Its key
   carries a fingerprint of those results, so a new result means new work and the same
   results are never analysed twice.
+- ``calibrate``: per run, the (lr x localization [x n_beta]) grid of LLC settings on a few
+  checkpoints in one vectorised batch (``analysis.llc.calibrate``); one result with every
+  setting's estimate, verdict and mean trace, and the recommended setting. Its config
+  carries the checkpoint ids (default: ``calibration_checkpoints``) and the grid.
 - ``noop`` / ``sleep``: trivial kinds for tests and benchmarks (never auto-planned).
 """
 
@@ -33,7 +37,7 @@ from server.errors import BadInput, NotFound
 from server.models import Checkpoint, Job, Result, Run, utcnow
 
 CHECKPOINT_KINDS = ("metrics", "llc", "llc_restricted")
-RUN_KINDS = ("phases",)
+RUN_KINDS = ("phases", "calibrate")
 TEST_KINDS = ("noop", "sleep")
 ALL_KINDS = CHECKPOINT_KINDS + RUN_KINDS + TEST_KINDS
 
@@ -50,6 +54,40 @@ DEFAULT_LLC: dict[str, Any] = {
     "seed": 0,
 }
 LLC_KINDS = ("llc", "llc_restricted")
+# The calibration grid when a request names none (README "Calibration").
+DEFAULT_CALIBRATION: dict[str, Any] = {
+    "lrs": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+    "localizations": [1.0, 10.0, 100.0, 1000.0],
+    "n_betas": None,
+}
+
+
+def llc_settings_hash(cfg: Mapping[str, Any]) -> str:
+    """The LLC series an estimate belongs to: its SGLD settings, whatever it restricts."""
+    return config_hash({k: v for k, v in cfg.items() if k not in ("restrictions", "device")})
+
+
+def llc_settings(run: Run) -> dict[str, Any]:
+    """The run's current LLC settings (defaults < the run's ``analysis_config.llc``)."""
+    cfg = {**DEFAULT_LLC, **((run.analysis_config or {}).get("llc") or {})}
+    cfg.pop("device", None)
+    return cfg
+
+
+def calibration_checkpoints(session: Session, run_id: int) -> list[int]:
+    """Default checkpoints to calibrate on: the first settled one (the first at or after
+    10 % of the last step: past the initial transient), the middle one and the last."""
+    rows = session.execute(
+        sa.select(Checkpoint.id, Checkpoint.step)
+        .where(Checkpoint.run_id == run_id)
+        .order_by(Checkpoint.step)
+    ).all()
+    if not rows:
+        raise BadInput(f"run {run_id} has no checkpoints to calibrate on")
+    last_step = rows[-1][1]
+    settled = next(i for i, (_, step) in enumerate(rows) if step >= 0.1 * last_step)
+    picks = {settled, (settled + len(rows) - 1) // 2, len(rows) - 1}
+    return [rows[i][0] for i in sorted(picks)]
 
 
 def _check_llc_keys(cfg: Mapping[str, Any]) -> None:
@@ -85,6 +123,22 @@ def job_config(kind: str, run: Run, override: Mapping[str, Any] | None = None) -
             if wanted is not None:
                 cfg["restrictions"] = sorted(str(r) for r in wanted)
         _check_llc_keys(cfg)
+        return cfg
+    if kind == "calibrate":
+        grid = {**DEFAULT_CALIBRATION, **(override.get("calibrate") or {})}
+        cfg = {
+            "llc": {**job_config("llc", run, override)},
+            "lrs": [float(x) for x in grid["lrs"]],
+            "localizations": [float(x) for x in grid["localizations"]],
+            "n_betas": None if grid["n_betas"] is None else [float(x) for x in grid["n_betas"]],
+        }
+        if not cfg["lrs"] or not cfg["localizations"] or cfg["n_betas"] == []:
+            raise BadInput("calibrate: lrs, localizations (and n_betas if given) may not be empty")
+        unknown = sorted(set(grid) - set(DEFAULT_CALIBRATION))
+        if unknown:
+            raise BadInput(
+                f"calibrate: unknown key(s) {unknown}; known: lrs, localizations, n_betas"
+            )
         return cfg
     if kind == "metrics":
         return dict(run_cfg.get("metrics") or {}) | dict(override.get("metrics") or {})
@@ -163,6 +217,13 @@ def plan_jobs(
     for kind in kinds:
         cfg = job_config(kind, run, config)
         digest = config_hash(cfg)
+        if kind == "calibrate":
+            cfg["checkpoint_ids"] = (
+                list(ckpts)
+                if checkpoint_ids is not None
+                else calibration_checkpoints(session, run_id)
+            )
+            digest = config_hash(cfg)
         if kind in RUN_KINDS or kind in TEST_KINDS:
             targets: list[int | None] = [None]
             tag = _results_fingerprint(session, run_id) if kind == "phases" else ""

@@ -44,6 +44,26 @@ class JobList(BaseModel):
     counts: dict[str, int] = Field(description="Jobs per state under the same filters.")
 
 
+class CalibrationGrid(BaseModel):
+    """The settings ``calibrate`` tries (each list: the values of one axis of the grid)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lrs: list[float] | None = Field(default=None, min_length=1, max_length=12)
+    localizations: list[float] | None = Field(default=None, min_length=1, max_length=12)
+    n_betas: list[float] | None = Field(default=None, min_length=1, max_length=6)
+
+    def checked(self) -> dict[str, Any]:
+        from server.errors import BadInput
+
+        for name in ("lrs", "n_betas"):
+            if any(not (x > 0 and x < float("inf")) for x in getattr(self, name) or []):
+                raise BadInput(f"calibrate.{name}: every value must be a finite number > 0")
+        if any(not (0 <= x < float("inf")) for x in self.localizations or []):
+            raise BadInput("calibrate.localizations: every value must be finite and >= 0")
+        return self.model_dump(exclude_none=True)
+
+
 class AnalysesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +80,11 @@ class AnalysesRequest(BaseModel):
         default=None, description="llc_restricted only: e.g. ['weights:attn', 'data:train_a']."
     )
     device: Text | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
+    calibrate: CalibrationGrid | None = Field(
+        default=None,
+        description="calibrate only: the grid; checkpoint_ids default to the first settled, "
+        "middle and last checkpoint.",
+    )
 
 
 class AnalysesResponse(BaseModel):
@@ -74,6 +99,8 @@ class LLCValue(BaseModel):
     per_chain: list[float] = []
     diverged: bool | None = None
     job_id: int | None = None
+    verdict: str | None = Field(default=None, description="ok, diverged chains, ... (README)")
+    n_beta: float | None = None
 
 
 class LLCPoint(BaseModel):
@@ -83,6 +110,8 @@ class LLCPoint(BaseModel):
     std: float | None
     per_chain: list[float] = []
     diverged: bool | None = None
+    verdict: str | None = None
+    n_beta: float | None = None
     restrictions: dict[str, LLCValue] = Field(
         default_factory=dict, description="weights:<group> / data:<subset> -> estimate."
     )

@@ -153,6 +153,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
     metrics: dict[int, dict[str, float]] = {}
     llc: dict[int, tuple[float | None, float | None]] = {}
     failed: dict[int, list[dict[str, str]]] = {}
+    llc_info: dict[int, dict[str, Any]] = {}  # result id, verdict and n_beta of that LLC
     if ids:
         for cid, values in session.execute(
             select(Result.checkpoint_id, Result.values).where(
@@ -160,20 +161,28 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             )
         ):
             metrics.setdefault(cid, {}).update(_scalar_values(values))
-        for cid, mean, std in session.execute(
+        for cid, mean, std, rid, verdict, n_beta in session.execute(
             select(
                 Result.checkpoint_id,
                 Result.values["mean"].as_float(),
                 Result.values["std"].as_float(),
-            ).where(Result.checkpoint_id.in_(ids), Result.kind == "llc")
+                Result.id,
+                Result.values["verdict"].as_string(),
+                Result.values["n_beta"].as_float(),
+            )
+            .where(Result.checkpoint_id.in_(ids), Result.kind == "llc")
+            .order_by(Result.id)  # the newest estimate of a checkpoint is shown
         ):
             llc[cid] = (mean, std)
+            llc_info[cid] = {"id": rid, "verdict": verdict or "ok", "n_beta": n_beta}
         for cid, kind, error in session.execute(
             select(Job.checkpoint_id, Job.kind, Job.error).where(
                 Job.checkpoint_id.in_(ids), Job.state == "failed"
             )
         ):
-            failed.setdefault(cid, []).append({"kind": kind, "error": (error or "")[:300]})
+            failed.setdefault(cid, []).append(
+                {"kind": kind, "error": (split_error(error)[0] or "")[:300]}
+            )
     # Show the loss-like columns first, then a few more; the plots show everything.
     names = sorted({k for m in metrics.values() for k in m})
     names.sort(key=lambda n: (0 if "loss" in n else 1 if "acc" in n else 2, n))
@@ -191,6 +200,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             "metrics": metrics.get(c.id, {}),
             "llc": llc.get(c.id),
             "failed_jobs": failed.get(c.id, []),
+            "llc_info": llc_info.get(c.id),
         }
         for c in ckpts
     ]
@@ -302,13 +312,17 @@ def boundary_dict(b: PhaseBoundary) -> dict[str, Any]:
     }
 
 
-def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str, Any]:
+def plot_data(
+    session: Session, run_id: int, max_points: int = 2000, llc_settings: str | None = None
+) -> dict[str, Any]:
     """Everything the plots of one run need, in one response.
 
     ``series``: logged metric points (downsampled to at most ``max_points`` each by
     ``server.series_store.read_series``, the same min/max buckets as ``/series``) and the
-    scalars of per-checkpoint ``metrics`` results (prefixed ``ckpt/``); ``llc``: mean and std
-    per checkpoint; ``restricted``: the same per restriction; ``boundaries``: phase boundaries.
+    scalars of per-checkpoint ``metrics`` results (prefixed ``ckpt/``); ``llc``: mean, std,
+    verdict, n_beta and result id per checkpoint of one LLC settings series (``llc_settings``,
+    default the run's current; see ``server.web.llc_series``); ``restricted``: the same per
+    restriction; ``boundaries``: phase boundaries.
     """
     run = get_run(session, run_id)
     series: dict[str, dict[str, list[float]]] = {}
@@ -332,39 +346,13 @@ def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str
         s["count"] = len(s["step"])  # type: ignore[assignment]
         series[key] = s
 
-    llc: dict[str, list[Any]] = {"step": [], "mean": [], "std": []}
-    restricted: dict[str, dict[str, list[Any]]] = {}
-    stmt = (
-        select(
-            Result.kind,
-            Result.restriction,
-            Result.step,
-            Result.values["mean"].as_float(),
-            Result.values["std"].as_float(),
-        )
-        .where(
-            Result.run_id == run_id,
-            Result.kind.in_(("llc", "llc_restricted")),
-            Result.step.is_not(None),
-        )
-        .order_by(Result.step)
-    )
-    for kind, restriction, step, mean, std in session.execute(stmt):
-        if mean is None or not math.isfinite(mean):
-            continue
-        target = (
-            llc
-            if kind == "llc"
-            else restricted.setdefault(restriction or "?", {"step": [], "mean": [], "std": []})
-        )
-        target["step"].append(step)
-        target["mean"].append(mean)
-        target["std"].append(std if std is not None and math.isfinite(std) else 0.0)
+    from server.web.llc_series import llc_series
+
+    llc_part = llc_series(session, run, llc_settings)
     return {
         "run": {"id": run.id, "name": run.name, "task": run.task},
         "series": dict(sorted(series.items())),
-        "llc": llc,
-        "restricted": dict(sorted(restricted.items())),
+        **llc_part,
         "boundaries": boundaries(session, run_id),
     }
 

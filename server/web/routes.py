@@ -199,9 +199,12 @@ def plot_data(
     run_id: DbId,
     session: SessionDep,
     max_points: Annotated[int, Query(ge=10, le=20000)] = 2000,
+    llc_settings: Annotated[str | None, Query(max_length=64, pattern="^[0-9a-f]*$")] = None,
 ) -> dict[str, Any]:
-    """Series (downsampled), LLC, restricted LLCs and phase boundaries of a run, in one go."""
-    return queries.plot_data(session, run_id, max_points=max_points)
+    """Series (downsampled), LLC, restricted LLCs and phase boundaries of a run, in one go.
+
+    ``llc_settings``: which LLC settings' series (a settings hash or a unique prefix)."""
+    return queries.plot_data(session, run_id, max_points=max_points, llc_settings=llc_settings)
 
 
 # ---------------------------------------------------------------- mounting

@@ -1,0 +1,116 @@
+"""LLC trust: one result's full payload (traces, diagnostics), a run's latest calibration,
+and "use these settings for this run" (sets the run's LLC settings, queues LLC jobs)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.api.deps import DatabaseDep, SessionDep, WriteAuth
+from server.db import get_existing
+from server.errors import BadInput
+from server.jobs.planning import LLC_KINDS, analyses_for_run, llc_settings, llc_settings_hash
+from server.jobs.schemas import ResultOut
+from server.models import Checkpoint, Job, Result, Run
+
+router = APIRouter(tags=["llc"])
+
+
+class LLCSettingsUpdate(BaseModel):
+    """SGLD settings to use for a run from now on (the rest of its LLC settings stay)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(gt=0)
+    localization: float = Field(ge=0)
+    n_beta: float | None = Field(default=None, gt=0)
+    sampler: str | None = None
+
+
+class LLCSettingsOut(BaseModel):
+    run_id: int
+    llc: dict[str, Any]
+    settings_hash: str
+    job_ids: list[int]
+
+
+@router.get("/results/{result_id}", response_model=ResultOut)
+def get_result(result_id: int, session: SessionDep) -> ResultOut:
+    """One result row with its whole payload (an LLC's traces, verdict, diagnostics)."""
+    result = get_existing(session, Result, result_id, "result")
+    out = ResultOut.model_validate(result)
+    if result.job_id is not None:  # the settings it was computed with
+        job = session.get(Job, result.job_id)
+        if job is not None and result.kind in LLC_KINDS:
+            cfg = {k: v for k, v in job.config.items() if k != "restrictions"}
+            out.values = {**out.values, "settings": cfg}
+    return out
+
+
+@router.get("/runs/{run_id}/calibration")
+def latest_calibration(run_id: int, session: SessionDep) -> dict[str, Any]:
+    """The newest finished calibration of a run (null if none), and any still running."""
+    run = get_existing(session, Run, run_id, "run")
+    row = session.execute(
+        sa.select(Result.id, Result.values, Result.created_at)
+        .where(Result.run_id == run_id, Result.kind == "calibrate")
+        .order_by(Result.id.desc())
+        .limit(1)
+    ).first()
+    active = session.scalars(
+        sa.select(Job.id).where(
+            Job.run_id == run_id, Job.kind == "calibrate", Job.state.in_(("queued", "running"))
+        )
+    ).all()
+    current = llc_settings(run)
+    return {
+        "run_id": run_id,
+        "result_id": None if row is None else row[0],
+        "calibration": None if row is None else row[1],
+        "active_jobs": list(active),
+        "current": {k: current.get(k) for k in ("lr", "localization", "n_beta", "sampler")},
+    }
+
+
+@router.post(
+    "/runs/{run_id}/llc-settings",
+    response_model=LLCSettingsOut,
+    status_code=202,
+    dependencies=[WriteAuth],
+)
+def use_llc_settings(
+    run_id: int, body: LLCSettingsUpdate, db: DatabaseDep, request: Request
+) -> LLCSettingsOut:
+    """Make these the run's LLC settings and queue LLC jobs with them on every checkpoint.
+
+    Results of the old settings are kept: they are another series on the run page.
+    """
+    if not math.isfinite(body.lr) or not math.isfinite(body.localization):
+        raise BadInput("lr and localization must be finite")
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("sampler") is None:
+        changes.pop("sampler", None)
+    with db.session() as s:
+        run = get_existing(s, Run, run_id, "run")
+        cfg = dict(run.analysis_config or {})
+        cfg["llc"] = {**(cfg.get("llc") or {}), **changes}
+        run.analysis_config = cfg
+        s.flush()
+        settings = llc_settings(run)
+        kinds = analyses_for_run(run, request.app.state.settings.auto_analyses)
+        has_restricted = s.scalar(
+            sa.select(sa.func.count()).where(
+                Result.run_id == run_id, Result.kind == "llc_restricted"
+            )
+        )
+        any_ckpt = s.scalar(sa.select(sa.func.count()).where(Checkpoint.run_id == run_id))
+    wanted = ["llc"] + (["llc_restricted"] if has_restricted or "llc_restricted" in kinds else [])
+    queue = request.app.state.queue
+    ids = queue.plan_and_enqueue(run_id, wanted) if any_ckpt else []
+    return LLCSettingsOut(
+        run_id=run_id, llc=settings, settings_hash=llc_settings_hash(settings), job_ids=ids
+    )
