@@ -649,7 +649,7 @@ def estimate_llc_many(
     per_ckpt = max(1, max_batch // (config.num_chains + 1))
     chunks = [state_dicts[i : i + per_ckpt] for i in range(0, len(state_dicts), per_ckpt)]
     if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
-        batches = list(itertools.islice(batches, config.total_steps))  # replay per chunk
+        batches = list(itertools.islice(batches, config.total_steps * config.num_chains))  # replay
     results: list[LLCResult] = []
     for ci, chunk in enumerate(chunks):
 

@@ -201,6 +201,7 @@ def estimate_llc_restricted_many(
     model: nn.Module | None = None,
     max_rows: int | None = None,
     progress: Progress | None = None,
+    chance_loss: float | None = None,
 ) -> list[dict[str, LLCResult]]:
     """Weight-restricted LLC for every group at several checkpoints of one architecture.
 
@@ -228,7 +229,7 @@ def estimate_llc_restricted_many(
     per_chunk = len(state_dicts) if max_rows is None else max(1, max_rows // per_ckpt_rows)
     chunks = [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
     if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
-        batches = list(itertools.islice(batches, config.total_steps))  # replay per chunk
+        batches = list(itertools.islice(batches, config.total_steps * config.num_chains))  # replay
     results: list[dict[str, LLCResult]] = []
     for ci, chunk in enumerate(chunks):
 
@@ -244,5 +245,7 @@ def estimate_llc_restricted_many(
         )  # fmt: skip
         share = out.elapsed_s / (len(chunk) * len(names))
         for k in range(len(chunk)):
-            results.append({n: _summarise(out, k, g, config, share) for g, n in enumerate(names)})
+            results.append(
+                {n: _summarise(out, k, g, config, share, chance_loss) for g, n in enumerate(names)}
+            )
     return results
