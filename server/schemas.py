@@ -7,7 +7,7 @@ field and the problem, e.g. ``task: unknown task 'mlp'; known tasks: dln, tms``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
@@ -60,6 +60,21 @@ class RunCreate(BaseModel):
         default_factory=dict,
         description='Analyses for new checkpoints, e.g. {"analyses": ["metrics", "llc"]}.',
     )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Hyperparameters (free-form JSON), kept apart from task_config.",
+    )
+    status: Literal["created", "running", "imported"] = Field(
+        default="created", description="running: a client heartbeats; imported: ingested."
+    )
+
+
+class RunFinish(BaseModel):
+    """How a run ended: ``finished`` (normal exit) or ``crashed`` (the script raised)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["finished", "crashed"] = "finished"
 
 
 class RunUpdate(BaseModel):
@@ -73,6 +88,9 @@ class RunUpdate(BaseModel):
     tags: list[Tag] | None = Field(default=None, max_length=50)
     notes: str | None = Field(default=None, max_length=100_000)
     analysis_config: dict[str, Any] | None = None
+    config: dict[str, Any] | None = Field(
+        default=None, description="Replaces the run's hyperparameters."
+    )
 
 
 class RunOut(BaseModel):
@@ -85,6 +103,16 @@ class RunOut(BaseModel):
     tags: list[str]
     notes: str
     analysis_config: dict[str, Any]
+    config: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(
+        default_factory=dict, description="{series: {last, last_step, min, max}}."
+    )
+    status: str = Field(
+        default="created",
+        description="created | running | finished | crashed | imported "
+        "(running with a stale heartbeat reads as crashed).",
+    )
+    heartbeat_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
     checkpoint_count: int = 0
@@ -116,6 +144,12 @@ class MetricIn(TypedDict):
     step: Annotated[int, Field(ge=0, le=MAX_STEP)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     value: Annotated[float, Field(allow_inf_nan=False, description="A finite number.")]
+    wall_time: NotRequired[
+        Annotated[
+            float,
+            Field(ge=0, le=1e11, allow_inf_nan=False, description="Unix seconds; default now."),
+        ]
+    ]
 
 
 class MetricsAccepted(BaseModel):
@@ -129,6 +163,9 @@ class SeriesOut(BaseModel):
     values: list[float]
     total_points: int
     downsampled: bool
+    wall_times: list[float | None] | None = Field(
+        default=None, description="With ?wall_time=true: Unix seconds of each point."
+    )
 
 
 class SeriesName(BaseModel):

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         default=6 * 3600, description="Longest job; sets Celery's visibility timeout."
     )
     max_attempts: int = 3
+    run_crashed_after_s: float = Field(
+        default=120.0,
+        description="A running run whose client heartbeat is older than this reads as crashed.",
+    )
     auto_analyses: str = Field(
         default="metrics,llc",
         description="Analyses queued for each new checkpoint of a known task.",

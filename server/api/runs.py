@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.api.deps import SessionDep, WriteAuth
+from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
 from server.schemas import RunCreate, RunOut, RunUpdate
+from server.tracking import effective_status
 
 router = APIRouter(tags=["runs"])
 
@@ -28,7 +29,12 @@ SORTS = {
 }
 
 
-def get_run_or_404(session: Session, run_id: int) -> Run:
+def get_run_or_404(session: Session, run_id: int, lock: bool = False) -> Run:
+    """The run, or 404; ``lock`` holds its row (PostgreSQL) for a read-modify-write."""
+    if lock:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is not None:
+            return run
     return get_existing(session, Run, run_id, "run")
 
 
@@ -38,8 +44,11 @@ def _latest(*times: datetime | None) -> datetime | None:
     return max(present) if present else None
 
 
-def runs_out(session: Session, runs: list[Run]) -> list[RunOut]:
-    """Runs with checkpoint counts, job counts by state and last activity (3 queries)."""
+def runs_out(session: Session, runs: list[Run], crashed_after_s: float = 120.0) -> list[RunOut]:
+    """Runs with checkpoint counts, job counts by state and last activity (3 queries).
+
+    ``crashed_after_s`` (``Settings.run_crashed_after_s``) turns stale ``running`` into crashed.
+    """
     ids = [r.id for r in runs]
     if not ids:
         return []
@@ -67,6 +76,7 @@ def runs_out(session: Session, runs: list[Run]) -> list[RunOut]:
         item.checkpoint_count = n_ckpt
         item.jobs = jobs.get(run.id, {})
         item.last_activity = _latest(run.updated_at, ckpt_last, job_last.get(run.id))
+        item.status = effective_status(run, crashed_after_s)
         out.append(item)
     return out
 
@@ -87,19 +97,22 @@ def _commit_or_conflict(session: Session, name: str) -> None:
 
 
 @router.post("/runs", status_code=201, dependencies=[WriteAuth])
-def create_run(body: RunCreate, session: SessionDep) -> RunOut:
+def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Create a run; its ``name`` is unique (409 otherwise)."""
     if _name_taken(session, body.name):
         raise Conflict(f"a run named {body.name!r} already exists")
     run = Run(**body.model_dump())
+    if run.status == "running":
+        run.heartbeat_at = datetime.now(UTC)
     session.add(run)
     _commit_or_conflict(session, body.name)
-    return runs_out(session, [run])[0]
+    return runs_out(session, [run], settings.run_crashed_after_s)[0]
 
 
 @router.get("/runs")
 def list_runs(
     session: SessionDep,
+    settings: SettingsDep,
     q: Annotated[str | None, Query(description="Substring of the name (case-insensitive).")] = None,
     tag: Annotated[str | None, Query(description="Only runs carrying this tag.")] = None,
     task: Annotated[str | None, Query(description="Only runs of this task.")] = None,
@@ -120,20 +133,20 @@ def list_runs(
         runs = runs[offset : offset + limit]
     else:
         runs = list(session.scalars(query.offset(offset).limit(limit)))
-    return runs_out(session, runs)
+    return runs_out(session, runs, settings.run_crashed_after_s)
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: int, session: SessionDep) -> RunOut:
-    return runs_out(session, [get_run_or_404(session, run_id)])[0]
+def get_run(run_id: int, session: SessionDep, settings: SettingsDep) -> RunOut:
+    return runs_out(session, [get_run_or_404(session, run_id)], settings.run_crashed_after_s)[0]
 
 
 @router.patch("/runs/{run_id}", dependencies=[WriteAuth])
-def update_run(run_id: int, body: RunUpdate, session: SessionDep) -> RunOut:
+def update_run(run_id: int, body: RunUpdate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Change only the fields given; a rename onto an existing name is a 409."""
     run = get_run_or_404(session, run_id)
     changes = body.model_dump(exclude_unset=True)
-    for key in ("name", "task_config", "tags", "notes", "analysis_config"):
+    for key in ("name", "task_config", "tags", "notes", "analysis_config", "config"):
         if key in changes and changes[key] is None:
             raise BadInput(f"{key}: may not be null")
     if "name" in changes and _name_taken(session, changes["name"], exclude_id=run_id):
@@ -141,7 +154,7 @@ def update_run(run_id: int, body: RunUpdate, session: SessionDep) -> RunOut:
     for key, value in changes.items():
         setattr(run, key, value)
     _commit_or_conflict(session, run.name)
-    return runs_out(session, [run])[0]
+    return runs_out(session, [run], settings.run_crashed_after_s)[0]
 
 
 @router.delete("/runs/{run_id}", status_code=204, dependencies=[WriteAuth])
