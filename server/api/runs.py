@@ -14,8 +14,24 @@ from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
+from server.run_filter import parse_filter
 from server.schemas import RunCreate, RunOut, RunUpdate
-from server.tracking import effective_status
+from server.settings import Settings
+from server.tracking import STATUSES, effective_status, status_clause
+
+
+def _filter_row(run: Run, settings: Settings) -> dict:
+    """The fields the filter language reads (``server.run_filter``)."""
+    return {
+        "name": run.name,
+        "task": run.task,
+        "status": effective_status(run, settings.run_crashed_after_s),
+        "tags": run.tags or [],
+        "notes": run.notes,
+        "config": run.config or {},
+        "summary": run.summary or {},
+    }
+
 
 router = APIRouter(tags=["runs"])
 
@@ -116,6 +132,13 @@ def list_runs(
     q: Annotated[str | None, Query(description="Substring of the name (case-insensitive).")] = None,
     tag: Annotated[str | None, Query(description="Only runs carrying this tag.")] = None,
     task: Annotated[str | None, Query(description="Only runs of this task.")] = None,
+    status: Annotated[
+        str | None, Query(description="created | running | finished | crashed | imported.")
+    ] = None,
+    filter: Annotated[
+        str | None,
+        Query(description="Filter language, e.g. 'config.lr < 1e-3 and summary.loss.min < 0.1'."),
+    ] = None,
     sort: Annotated[str, Query(description=f"One of: {', '.join(SORTS)}.")] = "-created",
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -127,9 +150,18 @@ def list_runs(
         query = query.where(name_contains(Run.name, q))
     if task:
         query = query.where(Run.task == task)
+    if status:
+        if status not in STATUSES:
+            raise BadInput(f"status: unknown {status!r}; use one of {', '.join(STATUSES)}")
+        query = query.where(status_clause(status, settings.run_crashed_after_s))
     query = query.order_by(SORTS[sort], Run.id)
-    if tag:  # tags are a JSON list: filtered here, portable across SQLite and PostgreSQL
-        runs = [r for r in session.scalars(query) if tag in (r.tags or [])]
+    if tag or filter:  # JSON fields: filtered here, portable across SQLite and PostgreSQL
+        keep = parse_filter(filter or "")
+        runs = [
+            r
+            for r in session.scalars(query)
+            if (not tag or tag in (r.tags or [])) and keep(_filter_row(r, settings))
+        ]
         runs = runs[offset : offset + limit]
     else:
         runs = list(session.scalars(query.offset(offset).limit(limit)))

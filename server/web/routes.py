@@ -63,8 +63,23 @@ def runs_page(
     tag: str = "",
     task: str = "",
     sort: str = "activity",
+    status: str = "",
+    filter: str = "",
+    group: str = "",
+    cols: str = "",
 ) -> HTMLResponse:
-    context = queries.list_runs(session, q=q.strip(), tag=tag, task=task, sort=sort)
+    context = queries.list_runs(
+        session,
+        q=q.strip(),
+        tag=tag,
+        task=task,
+        sort=sort,
+        status=status,
+        filter=filter,
+        group=group,
+        cols=cols,
+        crashed_after_s=request.app.state.settings.run_crashed_after_s,
+    )
     if _is_partial(request):
         return _render(request, "_runs_table.html", context)
     return _render(request, "runs.html", context)
@@ -175,6 +190,11 @@ def shared_page(request: Request, slug: str, session: SessionDep) -> HTMLRespons
             tag=p.get("tag", ""),
             task=p.get("task", ""),
             sort=p.get("sort", "activity"),
+            status=p.get("status", ""),
+            filter=p.get("filter", ""),
+            group=p.get("group", ""),
+            cols=p.get("cols", ""),
+            crashed_after_s=request.app.state.settings.run_crashed_after_s,
         )
         return _render(request, "runs.html", {**context, "readonly": True, "share": shared})
     if view.page == "compare":
