@@ -626,6 +626,66 @@
     return b;
   }
 
+  // ------------------------------------------------------------------ runs table (tracker)
+  // Columns picker (?cols=a,b in the URL) and the parallel-coordinates view of the shown
+  // (or checked) runs. Kept together so other edits of this file do not collide.
+
+  function initRunsColumns() {
+    const picker = $("#columns-picker");
+    const hidden = $("#cols");
+    if (!picker || !hidden) return;
+    picker.addEventListener("change", (e) => {
+      if (!e.target.matches("[data-col]")) return;
+      e.stopPropagation();
+      hidden.value = $$("[data-col]:checked", picker).map((el) => el.value).join(",");
+      hidden.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+
+  function parcoordsDims(columns, runs) {
+    return columns.map((col, i) => {
+      const vals = runs.map((r) => r.values[i]);
+      const numeric = vals.every((v) => v === null || typeof v === "number");
+      if (numeric) {
+        const present = vals.filter((v) => v !== null);
+        const lo = present.length ? Math.min(...present) : 0;
+        // A missing value sits just below the axis range instead of faking a number.
+        return { label: col, values: vals.map((v) => (v === null ? NaN : v)), range: present.length ? [lo, Math.max(...present)] : [0, 1] };
+      }
+      const cats = Array.from(new Set(vals.map((v) => (v === null ? "–" : String(v))))).sort();
+      return {
+        label: col,
+        values: vals.map((v) => cats.indexOf(v === null ? "–" : String(v))),
+        tickvals: cats.map((_, k) => k),
+        ticktext: cats,
+      };
+    });
+  }
+
+  function showParcoords() {
+    const dataEl = $("#runs-data");
+    const target = $("#parcoords");
+    if (!dataEl || !target || !window.Plotly) return;
+    const data = JSON.parse(dataEl.textContent);
+    const checked = new Set($$("#runs-table input[name=pick]:checked").map((el) => Number(el.value)));
+    const runs = checked.size ? data.runs.filter((r) => checked.has(r.id)) : data.runs;
+    if (!data.columns.length || !runs.length) { toast("Pick columns (config or summary) first"); return; }
+    target.hidden = false;
+    const last = runs.map((r) => r.values[data.columns.length - 1]);
+    const colorOk = last.every((v) => typeof v === "number");
+    const line = colorOk ? { color: last, colorscale: "Viridis", showscale: true } : { color: "#1f77b4" };
+    window.Plotly.react(target, [{ type: "parcoords", line, dimensions: parcoordsDims(data.columns, runs) }],
+      { margin: { l: 60, r: 60, t: 50, b: 20 }, title: { text: runs.length + " runs", font: { size: 13 } } },
+      { responsive: true, displaylogo: false });
+    target.scrollIntoView({ block: "nearest" });
+  }
+
+  function initParcoords() {
+    document.addEventListener("click", (e) => {
+      if (e.target.closest && e.target.closest("#parcoords-btn")) showParcoords();
+    });
+  }
+
   // ------------------------------------------------------------------ page wiring
 
   function initTokenForm() {
@@ -657,6 +717,8 @@
   document.addEventListener("DOMContentLoaded", () => {
     initTokenForm();
     initCompareForms();
+    initRunsColumns();
+    initParcoords();
     const root = $("#plots");
     if (root && window.Plotly) {
       Plots.init(root);

@@ -96,6 +96,7 @@ def list_runs(
         table = runs_table(session, crashed_after_s=crashed_after_s, q=q, tag=tag, task=task)
     all_runs = session.execute(select(Run.tags, Run.task)).all()
     return {
+        "runs_json": _parcoords_rows(table),
         "runs": table["runs"],
         "total": table["total"],
         "columns": table["columns"],
@@ -108,6 +109,25 @@ def list_runs(
         "filters": {**args, "group": group, "cols": ",".join(table["columns"])},
         "sorts": RUN_SORTS,
     }
+
+
+def _parcoords_rows(table: dict[str, Any]) -> dict[str, Any]:
+    """The shown runs' values of the chosen columns (or the first few choices), for
+    the parallel-coordinates view; JSON-safe scalars only."""
+    from server.run_filter import field_value, parse_field
+
+    columns = table["columns"] or table["column_choices"][:6]
+    fields = [parse_field(c) for c in columns]
+    out = []
+    for r in table["runs"]:
+        values = []
+        for f in fields:
+            v = field_value(r, f)
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            values.append(v if v is None or isinstance(v, int | float | str | bool) else str(v))
+        out.append({"id": r["id"], "name": r["name"], "values": values})
+    return {"columns": columns, "runs": out}
 
 
 def _scalar_values(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
