@@ -199,5 +199,5 @@ def read_wall_times(
         stmt = select(MetricPoint.step, MetricPoint.wall_time).where(
             MetricPoint.run_id == run_id, MetricPoint.name == name, MetricPoint.step.in_(chunk)
         )
-        found.update(session.execute(stmt).tuples())
+        found.update((step, wall) for step, wall in session.execute(stmt))
     return [found.get(s) for s in steps]

@@ -32,8 +32,13 @@ def get_run(session: Session, run_id: int) -> Run:
     return get_existing(session, Run, run_id, "run")
 
 
-def run_dict(run: Run) -> dict[str, Any]:
+def run_dict(run: Run, crashed_after_s: float = 120.0) -> dict[str, Any]:
+    from server.tracking import effective_status
+
     return {
+        "status": effective_status(run, crashed_after_s),
+        "config": run.config or {},
+        "summary": run.summary or {},
         "id": run.id,
         "name": run.name,
         "task": run.task,

@@ -88,10 +88,12 @@ def runs_page(
 # ---------------------------------------------------------------- one run
 
 
-def _run_context(session: SessionDep, run_id: int) -> dict[str, Any]:
+def _run_context(
+    session: SessionDep, run_id: int, crashed_after_s: float = 120.0
+) -> dict[str, Any]:
     run = queries.get_run(session, run_id)
     return {
-        "run": queries.run_dict(run),
+        "run": queries.run_dict(run, crashed_after_s),
         "ckpts": queries.checkpoint_page(session, run_id),
         "jobs": queries.jobs_panel(session, run_id),
         "boundaries": queries.boundaries(session, run_id),
@@ -101,7 +103,7 @@ def _run_context(session: SessionDep, run_id: int) -> dict[str, Any]:
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
     try:
-        context = _run_context(session, run_id)
+        context = _run_context(session, run_id, request.app.state.settings.run_crashed_after_s)
     except NotFound as exc:
         return _not_found(request, exc.message)
     return _render(request, "run.html", context)
@@ -111,7 +113,9 @@ def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse
 def run_header(
     request: Request, run_id: int, session: SessionDep, edit: bool = False
 ) -> HTMLResponse:
-    run = queries.run_dict(queries.get_run(session, run_id))
+    run = queries.run_dict(
+        queries.get_run(session, run_id), request.app.state.settings.run_crashed_after_s
+    )
     return _render(request, "_run_header.html", {"run": run, "edit": edit})
 
 
@@ -128,7 +132,9 @@ def edit_run_header(
     run = update_run_header(
         session, run_id, task=task, task_config=task_config, tags=tags, notes=notes
     )
-    return _render(request, "_run_header.html", {"run": queries.run_dict(run), "edit": False})
+    crashed_after_s = request.app.state.settings.run_crashed_after_s
+    context = {"run": queries.run_dict(run, crashed_after_s), "edit": False}
+    return _render(request, "_run_header.html", context)
 
 
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
@@ -203,7 +209,7 @@ def shared_page(request: Request, slug: str, session: SessionDep) -> HTMLRespons
         return _render(request, "compare.html", context)
     assert view.run_id is not None
     try:
-        context = _run_context(session, view.run_id)
+        context = _run_context(session, view.run_id, request.app.state.settings.run_crashed_after_s)
     except NotFound as exc:
         return _not_found(request, exc.message)
     return _render(request, "run.html", {**context, "readonly": True, "share": shared})
