@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from server.db import get_existing
 from server.jobs.lifecycle import ACTIVE
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
-from server.series_store import read_series, series_names
+from server.series_store import read_series, read_wall_times, series_names
 
 RUN_SORTS = {
     "activity": "last activity",
@@ -282,7 +282,13 @@ def plot_data(session: Session, run_id: int, max_points: int = 2000) -> dict[str
     series: dict[str, dict[str, list[float]]] = {}
     for name in series_names(session, run_id):
         steps, values, total = read_series(session, run_id, name, max_points)
-        series[name] = {"step": steps.tolist(), "value": values.tolist(), "count": total}
+        step_list = steps.tolist()
+        series[name] = {
+            "step": step_list,
+            "value": values.tolist(),
+            "count": total,
+            "wall": read_wall_times(session, run_id, name, step_list),  # x = wall/relative time
+        }
 
     ckpt_metrics: dict[str, dict[str, list[float]]] = {}
     for step, values in session.execute(
