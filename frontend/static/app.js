@@ -231,8 +231,14 @@
       Object.keys(layout).filter((k) => /^xaxis\d*$/.test(k)).forEach((k) => {
         layout[k] = Object.assign({}, layout[k], { type: this.type(), autorange: true });
         delete layout[k].range;
-        if (title && k === "xaxis") layout[k].title = { text: title, font: { size: 11 } };
       });
+      // The x unit as a small note over the plot's top-right corner (the legend sits below).
+      if (title) {
+        layout.annotations = (layout.annotations || []).concat([{ text: "x: " + escapeHtml(title), showarrow: false,
+          xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", yanchor: "bottom",
+          font: { size: 11, color: "#6b7280" }, name: "x-unit" }]);
+        layout.margin = Object.assign({}, layout.margin, { t: Math.max((layout.margin || {}).t || 0, 24) });
+      }
     },
   };
 
@@ -752,7 +758,12 @@
         const present = vals.filter((v) => v !== null);
         const lo = present.length ? Math.min(...present) : 0;
         // A missing value sits just below the axis range instead of faking a number.
-        return { label: col, values: vals.map((v) => (v === null ? NaN : v)), range: present.length ? [lo, Math.max(...present)] : [0, 1] };
+        const hi = present.length ? Math.max(...present) : 1;
+        if (lo > 0 && hi / lo >= 100) { // learning rates and friends: a log10 axis reads better
+          return { label: "log10 " + col, values: vals.map((v) => (v === null ? NaN : Math.log10(v))),
+            range: [Math.log10(lo), Math.log10(hi)] };
+        }
+        return { label: col, values: vals.map((v) => (v === null ? NaN : v)), range: present.length ? [lo, hi] : [0, 1] };
       }
       const cats = Array.from(new Set(vals.map((v) => (v === null ? "–" : String(v))))).sort();
       return {
@@ -775,10 +786,13 @@
     target.hidden = false;
     const last = runs.map((r) => r.values[data.columns.length - 1]);
     const colorOk = last.every((v) => typeof v === "number");
-    const line = colorOk ? { color: last, colorscale: "Viridis", showscale: true } : { color: "#1f77b4" };
+    const line = colorOk
+      ? { color: last, colorscale: "Viridis", showscale: true, colorbar: { thickness: 12, x: 1.02, xpad: 0, len: 0.9 } }
+      : { color: "#1f77b4" };
     window.Plotly.react(target, [{ type: "parcoords", line, dimensions: parcoordsDims(data.columns, runs) }],
-      { margin: { l: 60, r: 60, t: 50, b: 20 }, title: { text: runs.length + " runs", font: { size: 13 } } },
+      { margin: { l: 50, r: 90, t: 56, b: 24 }, font: { size: 11 } },
       { responsive: true, displaylogo: false });
+    target.dataset.runs = String(runs.length);
     target.scrollIntoView({ block: "nearest" });
   }
 
