@@ -9,10 +9,11 @@ well under the 300 ms budget (``bench/runs_list.py``).
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import Integer, String, cast, func, select, true
 from sqlalchemy.orm import Session
 
 from server.db import name_contains
@@ -21,7 +22,7 @@ from server.models import Checkpoint, Job, Run
 from server.run_filter import FilterError, field_value, parse_field, parse_filter
 from server.tracking import STATUSES, effective_status
 
-__all__ = ["RunsTable", "parse_columns", "runs_table"]
+__all__ = ["RunsTable", "matching_ids", "parse_columns", "runs_table"]
 
 MAX_COLUMNS = 20
 
@@ -107,40 +108,16 @@ def runs_table(
     if status and status not in STATUSES:
         raise FilterError(f"status: unknown {status!r}; use one of {', '.join(STATUSES)}")
 
-    stmt = select(
-        Run.id,
-        Run.name,
-        Run.task,
-        Run.tags,
-        Run.notes,
-        Run.config,
-        Run.summary,
-        Run.status,
-        Run.heartbeat_at,
-        Run.created_at,
-        Run.updated_at,
-    )
-    if q:
-        stmt = stmt.where(name_contains(Run.name, q))
-    if task:
-        stmt = stmt.where(Run.task == task)
-    now = datetime.now(UTC)
-    rows: list[dict[str, Any]] = []
-    for r in session.execute(stmt).mappings():
-        row = dict(r)
-        row["status"] = effective_status(_RowRun(row), crashed_after_s, now)  # type: ignore[arg-type]
-        row["tags"] = list(row["tags"] or [])
-        row["config"] = row["config"] or {}
-        row["summary"] = row["summary"] or {}
-        if tag and tag not in row["tags"]:
-            continue
-        if status and row["status"] != status:
-            continue
-        if not predicate(row):
-            continue
-        rows.append(row)
+    seen: dict[str, set[str]] = {"tags": set(), "tasks": set()}
+    rows = _matching_rows(session, crashed_after_s, q, task, tag, status, predicate, seen)
 
-    _add_counts(session, rows)
+    # Last activity (the default order) and checkpoint counts need every run's counts;
+    # any other order needs them only for the rows shown.
+    page_only = sort_name not in ("activity", "checkpoints") and (
+        sort_name in ("name", "created", "status") or sort_field is not None
+    )
+    if not page_only:
+        _add_counts(session, rows)
     if sort_field is not None:
         present = [r for r in rows if field_value(r, sort_field) is not None]
         missing = [r for r in rows if field_value(r, sort_field) is None]
@@ -165,15 +142,118 @@ def runs_table(
             key = "–" if v is None else str(v)
             counts[key] = counts.get(key, 0) + 1
         groups = [{"value": k, "count": n} for k, n in sorted(counts.items())]
+    if page_only:
+        _add_counts(session, rows[offset : offset + limit])
+    fields = [parse_field(c) for c in columns]
     for r in rows[offset : offset + limit]:
-        r["cells"] = [field_value(r, parse_field(c)) for c in columns]
+        r["cells"] = [field_value(r, f) for f in fields]
     return RunsTable(
         runs=rows[offset : offset + limit],
         total=len(rows),
         columns=columns,
         column_choices=_column_choices(rows),
         groups=groups,
+        all_tags=sorted(seen["tags"]),
+        all_tasks=sorted(seen["tasks"]),
     )
+
+
+def _matching_rows(
+    session: Session,
+    crashed_after_s: float,
+    q: str,
+    task: str,
+    tag: str,
+    status: str,
+    predicate: Any,
+    seen: dict[str, set[str]] | None = None,
+) -> list[dict[str, Any]]:
+    # The version token is updated_at as the database stores it (no datetime parsing).
+    stmt = select(Run.id, cast(Run.updated_at, String))
+    if q:
+        stmt = stmt.where(name_contains(Run.name, q))
+    if task:
+        stmt = stmt.where(Run.task == task)
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for cached in _cached_rows(session, session.execute(stmt).all()):
+        row = dict(cached)  # the cache's rows are shared: each request gets its own copy
+        row["status"] = effective_status(_RowRun(row), crashed_after_s, now)  # type: ignore[arg-type]
+        if seen is not None:
+            seen["tags"].update(row["tags"])
+            if row["task"]:
+                seen["tasks"].add(row["task"])
+        if tag and tag not in row["tags"]:
+            continue
+        if status and row["status"] != status:
+            continue
+        if not predicate(row):
+            continue
+        rows.append(row)
+    return rows
+
+
+def matching_ids(
+    session: Session,
+    *,
+    crashed_after_s: float,
+    q: str = "",
+    task: str = "",
+    tag: str = "",
+    status: str = "",
+    filter: str = "",
+) -> set[int]:
+    """Ids of the runs that pass the filters (for the JSON API's own ordering and paging)."""
+    predicate = parse_filter(filter)
+    rows = _matching_rows(session, crashed_after_s, q, task, tag, status, predicate)
+    return {r["id"] for r in rows}
+
+
+_COLUMNS = (
+    Run.id,
+    Run.name,
+    Run.task,
+    Run.tags,
+    Run.notes,
+    Run.config,
+    Run.summary,
+    Run.status,
+    Run.heartbeat_at,
+    Run.created_at,
+    Run.updated_at,
+)
+# {engine url: {run id: row}}: decoded run rows, reused while the run's ``updated_at`` holds.
+# Every change of a run row goes through the ORM, whose ``onupdate`` bumps ``updated_at``
+# (metric ingest rewrites the summary, heartbeats the status), so a stale entry is refetched.
+# Decoding 10^4 rows of JSON costs more than the whole 300 ms budget on a busy machine.
+_CACHE: dict[str, dict[int, dict[str, Any]]] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_MAX = 200_000
+
+
+def _cached_rows(session: Session, current: list[Any]) -> list[dict[str, Any]]:
+    """The decoded rows of the runs ``current`` ((id, version) pairs), in that order."""
+    key = str(session.get_bind().url)
+    versions = dict(current)
+    with _CACHE_LOCK:
+        cache = _CACHE.setdefault(key, {})
+        if len(cache) > _CACHE_MAX:
+            cache.clear()
+        stale = [rid for rid, v in current if (c := cache.get(rid)) is None or c["_version"] != v]
+    for i in range(0, len(stale), 1000):
+        fresh = session.execute(select(*_COLUMNS).where(Run.id.in_(stale[i : i + 1000])))
+        decoded = {}
+        for r in fresh.mappings():
+            row = dict(r)
+            row["tags"] = list(row["tags"] or [])
+            row["config"] = row["config"] or {}
+            row["summary"] = row["summary"] or {}
+            row["_version"] = versions[row["id"]]
+            decoded[row["id"]] = row
+        with _CACHE_LOCK:
+            cache.update(decoded)
+    with _CACHE_LOCK:
+        return [cache[rid] for rid, _ in current if rid in cache]
 
 
 class _RowRun:
@@ -185,14 +265,19 @@ class _RowRun:
         self.created_at = row["created_at"]
 
 
+def _ids_clause(column: Any, rows: list[dict[str, Any]]) -> Any:
+    """``column IN (ids)`` for a page of rows; no condition (all runs) for a long list."""
+    return column.in_([r["id"] for r in rows]) if len(rows) <= 1000 else true()
+
+
 def _add_counts(session: Session, rows: list[dict[str, Any]]) -> None:
     """Checkpoint and job counts and last activity, for all runs in two grouped queries."""
     ckpt = {
         rid: (n, last)
         for rid, n, last in session.execute(
-            select(
-                Checkpoint.run_id, func.count(Checkpoint.id), func.max(Checkpoint.created_at)
-            ).group_by(Checkpoint.run_id)
+            select(Checkpoint.run_id, func.count(Checkpoint.id), func.max(Checkpoint.created_at))
+            .where(_ids_clause(Checkpoint.run_id, rows))
+            .group_by(Checkpoint.run_id)
         )
     }
     jobs = {
@@ -204,7 +289,9 @@ def _add_counts(session: Session, rows: list[dict[str, Any]]) -> None:
                 func.sum(cast(Job.state.in_(ACTIVE), Integer)),
                 func.sum(cast(Job.state == "failed", Integer)),
                 func.max(func.coalesce(Job.finished_at, Job.started_at, Job.created_at)),
-            ).group_by(Job.run_id)
+            )
+            .where(_ids_clause(Job.run_id, rows))
+            .group_by(Job.run_id)
         )
     }
     for row in rows:

@@ -14,24 +14,9 @@ from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
-from server.run_filter import parse_filter
+from server.runs_table import matching_ids
 from server.schemas import RunCreate, RunOut, RunUpdate
-from server.settings import Settings
 from server.tracking import STATUSES, effective_status, status_clause
-
-
-def _filter_row(run: Run, settings: Settings) -> dict:
-    """The fields the filter language reads (``server.run_filter``)."""
-    return {
-        "name": run.name,
-        "task": run.task,
-        "status": effective_status(run, settings.run_crashed_after_s),
-        "tags": run.tags or [],
-        "notes": run.notes,
-        "config": run.config or {},
-        "summary": run.summary or {},
-    }
-
 
 router = APIRouter(tags=["runs"])
 
@@ -155,14 +140,19 @@ def list_runs(
             raise BadInput(f"status: unknown {status!r}; use one of {', '.join(STATUSES)}")
         query = query.where(status_clause(status, settings.run_crashed_after_s))
     query = query.order_by(SORTS[sort], Run.id)
-    if tag or filter:  # JSON fields: filtered here, portable across SQLite and PostgreSQL
-        keep = parse_filter(filter or "")
-        runs = [
-            r
-            for r in session.scalars(query)
-            if (not tag or tag in (r.tags or [])) and keep(_filter_row(r, settings))
-        ]
-        runs = runs[offset : offset + limit]
+    if tag or filter:  # JSON fields: filtered in Python (``server.runs_table``), same on both
+        keep = matching_ids(
+            session,
+            crashed_after_s=settings.run_crashed_after_s,
+            q=q or "",
+            task=task or "",
+            tag=tag or "",
+            filter=filter or "",
+        )
+        ordered = session.scalars(query.with_only_columns(Run.id))
+        page = [rid for rid in ordered if rid in keep][offset : offset + limit]
+        by_id = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(page)))}
+        runs = [by_id[rid] for rid in page if rid in by_id]
     else:
         runs = list(session.scalars(query.offset(offset).limit(limit)))
     return runs_out(session, runs, settings.run_crashed_after_s)
