@@ -4,6 +4,7 @@ Seeds N runs (default 10,000) with a hyperparameter config (6 keys, one nested),
 4 series, statuses and tags; 10% of runs get a checkpoint and a job row. Then times, through the
 real app (Starlette TestClient, so routing, validation, templates and JSON are included):
 
+  default   GET /                (last-activity order: counts of every run needed)
   page      GET /?cols=config.lr,config.optimizer.name,summary.test_loss.min&sort=-config.lr
   filter    GET /?filter=config.lr < 1e-3 and summary.test_loss.min < 0.5&cols=...&group=config.batch
   api       GET /api/runs?filter=config.lr < 1e-3&limit=200
@@ -44,6 +45,7 @@ from server.settings import Settings  # noqa: E402
 BUDGET_MS = 300.0
 COLS = "config.lr,config.optimizer.name,summary.test_loss.min"
 REQUESTS = {
+    "default": "/",
     "page": f"/?cols={COLS}&sort=-config.lr",
     "filter": (
         f"/?cols={COLS}&group=config.batch&filter=config.lr < 1e-3 and summary.test_loss.min < 0.5"

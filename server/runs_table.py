@@ -63,7 +63,7 @@ def _column_choices(rows: list[dict[str, Any]], limit: int = 200) -> list[str]:
             else:
                 config_keys.add(f"{prefix}{k}")
 
-    for r in rows[:2000]:  # a sample is enough to offer the common keys
+    for r in rows[:500]:  # a sample is enough to offer the common keys
         walk(r.get("config") or {}, "")
         series.update((r.get("summary") or {}).keys())
     cols = [f"config.{k}" for k in sorted(config_keys)]
@@ -119,10 +119,10 @@ def runs_table(
     if not page_only:
         _add_counts(session, rows)
     if sort_field is not None:
-        present = [r for r in rows if field_value(r, sort_field) is not None]
-        missing = [r for r in rows if field_value(r, sort_field) is None]
-        present.sort(key=lambda r: _sort_key(field_value(r, sort_field)), reverse=desc)
-        rows = present + missing
+        keyed = [(field_value(r, sort_field), r) for r in rows]
+        present = [(v, r) for v, r in keyed if v is not None]
+        present.sort(key=lambda vr: _sort_key(vr[0]), reverse=desc)
+        rows = [r for _, r in present] + [r for v, r in keyed if v is None]
     elif sort_name == "name":
         rows.sort(key=lambda r: r["name"].lower(), reverse=desc)
     elif sort_name == "created":
@@ -176,20 +176,27 @@ def _matching_rows(
         stmt = stmt.where(Run.task == task)
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
+    tags, tasks = (seen["tags"], seen["tasks"]) if seen is not None else (set(), set())
     for cached in _cached_rows(session, session.execute(stmt).all()):
-        row = dict(cached)  # the cache's rows are shared: each request gets its own copy
-        row["status"] = effective_status(_RowRun(row), crashed_after_s, now)  # type: ignore[arg-type]
-        if seen is not None:
-            seen["tags"].update(row["tags"])
-            if row["task"]:
-                seen["tasks"].add(row["task"])
-        if tag and tag not in row["tags"]:
+        row_tags = cached["tags"]
+        if row_tags:
+            tags.update(row_tags)
+        tasks.add(cached["task"])
+        if tag and tag not in row_tags:
             continue
-        if status and row["status"] != status:
+        st = cached["status"]
+        if st == "running":  # only running runs can have gone quiet
+            st = effective_status(_RowRun(cached), crashed_after_s, now)  # type: ignore[arg-type]
+        if status and st != status:
             continue
-        if not predicate(row):
+        # The cache's rows are shared: a request reads them and copies only those it keeps.
+        view = cached if st == cached["status"] else {**cached, "status": st}
+        if not predicate(view):
             continue
+        row = dict(view)
+        row["status"] = st
         rows.append(row)
+    tasks.discard(None)
     return rows
 
 
