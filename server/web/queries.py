@@ -111,6 +111,7 @@ def list_runs(
         "all_tasks": table["all_tasks"],
         "statuses": STATUSES,
         "filters": {**args, "group": group, "cols": ",".join(table["columns"])},
+        "limit": limit,
         "sorts": RUN_SORTS,
     }
 

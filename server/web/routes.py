@@ -67,9 +67,11 @@ def runs_page(
     filter: str = "",
     group: str = "",
     cols: str = "",
+    limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> HTMLResponse:
     context = queries.list_runs(
         session,
+        limit=limit,
         q=q.strip(),
         tag=tag,
         task=task,
