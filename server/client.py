@@ -848,10 +848,13 @@ class Run:
             body["llc"] = dict(llc)
         return self.client.request("POST", f"/api/runs/{self.id}/analyses", json=body).json()
 
-    def series(self, name: str, max_points: int | None = None) -> Any:
+    def series(self, name: str, max_points: int | None = None, wall_time: bool = False) -> Any:
+        """The series' points (``steps``, ``values``; ``wall_times`` when asked)."""
         params: dict[str, Any] = {"name": name}
         if max_points:
             params["max_points"] = max_points
+        if wall_time:
+            params["wall_time"] = "true"
         return self.client.request("GET", f"/api/runs/{self.id}/series", params=params).json()
 
     def jobs(self) -> Any:
