@@ -46,6 +46,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -353,7 +354,14 @@ class Phaseboard:
         ):
             if value is not None:
                 meta[key] = value
-        if self.mode == "offline" or not self.ping(timeout_s=5.0):
+        data: dict[str, Any] | None = None
+        if self.mode == "online" and self.ping(timeout_s=5.0):
+            try:
+                data = self.ensure_run(meta, stacklevel=3)
+            except PhaseboardClientError as exc:
+                if exc.status_code is not None:
+                    raise  # refused (bad token, unknown task): tell the user before training
+        if data is None:
             if self.mode == "online":
                 warnings.warn(
                     f"phaseboard: cannot reach {self.url}; run {name!r} is spooled to disk "
@@ -363,7 +371,7 @@ class Phaseboard:
             run = Run(self, {"id": None, "name": name, "config": meta.get("config") or {}})
             run._start_spooling(meta)
         else:
-            run = Run(self, self.ensure_run(meta, stacklevel=3))
+            run = Run(self, data)
         self._runs.add(run)
         run._start()
         return run
@@ -490,7 +498,7 @@ class Run:
     def url(self) -> str:
         """The run page in the dashboard (the runs list while the run is not uploaded yet)."""
         if self.id is None:
-            return f"{self.client.url}/?q={self.name}"
+            return f"{self.client.url}/?q={quote(self.name)}"
         return f"{self.client.url}/runs/{self.id}"
 
     @property

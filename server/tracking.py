@@ -57,13 +57,22 @@ def merge_summary(
 ) -> dict[str, Any]:
     """A new summary with ``(name, step, value)`` points folded in (inputs untouched)."""
     out = {k: dict(v) for k, v in (summary or {}).items() if isinstance(v, dict)}
-    for name, step, value in points:
+    groups: dict[str, tuple[list[int], list[float]]] = {}
+    for name, step, value in points:  # one pass to group, then builtins per series
+        g = groups.get(name)
+        if g is None:
+            g = groups[name] = ([], [])
+        g[0].append(step)
+        g[1].append(value)
+    for name, (steps, values) in groups.items():
+        i = max(range(len(steps)), key=steps.__getitem__)
+        lo, hi = min(values), max(values)
         s = out.get(name)
         if s is None:
-            out[name] = {"last": value, "last_step": step, "min": value, "max": value}
+            out[name] = {"last": values[i], "last_step": steps[i], "min": lo, "max": hi}
             continue
-        if step >= s.get("last_step", -1):
-            s["last"], s["last_step"] = value, step
-        s["min"] = min(s.get("min", value), value)
-        s["max"] = max(s.get("max", value), value)
+        if steps[i] >= s.get("last_step", -1):
+            s["last"], s["last_step"] = values[i], steps[i]
+        s["min"] = min(s.get("min", lo), lo)
+        s["max"] = max(s.get("max", hi), hi)
     return out
