@@ -6,7 +6,7 @@ real app (Starlette TestClient, so routing, validation, templates and JSON are i
 
   default   GET /                (last-activity order: counts of every run needed)
   page      GET /?cols=config.lr,config.optimizer.name,summary.test_loss.min&sort=-config.lr
-  filter    GET /?filter=config.lr < 1e-3 and summary.test_loss.min < 0.5&cols=...&group=config.batch
+  filter    GET /?filter=config.lr < 1e-3 and summary.test_loss.min < 0.5&group=config.batch
   api       GET /api/runs?filter=config.lr < 1e-3&limit=200
 
 Baseline (same run, same database): ``SELECT`` of the same run columns for all N runs with
