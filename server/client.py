@@ -565,6 +565,7 @@ class Run:
         step: int | Mapping[str, Any] | None = None,
         *,
         commit: bool = True,
+        wall_time: float | None = None,
     ) -> None:
         """Record scalar ``metrics``; returns at once (a thread posts them).
 
@@ -573,6 +574,7 @@ class Run:
         ``log(7, {"loss": 1.0})`` log at 7 and move the current step to at least 8. Nested dicts
         are flattened with ``/``. Values may be Python numbers, numpy scalars or one-element
         tensors; non-finite or non-numeric values and bad names are dropped with a warning.
+        ``wall_time`` (Unix seconds) overrides the time stamp, for importers of old logs.
         """
         if self._closed:
             raise PhaseboardClientError(f"run {self.name!r} is finished; call pb.run() again")
@@ -591,7 +593,7 @@ class Run:
             self._step = max(self._step, at + 1)
         if self._thread is None:
             self._start()
-        now = time.time()
+        now = time.time() if wall_time is None else float(wall_time)
         points = []
         for name, value in flatten_metrics(metrics).items():
             name = str(name)

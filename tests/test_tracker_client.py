@@ -309,3 +309,20 @@ def test_log_after_finish_is_a_usage_error(home: Path, port: int, tmp_path: Path
     with pytest.raises(PhaseboardClientError, match="finished"):
         run.log({"x": 1.0})
     pb.close()
+
+
+def test_points_carry_the_client_wall_time_or_an_imported_one(tmp_path: Path) -> None:
+    import json
+
+    pb = _client("http://127.0.0.1:9", tmp_path, mode="offline")
+    run = pb.run("stamps")
+    t0 = time.time()
+    run.log({"loss": 1.0})
+    run.log({"loss": 0.5}, step=7, wall_time=1_600_000_000.25)
+    run.flush()
+    assert run.spool_path is not None
+    lines = [json.loads(x) for x in (run.spool_path / "metrics.jsonl").read_text().splitlines()]
+    assert t0 <= lines[0]["wall_time"] <= time.time()
+    assert lines[1] == {"step": 7, "name": "loss", "value": 0.5, "wall_time": 1_600_000_000.25}
+    run._closed = True
+    pb._http.close()
