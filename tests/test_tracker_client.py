@@ -277,6 +277,7 @@ def test_offline_mode_spools_and_phaseboard_sync_uploads_exactly_once(
     pb.close()
 
 
+@pytest.mark.slow
 def test_status_running_then_finished_or_crashed_when_heartbeats_stop(
     home: Path, port: int, tmp_path: Path
 ) -> None:

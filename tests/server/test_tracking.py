@@ -161,7 +161,7 @@ FILTER_ALPHABET = st.sampled_from(
 )  # fmt: skip
 
 
-@hsettings(max_examples=300, deadline=None, derandomize=True)
+@hsettings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(FILTER_ALPHABET, max_size=12).map(" ".join) | st.text(max_size=60))
 def test_filter_parser_fuzz_only_ever_raises_filter_error(text: str) -> None:
     row = {"name": "r", "status": "running", "tags": ["a"], "config": {"lr": 1e-3},
@@ -173,6 +173,7 @@ def test_filter_parser_fuzz_only_ever_raises_filter_error(text: str) -> None:
     assert keep(row) in (True, False)
 
 
+@pytest.mark.slow
 @hsettings(
     max_examples=40,
     deadline=None,
