@@ -372,6 +372,7 @@ class Phaseboard:
             run._start_spooling(meta)
         else:
             run = Run(self, data)
+        run._track = status != "imported"  # the caller's intent, not the run's old status
         self._runs.add(run)
         run._start()
         return run
