@@ -1,4 +1,4 @@
-"""The ``phaseboard`` command: ``up | migrate | worker | ingest | export | demo | gc``."""
+"""The ``phaseboard`` command: ``up | migrate | worker | ingest | export | demo | gc | sync``."""
 
 from __future__ import annotations
 
@@ -222,3 +222,37 @@ def gc(
         f"{report.kept_recent} younger than {min_age_hours:g} h; "
         f"{report.temp_files_removed} stale upload temp file(s) removed"
     )
+
+
+@app.command()
+def sync(
+    path: str = typer.Argument(
+        "~/.phaseboard/spool", help="A run's spool directory, or a folder of them."
+    ),
+    url: str | None = typer.Option(None, help="Server URL (default: the local one)."),
+    token: str | None = typer.Option(None, help="API token (default PHASEBOARD_API_TOKEN)."),
+) -> None:
+    """Upload runs logged offline (or while the server was away); each exactly once."""
+    from pathlib import Path
+
+    from server.spool import find_spools, sync_spool
+
+    spools = find_spools(Path(path))
+    if not spools:
+        console.print(f"[yellow]no spooled runs under {path}[/yellow]")
+        raise typer.Exit(1)
+    with _connected(url, token) as client:
+        for spool in spools:
+            result = sync_spool(client, spool)
+            name = spool.meta.get("name", spool.path.name)
+            if result.skipped:
+                console.print(f"{name}: skipped ({result.skipped})", highlight=False)
+                continue
+            for d in result.dropped:
+                console.print(f"[yellow]dropped point[/yellow] {d}", highlight=False)
+            state = "complete" if result.complete else "uploaded so far (run not finished)"
+            console.print(
+                f"{name}: {result.points} points, {result.checkpoints} checkpoints, {state}; "
+                f"{client.url}/runs/{result.run_id}",
+                highlight=False,
+            )

@@ -3,26 +3,41 @@
     from server.client import Phaseboard
 
     pb = Phaseboard("http://127.0.0.1:8765", token=None)
-    with pb.run("grokking-p53", task="modular_addition", task_config={"p": 53}) as run:
+    with pb.run("grokking-p53", task="modular_addition", task_config={"p": 53},
+                config={"lr": 1e-3, "optimizer": {"name": "adamw"}}) as run:
         for step in range(steps):
             ...
-            run.log(step, {"train_loss": loss.item()})
+            run.log({"train": {"loss": loss.item()}})   # auto step; saved as "train/loss"
             if step in checkpoint_steps:
                 run.log_checkpoint(step, model)
         run.analyze(kinds=["metrics", "llc"])
-    print(run.url)
+    print(run.url, run.summary["train/loss"]["min"])
 
 ``log`` only appends to an in-memory buffer; a background thread posts it in batches, so a
-slow or briefly unreachable server never stalls training. ``log_checkpoint`` serialises the
-weights to safetensors in a spooled temp file and streams the upload, retrying connection
-errors and 5xx answers with exponential backoff; an already uploaded step counts as done.
-Everything still buffered is flushed by ``run.finish()``, the context manager, or at exit.
+slow server never stalls training. A point the server refuses (a NUL in its name, say) is
+dropped with a warning; the rest of its batch is kept (the batch is split until the bad point
+is found) and a 4xx is never retried. **The client never raises into the training loop for a
+network problem**: when the server is down at ``pb.run()`` or goes away later, it warns once
+and writes everything (points, checkpoints, config, the finish) to a local spool directory
+(``server.spool``); once the server answers again the client uploads the spool itself,
+exactly once, and carries on online. ``mode="offline"`` only spools; upload later with
+``phaseboard sync DIR``. A heartbeat thread keeps the run ``running`` on the server;
+``finish()`` (or leaving the ``with`` block, or interpreter exit) marks it ``finished``, a
+``with`` block left by an exception marks it ``crashed``.
+
+Steps: ``run.log(metrics)`` logs at the run's current step and then advances it by one (as in
+wandb); ``run.log(metrics, step=s)`` (or the older ``run.log(s, metrics)``) logs at ``s`` and
+moves the current step to ``max(current, s + 1)``, so auto steps always continue after the
+largest explicit step. A run found again by name resumes after its largest logged step.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import html
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -30,16 +45,79 @@ import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+from urllib.parse import quote
 
 import httpx
 
-__all__ = ["Phaseboard", "PhaseboardClientError", "Run", "state_dict_to_safetensors"]
+from server.spool import Spool, sync_spool
+
+__all__ = [
+    "Phaseboard",
+    "PhaseboardClientError",
+    "Run",
+    "RunConfig",
+    "flatten_metrics",
+    "post_points",
+    "state_dict_to_safetensors",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 _RETRY_STATUS = {500, 502, 503, 504}
-_MAX_BUFFERED = 2_000_000  # metric points held while the server is unreachable
+_MAX_BUFFERED = 2_000_000  # metric points held in memory before they go to the spool
 _SPOOL_BYTES = 64 * 1024 * 1024  # checkpoints larger than this are serialised to disk
+_MAX_STEP = 2**53 - 1
+_MAX_NAME = 200
+_BATCH = 5000
+# Refusals that are about the run or the caller, not about the points in the batch.
+_NOT_THE_POINTS = {401, 403, 404, 405}
+
+Mode = Literal["online", "offline"]
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"loss": 1}}`` -> ``{"train/loss": 1}`` (nested mappings joined with ``/``)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, prefix=f"{name}/"))
+        else:
+            out[name] = value
+    return out
+
+
+def _bad_name(name: str) -> str | None:
+    """Why the server would refuse this metric name, or None."""
+    if not name.strip():
+        return "empty name"
+    if len(name) > _MAX_NAME:
+        return f"name longer than {_MAX_NAME} characters"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return "control character (e.g. NUL) in the name"
+    return None
+
+
+def post_points(client: Phaseboard, run_id: int, points: list[dict[str, Any]]) -> list[str]:
+    """POST points; a 4xx about the points splits the batch until the bad ones are found.
+
+    Returns a description of each dropped point (the caller warns). Network errors, 5xx after
+    retries and refusals of the run itself (401/403/404) raise ``PhaseboardClientError``.
+    A 4xx is never retried.
+    """
+    if not points:
+        return []
+    try:
+        client.request("POST", f"/api/runs/{run_id}/metrics", json=points)
+        return []
+    except PhaseboardClientError as exc:
+        if exc.status_code is None or exc.status_code >= 500 or exc.status_code in _NOT_THE_POINTS:
+            raise
+        if len(points) == 1:
+            p = points[0]
+            return [f"{p.get('name')!r} at step {p.get('step')}: {exc.short}"]
+    mid = len(points) // 2
+    return post_points(client, run_id, points[:mid]) + post_points(client, run_id, points[mid:])
 
 
 class PhaseboardClientError(Exception):
@@ -128,7 +206,9 @@ class Phaseboard:
 
     ``url`` defaults to the local server; ``token`` is needed when the server sets
     ``PHASEBOARD_API_TOKEN``. ``flush_every`` points or ``flush_interval_s`` seconds, whichever
-    comes first, trigger a metrics batch.
+    comes first, trigger a metrics batch. ``mode="offline"`` never contacts the server (runs
+    are spooled under ``spool_dir``, default ``~/.phaseboard/spool``); ``heartbeat_s`` is the
+    run heartbeat period and ``reconnect_s`` how often an unreachable server is tried again.
     """
 
     def __init__(
@@ -142,7 +222,17 @@ class Phaseboard:
         flush_every: int = 500,
         flush_interval_s: float = 2.0,
         transport: httpx.BaseTransport | None = None,
+        mode: Mode = "online",
+        spool_dir: str | Path | None = None,
+        heartbeat_s: float = 15.0,
+        reconnect_s: float = 10.0,
     ) -> None:
+        if mode not in ("online", "offline"):
+            raise ValueError(f"mode must be 'online' or 'offline', not {mode!r}")
+        self.mode: Mode = mode
+        self.spool_dir = Path(spool_dir).expanduser() if spool_dir else None
+        self.heartbeat_s = heartbeat_s
+        self.reconnect_s = reconnect_s
         self.url = (url or DEFAULT_URL).rstrip("/")
         self.token = token or None
         self.max_retries = max_retries
@@ -168,6 +258,7 @@ class Phaseboard:
         *,
         ok: Iterable[int] = (),
         rewind: IO[bytes] | None = None,
+        retries: int | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send a request, retrying connection errors and 5xx answers with backoff.
@@ -179,8 +270,9 @@ class Phaseboard:
         allowed = set(ok)
         what = f"{method} {path}"
         delay = self.backoff_s
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+        tries = self.max_retries if retries is None else retries
+        for attempt in range(tries + 1):
+            last = attempt == tries
             if rewind is not None:
                 rewind.seek(0)
             try:
@@ -205,7 +297,7 @@ class Phaseboard:
     def ping(self, timeout_s: float = 2.0) -> bool:
         """True when the server answers its health check (no retries)."""
         try:
-            return httpx.get(f"{self.url}/api/health", timeout=timeout_s).is_success
+            return self._http.get("/api/health", timeout=timeout_s).is_success
         except httpx.HTTPError:
             return False
 
@@ -240,40 +332,82 @@ class Phaseboard:
         tags: list[str] | None = None,
         notes: str | None = None,
         analysis_config: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        status: Literal["running", "imported"] = "running",
     ) -> Run:
         """Get the run called ``name``, creating it if it does not exist yet.
 
-        An existing run keeps its task; fields it lacks (task, config, tags, notes) are filled
-        in from the arguments.
+        An existing run keeps its task; fields it lacks (task, task config, tags, notes) are
+        filled in from the arguments and ``config`` is merged into its config. When the
+        server cannot be reached (or ``mode="offline"``) the run is spooled locally and
+        uploaded later; a refusal (bad token, unknown task) still raises here, before
+        training starts. ``status="imported"`` is for importers: no heartbeat, no finish.
         """
-        body: dict[str, Any] = {"name": name}
+        meta: dict[str, Any] = {"name": name, "status": status}
         for key, value in (
             ("task", task),
             ("task_config", dict(task_config) if task_config is not None else None),
             ("tags", tags),
             ("notes", notes),
             ("analysis_config", dict(analysis_config) if analysis_config is not None else None),
+            ("config", dict(config) if config is not None else None),
         ):
             if value is not None:
-                body[key] = value
+                meta[key] = value
+        data: dict[str, Any] | None = None
+        if self.mode == "online" and self.ping(timeout_s=5.0):
+            try:
+                data = self.ensure_run(meta, stacklevel=3)
+            except PhaseboardClientError as exc:
+                if exc.status_code is not None:
+                    raise  # refused (bad token, unknown task): tell the user before training
+        if data is None:
+            if self.mode == "online":
+                warnings.warn(
+                    f"phaseboard: cannot reach {self.url}; run {name!r} is spooled to disk "
+                    "and uploaded when the server answers (training goes on)",
+                    stacklevel=2,
+                )
+            run = Run(self, {"id": None, "name": name, "config": meta.get("config") or {}})
+            run._start_spooling(meta)
+        else:
+            run = Run(self, data)
+        run._track = status != "imported"  # the caller's intent, not the run's old status
+        self._runs.add(run)
+        run._start()
+        return run
+
+    def ensure_run(self, meta: Mapping[str, Any], stacklevel: int = 2) -> dict[str, Any]:
+        """Get or create the run described by ``meta`` (``run()``'s fields); its record."""
+        name = str(meta["name"])
+        body = {k: v for k, v in meta.items() if k not in ("run_id", "status") and v is not None}
+        if meta.get("status") in ("running", "imported"):
+            body["status"] = meta["status"]
         data = self._find_by_name(name)
         if data is None:
             resp = self.request("POST", "/api/runs", json=body, ok=[409])
             data = resp.json() if resp.status_code != 409 else self._find_by_name(name)
             if data is None:
                 raise _error_from_response(resp, "POST /api/runs")
-        else:
-            if task is not None and data.get("task") not in (None, task):
-                warnings.warn(
-                    f"phaseboard: run {name!r} already has task {data['task']!r}; keeping it",
-                    stacklevel=2,
-                )
-            patch = {k: v for k, v in body.items() if k != "name" and not data.get(k)}
-            if patch:
-                data = self.request("PATCH", f"/api/runs/{data['id']}", json=patch).json()
-        run = Run(self, data)
-        self._runs.add(run)
-        return run
+            return data
+        task = meta.get("task")
+        if task is not None and data.get("task") not in (None, task):
+            warnings.warn(
+                f"phaseboard: run {name!r} already has task {data['task']!r}; keeping it",
+                stacklevel=stacklevel,
+            )
+        patch = {
+            k: v
+            for k, v in body.items()
+            if k not in ("name", "config", "status") and not data.get(k)
+        }
+        if body.get("config"):
+            merged = {**(data.get("config") or {}), **body["config"]}
+            if merged != data.get("config"):
+                patch["config"] = merged
+        if patch:
+            data = self.request("PATCH", f"/api/runs/{data['id']}", json=patch).json()
+        return data
 
     def close(self) -> None:
         """Finish every open run and close the connection pool."""
@@ -295,13 +429,32 @@ class Phaseboard:
         self.close()
 
 
+class RunConfig(dict[str, Any]):
+    """``run.config``: a dict of hyperparameters; ``update``/item assignment save it."""
+
+    def __init__(self, run: Run, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self._run = run
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(*args, **kwargs)
+        self._run._save_config()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._run._save_config()
+
+
 class Run:
-    """One run on the server: buffered ``log``, ``log_checkpoint``, ``analyze``, ``url``."""
+    """One run: buffered ``log``, ``log_checkpoint``, ``config``, ``summary``, ``analyze``.
+
+    ``id`` is None while a run that was created offline has not reached the server yet.
+    """
 
     def __init__(self, client: Phaseboard, data: dict[str, Any]) -> None:
         self.client = client
         self.data = data
-        self.id: int = int(data["id"])
+        self.id: int | None = int(data["id"]) if data.get("id") is not None else None
         self.name: str = str(data["name"])
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -310,53 +463,181 @@ class Run:
         self._sending = False
         self._closed = False
         self._error: PhaseboardClientError | None = None
-        self._dropped_nonfinite: set[str] = set()
+        self._warned: set[str] = set()
         self._uploaded_steps: set[int] = set()
         self._thread: threading.Thread | None = None
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._spool_lock = threading.RLock()  # checkpoint/config writes vs. the spool upload
+        self._spool: Spool | None = None
+        self._next_sync = 0.0
+        self._local_summary: dict[str, dict[str, Any]] = {}
+        self._step = 1 + max(
+            (int(v.get("last_step", -1)) for v in (data.get("summary") or {}).values()),
+            default=-1,
+        )
+        self._config = RunConfig(self, data.get("config") or {})
+        self._track = data.get("status") != "imported"
         self.points_sent = 0
 
     def __repr__(self) -> str:
         return f"Run(id={self.id}, name={self.name!r}, url={self.url!r})"
 
+    def _repr_html_(self) -> str:
+        """A link and a small status line for notebooks."""
+        state = "offline (spooled)" if self.spooled else "online"
+        if self._closed:
+            state = "finished"
+        where = f" · spool <code>{html.escape(str(self.spool_path))}</code>" if self.spooled else ""
+        return (
+            f'<div class="phaseboard-run">Phaseboard run <a href="{html.escape(self.url)}" '
+            f'target="_blank">{html.escape(self.name)}</a> · {state} · step {self._step}'
+            f"{where}</div>"
+        )
+
     @property
     def url(self) -> str:
-        """The run page in the dashboard."""
+        """The run page in the dashboard (the runs list while the run is not uploaded yet)."""
+        if self.id is None:
+            return f"{self.client.url}/?q={quote(self.name)}"
         return f"{self.client.url}/runs/{self.id}"
+
+    @property
+    def spooled(self) -> bool:
+        """True while this run writes to its local spool instead of the server."""
+        return self._spool is not None
+
+    @property
+    def spool_path(self) -> Path | None:
+        return self._spool.path if self._spool is not None else None
+
+    @property
+    def step(self) -> int:
+        """The step the next ``log(metrics)`` without a step will use."""
+        return self._step
+
+    # --- config and summary -------------------------------------------------------------
+
+    @property
+    def config(self) -> RunConfig:
+        return self._config
+
+    @config.setter
+    def config(self, value: Mapping[str, Any]) -> None:
+        self._config = RunConfig(self, value)
+        self._save_config()
+
+    def _save_config(self) -> None:
+        body = dict(self._config)
+        with self._spool_lock:
+            if self._spool is not None:
+                self._spool.update_meta(config=body)
+                return
+        if self.id is None:
+            return
+        try:
+            self.client.request("PATCH", f"/api/runs/{self.id}", json={"config": body}, retries=1)
+        except PhaseboardClientError as exc:
+            if exc.status_code is not None:
+                self._warn_once("config", f"phaseboard: config not saved: {exc.short}")
+                return
+            with self._spool_lock:
+                self._go_offline(exc)
+                assert self._spool is not None
+                self._spool.update_meta(config=body)
+
+    @property
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """``{series: {last, last_step, min, max}}``: the server's (after a flush) when online,
+        else what this process logged."""
+        if self._spool is None and self.id is not None:
+            try:
+                self.flush(timeout_s=30.0)
+                return dict(self.refresh().get("summary") or {})
+            except PhaseboardClientError:
+                pass
+        return {k: dict(v) for k, v in self._local_summary.items()}
 
     # --- metrics ------------------------------------------------------------------------
 
-    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Record scalar ``metrics`` at ``step``; returns at once (a thread posts them).
+    def log(
+        self,
+        metrics: Mapping[str, Any] | int,
+        step: int | Mapping[str, Any] | None = None,
+        *,
+        commit: bool = True,
+        wall_time: float | None = None,
+    ) -> None:
+        """Record scalar ``metrics``; returns at once (a thread posts them).
 
-        Values may be Python numbers, numpy scalars or one-element tensors. Non-finite
-        values are dropped with a warning (JSON cannot carry them).
+        ``log({"loss": 1.0})`` uses the current step and advances it (``commit=False`` keeps
+        it, to add more values to the same step); ``log({"loss": 1.0}, step=7)`` and the older
+        ``log(7, {"loss": 1.0})`` log at 7 and move the current step to at least 8. Nested dicts
+        are flattened with ``/``. Values may be Python numbers, numpy scalars or one-element
+        tensors; non-finite or non-numeric values and bad names are dropped with a warning.
+        ``wall_time`` (Unix seconds) overrides the time stamp, for importers of old logs.
         """
-        self._raise_pending()
         if self._closed:
             raise PhaseboardClientError(f"run {self.name!r} is finished; call pb.run() again")
-        step = int(step)
+        if isinstance(metrics, Mapping):
+            explicit = step
+        else:  # the older log(step, metrics) form
+            explicit, metrics = metrics, step  # type: ignore[assignment]
+            if not isinstance(metrics, Mapping):
+                raise TypeError("log() takes a mapping of metrics (and an optional step)")
+        if explicit is None:
+            at = self._step
+            if commit:
+                self._step += 1
+        else:
+            at = int(explicit)  # type: ignore[arg-type]
+            self._step = max(self._step, at + 1)
+        if self._thread is None:
+            self._start()
+        now = time.time() if wall_time is None else float(wall_time)
         points = []
-        for name, value in metrics.items():
-            v = float(value.item() if hasattr(value, "item") else value)
-            if not math.isfinite(v):
-                if name not in self._dropped_nonfinite:
-                    self._dropped_nonfinite.add(name)
-                    warnings.warn(
-                        f"phaseboard: dropping non-finite {name}={v} at step {step}", stacklevel=2
-                    )
-                continue
-            points.append({"step": step, "name": str(name), "value": v})
+        for name, value in flatten_metrics(metrics).items():
+            name = str(name)
+            point = self._point(name, at, value, now)
+            if point is not None:
+                points.append(point)
         with self._lock:
             self._buffer.extend(points)
-            if len(self._buffer) > _MAX_BUFFERED:  # server away for very long: keep the newest
-                del self._buffer[: len(self._buffer) - _MAX_BUFFERED]
             full = len(self._buffer) >= self.client.flush_every
-        self._ensure_thread()
         if full:
             self._wake.set()
 
+    def _point(self, name: str, step: int, value: Any, now: float) -> dict[str, Any] | None:
+        why = _bad_name(name)
+        if why is None and not 0 <= step <= _MAX_STEP:
+            why = f"step {step} outside 0..2^53-1"
+        v = None
+        if why is None:
+            try:
+                v = float(value.item() if hasattr(value, "item") else value)
+            except (TypeError, ValueError):
+                why = f"value of type {type(value).__name__} is not a number"
+        if why is None and v is not None and not math.isfinite(v):
+            why = f"non-finite {name}={v} at step {step}"
+        if why is not None or v is None:
+            self._warn_once(f"name:{name}", f"phaseboard: dropping {name!r}: {why}", stacklevel=4)
+            return None
+        s = self._local_summary.get(name)
+        if s is None:
+            self._local_summary[name] = {"last": v, "last_step": step, "min": v, "max": v}
+        else:
+            if step >= s["last_step"]:
+                s["last"], s["last_step"] = v, step
+            s["min"], s["max"] = min(s["min"], v), max(s["max"], v)
+        return {"step": step, "name": name, "value": v, "wall_time": now}
+
+    def _warn_once(self, key: str, message: str, stacklevel: int = 2) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=stacklevel)
+
     def flush(self, timeout_s: float | None = None) -> None:
-        """Send everything buffered now (in this thread); raise if the server refused any."""
+        """Send (or spool) everything buffered now; never raises for a network problem."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             with self._lock:
@@ -367,58 +648,136 @@ class Run:
                     self._idle.wait(remaining)
                 if not self._buffer:
                     break
-            err = self._send_batch()
-            if err is not None:
-                self._error = None
-                raise err
+            self._send_batch()
             if deadline is not None and time.monotonic() > deadline:
                 break
-        self._raise_pending()
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._flush_loop, name=f"phaseboard-flush-{self.id}", daemon=True
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._flush_loop, name=f"phaseboard-flush-{self.name}", daemon=True
+        )
+        self._thread.start()
+        if self._track and self.client.mode == "online":
+            self._beat = threading.Thread(
+                target=self._heartbeat_loop, name=f"phaseboard-beat-{self.name}", daemon=True
             )
-            self._thread.start()
+            self._beat.start()
+
+    def _ensure_thread(self) -> None:  # kept for callers that build Run() by hand
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
 
     def _flush_loop(self) -> None:
-        warned = False
         while not self._closed:
             self._wake.wait(self.client.flush_interval_s)
             self._wake.clear()
             if self._closed:
                 break
-            err = self._send_batch()
-            if err is None:
-                warned = False
-            elif err.status_code is None:  # unreachable: points kept, try again later
-                if not warned:
-                    warnings.warn(f"phaseboard: {err}; will retry", stacklevel=1)
-                    warned = True
-            else:  # refused: the training thread sees it on its next log()
-                self._error = err
+            self._send_batch()
+            self._maybe_resync()
 
-    def _send_batch(self) -> PhaseboardClientError | None:
-        """Post up to 5000 buffered points; unsent points go back in front of the buffer."""
+    def _heartbeat_loop(self) -> None:
+        while not self._closed:
+            if self.id is not None and self._spool is None:
+                # An unreachable server is the flush thread's business (it spools).
+                with contextlib.suppress(PhaseboardClientError):
+                    self.client.request("POST", f"/api/runs/{self.id}/heartbeat", retries=0)
+            self._stop.wait(self.client.heartbeat_s)
+
+    def _send_batch(self) -> None:
+        """Post (or spool) up to 5000 buffered points; never raises."""
         with self._lock:
             if self._sending or not self._buffer:
-                return None
-            batch, self._buffer = self._buffer[:5000], self._buffer[5000:]
+                return
+            batch, self._buffer = self._buffer[:_BATCH], self._buffer[_BATCH:]
             self._sending = True
         try:
-            self.client.request("POST", f"/api/runs/{self.id}/metrics", json=batch)
-            self.points_sent += len(batch)
-            return None
-        except PhaseboardClientError as exc:
-            if exc.status_code is None:
-                with self._lock:
-                    self._buffer[:0] = batch
-            return exc
+            if self._spool is not None:
+                self._spool.append_points(batch)
+                return
+            assert self.id is not None
+            try:
+                dropped = post_points(self.client, self.id, batch)
+            except PhaseboardClientError as exc:
+                self._go_offline(exc)
+                assert self._spool is not None
+                self._spool.append_points(batch)
+                return
+            self.points_sent += len(batch) - len(dropped)
+            for d in dropped:
+                self._warn_once(f"refused:{d}", f"phaseboard: server refused point {d}; dropped")
+        except OSError as exc:  # the spool's disk: keep the points in memory
+            with self._lock:
+                self._buffer[:0] = batch
+                del self._buffer[: max(0, len(self._buffer) - _MAX_BUFFERED)]
+            self._warn_once("disk", f"phaseboard: cannot write the spool: {exc}")
         finally:
             with self._lock:
                 self._sending = False
                 self._idle.notify_all()
+
+    # --- offline and reconnecting -------------------------------------------------------
+
+    def _meta(self) -> dict[str, Any]:
+        meta = {"name": self.name, "run_id": self.id, "config": dict(self._config)}
+        if not self._track:
+            meta["status"] = "imported"
+        return meta
+
+    def _start_spooling(self, meta: dict[str, Any]) -> None:
+        self._spool = Spool.create(self.client.spool_dir, {**meta, "run_id": self.id})
+        self._next_sync = time.monotonic() + self.client.reconnect_s
+
+    def _go_offline(self, exc: PhaseboardClientError) -> None:
+        """Switch to the spool after a network problem (or a refusal of the whole run)."""
+        if self._spool is None:
+            self._start_spooling(self._meta())
+            self._warn_once(
+                "offline",
+                f"phaseboard: {exc.short}; spooling run {self.name!r} to {self._spool_path()} "
+                "and uploading it when the server answers (training goes on)",
+                stacklevel=3,
+            )
+
+    def _spool_path(self) -> str:
+        return str(self._spool.path) if self._spool is not None else "?"
+
+    def _maybe_resync(self, force: bool = False) -> bool:
+        """Upload the spool once the server answers again; True when back online."""
+        spool = self._spool
+        if spool is None or self.client.mode == "offline":
+            return spool is None
+        if not force and time.monotonic() < self._next_sync:
+            return False
+        self._next_sync = time.monotonic() + self.client.reconnect_s
+        if not self.client.ping():
+            return False
+        with self._spool_lock:
+            return self._resync_locked(spool)
+
+    def _resync_locked(self, spool: Spool) -> bool:
+        with self._lock:  # everything logged so far goes through the spool, in order
+            pending, self._buffer = self._buffer, []
+        spool.append_points(pending)
+        try:
+            result = sync_spool(self.client, spool)
+        except PhaseboardClientError as exc:
+            self._warn_once(f"sync:{exc.short}", f"phaseboard: spool upload paused: {exc.short}")
+            return False
+        for d in result.dropped:
+            self._warn_once(f"refused:{d}", f"phaseboard: server refused point {d}; dropped")
+        if result.run_id is None or result.skipped:
+            return False
+        if self.id is None:
+            self.id = result.run_id
+            self.data = {**self.data, "id": result.run_id}
+        self._uploaded_steps.update(spool.checkpoint_steps())
+        self.points_sent += result.points - len(result.dropped)
+        if spool.finished is None:
+            self._spool = None  # back online; the spool's rest is already uploaded
+            self._warn_once("back", f"phaseboard: server back; run {self.name!r} is online")
+        shutil.rmtree(spool.path, ignore_errors=True)
+        return True
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -430,14 +789,28 @@ class Run:
     def log_checkpoint(self, step: int, model_or_state_dict: Any) -> dict[str, Any] | None:
         """Upload the weights at ``step`` (an ``nn.Module`` or a state_dict).
 
-        Returns the server's checkpoint record, or None when this step was already uploaded.
+        Returns the server's checkpoint record, or None when this step was already uploaded
+        or the checkpoint went to the spool (server away, or ``mode="offline"``).
         """
         step = int(step)
         if step in self._uploaded_steps:
             return None
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as f:
-            state_dict_to_safetensors(model_or_state_dict, f)
-            return self.upload_file(step, f, filename=f"step_{step}.safetensors")
+        if self._spool is None:
+            with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as f:
+                state_dict_to_safetensors(model_or_state_dict, f)
+                try:
+                    return self.upload_file(step, f, filename=f"step_{step}.safetensors")
+                except PhaseboardClientError as exc:
+                    if exc.status_code is not None:
+                        raise  # refused (e.g. a bad checkpoint): not a network problem
+                    self._go_offline(exc)
+        with self._spool_lock:
+            if self._spool is None:  # came back online meanwhile
+                return self.log_checkpoint(step, model_or_state_dict)
+            self._spool.add_checkpoint(
+                step, lambda f: state_dict_to_safetensors(model_or_state_dict, f)
+            )
+        return None
 
     def upload_file(
         self, step: int, fileobj: IO[bytes], filename: str = "checkpoint.safetensors"
@@ -469,8 +842,14 @@ class Run:
         llc: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> Any:
-        """Queue analyses (``metrics``, ``llc``, ``llc_restricted``, ``phases``); returns jobs."""
+        """Queue analyses (``metrics``, ``llc``, ``llc_restricted``, ``phases``); returns jobs.
+
+        Returns None (with a warning) while the run is spooled: analyses need the server.
+        """
         self.flush()
+        if self._spool is not None or self.id is None:
+            self._warn_once("analyze", "phaseboard: run is offline; analyze() skipped")
+            return None
         body: dict[str, Any] = dict(extra)
         if kinds is not None:
             body["kinds"] = list(kinds)
@@ -480,10 +859,13 @@ class Run:
             body["llc"] = dict(llc)
         return self.client.request("POST", f"/api/runs/{self.id}/analyses", json=body).json()
 
-    def series(self, name: str, max_points: int | None = None) -> Any:
+    def series(self, name: str, max_points: int | None = None, wall_time: bool = False) -> Any:
+        """The series' points (``steps``, ``values``; ``wall_times`` when asked)."""
         params: dict[str, Any] = {"name": name}
         if max_points:
             params["max_points"] = max_points
+        if wall_time:
+            params["wall_time"] = "true"
         return self.client.request("GET", f"/api/runs/{self.id}/series", params=params).json()
 
     def jobs(self) -> Any:
@@ -499,18 +881,42 @@ class Run:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def finish(self, timeout_s: float | None = 120.0) -> None:
-        """Flush what is buffered and stop the background thread; idempotent."""
+    def finish(self, timeout_s: float | None = 120.0, status: str = "finished") -> None:
+        """Flush, mark the run ``finished`` (or ``status``), stop the threads; idempotent.
+
+        Never raises for a network problem: what could not be sent stays in the spool, and
+        a warning names the ``phaseboard sync`` command that uploads it.
+        """
         if self._closed:
-            self._raise_pending()
             return
-        try:
-            self.flush(timeout_s=timeout_s)
-        finally:
-            self._closed = True
-            self._wake.set()
-            if self._thread is not None and self._thread is not threading.current_thread():
-                self._thread.join(timeout=5.0)
+        self.flush(timeout_s=timeout_s)
+        self._closed = True
+        self._wake.set()
+        self._stop.set()
+        for t in (self._thread, self._beat):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=0.1 if t is self._beat else 5.0)
+        if self._spool is None and self.id is not None:
+            if not self._track:
+                return
+            try:
+                self.client.request(
+                    "POST", f"/api/runs/{self.id}/finish", json={"status": status}, retries=1
+                )
+                return
+            except PhaseboardClientError as exc:
+                if exc.status_code is not None:
+                    return
+                self._go_offline(exc)
+        assert self._spool is not None
+        self._spool.mark_finished(status)
+        if self.client.mode == "online" and self._maybe_resync(force=True):
+            return
+        warnings.warn(
+            f"phaseboard: run {self.name!r} is kept in {self._spool.path}; upload it with "
+            f"`phaseboard sync {self._spool.path}`",
+            stacklevel=2,
+        )
 
     def __enter__(self) -> Run:
         return self
@@ -519,7 +925,4 @@ class Run:
         if exc_type is None:
             self.finish()
         else:  # do not mask the training loop's own exception
-            try:
-                self.finish(timeout_s=30.0)
-            except PhaseboardClientError as err:
-                warnings.warn(f"phaseboard: {err}", stacklevel=2)
+            self.finish(timeout_s=30.0, status="crashed")

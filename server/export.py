@@ -2,9 +2,10 @@
 
 JSON keeps the server's shapes: ``{"run", "checkpoints", "series": {name: [{step, value}]},
 "results": [...]}``. CSV is one long table, one scalar per row:
-``section,name,restriction,step,value`` (``section`` is ``metric`` or a result kind such as
-``llc``; nested result values are flattened to ``key.subkey``; lists such as per-chain traces
-are left to the JSON export).
+``section,name,restriction,step,value,wall_time`` (``section`` is ``metric`` or a result kind
+such as ``llc``; nested result values are flattened to ``key.subkey``; lists such as
+per-chain traces are left to the JSON export). ``wall_time`` (Unix seconds) is when a metric
+point was logged; results leave it empty. Metric points in JSON are ``{step, value, wall_time}``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from server.client import Phaseboard, PhaseboardClientError, Run
 
 MAX_POINTS = 200_000  # the series endpoint's limit; longer series come back downsampled
-CSV_COLUMNS = ["section", "name", "restriction", "step", "value"]
+CSV_COLUMNS = ["section", "name", "restriction", "step", "value", "wall_time"]
 
 
 def _items(body: Any, *keys: str) -> list[Any]:
@@ -57,7 +58,11 @@ def series_names(run: Run) -> list[str]:
 def _points(body: Any) -> list[dict[str, Any]]:
     """``[{step, value}]`` from the series endpoint's answer."""
     if isinstance(body, dict) and isinstance(body.get("steps"), list):
-        return [{"step": s, "value": v} for s, v in zip(body["steps"], body["values"], strict=True)]
+        walls = body.get("wall_times") or [None] * len(body["steps"])
+        return [
+            {"step": s, "value": v, "wall_time": w}
+            for s, v, w in zip(body["steps"], body["values"], walls, strict=True)
+        ]
     out = []
     for p in _items(body, "points", "data"):
         if isinstance(p, dict):
@@ -75,7 +80,7 @@ def collect(client: Phaseboard, run_ref: str | int) -> dict[str, Any]:
     run = Run(client, data)
     series = {}
     for name in series_names(run):
-        series[name] = _points(run.series(name, max_points=MAX_POINTS))
+        series[name] = _points(run.series(name, max_points=MAX_POINTS, wall_time=True))
     return {
         "run": run.refresh(),
         "checkpoints": run.checkpoints(),
@@ -98,11 +103,14 @@ def to_csv(export: dict[str, Any]) -> str:
     writer.writerow(CSV_COLUMNS)
     for name, points in export["series"].items():
         for p in points:
-            writer.writerow(["metric", name, "", p["step"], p["value"]])
+            wall = p.get("wall_time")
+            writer.writerow(
+                ["metric", name, "", p["step"], p["value"], "" if wall is None else wall]
+            )
     for r in export["results"]:
         for key, value in _flatten("", r.get("values", {})):
             writer.writerow(
-                [r.get("kind", ""), key, r.get("restriction", ""), r.get("step"), value]
+                [r.get("kind", ""), key, r.get("restriction", ""), r.get("step"), value, ""]
             )
     return buf.getvalue()
 

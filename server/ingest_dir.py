@@ -275,7 +275,12 @@ def ingest_directory(
         except re.error as exc:
             raise PhaseboardClientError(f"--step-regex {step_regex!r}: {exc}") from exc
 
-    run = client.run(run_name, task=task, task_config=task_config)
+    from server.ingest_hparams import read_hparams
+
+    hparams = read_hparams(root)  # TensorBoard hparams, trainer_state.json settings -> config
+    run = client.run(
+        run_name, task=task, task_config=task_config, config=hparams or None, status="imported"
+    )
     report = IngestReport(run.id, run.url)
     items = discover_checkpoints(root, step_regex)
     report.items.extend(items)

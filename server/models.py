@@ -47,6 +47,14 @@ class Run(Base):
     # Which analyses are queued for new checkpoints and their hyperparameters, e.g.
     # {"analyses": ["metrics", "llc"], "llc": {"num_chains": 4, ...}}.
     analysis_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Tracker fields (``server.tracking``): free-form hyperparameters, per-series
+    # {name: {last, last_step, min, max}} kept on ingest, and the declared run status
+    # (created | running | finished | crashed | imported; "running" with a stale
+    # heartbeat reads as crashed).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    status: Mapped[str] = mapped_column(String(20), default="created", server_default="created")
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -97,6 +105,8 @@ class MetricPoint(Base):
     name: Mapped[str] = mapped_column(String(200))
     step: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float] = mapped_column(Float)
+    # Unix seconds when the point was logged (client-stamped, imported, or server time).
+    wall_time: Mapped[float | None] = mapped_column(Float)
 
 
 class Job(Base):

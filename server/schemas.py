@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, NotRequired
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -104,6 +104,21 @@ class RunCreate(BaseModel):
         default_factory=dict,
         description='Analyses for new checkpoints, e.g. {"analyses": ["metrics", "llc"]}.',
     )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Hyperparameters (free-form JSON), kept apart from task_config.",
+    )
+    status: Literal["created", "running", "imported"] = Field(
+        default="created", description="running: a client heartbeats; imported: ingested."
+    )
+
+
+class RunFinish(BaseModel):
+    """How a run ended: ``finished`` (normal exit) or ``crashed`` (the script raised)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["finished", "crashed"] = "finished"
 
 
 class RunUpdate(BaseModel):
@@ -115,6 +130,7 @@ class RunUpdate(BaseModel):
         "tags": list,
         "task_config": dict,
         "analysis_config": dict,
+        "config": dict,
     }
     """What ``null`` sets each clearable field to (``task: null`` means no task)."""
 
@@ -124,6 +140,9 @@ class RunUpdate(BaseModel):
     tags: list[Tag] | None = Field(default=None, max_length=50)
     notes: Text | None = Field(default=None, max_length=100_000)
     analysis_config: dict[str, Any] | None = None
+    config: dict[str, Any] | None = Field(
+        default=None, description="Replaces the run's hyperparameters."
+    )
 
 
 class RunOut(BaseModel):
@@ -136,6 +155,16 @@ class RunOut(BaseModel):
     tags: list[str]
     notes: str
     analysis_config: dict[str, Any]
+    config: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(
+        default_factory=dict, description="{series: {last, last_step, min, max}}."
+    )
+    status: str = Field(
+        default="created",
+        description="created | running | finished | crashed | imported "
+        "(running with a stale heartbeat reads as crashed).",
+    )
+    heartbeat_at: UtcDatetime | None = None
     created_at: UtcDatetime
     updated_at: UtcDatetime
     checkpoint_count: int = 0
@@ -174,6 +203,12 @@ class MetricIn(TypedDict):
     step: Annotated[int, Field(strict=True, ge=0, le=MAX_STEP)]  # JSON integers only: fast
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     value: Annotated[float, Field(allow_inf_nan=False, description="A finite number.")]
+    wall_time: NotRequired[
+        Annotated[
+            float,
+            Field(ge=0, le=1e11, allow_inf_nan=False, description="Unix seconds; default now."),
+        ]
+    ]
 
 
 class MetricsAccepted(BaseModel):
@@ -187,6 +222,9 @@ class SeriesOut(BaseModel):
     values: list[float]
     total_points: int
     downsampled: bool
+    wall_times: list[float | None] | None = Field(
+        default=None, description="With ?wall_time=true: Unix seconds of each point."
+    )
 
 
 class SeriesName(BaseModel):

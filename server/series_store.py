@@ -8,6 +8,7 @@ compute it in the database so 10^6 points never cross into Python. The covering 
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -17,25 +18,33 @@ from sqlalchemy.orm import Session
 
 from server.series import n_buckets
 
-__all__ = ["read_series", "series_names", "upsert_points"]
+__all__ = ["read_series", "read_wall_times", "series_names", "upsert_points"]
 
 _UPSERT_SQLITE = (
-    "INSERT INTO metric_points (run_id, name, step, value) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (run_id, name, step) DO UPDATE SET value = excluded.value"
+    "INSERT INTO metric_points (run_id, name, step, value, wall_time) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (run_id, name, step) DO UPDATE SET value = excluded.value, "
+    "wall_time = excluded.wall_time"
 )
 
 
-def upsert_points(session: Session, run_id: int, rows: list[tuple[str, int, float]]) -> None:
-    """Upsert ``(name, step, value)`` rows on (run, name, step), fast on both backends.
+def upsert_points(
+    session: Session,
+    run_id: int,
+    rows: list[tuple[str, int, float]] | list[tuple[str, int, float, float | None]],
+) -> None:
+    """Upsert ``(name, step, value[, wall_time])`` rows on (run, name, step), fast on both backends.
 
-    SQLite: one prepared statement, executemany. PostgreSQL: COPY into a temp table, then
-    one ``INSERT .. SELECT .. ON CONFLICT DO UPDATE``. Rows must be unique on (name, step).
+    A missing (or None) wall time is the server's time now. SQLite: one prepared statement,
+    executemany. PostgreSQL: COPY into a temp table, then one
+    ``INSERT .. SELECT .. ON CONFLICT DO UPDATE``. Rows must be unique on (name, step).
     """
     if not rows:
         return
+    now = time.time()
+    full = [(r[0], r[1], r[2], r[3] if len(r) > 3 and r[3] is not None else now) for r in rows]
     conn = session.connection()
     if conn.dialect.name != "postgresql":
-        conn.exec_driver_sql(_UPSERT_SQLITE, [(run_id, n, s, v) for n, s, v in rows])
+        conn.exec_driver_sql(_UPSERT_SQLITE, [(run_id, *r) for r in full])
         return
     from psycopg import sql
 
@@ -44,17 +53,20 @@ def upsert_points(session: Session, run_id: int, rows: list[tuple[str, int, floa
     with raw.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "CREATE TEMP TABLE {} (name text, step bigint, value float8) ON COMMIT DROP"
+                "CREATE TEMP TABLE {} (name text, step bigint, value float8, wall_time float8) "
+                "ON COMMIT DROP"
             ).format(tmp)
         )
-        with cur.copy(sql.SQL("COPY {} (name, step, value) FROM STDIN").format(tmp)) as copy:
-            for row in rows:
+        copy_sql = sql.SQL("COPY {} (name, step, value, wall_time) FROM STDIN").format(tmp)
+        with cur.copy(copy_sql) as copy:
+            for row in full:
                 copy.write_row(row)
         cur.execute(
             sql.SQL(
-                "INSERT INTO metric_points (run_id, name, step, value) "
-                "SELECT {}, name, step, value FROM {} "
-                "ON CONFLICT (run_id, name, step) DO UPDATE SET value = EXCLUDED.value"
+                "INSERT INTO metric_points (run_id, name, step, value, wall_time) "
+                "SELECT {}, name, step, value, wall_time FROM {} "
+                "ON CONFLICT (run_id, name, step) DO UPDATE SET value = EXCLUDED.value, "
+                "wall_time = EXCLUDED.wall_time"
             ).format(sql.Literal(run_id), tmp)
         )
 
@@ -167,3 +179,25 @@ _SERIES_NAMES = text(
 def series_names(session: Session, run_id: int) -> list[str]:
     """A run's metric names by index jumps (one seek per name, not a scan of every point)."""
     return list(session.scalars(_SERIES_NAMES, {"run": run_id}))
+
+
+def read_wall_times(
+    session: Session, run_id: int, name: str, steps: list[int]
+) -> list[float | None]:
+    """The wall time of each of ``steps`` of a series (None where unknown).
+
+    One unique-index seek per step (``step IN (...)``, chunked), so a downsampled plot of a
+    10^6-point series reads only the points it shows.
+    """
+    from sqlalchemy import select
+
+    from server.models import MetricPoint
+
+    found: dict[int, float | None] = {}
+    for i in range(0, len(steps), 5000):
+        chunk = steps[i : i + 5000]
+        stmt = select(MetricPoint.step, MetricPoint.wall_time).where(
+            MetricPoint.run_id == run_id, MetricPoint.name == name, MetricPoint.step.in_(chunk)
+        )
+        found.update((step, wall) for step, wall in session.execute(stmt))
+    return [found.get(s) for s in steps]

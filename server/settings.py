@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         default=10_000_000,
         description="Most chains x (burn-in + draws x steps between draws) of one LLC job.",
     )
+    run_crashed_after_s: float = Field(
+        default=120.0,
+        description="A running run whose client heartbeat is older than this reads as crashed.",
+    )
     auto_analyses: str = Field(
         default="metrics,llc",
         description="Analyses queued for each new checkpoint of a known task.",

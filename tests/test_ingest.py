@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +128,8 @@ def test_export_writes_series_as_csv_and_json(url: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [r["step"] for r in rows] == ["0", "1", "2", "3", "4"]
+    wall = float(rows[0].pop("wall_time"))  # when the client logged it
+    assert abs(wall - time.time()) < 600
     assert rows[0] == {
         "section": "metric",
         "name": "loss",
@@ -139,7 +142,9 @@ def test_export_writes_series_as_csv_and_json(url: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["run"]["name"] == "exported"
-    assert data["series"]["loss"][-1] == {"step": 4, "value": 0.6}
+    last = data["series"]["loss"][-1]
+    assert {"step": last["step"], "value": last["value"]} == {"step": 4, "value": 0.6}
+    assert last["wall_time"] >= wall
     assert data["results"] == [] and data["checkpoints"] == []
 
 

@@ -143,6 +143,111 @@
     },
   };
 
+  // ------------------------------------------------------------------ x axis (tracker)
+  // ?x= step | log | wall (wall-clock time) | rel (time since the run's first point) |
+  // series:NAME (any logged series, e.g. tokens or epoch, interpolated at each step).
+  // Traces and shapes carry `_run` (the run index); `apply` maps their steps to the chosen x.
+
+  const XAxis = {
+    mode() { return State.get("x") || "step"; },
+    isStep() { const m = this.mode(); return m === "step" || m === "log"; },
+    type() {
+      const m = this.mode();
+      if (m === "log") return "log";
+      return m === "wall" ? "date" : "linear";
+    },
+
+    fillOptions(data, select) {
+      if (!select) return;
+      const names = new Set();
+      data.forEach((d) => Object.keys(d.series || {}).forEach((n) => names.add(n)));
+      $$("option[data-series-x]", select).forEach((o) => o.remove());
+      Array.from(names).sort().forEach((n) => {
+        const o = document.createElement("option");
+        o.value = "series:" + n;
+        o.textContent = n + " (as x)";
+        o.dataset.seriesX = "1";
+        select.appendChild(o);
+      });
+      select.value = this.mode();
+      if (select.value !== this.mode()) select.value = "step";
+    },
+
+    /** Linear interpolation of (xs -> ys), xs sorted; null outside the range. */
+    interp(xs, ys, x) {
+      if (!xs.length || x < xs[0] || x > xs[xs.length - 1]) return null;
+      let lo = 0, hi = xs.length - 1;
+      while (hi - lo > 1) { const mid = (lo + hi) >> 1; if (xs[mid] <= x) lo = mid; else hi = mid; }
+      if (xs[hi] === xs[lo]) return ys[lo];
+      return ys[lo] + (ys[hi] - ys[lo]) * (x - xs[lo]) / (xs[hi] - xs[lo]);
+    },
+
+    /** The run's step -> wall-time clock: its logged series with the most wall times. */
+    clock(d) {
+      if (d._clock) return d._clock;
+      let best = { steps: [], walls: [] };
+      Object.values(d.series || {}).forEach((s) => {
+        if (!s.wall) return;
+        const steps = [], walls = [];
+        s.step.forEach((st, i) => { if (s.wall[i] !== null && s.wall[i] !== undefined) { steps.push(st); walls.push(s.wall[i]); } });
+        if (steps.length > best.steps.length) best = { steps, walls };
+      });
+      best.t0 = best.walls.length ? Math.min(...best.walls) : 0;
+      d._clock = best;
+      return best;
+    },
+
+    relUnit(data) {
+      let span = 0;
+      data.forEach((d) => { const c = this.clock(d); if (c.walls.length) span = Math.max(span, Math.max(...c.walls) - c.t0); });
+      return span > 7200 ? [3600, "hours since start"] : span > 120 ? [60, "minutes since start"] : [1, "seconds since start"];
+    },
+
+    mapSteps(d, steps, unit) {
+      const m = this.mode();
+      if (m.startsWith("series:")) {
+        const s = (d.series || {})[m.slice(7)];
+        return steps.map((st) => (s ? this.interp(s.step, s.value, st) : null));
+      }
+      const c = this.clock(d);
+      return steps.map((st) => {
+        const w = this.interp(c.steps, c.walls, st);
+        if (w === null) return null;
+        return m === "wall" ? new Date(w * 1000).toISOString() : (w - c.t0) / unit;
+      });
+    },
+
+    apply(data, traces, layout) {
+      if (this.isStep()) { traces.forEach((t) => delete t._run); (layout.shapes || []).forEach((s) => delete s._run); return; }
+      const [unit, relTitle] = this.relUnit(data);
+      traces.forEach((t) => {
+        if (t._run !== undefined && data[t._run] && Array.isArray(t.x)) t.x = this.mapSteps(data[t._run], t.x, unit);
+        delete t._run;
+      });
+      (layout.shapes || []).forEach((s) => {
+        if (s._run !== undefined && data[s._run]) {
+          const [x0, x1] = this.mapSteps(data[s._run], [s.x0, s.x1 === null ? s.x0 : s.x1], unit);
+          s.x0 = x0; s.x1 = x1;
+        }
+        delete s._run;
+      });
+      layout.shapes = (layout.shapes || []).filter((s) => s.x0 !== null && s.x1 !== null);
+      const m = this.mode();
+      const title = m === "wall" ? "" : m === "rel" ? relTitle : m.slice(7);
+      Object.keys(layout).filter((k) => /^xaxis\d*$/.test(k)).forEach((k) => {
+        layout[k] = Object.assign({}, layout[k], { type: this.type(), autorange: true });
+        delete layout[k].range;
+      });
+      // The x unit as a small note over the plot's top-right corner (the legend sits below).
+      if (title) {
+        layout.annotations = (layout.annotations || []).concat([{ text: "x: " + escapeHtml(title), showarrow: false,
+          xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", yanchor: "bottom",
+          font: { size: 11, color: "#6b7280" }, name: "x-unit" }]);
+        layout.margin = Object.assign({}, layout.margin, { t: Math.max((layout.margin || {}).t || 0, 24) });
+      }
+    },
+  };
+
   // ------------------------------------------------------------------ plots
 
   const Plots = {
@@ -182,6 +287,7 @@
         return;
       }
       this.ready = true;
+      XAxis.fillOptions(this.data, $("#c-x"));
       this.renderSeriesPicker();
       this.renderAll();
       this.renderPhaseList();
@@ -194,7 +300,7 @@
     bindControls() {
       const x = $("#c-x"), ylog = $("#c-ylog"), smooth = $("#c-smooth"),
         out = $("#c-smooth-out"), restricted = $("#c-restricted");
-      x.value = State.get("x") === "log" ? "log" : "step";
+      x.value = State.get("x") || "step";
       ylog.checked = State.get("ylog") === "1";
       smooth.value = State.get("smooth");
       out.textContent = Number(smooth.value).toFixed(2);
@@ -291,9 +397,10 @@
 
     gridCols() { return window.innerWidth < 700 ? 2 : 4; },
 
-    xType() { return State.get("x") === "log" ? "log" : "linear"; },
+    xType() { return XAxis.type(); },
 
     xRange() {
+      if (!XAxis.isStep()) return null; // zoom ranges are kept in steps
       const lo = parseFloat(State.get("xmin")), hi = parseFloat(State.get("xmax"));
       if (!Number.isFinite(lo) || !Number.isFinite(hi) || hi <= lo) return null;
       if (this.xType() === "log") {
@@ -347,10 +454,10 @@
           const style = this.traceStyle(r, i);
           const label = this.traceName(d.run, name);
           if (w > 0) {
-            traces.push({ x: s.step, y: s.value, type: "scatter", mode: "lines", name: label + " (raw)",
+            traces.push({ _run: r, x: s.step, y: s.value, type: "scatter", mode: "lines", name: label + " (raw)",
               line: { color: style.color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
           }
-          traces.push({ x: s.step, y: emaSmooth(s.value, w), type: "scatter", mode: s.step.length < 60 ? "lines+markers" : "lines",
+          traces.push({ _run: r, x: s.step, y: emaSmooth(s.value, w), type: "scatter", mode: s.step.length < 60 ? "lines+markers" : "lines",
             name: label, line: { color: style.color, dash: style.dash, width: 2 }, marker: { size: 5 },
             yaxis: isAccuracy(name) ? "y2" : undefined,
             legendgroup: this.mode === "compare" ? d.run.name : undefined,
@@ -368,18 +475,18 @@
         const bs = d.boundaries || [];
         const color = this.mode === "compare" ? COLORS[r % COLORS.length] : "#6b7280";
         bs.forEach((b, i) => {
-          shapes.push({ type: "line", xref, yref, x0: b.step, x1: b.step, y0: 0, y1: 1,
+          shapes.push({ _run: r, type: "line", xref, yref, x0: b.step, x1: b.step, y0: 0, y1: 1,
             line: { color: b.manual ? "#7c3aed" : color, width: 1.5, dash: b.manual ? "dot" : "dash" },
             name: "phase-" + b.id });
           if (i % 2 === 0 && this.mode !== "compare") {
             const next = bs[i + 1];
-            shapes.push({ type: "rect", xref, yref, layer: "below", line: { width: 0 },
+            shapes.push({ _run: r, type: "rect", xref, yref, layer: "below", line: { width: 0 },
               x0: b.step, x1: next ? next.step : null, y0: 0, y1: 1, fillcolor: "rgba(99,102,241,0.06)" });
           }
         });
         if (withHover && bs.length) {
           traces.push({
-            x: bs.map((b) => b.step), y: bs.map(() => 0.97), yaxis: "y9", type: "scatter", mode: "markers",
+            _run: r, x: bs.map((b) => b.step), y: bs.map(() => 0.97), yaxis: "y9", type: "scatter", mode: "markers",
             name: this.mode === "compare" ? d.run.name + " · phases" : "phase boundaries",
             marker: { symbol: "triangle-down", size: 10, color: bs.map((b) => (b.manual ? "#7c3aed" : color)) },
             hovertemplate: bs.map((b) => "<b>" + escapeHtml(b.label || b.kind) + "</b><br>step " + fmt(b.step) +
@@ -419,6 +526,7 @@
       this.fitLegend(el, traces, layout);
       const config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"],
         toImageButtonOptions: { filename: "phaseboard-" + id } };
+      XAxis.apply(this.data, traces, layout);
       Plotly.react(el, traces, layout, config);
       if (!el.dataset.bound) {
         el.dataset.bound = "1";
@@ -428,7 +536,7 @@
     },
 
     onRelayout(ev) {
-      if (this.syncing) return;
+      if (this.syncing || !XAxis.isStep()) return;
       let lo, hi;
       if (ev["xaxis.autorange"] || ev.autosize && !("xaxis.range[0]" in ev)) {
         if (!ev["xaxis.autorange"]) return;
@@ -487,8 +595,8 @@
         const l = d.llc;
         if (!l.step.length) return;
         const color = COLORS[r % COLORS.length];
-        traces.push(bandTrace(l, color, this.mode === "compare" ? d.run.name + " ± std" : "± std"));
-        traces.push(Object.assign({ x: l.step, y: l.mean, type: "scatter", mode: "lines+markers",
+        traces.push(Object.assign(bandTrace(l, color, this.mode === "compare" ? d.run.name + " ± std" : "± std"), { _run: r }));
+        traces.push(Object.assign({ _run: r, x: l.step, y: l.mean, type: "scatter", mode: "lines+markers",
           name: this.mode === "compare" ? d.run.name + " · LLC" : "LLC",
           line: { color, width: 2 }, marker: { size: 4 },
           customdata: l.std, hovertemplate: "%{y:.4g} ± %{customdata:.3g}" }, diag("markers", {}, l, color, 7)));
@@ -514,7 +622,7 @@
           const s = d.restricted[name];
           if (!s) return;
           const color = this.mode === "compare" ? COLORS[r % COLORS.length] : PALETTE[i % PALETTE.length];
-          traces.push({ x: s.step, y: s.mean, type: "scatter", mode: "lines+markers",
+          traces.push({ _run: r, x: s.step, y: s.mean, type: "scatter", mode: "lines+markers",
             name: this.traceName(d.run, name), line: { color, width: 2, dash: this.mode === "compare" ? ["solid", "dash", "dot"][i % 3] : "solid" },
             marker: { size: 4 }, error_y: { type: "data", array: s.std, visible: true, thickness: 1, width: 0, color },
             ...diag("markers", {}, s, color, 6) });
@@ -552,8 +660,8 @@
           if (!s) return;
           if (norm) s = normalised(s);
           const color = COLORS[(this.mode === "compare" ? r : 0) % COLORS.length];
-          traces.push(Object.assign(bandTrace(s, color, "± std"), { xaxis: "x" + ax, yaxis: "y" + ax, showlegend: false }));
-          traces.push(Object.assign({ x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
+          traces.push(Object.assign(bandTrace(s, color, "± std"), { _run: r, xaxis: "x" + ax, yaxis: "y" + ax, showlegend: false }));
+          traces.push(Object.assign({ _run: r, x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
             name: this.traceName(d.run, name), legendgroup: d.run.name, showlegend: false,
             line: { color, width: 1.5 } }, diag("markers", {}, s, color, 5)));
         });
@@ -766,6 +874,74 @@
     return b;
   }
 
+  // ------------------------------------------------------------------ runs table (tracker)
+  // Columns picker (?cols=a,b in the URL) and the parallel-coordinates view of the shown
+  // (or checked) runs. Kept together so other edits of this file do not collide.
+
+  function initRunsColumns() {
+    const picker = $("#columns-picker");
+    const hidden = $("#cols");
+    if (!picker || !hidden) return;
+    picker.addEventListener("change", (e) => {
+      if (!e.target.matches("[data-col]")) return;
+      e.stopPropagation();
+      hidden.value = $$("[data-col]:checked", picker).map((el) => el.value).join(",");
+      hidden.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+
+  function parcoordsDims(columns, runs) {
+    return columns.map((col, i) => {
+      const vals = runs.map((r) => r.values[i]);
+      const numeric = vals.every((v) => v === null || typeof v === "number");
+      if (numeric) {
+        const present = vals.filter((v) => v !== null);
+        const lo = present.length ? Math.min(...present) : 0;
+        // A missing value sits just below the axis range instead of faking a number.
+        const hi = present.length ? Math.max(...present) : 1;
+        if (lo > 0 && hi / lo >= 100) { // learning rates and friends: a log10 axis reads better
+          return { label: "log10 " + col, values: vals.map((v) => (v === null ? NaN : Math.log10(v))),
+            range: [Math.log10(lo), Math.log10(hi)] };
+        }
+        return { label: col, values: vals.map((v) => (v === null ? NaN : v)), range: present.length ? [lo, hi] : [0, 1] };
+      }
+      const cats = Array.from(new Set(vals.map((v) => (v === null ? "–" : String(v))))).sort();
+      return {
+        label: col,
+        values: vals.map((v) => cats.indexOf(v === null ? "–" : String(v))),
+        tickvals: cats.map((_, k) => k),
+        ticktext: cats,
+      };
+    });
+  }
+
+  function showParcoords() {
+    const dataEl = $("#runs-data");
+    const target = $("#parcoords");
+    if (!dataEl || !target || !window.Plotly) return;
+    const data = JSON.parse(dataEl.textContent);
+    const checked = new Set($$("#runs-table input[name=pick]:checked").map((el) => Number(el.value)));
+    const runs = checked.size ? data.runs.filter((r) => checked.has(r.id)) : data.runs;
+    if (!data.columns.length || !runs.length) { toast("Pick columns (config or summary) first"); return; }
+    target.hidden = false;
+    const last = runs.map((r) => r.values[data.columns.length - 1]);
+    const colorOk = last.every((v) => typeof v === "number");
+    const line = colorOk
+      ? { color: last, colorscale: "Viridis", showscale: true, colorbar: { thickness: 12, x: 1.02, xpad: 0, len: 0.9 } }
+      : { color: "#1f77b4" };
+    window.Plotly.react(target, [{ type: "parcoords", line, dimensions: parcoordsDims(data.columns, runs) }],
+      { margin: { l: 50, r: 90, t: 56, b: 24 }, font: { size: 11 } },
+      { responsive: true, displaylogo: false });
+    target.dataset.runs = String(runs.length);
+    target.scrollIntoView({ block: "nearest" });
+  }
+
+  function initParcoords() {
+    document.addEventListener("click", (e) => {
+      if (e.target.closest && e.target.closest("#parcoords-btn")) showParcoords();
+    });
+  }
+
   // ------------------------------------------------------------------ page wiring
 
   function initTokenForm() {
@@ -798,6 +974,8 @@
   document.addEventListener("DOMContentLoaded", () => {
     initTokenForm();
     initCompareForms();
+    initRunsColumns();
+    initParcoords();
     const root = $("#plots");
     if (root && window.Plotly) {
       Plots.init(root);

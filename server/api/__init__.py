@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api import calibration, checkpoints, health, jobs, metrics, phases, runs, shares
+from server.api import (
+    calibration,
+    checkpoints,
+    health,
+    jobs,
+    metrics,
+    phases,
+    runs,
+    shares,
+    tracking,
+)
 from server.errors import ERROR_RESPONSES
 
 
 def build_api_router() -> APIRouter:
     api = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
-    for module in (health, runs, checkpoints, metrics, jobs, phases, shares, calibration):
+    for module in (health, runs, tracking, checkpoints, metrics, jobs, phases, shares, calibration):
         api.include_router(module.router)
     return api

@@ -12,7 +12,8 @@ from server.api.runs import get_run_or_404
 from server.errors import NotFound, PayloadTooLarge
 from server.models import MetricPoint
 from server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
-from server.series_store import read_series, upsert_points
+from server.series_store import read_series, read_wall_times, upsert_points
+from server.tracking import merge_summary
 
 router = APIRouter(tags=["metrics"])
 
@@ -33,11 +34,12 @@ def add_metrics(
             f"{settings.max_metric_points} per request (PHASEBOARD_MAX_METRIC_POINTS): "
             "send them in batches; nothing was stored"
         )
-    get_run_or_404(session, run_id)
-    latest: dict[tuple[str, int], float] = {}
+    run = get_run_or_404(session, run_id, lock=True)
+    latest: dict[tuple[str, int], tuple[float, float | None]] = {}
     for p in points:  # within one request the last value for a (name, step) wins
-        latest[(p["name"], p["step"])] = p["value"]
-    upsert_points(session, run_id, [(n, s, v) for (n, s), v in latest.items()])
+        latest[(p["name"], p["step"])] = (p["value"], p.get("wall_time"))
+    upsert_points(session, run_id, [(n, s, v, w) for (n, s), (v, w) in latest.items()])
+    run.summary = merge_summary(run.summary, ((n, s, v) for (n, s), (v, _) in latest.items()))
     session.commit()
     return MetricsAccepted(accepted=len(points), names=sorted({n for n, _ in latest}))
 
@@ -48,18 +50,23 @@ def get_series(
     session: SessionDep,
     name: Annotated[Text, Query(min_length=1, max_length=200)],
     max_points: Annotated[int, Query(ge=10, le=200_000)] = 2000,
+    wall_time: Annotated[
+        bool, Query(description="Also return each point's wall time (Unix seconds).")
+    ] = False,
 ) -> SeriesOut:
     """One series, downsampled to at most ``max_points`` keeping per-bucket min and max."""
     get_run_or_404(session, run_id)
     steps, values, total = read_series(session, run_id, name, max_points)
     if total == 0:
         raise NotFound(f"run {run_id} has no series named {name!r}")
+    step_list = steps.tolist()
     return SeriesOut(
         name=name,
-        steps=steps.tolist(),
+        steps=step_list,
         values=values.tolist(),
         total_points=total,
         downsampled=len(steps) < total,
+        wall_times=read_wall_times(session, run_id, name, step_list) if wall_time else None,
     )
 
 

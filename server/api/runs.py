@@ -15,7 +15,9 @@ from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.db import get_existing, name_contains
 from server.errors import BadInput, Conflict
 from server.models import Checkpoint, Job, Run
+from server.runs_table import matching_ids
 from server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
+from server.tracking import STATUSES, effective_status, status_clause
 
 router = APIRouter(tags=["runs"])
 
@@ -29,7 +31,12 @@ SORTS = {
 }
 
 
-def get_run_or_404(session: Session, run_id: int) -> Run:
+def get_run_or_404(session: Session, run_id: int, lock: bool = False) -> Run:
+    """The run, or 404; ``lock`` holds its row (PostgreSQL) for a read-modify-write."""
+    if lock:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is not None:
+            return run
     return get_existing(session, Run, run_id, "run")
 
 
@@ -39,8 +46,11 @@ def _latest(*times: datetime | None) -> datetime | None:
     return max(present) if present else None
 
 
-def runs_out(session: Session, runs: list[Run]) -> list[RunOut]:
-    """Runs with checkpoint counts, job counts by state and last activity (3 queries)."""
+def runs_out(session: Session, runs: list[Run], crashed_after_s: float = 120.0) -> list[RunOut]:
+    """Runs with checkpoint counts, job counts by state and last activity (3 queries).
+
+    ``crashed_after_s`` (``Settings.run_crashed_after_s``) turns stale ``running`` into crashed.
+    """
     ids = [r.id for r in runs]
     if not ids:
         return []
@@ -68,6 +78,7 @@ def runs_out(session: Session, runs: list[Run]) -> list[RunOut]:
         item.checkpoint_count = n_ckpt
         item.jobs = jobs.get(run.id, {})
         item.last_activity = _latest(run.updated_at, ckpt_last, job_last.get(run.id))
+        item.status = effective_status(run, crashed_after_s)
         out.append(item)
     return out
 
@@ -94,19 +105,29 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> R
     if _name_taken(session, body.name):
         raise Conflict(f"a run named {body.name!r} already exists")
     run = Run(**body.model_dump())
+    if run.status == "running":
+        run.heartbeat_at = datetime.now(UTC)
     session.add(run)
     _commit_or_conflict(session, body.name)
-    return runs_out(session, [run])[0]
+    return runs_out(session, [run], settings.run_crashed_after_s)[0]
 
 
 @router.get("/runs")
 def list_runs(
     session: SessionDep,
+    settings: SettingsDep,
     q: Annotated[
         Text | None, Query(description="Substring of the name (case-insensitive).")
     ] = None,
     tag: Annotated[Text | None, Query(description="Only runs carrying this tag.")] = None,
     task: Annotated[Text | None, Query(description="Only runs of this task.")] = None,
+    status: Annotated[
+        Text | None, Query(description="created | running | finished | crashed | imported.")
+    ] = None,
+    filter: Annotated[
+        Text | None,
+        Query(description="Filter language, e.g. 'config.lr < 1e-3 and summary.loss.min < 0.1'."),
+    ] = None,
     sort: Annotated[str, Query(description=f"One of: {', '.join(SORTS)}.")] = "-created",
     limit: Annotated[DbInt, Query(ge=1, le=1000)] = 200,
     offset: Annotated[DbInt, Query()] = 0,
@@ -118,18 +139,32 @@ def list_runs(
         query = query.where(name_contains(Run.name, q))
     if task:
         query = query.where(Run.task == task)
+    if status:
+        if status not in STATUSES:
+            raise BadInput(f"status: unknown {status!r}; use one of {', '.join(STATUSES)}")
+        query = query.where(status_clause(status, settings.run_crashed_after_s))
     query = query.order_by(SORTS[sort], Run.id)
-    if tag:  # tags are a JSON list: filtered here, portable across SQLite and PostgreSQL
-        runs = [r for r in session.scalars(query) if tag in (r.tags or [])]
-        runs = runs[offset : offset + limit]
+    if tag or filter:  # JSON fields: filtered in Python (``server.runs_table``), same on both
+        keep = matching_ids(
+            session,
+            crashed_after_s=settings.run_crashed_after_s,
+            q=q or "",
+            task=task or "",
+            tag=tag or "",
+            filter=filter or "",
+        )
+        ordered = session.scalars(query.with_only_columns(Run.id))
+        page = [rid for rid in ordered if rid in keep][offset : offset + limit]
+        by_id = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(page)))}
+        runs = [by_id[rid] for rid in page if rid in by_id]
     else:
         runs = list(session.scalars(query.offset(offset).limit(limit)))
-    return runs_out(session, runs)
+    return runs_out(session, runs, settings.run_crashed_after_s)
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: DbId, session: SessionDep) -> RunOut:
-    return runs_out(session, [get_run_or_404(session, run_id)])[0]
+def get_run(run_id: DbId, session: SessionDep, settings: SettingsDep) -> RunOut:
+    return runs_out(session, [get_run_or_404(session, run_id)], settings.run_crashed_after_s)[0]
 
 
 @router.patch("/runs/{run_id}", dependencies=[WriteAuth])
@@ -152,7 +187,7 @@ def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: Set
     for key, value in changes.items():
         setattr(run, key, value)
     _commit_or_conflict(session, run.name)
-    return runs_out(session, [run])[0]
+    return runs_out(session, [run], settings.run_crashed_after_s)[0]
 
 
 @router.delete("/runs/{run_id}", status_code=204, dependencies=[WriteAuth])

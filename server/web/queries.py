@@ -10,20 +10,21 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analysis.checkpoints import KeyMapping
-from server.db import get_existing, name_contains
+from server.db import get_existing
 from server.jobs.lifecycle import ACTIVE, split_error
 from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
-from server.series_store import read_series, series_names
+from server.series_store import read_series, read_wall_times, series_names
 
 RUN_SORTS = {
     "activity": "last activity",
     "name": "name",
     "created": "created",
     "checkpoints": "checkpoints",
+    "status": "status",
 }
 CHECKPOINT_PAGE = 100
 
@@ -32,8 +33,13 @@ def get_run(session: Session, run_id: int) -> Run:
     return get_existing(session, Run, run_id, "run")
 
 
-def run_dict(run: Run) -> dict[str, Any]:
+def run_dict(run: Run, crashed_after_s: float = 120.0) -> dict[str, Any]:
+    from server.tracking import effective_status
+
     return {
+        "status": effective_status(run, crashed_after_s),
+        "config": run.config or {},
+        "summary": run.summary or {},
         "id": run.id,
         "name": run.name,
         "task": run.task,
@@ -58,69 +64,76 @@ def _aware(value: datetime) -> datetime:
 
 
 def list_runs(
-    session: Session, *, q: str = "", tag: str = "", task: str = "", sort: str = "activity"
+    session: Session,
+    *,
+    q: str = "",
+    tag: str = "",
+    task: str = "",
+    sort: str = "activity",
+    status: str = "",
+    filter: str = "",
+    group: str = "",
+    cols: str = "",
+    limit: int = 200,
+    crashed_after_s: float = 120.0,
 ) -> dict[str, Any]:
-    """Runs with checkpoint/job counts and last activity, filtered and sorted."""
-    ckpt = (
-        select(
-            Checkpoint.run_id,
-            func.count(Checkpoint.id).label("n"),
-            func.max(Checkpoint.created_at).label("last"),
-        )
-        .group_by(Checkpoint.run_id)
-        .subquery()
+    """Runs with checkpoint/job counts, last activity, status, config and summary columns,
+    filtered (``server.run_filter``), grouped and sorted (``server.runs_table``).
+
+    A bad filter/column/sort does not fail the page: the table is shown unfiltered with the
+    parser's message.
+    """
+    from server.run_filter import FilterError
+    from server.runs_table import runs_table
+    from server.tracking import STATUSES
+
+    known_sort = sort.lstrip("-") in RUN_SORTS or sort.lstrip("-").startswith(
+        ("config.", "summary.")
     )
-    jobs = (
-        select(
-            Job.run_id,
-            func.count(Job.id).label("n"),
-            func.sum(cast(Job.state.in_(ACTIVE), Integer)).label("active"),
-            func.sum(cast(Job.state == "failed", Integer)).label("failed"),
-            func.max(func.coalesce(Job.finished_at, Job.started_at, Job.created_at)).label("last"),
+    sort = sort if known_sort else "activity"
+    args = dict(q=q, tag=tag, task=task, status=status, filter=filter, sort=sort)
+    error = ""
+    try:
+        table = runs_table(
+            session, crashed_after_s=crashed_after_s, group=group, cols=cols, limit=limit, **args
         )
-        .group_by(Job.run_id)
-        .subquery()
-    )
-    stmt = (
-        select(Run, ckpt.c.n, ckpt.c.last, jobs.c.n, jobs.c.active, jobs.c.failed, jobs.c.last)
-        .outerjoin(ckpt, ckpt.c.run_id == Run.id)
-        .outerjoin(jobs, jobs.c.run_id == Run.id)
-    )
-    if q:
-        stmt = stmt.where(name_contains(Run.name, q))
-    if task:
-        stmt = stmt.where(Run.task == task)
-    rows = []
-    for run, n_ckpt, ckpt_last, n_jobs, active, failed, job_last in session.execute(stmt):
-        tags = list(run.tags or [])
-        if tag and tag not in tags:
-            continue  # tags are a JSON list: filtered here, the same on SQLite and PostgreSQL
-        row = run_dict(run)
-        row.update(
-            checkpoints=n_ckpt or 0,
-            jobs=n_jobs or 0,
-            jobs_active=int(active or 0),
-            jobs_failed=int(failed or 0),
-            last_activity=_latest(run.updated_at, run.created_at, ckpt_last, job_last),
-        )
-        rows.append(row)
-    sort = sort if sort in RUN_SORTS else "activity"
-    if sort == "name":
-        rows.sort(key=lambda r: r["name"].lower())
-    elif sort == "created":
-        rows.sort(key=lambda r: _aware(r["created_at"]), reverse=True)
-    elif sort == "checkpoints":
-        rows.sort(key=lambda r: (r["checkpoints"], r["name"]), reverse=True)
-    else:
-        rows.sort(key=lambda r: r["last_activity"], reverse=True)
-    all_runs = session.execute(select(Run.tags, Run.task)).all()
+    except FilterError as exc:
+        error = exc.message
+        table = runs_table(session, crashed_after_s=crashed_after_s, q=q, tag=tag, task=task)
     return {
-        "runs": rows,
-        "all_tags": sorted({t for tags, _ in all_runs for t in (tags or [])}),
-        "all_tasks": sorted({t for _, t in all_runs if t}),
-        "filters": {"q": q, "tag": tag, "task": task, "sort": sort},
+        "runs_json": _parcoords_rows(table),
+        "runs": table["runs"],
+        "total": table["total"],
+        "columns": table["columns"],
+        "column_choices": table["column_choices"],
+        "groups": table["groups"],
+        "filter_error": error,
+        "all_tags": table["all_tags"],
+        "all_tasks": table["all_tasks"],
+        "statuses": STATUSES,
+        "filters": {**args, "group": group, "cols": ",".join(table["columns"])},
+        "limit": limit,
         "sorts": RUN_SORTS,
     }
+
+
+def _parcoords_rows(table: dict[str, Any]) -> dict[str, Any]:
+    """The shown runs' values of the chosen columns (or the first few choices), for
+    the parallel-coordinates view; JSON-safe scalars only."""
+    from server.run_filter import field_value, parse_field
+
+    columns = table["columns"] or table["column_choices"][:6]
+    fields = [parse_field(c) for c in columns]
+    out = []
+    for r in table["runs"]:
+        values = []
+        for f in fields:
+            v = field_value(r, f)
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            values.append(v if v is None or isinstance(v, int | float | str | bool) else str(v))
+        out.append({"id": r["id"], "name": r["name"], "values": values})
+    return {"columns": columns, "runs": out}
 
 
 def _scalar_values(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -328,7 +341,13 @@ def plot_data(
     series: dict[str, dict[str, list[float]]] = {}
     for name in series_names(session, run_id):
         steps, values, total = read_series(session, run_id, name, max_points)
-        series[name] = {"step": steps.tolist(), "value": values.tolist(), "count": total}
+        step_list = steps.tolist()
+        series[name] = {
+            "step": step_list,
+            "value": values.tolist(),
+            "count": total,
+            "wall": read_wall_times(session, run_id, name, step_list),  # x = wall/relative time
+        }
 
     ckpt_metrics: dict[str, dict[str, list[float]]] = {}
     for step, values in session.execute(

@@ -62,8 +62,25 @@ def runs_page(
     tag: Text = "",
     task: Text = "",
     sort: str = "activity",
+    status: str = "",
+    filter: str = "",
+    group: str = "",
+    cols: str = "",
+    limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> HTMLResponse:
-    context = queries.list_runs(session, q=q.strip(), tag=tag, task=task, sort=sort)
+    context = queries.list_runs(
+        session,
+        limit=limit,
+        q=q.strip(),
+        tag=tag,
+        task=task,
+        sort=sort,
+        status=status,
+        filter=filter,
+        group=group,
+        cols=cols,
+        crashed_after_s=request.app.state.settings.run_crashed_after_s,
+    )
     if _is_partial(request):
         return _render(request, "_runs_table.html", context)
     return _render(request, "runs.html", context)
@@ -72,10 +89,12 @@ def runs_page(
 # ---------------------------------------------------------------- one run
 
 
-def _run_context(session: SessionDep, run_id: int) -> dict[str, Any]:
+def _run_context(
+    session: SessionDep, run_id: int, crashed_after_s: float = 120.0
+) -> dict[str, Any]:
     run = queries.get_run(session, run_id)
     return {
-        "run": queries.run_dict(run),
+        "run": queries.run_dict(run, crashed_after_s),
         "ckpts": queries.checkpoint_page(session, run_id),
         "jobs": queries.jobs_panel(session, run_id),
         "boundaries": queries.boundaries(session, run_id),
@@ -85,7 +104,7 @@ def _run_context(session: SessionDep, run_id: int) -> dict[str, Any]:
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: DbId, session: SessionDep) -> HTMLResponse:
     try:
-        context = _run_context(session, run_id)
+        context = _run_context(session, run_id, request.app.state.settings.run_crashed_after_s)
     except NotFound as exc:
         return _not_found(request, exc.message)
     return _render(request, "run.html", context)
@@ -95,7 +114,9 @@ def run_page(request: Request, run_id: DbId, session: SessionDep) -> HTMLRespons
 def run_header(
     request: Request, run_id: DbId, session: SessionDep, edit: bool = False
 ) -> HTMLResponse:
-    run = queries.run_dict(queries.get_run(session, run_id))
+    run = queries.run_dict(
+        queries.get_run(session, run_id), request.app.state.settings.run_crashed_after_s
+    )
     return _render(request, "_run_header.html", {"run": run, "edit": edit})
 
 
@@ -112,7 +133,9 @@ def edit_run_header(
     run = update_run_header(
         session, run_id, task=task, task_config=task_config, tags=tags, notes=notes
     )
-    return _render(request, "_run_header.html", {"run": queries.run_dict(run), "edit": False})
+    crashed_after_s = request.app.state.settings.run_crashed_after_s
+    context = {"run": queries.run_dict(run, crashed_after_s), "edit": False}
+    return _render(request, "_run_header.html", context)
 
 
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
@@ -176,6 +199,11 @@ def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLRespon
             tag=p.get("tag", ""),
             task=p.get("task", ""),
             sort=p.get("sort", "activity"),
+            status=p.get("status", ""),
+            filter=p.get("filter", ""),
+            group=p.get("group", ""),
+            cols=p.get("cols", ""),
+            crashed_after_s=request.app.state.settings.run_crashed_after_s,
         )
         return _render(request, "runs.html", {**context, "readonly": True, "share": shared})
     if view.page == "compare":
@@ -185,7 +213,7 @@ def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLRespon
         return _render(request, "compare.html", context)
     assert view.run_id is not None
     try:
-        context = _run_context(session, view.run_id)
+        context = _run_context(session, view.run_id, request.app.state.settings.run_crashed_after_s)
     except NotFound as exc:
         return _not_found(request, exc.message)
     return _render(request, "run.html", {**context, "readonly": True, "share": shared})

@@ -55,9 +55,22 @@ def num(value: Any, digits: int = 4) -> str:
         return str(value)
 
 
+def cell(value: Any) -> str:
+    """A config or summary value in a table cell: numbers short, structures as JSON."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return num(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)[:80]
+    return str(value)[:80]
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
     env = templates.env
-    env.filters.update(human_size=human_size, ago=ago, iso=iso, num=num)
+    env.filters.update(human_size=human_size, ago=ago, iso=iso, num=num, cell=cell)
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     return templates
