@@ -11,12 +11,18 @@ Files are uploaded as they are, streamed from disk; the server loads them safely
 (safetensors, or ``torch.load(weights_only=True)``). Scalars in ``events.out.tfevents.*``
 files become metric series. A second import of the same directory skips every step the server
 already has, so an interrupted import can simply be run again.
+
+For the generic tasks: ``checkpoint-N/config.json`` becomes ``task_config["hf_config"]`` (and,
+when no task is given and it describes a causal LM, the task is ``hf_causal_lm``); token files
+given as ``data={"train": path, ...}`` are uploaded as the run's datasets before any checkpoint,
+so the analyses queued on upload find them.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -129,6 +135,25 @@ def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item
     return items
 
 
+def find_hf_config(root: Path, items: list[Item]) -> dict[str, Any] | None:
+    """The ``config.json`` beside the newest Hugging Face checkpoint's weights, if any."""
+    for item in sorted(items, key=lambda i: i.step or -1, reverse=True):
+        path = (root / item.path).parent / "config.json"
+        if Path(item.path).name in HF_MODEL_FILES and path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("model_type"):
+                return data
+    return None
+
+
+def _is_causal_lm(hf_config: Mapping[str, Any]) -> bool:
+    archs = hf_config.get("architectures") or []
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
 def read_tensorboard_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     """Scalars from every TensorBoard event file under ``root``: ``{tag: [(step, value)]}``.
 
@@ -211,8 +236,12 @@ def ingest_directory(
     task_config: dict[str, Any] | None = None,
     step_regex: str | None = None,
     console: Console | None = None,
+    data: Mapping[str, Path] | None = None,
 ) -> IngestReport:
-    """Import ``root`` into the run ``run_name`` (created if needed); see the module docstring."""
+    """Import ``root`` into the run ``run_name`` (created if needed); see the module docstring.
+
+    ``data`` maps dataset names (``train``, ``test``, subsets) to token files to upload.
+    """
     console = console or Console()
     root = Path(root)
     if not root.is_dir():
@@ -223,9 +252,18 @@ def ingest_directory(
         except re.error as exc:
             raise PhaseboardClientError(f"--step-regex {step_regex!r}: {exc}") from exc
 
+    items = discover_checkpoints(root, step_regex)
+    hf_config = find_hf_config(root, items)
+    if hf_config is not None and (
+        task == "hf_causal_lm" or (task is None and _is_causal_lm(hf_config))
+    ):
+        if task is None:
+            console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
+        task = "hf_causal_lm"
+        task_config = {"hf_config": hf_config, **(task_config or {})}
     run = client.run(run_name, task=task, task_config=task_config)
     report = IngestReport(run.id, run.url)
-    items = discover_checkpoints(root, step_regex)
+    _ingest_datasets(run, data or {}, report)
     report.items.extend(items)
     on_server = _server_steps(run)
     for item in items:
@@ -276,6 +314,26 @@ def ingest_directory(
     return report
 
 
+def _ingest_datasets(run: Run, data: Mapping[str, Path], report: IngestReport) -> None:
+    """Upload each token file as a dataset of the run (before the checkpoints)."""
+    for name, path in data.items():
+        item = Item("dataset", f"{name}={path}", size=0)
+        report.items.append(item)
+        try:
+            with Path(path).open("rb") as f:
+                record = run.upload_dataset_file(name, f, filename=Path(path).name)
+        except PhaseboardClientError as exc:
+            item.status, item.detail = "failed", exc.short
+            continue
+        except OSError as exc:
+            item.status, item.detail = "failed", f"cannot read: {exc}"
+            continue
+        if record is None:
+            item.status, item.detail = "skipped", "already on the server"
+        else:
+            item.status, item.detail = "imported", f"{record['n_tokens']} tokens {record['shape']}"
+
+
 def _ingest_scalars(root: Path, run: Run, report: IngestReport, console: Console) -> None:
     try:
         series = read_tensorboard_scalars(root)
@@ -316,7 +374,10 @@ def print_summary(report: IngestReport, console: Console) -> None:
         )
     console.print(table)
     parts = []
-    for kind, label in (("checkpoint", "checkpoints"), ("scalars", "scalar series")):
+    kinds = [("checkpoint", "checkpoints"), ("scalars", "scalar series")]
+    if any(i.kind == "dataset" for i in report.items):
+        kinds.insert(0, ("dataset", "datasets"))
+    for kind, label in kinds:
         n = {s: report.count(s, kind) for s in ("imported", "skipped", "failed")}
         parts.append(
             f"{label}: {n['imported']} imported, {n['skipped']} skipped, {n['failed']} failed"

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from server.db import Database
+from server.jobs.token_data import attach_token_data
 from server.models import Checkpoint, MetricPoint, PhaseBoundary, Result, Run, utcnow
 from server.series_store import series_names
 from server.storage import BlobStore
@@ -68,7 +69,9 @@ class JobContext:
             if not run.task:
                 raise JobFailed(f"run {run.name!r} has no task")
             try:
-                self._cache["task"] = get_task(run.task, run.task_config or {})
+                task = get_task(run.task, run.task_config or {})
+                attach_token_data(task, self.db, self.store, self.run_id)  # generic tasks
+                self._cache["task"] = task
             except (KeyError, ValueError, TypeError) as exc:
                 raise JobFailed(f"task {run.task!r}: {exc}") from exc
         return self._cache["task"]
