@@ -13,6 +13,7 @@ Needs ``transformer_lens`` 2.x or 3.x (``pip install 'phaseboard[tl]'``): versio
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,7 +66,9 @@ class HookedTransformerTask(TokenDataTask):
     def build_model(self, config: Mapping[str, Any] | None = None) -> nn.Module:
         from transformer_lens import HookedTransformer
 
-        return HookedTransformer(self._tl_config).float().eval()
+        with warnings.catch_warnings():  # 3.x deprecates it in favour of 4.x's bridge
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return HookedTransformer(self._tl_config).float().eval()
 
     def context_length(self) -> int | None:
         return int(self._tl_config.n_ctx)
