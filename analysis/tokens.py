@@ -133,7 +133,7 @@ def load_token_file(path: str | Path) -> Tensor:
     data, _ = _load_any(Path(path))
     _check(data)
     if isinstance(data, np.ndarray):
-        return torch.from_numpy(np.asarray(data, dtype=np.int64))
+        return torch.from_numpy(np.array(data, dtype=np.int64))  # a writable copy
     return data.to(torch.int64)
 
 

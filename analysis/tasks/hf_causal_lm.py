@@ -79,3 +79,24 @@ class HFCausalLM(TokenDataTask):
 
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         return hf_weight_groups(model)
+
+    def load_state_dict(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+        """Apply transformers' own key renamings first: ``save_pretrained`` writes some
+        legacy names (GPT-NeoX's ``embed_out`` for ``lm_head``) that ``from_pretrained`` maps
+        back; we load the same files without going through ``from_pretrained``."""
+        return super().load_state_dict(model, rename_hf_keys(model, state_dict))
+
+
+def rename_hf_keys(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state_dict`` with the model class's registered checkpoint renamings applied
+    (transformers >= 5; older versions have none and save the model's own names)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+    except ImportError:
+        return dict(state_dict)
+    renames = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    if not renames:
+        return dict(state_dict)
+    own = dict(model.state_dict())
+    return {(k if k in own else apply_renamings(k, renames)): v for k, v in state_dict.items()}

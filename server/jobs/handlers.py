@@ -224,7 +224,10 @@ def run_metrics(ctx: JobContext) -> ResultRows:
             .limit(1)
         ).first()
     if first is not None and first[1] == 0:
-        reference = load_checkpoint(ctx.db, ctx.store, first[0])
+        # Through the task's loader: the model's own names (tied, renamed keys resolved).
+        task = ctx.task()
+        raw = load_checkpoint(ctx.db, ctx.store, first[0])
+        reference = task.load_state_dict(task.build_model(), raw).state_dict()
     ctx.progress(0, 1, "metrics")
     kwargs = {k: v for k, v in ctx.config.items() if k != "device"}
     values = checkpoint_metrics(
