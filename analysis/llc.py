@@ -640,7 +640,15 @@ def estimate_llc_many(
             state_dicts.append(item)
     if template is None:
         raise ValueError("pass model= (a template module) when giving only state_dicts")
-    for name, t in template.state_dict().items():
+    # The tensors the sampler reads: tied weights appear once (not state_dict()'s aliases).
+    needed = {**dict(template.named_parameters()), **dict(template.named_buffers())}
+    # Non-persistent buffers (rotary tables, causal masks) are never in a state_dict: the
+    # template's are the checkpoints' too.
+    kept = set(template.state_dict())
+    derived = {n: b for n, b in template.named_buffers() if n not in kept}
+    if derived:
+        state_dicts = [{**derived, **sd} for sd in state_dicts]
+    for name, t in needed.items():
         for i, sd in enumerate(state_dicts):
             if name not in sd or tuple(sd[name].shape) != tuple(t.shape):
                 raise ValueError(f"checkpoint {i}: {name!r} missing or of a different shape")

@@ -10,11 +10,23 @@ spread and print chain-steps/s for each and the speed ratio (ours / devinterp).
     .venv/bin/python bench/llc_vs_devinterp.py --trajectory 100      # estimate_llc_many
 
 devinterp is a bench-only dependency (pip install devinterp==2.0.1).
+
+``--case neox`` is devinterp's home turf: a GPT-NeoX-style Hugging Face causal LM (~200k
+parameters, context 32; ``--size 3m`` for ~3M on a GPU) that devinterp takes as it is, and
+Phaseboard through its generic ``hf_causal_lm`` task; same tokens and SGLD settings (8 chains x
+200 draws, batch 32). It also times a 20-checkpoint trajectory through ``estimate_llc_many``
+against devinterp called once per checkpoint, and profiles the floor set by the arithmetic
+(one chain's forward + backward, times the number of chains):
+
+    .venv/bin/python bench/llc_vs_devinterp.py --case neox --threads 1
+    .venv/bin/python bench/llc_vs_devinterp.py --case neox --size 3m --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import math
 import sys
 import time
@@ -114,6 +126,143 @@ def run_devinterp(model: nn.Module, data: Tensor, args: argparse.Namespace, n_be
     return float(res.llc_mean), float(torch.tensor(per_chain).std()), elapsed
 
 
+# ---------------------------------------------------------------- case "neox" (hf_causal_lm)
+
+NEOX_SIZES = {  # name -> GPT-NeoX config (~params)
+    "200k": {"vocab_size": 500, "hidden_size": 64, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "intermediate_size": 256},
+    "3m": {"vocab_size": 2500, "hidden_size": 256, "num_hidden_layers": 3,
+           "num_attention_heads": 8, "intermediate_size": 512},
+}  # fmt: skip
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_neox_case(args: argparse.Namespace) -> None:
+    from analysis.tasks import get_task
+
+    hf_config = {"model_type": "gpt_neox", "max_position_embeddings": args.ctx,
+                 "bos_token_id": 0, "eos_token_id": 0, **NEOX_SIZES[args.size]}  # fmt: skip
+    vocab = hf_config["vocab_size"]
+    data = make_data(args.n, vocab, args.ctx)  # (n, ctx) induction sequences
+    task = get_task("hf_causal_lm", {"hf_config": hf_config, "seq_len": args.ctx,
+                                     "num_sequences": args.n})  # fmt: skip
+    task.set_token_data({"train": data, "test": make_data(256, vocab, args.ctx, seed=1)})
+    torch.manual_seed(0)
+    model = task.build_model().to(args.device)
+    n_params = sum(q.numel() for q in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # a short run: a non-trivial w*
+    for batch in itertools.islice(task.batches("train", args.batch, seed=1), args.train_steps):
+        opt.zero_grad()
+        task.loss(model, task.to(batch, args.device)).backward()
+        opt.step()
+    model.eval()
+    n_beta = args.n / math.log(args.n)
+    print(
+        f"case neox ({args.size}): GPT-NeoX {n_params:,} params, ctx {args.ctx}, device "
+        f"{args.device}, threads {torch.get_num_threads()}, n_beta {n_beta:.1f}"
+    )
+    cfg = LLCConfig(
+        lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
+        num_draws=args.draws, batch_size=args.batch, device=args.device,
+    )  # fmt: skip
+    chain_steps = args.chains * args.draws
+
+    def ours(m: nn.Module, c: LLCConfig):  # type: ignore[no-untyped-def]
+        return estimate_llc(m, task.loss, task.batches("train", args.batch, seed=0), c)
+
+    ours(model, LLCConfig(**{**cfg.to_dict(), "num_draws": 3}))  # warm-up
+    _sync(args.device)
+    mine = ours(model, cfg)
+    print(
+        f"ours      llc {mine.mean:8.3f} ± {mine.std:.3f}  {mine.elapsed_s:7.2f} s  "
+        f"{chain_steps / mine.elapsed_s:8.1f} chain-steps/s  diverged {mine.diverged}"
+    )
+
+    # The arithmetic floor: one chain's forward + backward on one batch, times the chains.
+    batch = task.to(next(task.batches("train", args.batch, seed=3)), args.device)
+    for _ in range(3):
+        task.loss(model, batch).backward()
+    _sync(args.device)
+    t0, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        model.zero_grad()
+        task.loss(model, batch).backward()
+    _sync(args.device)
+    fb = (time.perf_counter() - t0) / reps
+    per_step = mine.elapsed_s / args.draws
+    print(
+        f"profile   one chain fwd+bwd {fb * 1e3:.1f} ms; x {args.chains} chains = "
+        f"{fb * args.chains * 1e3:.1f} ms/step floor; ours {per_step * 1e3:.1f} ms/step "
+        f"({per_step / (fb * args.chains):.2f}x the floor)"
+    )
+
+    if args.skip_devinterp:
+        return
+    from datasets import Dataset
+    from devinterp.slt.llc import llc
+
+    ds = Dataset.from_dict({"input_ids": data.tolist()}).with_format("torch")
+
+    def devinterp(m: nn.Module, num_draws: int):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        res = llc(
+            m, ds, {}, lr=args.lr, n_beta=n_beta, localization=args.localization,
+            num_chains=args.chains, num_draws=num_draws, batch_size=args.batch,
+            device=args.device,
+        )  # fmt: skip
+        _sync(args.device)
+        per_chain = [float(x) for x in res.llc_per_chain.values]
+        return float(res.llc_mean), float(torch.tensor(per_chain).std()), time.perf_counter() - t0
+
+    devinterp(model, 3)  # warm-up
+    di_mean, di_std, di_s = devinterp(model, args.draws)
+    print(
+        f"devinterp llc {di_mean:8.3f} ± {di_std:.3f}  {di_s:7.2f} s  "
+        f"{chain_steps / di_s:8.1f} chain-steps/s  ({di_s / args.draws * 1e3:.1f} ms/step "
+        f"= {di_s / args.draws / (fb * args.chains):.2f}x the floor)"
+    )
+    tol = 2 * math.hypot(mine.std, di_std)
+    print(
+        f"agreement: |diff| = {abs(mine.mean - di_mean):.3f} <= 2*combined chain spread "
+        f"{tol:.3f}: {abs(mine.mean - di_mean) <= tol}"
+    )
+    print(
+        f"speed ratio per estimate (ours / devinterp chain-steps/s): {di_s / mine.elapsed_s:.2f}x"
+    )
+
+    if not args.trajectory:
+        return
+    ckpts = []
+    for i in range(args.trajectory):  # a trajectory stand-in: small perturbations of w*
+        g = torch.Generator().manual_seed(100 + i)
+        ckpts.append({k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v)
+                      for k, v in model.state_dict().items()})  # fmt: skip
+    tcfg = LLCConfig(**{**cfg.to_dict(), "num_draws": args.trajectory_draws})
+    t0 = time.perf_counter()
+    estimate_llc_many(
+        ckpts, task.loss, task.batches("train", args.batch, seed=0), tcfg, model=model
+    )
+    _sync(args.device)
+    ours_traj = time.perf_counter() - t0
+    probe = copy.deepcopy(model)
+    measured = min(args.trajectory_devinterp, args.trajectory)
+    t0 = time.perf_counter()
+    for sd in ckpts[:measured]:  # devinterp has no cross-checkpoint batching: one call each
+        probe.load_state_dict(sd)
+        devinterp(probe, args.trajectory_draws)
+    di_traj = (time.perf_counter() - t0) * args.trajectory / measured
+    note = "" if measured == args.trajectory else f" (measured on {measured}, scaled linearly)"
+    print(
+        f"trajectory: {args.trajectory} checkpoints x {args.chains} chains x "
+        f"{args.trajectory_draws} draws: estimate_llc_many {ours_traj:.1f} s, devinterp loop "
+        f"{di_traj:.1f} s{note}; ratio {di_traj / ours_traj:.2f}x"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,7 +282,22 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--trajectory", type=int, default=0, help="also time K checkpoints")
     p.add_argument("--skip-devinterp", action="store_true")
+    p.add_argument("--case", choices=["attn", "neox"], default="attn")
+    p.add_argument("--size", choices=sorted(NEOX_SIZES), default="200k", help="case neox")
+    p.add_argument("--trajectory-draws", type=int, default=None, help="default: --draws")
+    p.add_argument(
+        "--trajectory-devinterp", type=int, default=1 << 30,
+        help="devinterp calls actually timed in the trajectory (then scaled)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.trajectory_draws is None:
+        args.trajectory_draws = args.draws
+    if args.case == "neox":
+        run_neox_case(args)
+        return
 
     torch.manual_seed(0)
     model = AttnOnly(args.vocab, args.ctx, args.d_model, args.n_heads, args.n_layers).to(

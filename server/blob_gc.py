@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from server.db import Database
-from server.models import Checkpoint
+from server.models import Checkpoint, Dataset
 from server.storage import BlobStore
 
 __all__ = ["GCReport", "collect_garbage"]
@@ -38,6 +38,7 @@ def collect_garbage(
     """Remove unreferenced blobs older than ``min_age_s`` and stale upload temp files."""
     with db.session() as session:
         referenced = set(session.scalars(select(Checkpoint.sha256).distinct()))
+        referenced |= set(session.scalars(select(Dataset.sha256).distinct()))
     cutoff = time.time() - min_age_s
     removed: list[str] = []
     freed = recent = 0
@@ -53,6 +54,8 @@ def collect_garbage(
             continue
         with db.session() as session:  # re-check: an upload may have claimed it meanwhile
             if session.scalar(select(Checkpoint.id).where(Checkpoint.sha256 == sha).limit(1)):
+                continue
+            if session.scalar(select(Dataset.id).where(Dataset.sha256 == sha).limit(1)):
                 continue
         if not dry_run:
             store.delete(sha)

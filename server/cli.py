@@ -120,6 +120,9 @@ def ingest(
     url: str | None = typer.Option(None, help="Server URL (default: the local one)."),
     token: str | None = typer.Option(None, help="API token (default PHASEBOARD_API_TOKEN)."),
     step_regex: str | None = typer.Option(None, help="Regex whose group 1 is the step."),
+    data: list[str] = typer.Option(
+        [], "--data", help="NAME=FILE token data (train, test, or a subset); repeatable."
+    ),
 ) -> None:
     """Import a directory of checkpoints into a run; resumable (uploaded steps are skipped)."""
     import json
@@ -131,6 +134,14 @@ def ingest(
         config = json.loads(task_config) if task_config else None
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--task-config") from exc
+    datasets: dict[str, Path] = {}
+    for spec in data:
+        name, sep, file = spec.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise typer.BadParameter(f"expected NAME=FILE, got {spec!r}", param_hint="--data")
+        if not Path(file).is_file():
+            raise typer.BadParameter(f"{file} is not a file", param_hint="--data")
+        datasets[name.strip()] = Path(file)
     with _connected(url, token) as client:
         report = ingest_directory(
             Path(path),
@@ -140,6 +151,7 @@ def ingest(
             task_config=config,
             step_regex=step_regex,
             console=console,
+            data=datasets,
         )
     print_summary(report, console)
     if report.failed:

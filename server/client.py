@@ -827,6 +827,41 @@ class Run:
         self._uploaded_steps.add(step)
         return None if resp.status_code == 409 else resp.json()
 
+    # --- token datasets (the generic tasks' data) -------------------------------------
+
+    def log_dataset(self, name: str, tokens: Any) -> dict[str, Any] | None:
+        """Upload token ids as the run's dataset ``name`` (``train``, ``test`` or a subset).
+
+        ``tokens``: an integer tensor or numpy array, a 1-D stream or (N, T) sequences.
+        Upload data before checkpoints: the analyses queued for a checkpoint read it.
+        Returns the server's record, or None when the run already has a dataset ``name``.
+        """
+        import io
+
+        import numpy as np
+
+        array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+        return self.upload_dataset_file(name, buf, filename=f"{name}.npy")
+
+    def upload_dataset_file(
+        self, name: str, fileobj: IO[bytes], filename: str = "tokens.npy"
+    ) -> dict[str, Any] | None:
+        """Stream a token file (.npy, .safetensors, .pt); None if ``name`` is already there."""
+        resp = self.client.request(
+            "POST",
+            f"/api/runs/{self.id}/datasets",
+            files={"file": (filename, fileobj, "application/octet-stream")},
+            data={"name": str(name)},
+            ok=[409],
+            rewind=fileobj,
+        )
+        return None if resp.status_code == 409 else resp.json()
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return list(self.client.request("GET", f"/api/runs/{self.id}/datasets").json())
+
     def checkpoints(self) -> list[dict[str, Any]]:
         body = self.client.request("GET", f"/api/runs/{self.id}/checkpoints").json()
         if isinstance(body, dict):

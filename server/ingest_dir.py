@@ -15,6 +15,11 @@ files become metric series, and so does the ``log_history`` of the newest Huggin
 ``trainer_state.json`` (loss, learning_rate, grad_norm, eval_* at their steps). A second
 import of the same directory skips every step the server already has, so an interrupted
 import can simply be run again.
+
+For the generic tasks: ``checkpoint-N/config.json`` becomes ``task_config["hf_config"]`` (and,
+when no task is given and it describes a causal LM, the task is ``hf_causal_lm``); token files
+given as ``data={"train": path, ...}`` are uploaded as the run's datasets before any checkpoint,
+so the analyses queued on upload find them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -141,6 +146,25 @@ def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item
             seen[item.step] = item.path
     items.sort(key=lambda i: (i.step is None, i.step or 0, i.path))
     return items
+
+
+def find_hf_config(root: Path, items: list[Item]) -> dict[str, Any] | None:
+    """The ``config.json`` beside the newest Hugging Face checkpoint's weights, if any."""
+    for item in sorted(items, key=lambda i: i.step or -1, reverse=True):
+        path = (root / item.path).parent / "config.json"
+        if Path(item.path).name in HF_MODEL_FILES and path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("model_type"):
+                return data
+    return None
+
+
+def _is_causal_lm(hf_config: Mapping[str, Any]) -> bool:
+    archs = hf_config.get("architectures") or []
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
 
 
 Series = dict[str, list[tuple[int, float]]]
@@ -263,8 +287,12 @@ def ingest_directory(
     task_config: dict[str, Any] | None = None,
     step_regex: str | None = None,
     console: Console | None = None,
+    data: Mapping[str, Path] | None = None,
 ) -> IngestReport:
-    """Import ``root`` into the run ``run_name`` (created if needed); see the module docstring."""
+    """Import ``root`` into the run ``run_name`` (created if needed); see the module docstring.
+
+    ``data`` maps dataset names (``train``, ``test``, subsets) to token files to upload.
+    """
     console = console or Console()
     root = Path(root)
     if not root.is_dir():
@@ -278,11 +306,20 @@ def ingest_directory(
     from server.ingest_hparams import read_hparams
 
     hparams = read_hparams(root)  # TensorBoard hparams, trainer_state.json settings -> config
+    items = discover_checkpoints(root, step_regex)
+    hf_config = find_hf_config(root, items)
+    if hf_config is not None and (
+        task == "hf_causal_lm" or (task is None and _is_causal_lm(hf_config))
+    ):
+        if task is None:
+            console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
+        task = "hf_causal_lm"
+        task_config = {"hf_config": hf_config, **(task_config or {})}
     run = client.run(
         run_name, task=task, task_config=task_config, config=hparams or None, status="imported"
     )
     report = IngestReport(run.id, run.url)
-    items = discover_checkpoints(root, step_regex)
+    _ingest_datasets(run, data or {}, report)
     report.items.extend(items)
     on_server = _server_steps(run)
     for item in items:
@@ -340,6 +377,26 @@ def _open_weights(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
+def _ingest_datasets(run: Run, data: Mapping[str, Path], report: IngestReport) -> None:
+    """Upload each token file as a dataset of the run (before the checkpoints)."""
+    for name, path in data.items():
+        item = Item("dataset", f"{name}={path}", size=0)
+        report.items.append(item)
+        try:
+            with Path(path).open("rb") as f:
+                record = run.upload_dataset_file(name, f, filename=Path(path).name)
+        except PhaseboardClientError as exc:
+            item.status, item.detail = "failed", exc.short
+            continue
+        except OSError as exc:
+            item.status, item.detail = "failed", f"cannot read: {exc}"
+            continue
+        if record is None:
+            item.status, item.detail = "skipped", "already on the server"
+        else:
+            item.status, item.detail = "imported", f"{record['n_tokens']} tokens {record['shape']}"
+
+
 def _ingest_scalars(root: Path, run: Run, report: IngestReport, console: Console) -> None:
     wall_times: WallTimes = {}
     try:
@@ -355,9 +412,8 @@ def _ingest_scalars(root: Path, run: Run, report: IngestReport, console: Console
 def _log_series(run: Run, report: IngestReport, series: Series, wall_times: WallTimes) -> None:
     """Send each series not yet on the server.
 
-    ``wall_times`` holds the wall-clock time of each point where the source recorded one;
-    it is not sent yet: metric points have no wall-time column so far (another change adds
-    one; pass ``wall_times[name][step]`` along with the point there).
+    ``wall_times`` holds the wall-clock time of each point where the source recorded one
+    (TensorBoard does); it is stored with the point, so wall-time x-axes show the original run.
     """
     for name, points in series.items():
         item = Item("scalars", name, detail=f"{len(points)} points")
@@ -369,8 +425,9 @@ def _log_series(run: Run, report: IngestReport, series: Series, wall_times: Wall
             item.status, item.detail = "skipped", f"already on the server ({len(points)} points)"
             continue
         try:
+            times = wall_times.get(name, {})
             for step, value in points:
-                run.log(step, {name: value})
+                run.log(step, {name: value}, wall_time=times.get(step))
             run.flush()
             item.status = "imported"
         except PhaseboardClientError as exc:
@@ -393,7 +450,10 @@ def print_summary(report: IngestReport, console: Console) -> None:
         )
     console.print(table)
     parts = []
-    for kind, label in (("checkpoint", "checkpoints"), ("scalars", "scalar series")):
+    kinds = [("checkpoint", "checkpoints"), ("scalars", "scalar series")]
+    if any(i.kind == "dataset" for i in report.items):
+        kinds.insert(0, ("dataset", "datasets"))
+    for kind, label in kinds:
         n = {s: report.count(s, kind) for s in ("imported", "skipped", "failed")}
         parts.append(
             f"{label}: {n['imported']} imported, {n['skipped']} skipped, {n['failed']} failed"

@@ -190,3 +190,23 @@ class Share(Base):
     slug: Mapped[str] = mapped_column(String(32), unique=True)
     view: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Dataset(Base):
+    """Token data uploaded for a run (the generic tasks' train/test/subset data); its bytes
+    live in the blob store under ``sha256``, like a checkpoint's."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_dataset_run_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))  # train | test | any data subset name
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(20))  # npy | safetensors | torch
+    n_tokens: Mapped[int] = mapped_column(BigInteger)
+    shape: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    dtype: Mapped[str] = mapped_column(String(20))
+    max_token: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -197,6 +197,24 @@ class CheckpointOut(BaseModel):
     job_ids: list[int] = Field(default_factory=list, description="Analyses queued on upload.")
 
 
+class DatasetOut(BaseModel):
+    """A run's token dataset (``train``, ``test`` or a data subset) as stored."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    name: str
+    sha256: str
+    size: int
+    format: str
+    n_tokens: int
+    shape: list[int]
+    dtype: str
+    max_token: int
+    created_at: datetime
+
+
 class MetricIn(TypedDict):
     """One point of a metric series. A TypedDict: 10^5 of them validate in ~0.1 s."""
 

@@ -178,3 +178,17 @@ def test_log_never_blocks_while_the_server_is_away(tmp_path: Path) -> None:
     assert len(lines) == 200  # nothing lost: every point is in the spool
     run._closed = True
     pb._http.close()
+
+
+def test_log_dataset_uploads_tensors_and_arrays_once(pb: Phaseboard) -> None:
+    import numpy as np
+
+    run = pb.run("with-data")
+    record = run.log_dataset("train", torch.arange(300, dtype=torch.int32).view(3, 100) % 40)
+    assert record is not None
+    assert (record["shape"], record["dtype"], record["max_token"]) == ([3, 100], "int32", 39)
+    assert run.log_dataset("code", np.arange(50, dtype=np.int64))["n_tokens"] == 50
+    assert run.log_dataset("train", torch.arange(10)) is None  # the name is taken: kept as was
+    assert [d["name"] for d in run.datasets()] == ["code", "train"]
+    with pytest.raises(PhaseboardClientError, match="must be integers"):
+        run.log_dataset("floats", torch.rand(10))

@@ -34,6 +34,10 @@ _BUILTINS: dict[str, str] = {
     "modular_addition": "analysis.tasks.modular_addition:ModularAddition",
     "tms": "analysis.tasks.tms:TMS",
     "attention_lm": "analysis.tasks.attention_lm:AttentionLM",
+    # Generic tasks for users' own models (data: the run's uploaded token datasets).
+    "hf_causal_lm": "analysis.tasks.hf_causal_lm:HFCausalLM",
+    "transformer_lens": "analysis.tasks.hooked_transformer:HookedTransformerTask",
+    "torch_module": "analysis.tasks.torch_module:TorchModule",
 }
 
 

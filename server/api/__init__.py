@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from server.api import (
     calibration,
     checkpoints,
+    datasets,
     health,
     jobs,
     metrics,
@@ -20,6 +21,17 @@ from server.errors import ERROR_RESPONSES
 
 def build_api_router() -> APIRouter:
     api = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
-    for module in (health, runs, tracking, checkpoints, metrics, jobs, phases, shares, calibration):
+    for module in (
+        health,
+        runs,
+        tracking,
+        checkpoints,
+        datasets,
+        metrics,
+        jobs,
+        phases,
+        shares,
+        calibration,
+    ):
         api.include_router(module.router)
     return api

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from server.db import Database
+from server.jobs.token_data import attach_token_data
 from server.models import Checkpoint, Job, MetricPoint, PhaseBoundary, Result, Run, utcnow
 from server.series_store import series_names
 from server.storage import BlobStore
@@ -71,7 +72,9 @@ class JobContext:
             if not run.task:
                 raise JobFailed(f"run {run.name!r} has no task")
             try:
-                self._cache["task"] = get_task(run.task, run.task_config or {})
+                task = get_task(run.task, run.task_config or {})
+                attach_token_data(task, self.db, self.store, self.run_id)  # generic tasks
+                self._cache["task"] = task
             except (KeyError, ValueError, TypeError) as exc:
                 raise JobFailed(f"task {run.task!r}: {exc}") from exc
         return self._cache["task"]
@@ -334,7 +337,10 @@ def run_metrics(ctx: JobContext) -> ResultRows:
             .limit(1)
         ).first()
     if first is not None and first[1] == 0:
-        reference = load_checkpoint(ctx.db, ctx.store, first[0], model.state_dict())
+        # Through the task's loader: the model's own names (tied, renamed keys resolved).
+        task = ctx.task()
+        raw = load_checkpoint(ctx.db, ctx.store, first[0], model.state_dict())
+        reference = task.load_state_dict(task.build_model(), raw).state_dict()
     ctx.progress(0, 1, "metrics")
     kwargs = {k: v for k, v in ctx.config.items() if k != "device"}
     values = checkpoint_metrics(

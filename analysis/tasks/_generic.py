@@ -1,0 +1,154 @@
+"""Shared base of the generic tasks (``hf_causal_lm``, ``transformer_lens``, ``torch_module``).
+
+These tasks analyse a user's own model, so their data is not generated from a seed: it is
+the run's uploaded token data, handed over by the caller with ``set_token_data`` (the
+worker resolves the run's datasets; a notebook passes tensors). ``train`` is the training
+set, ``test`` the held-out one (if absent, the last ``num_test_sequences`` windows of
+``train`` are held out), and every other name becomes a data subset, i.e. a
+data-restricted LLC. The loss is next-token cross-entropy on (B, T) token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from analysis.tasks.base import Task, TensorDataset, TrainPoint
+from analysis.tokens import TokenDataError, token_windows
+
+# Config keys every token-data task has (merged into each task's default_config).
+TOKEN_DATA_DEFAULTS: dict[str, Any] = {
+    "seq_len": None,  # None: the data's row length (2-D) or min(128, model context)
+    "num_sequences": 512,  # training sequences used (LLC data, metrics' full batch)
+    "num_test_sequences": 128,
+    "seed": 0,
+}
+
+
+class TokenDataTask(Task):
+    """A task whose datasets are token tensors given at run time, not generated."""
+
+    uses_token_data = True
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self._token_data: dict[str, Tensor] = {}
+
+    def validate_config(self, config: dict[str, Any]) -> None:
+        for key in ("num_sequences", "num_test_sequences"):
+            if not isinstance(config[key], int) or config[key] < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {config[key]!r}")
+        if config["seq_len"] is not None and (
+            not isinstance(config["seq_len"], int) or config["seq_len"] < 2
+        ):
+            raise ValueError(f"seq_len must be an integer >= 2 or null, got {config['seq_len']!r}")
+
+    # --- data ----------------------------------------------------------------------
+
+    def set_token_data(self, data: Mapping[str, Tensor]) -> None:
+        """Use these token tensors (name -> 1-D stream or (N, T)); needs a ``train``."""
+        if "train" not in data:
+            have = ", ".join(sorted(data)) or "none"
+            raise TokenDataError(
+                f"task {self.name!r} needs a token dataset named 'train' (upload it with "
+                f"POST /api/runs/{{id}}/datasets or `phaseboard ingest --data train=FILE`); "
+                f"this run has: {have}"
+            )
+        self._token_data = {k: torch.as_tensor(v).long() for k, v in data.items()}
+        self._datasets = None
+
+    def context_length(self) -> int | None:
+        """The model's largest sequence length, if it has one (override per task)."""
+        return None
+
+    def sequence_length(self) -> int:
+        seq_len = self.config["seq_len"]
+        context = self.context_length()
+        if seq_len is None:
+            train = self._token_data.get("train")
+            seq_len = int(train.shape[1]) if train is not None and train.dim() == 2 else 128
+            if context is not None:
+                seq_len = min(seq_len, context)
+        if context is not None and seq_len > context:
+            raise TokenDataError(f"seq_len {seq_len} exceeds the model's context of {context}")
+        return seq_len
+
+    def _make_datasets(self) -> dict[str, TensorDataset]:
+        if not self._token_data:
+            self.set_token_data({})  # raises the "needs a train dataset" message
+        c, seq_len = self.config, self.sequence_length()
+        vocab = self.vocab_size()
+        for name, t in self._token_data.items():
+            if vocab is not None and int(t.max()) >= vocab:
+                raise TokenDataError(
+                    f"dataset {name!r} holds token id {int(t.max())} but the model's "
+                    f"vocabulary has {vocab} entries"
+                )
+        train = token_windows(self._token_data["train"], seq_len)
+        if "test" in self._token_data:
+            test = token_windows(self._token_data["test"], seq_len, c["num_test_sequences"])
+        else:
+            n_test = min(c["num_test_sequences"], len(train) // 5)
+            if n_test < 1:
+                raise TokenDataError(
+                    f"'train' gives only {len(train)} sequences of {seq_len} tokens: too few "
+                    "to hold some out; upload a 'test' dataset or lower seq_len"
+                )
+            train, test = train[:-n_test], train[-n_test:]
+        out = {"train": TensorDataset(train[: c["num_sequences"]]), "test": TensorDataset(test)}
+        for name, t in self._token_data.items():
+            if name not in ("train", "test"):
+                out[name] = TensorDataset(token_windows(t, seq_len, c["num_sequences"]))
+        return out
+
+    def vocab_size(self) -> int | None:
+        """The model's vocabulary size, to refuse out-of-range token ids (override)."""
+        return None
+
+    # --- loss ----------------------------------------------------------------------
+
+    def logits(self, model: nn.Module, tokens: Tensor) -> Tensor:
+        """(B, T, V) next-token logits of the model on (B, T) ids (override per task)."""
+        return model(tokens)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        tokens = batch[0]
+        logits = self.logits(model, tokens)  # (B, T, V)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
+        """Top-1 next-token accuracy."""
+        tokens = batch[0]
+        pred = self.logits(model, tokens)[:, :-1].argmax(-1)
+        return (pred == tokens[:, 1:]).float().mean().item()
+
+    # --- weights -------------------------------------------------------------------
+
+    def load_state_dict(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+        """Strict load, except that tied copies (``lm_head.weight`` = the embedding) may be
+        absent, as ``save_pretrained`` writes them once."""
+        aliases: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+        filled = dict(state_dict)
+        for names in aliases.values():
+            present = [n for n in names if n in filled]
+            if present:
+                for n in names:
+                    filled.setdefault(n, filled[present[0]])
+        # Non-persistent buffers (rotary tables, causal masks) are rebuilt from the config.
+        return super().load_state_dict(model, filled)
+
+    def train(self, **kwargs: Any) -> Iterator[TrainPoint]:
+        raise NotImplementedError(
+            f"task {self.name!r} analyses uploaded checkpoints; train the model with your own "
+            "code and upload its checkpoints"
+        )
+
+
+__all__ = ["TOKEN_DATA_DEFAULTS", "TokenDataTask"]
