@@ -132,7 +132,7 @@ def llc_boundaries(
         smooth = (w @ y) / w_sum
         n_eff = w_sum**2 / (w**2).sum(1)  # effective points under the kernel
         sigma_smooth = point_sigma / np.sqrt(n_eff)
-        for i, persistence in _persistent_extrema(smooth):
+        for i, persistence in persistent_extrema(smooth):
             score = persistence / float(sigma_smooth[i])
             if score < min_score:
                 continue
@@ -151,7 +151,7 @@ def llc_boundaries(
     return sorted(out, key=lambda b: b.step)
 
 
-def _persistent_extrema(y: np.ndarray) -> list[tuple[int, float]]:
+def persistent_extrema(y: np.ndarray) -> list[tuple[int, float]]:
     """Interior local extrema of ``y`` with their persistence (endpoints never die).
 
     Repeatedly cancels the adjacent pair of extrema with the smallest height
@@ -310,6 +310,8 @@ def smooth_law_sse(x: np.ndarray, y: np.ndarray, good_enough: float = 0.0) -> fl
     return best
 
 
+_persistent_extrema = persistent_extrema  # the old private name
+
 AGREE_DECADES = 0.1
 """Boundaries from different sources within this many decades of log10(step) agree."""
 
@@ -395,5 +397,6 @@ __all__ = [
     "loss_change_points",
     "measure_jumps",
     "merge_sources",
+    "persistent_extrema",
     "smooth_law_sse",
 ]

@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     )
     max_attempts: int = 3
     auto_analyses: str = Field(
-        default="metrics,llc",
-        description="Analyses queued for each new checkpoint of a known task.",
+        default="metrics,llc,essential_dynamics",
+        description="Analyses queued for each new checkpoint of a known task "
+        "(run-level lenses such as essential_dynamics rerun over all checkpoints).",
     )
 
     @field_validator("storage_dir", mode="before")

@@ -122,6 +122,9 @@ class AttentionLM(Task):
         logits = model(tokens)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
+    def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        return F.log_softmax(model(batch[0]).float(), dim=-1)
+
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
         """Next-token accuracy on the repeated (induction-predictable) tokens."""

@@ -138,6 +138,23 @@ class Task:
         """Fraction correct, or None where accuracy is undefined (regression tasks)."""
         return None
 
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The model's outputs on ``batch`` as the lenses compare them (essential dynamics).
+
+        Default: ``model(inputs)``, inputs the batch's first tensor. Classification
+        tasks return log-probabilities, so an additive shift of the logits is no motion.
+        """
+        inputs = batch[0] if isinstance(batch, list | tuple) else batch
+        return model(inputs)
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Named per-checkpoint measures of what the model has learned (default none).
+
+        Computed by the metrics job and shown as series ``progress/<name>``; their jumps
+        are phase-boundary candidates. User tasks override this to add their own.
+        """
+        return {}
+
     # --- data ----------------------------------------------------------------------
 
     def datasets(self) -> dict[str, TensorDataset]:

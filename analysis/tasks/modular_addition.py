@@ -111,6 +111,9 @@ class ModularAddition(Task):
         tokens, labels = batch
         return F.cross_entropy(model(tokens).float(), labels)
 
+    def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        return F.log_softmax(model(batch[0]).float(), dim=-1)
+
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
         tokens, labels = batch

@@ -278,7 +278,7 @@ def run_phases(ctx: JobContext) -> ResultRows:
                     xs.append(float(st))
                     ys.append(float(value))
     ctx.progress(0, 1, f"detecting boundaries on {len(steps)} LLC points")
-    found = detect_boundaries(steps, llc, llc_std, series)
+    found = detect_boundaries(steps, llc, llc_std, series, extra=_lens_boundaries(ctx))
     boundaries = [
         {
             "step": float(b.step),
@@ -298,6 +298,67 @@ def run_phases(ctx: JobContext) -> ResultRows:
         for b in boundaries:
             s.add(PhaseBoundary(run_id=ctx.run_id, manual=False, created_at=utcnow(), **b))
     return [{"restriction": "", "values": {"boundaries": boundaries, "llc_points": len(steps)}}]
+
+
+def _run_checkpoints(ctx: JobContext) -> list[tuple[int, int]]:
+    """(id, step) of the run's usable checkpoints (flagged ones left out), by step."""
+    with ctx.db.session() as s:
+        rows = s.execute(
+            sa.select(Checkpoint.id, Checkpoint.step)
+            .where(Checkpoint.run_id == ctx.run_id, Checkpoint.status == "ok")
+            .order_by(Checkpoint.step)
+        ).all()
+    return [(int(i), int(st)) for i, st in rows]
+
+
+def _loaded_model(ctx: JobContext, model: Any, checkpoint_id: int) -> Any:
+    from analysis.tasks import CheckpointMismatch
+
+    try:
+        ctx.task().load_state_dict(model, load_checkpoint(ctx.db, ctx.store, checkpoint_id))
+    except CheckpointMismatch as exc:
+        raise JobFailed(f"checkpoint {checkpoint_id}: {exc}") from exc
+    return model
+
+
+def run_essential_dynamics(ctx: JobContext) -> ResultRows:
+    """Outputs on the probe set at every checkpoint, PCA over checkpoints, turning points."""
+    import numpy as np
+
+    from analysis.essential_dynamics import essential_dynamics, probe_batch, probe_outputs
+
+    task = ctx.task()
+    ckpts = _run_checkpoints(ctx)
+    n_probe = int(ctx.config.get("probe_examples", 128))
+    probe = probe_batch(task, max_examples=n_probe)
+    model = task.build_model().to(ctx.device)
+    outputs = []
+    for k, (ckpt_id, _) in enumerate(ckpts):
+        ctx.progress(k, len(ckpts), f"outputs at checkpoint {k + 1}/{len(ckpts)}")
+        _loaded_model(ctx, model, ckpt_id)
+        outputs.append(probe_outputs(task, model, probe, device=ctx.device))
+    if len(outputs) < 2:
+        raise JobFailed("essential dynamics needs at least two checkpoints")
+    ed = essential_dynamics([st for _, st in ckpts], np.stack(outputs))
+    values = {**ed.to_dict(), "probe_examples": n_probe, "output_dim": int(outputs[0].size)}
+    return [{"restriction": "", "values": values}]
+
+
+def _lens_boundaries(ctx: JobContext) -> list[Any]:
+    """Boundary candidates other lenses left in their newest run-level results."""
+    from analysis.phases import Boundary
+
+    with ctx.db.session() as s:
+        values = s.scalar(
+            sa.select(Result.values)
+            .where(Result.run_id == ctx.run_id, Result.kind == "essential_dynamics")
+            .order_by(Result.id.desc())
+            .limit(1)
+        )
+    out = []
+    for b in (values or {}).get("turning_points", []):
+        out.append(Boundary(float(b["step"]), b["source"], b["kind"], float(b["score"]), ""))
+    return out
 
 
 def run_noop(ctx: JobContext) -> ResultRows:
@@ -320,6 +381,7 @@ HANDLERS: dict[str, Callable[[JobContext], ResultRows]] = {
     "llc_restricted": run_llc_restricted,
     "metrics": run_metrics,
     "phases": run_phases,
+    "essential_dynamics": run_essential_dynamics,
     "noop": run_noop,
     "sleep": run_sleep,
 }
@@ -327,7 +389,7 @@ BATCHED: dict[str, Callable[[list[JobContext]], dict[int, ResultRows | Exception
     "llc": run_llc,
 }
 # Kinds whose new results change a run's phase boundaries.
-TRIGGERS_PHASES = ("llc", "metrics")
+TRIGGERS_PHASES = ("llc", "metrics", "essential_dynamics")
 
 
 def _single(batched: Callable[[list[JobContext]], dict[int, Any]], ctx: JobContext) -> ResultRows:

@@ -15,6 +15,10 @@ Kinds:
 - ``phases``: per run, re-detects stage boundaries from the run's current results. Its key
   carries a fingerprint of those results, so a new result means new work and the same
   results are never analysed twice.
+- ``essential_dynamics``: per run, the model's outputs on the task's probe set at every
+  checkpoint, PCA over checkpoints, turning points (``analysis.essential_dynamics``). Its key
+  carries a fingerprint of the run's checkpoints, so it reruns as checkpoints arrive; it is
+  cheap (one forward pass per checkpoint), so it is in the default automatic analyses.
 - ``noop`` / ``sleep``: trivial kinds for tests and benchmarks (never auto-planned).
 """
 
@@ -33,7 +37,9 @@ from server.errors import BadInput, NotFound
 from server.models import Checkpoint, Job, Result, Run, utcnow
 
 CHECKPOINT_KINDS = ("metrics", "llc", "llc_restricted")
-RUN_KINDS = ("phases",)
+RUN_KINDS = ("phases", "essential_dynamics")
+# Run-level kinds that may be queued automatically as checkpoints arrive.
+AUTO_RUN_KINDS = ("essential_dynamics",)
 TEST_KINDS = ("noop", "sleep")
 ALL_KINDS = CHECKPOINT_KINDS + RUN_KINDS + TEST_KINDS
 
@@ -90,6 +96,8 @@ def job_config(kind: str, run: Run, override: Mapping[str, Any] | None = None) -
         return dict(run_cfg.get("metrics") or {}) | dict(override.get("metrics") or {})
     if kind == "sleep":
         return {"seconds": float(override.get("seconds", 1.0)), "nonce": override.get("nonce")}
+    if kind == "essential_dynamics":
+        return {"probe_examples": 128, **dict(run_cfg.get("essential_dynamics") or {})}
     if kind == "noop":
         return {"nonce": override.get("nonce")}
     return {}
@@ -103,13 +111,30 @@ def analyses_for_run(run: Run, default: str) -> list[str]:
     return [k for k in kinds if k in CHECKPOINT_KINDS]
 
 
+def run_analyses_for_run(run: Run, default: str) -> list[str]:
+    """Run-level kinds re-queued as checkpoints arrive (``AUTO_RUN_KINDS`` asked for)."""
+    kinds = (run.analysis_config or {}).get("analyses")
+    if kinds is None:
+        kinds = [k.strip() for k in default.split(",") if k.strip()]
+    return [k for k in kinds if k in AUTO_RUN_KINDS]
+
+
 def _results_fingerprint(session: Session, run_id: int) -> str:
     row = session.execute(
         sa.select(sa.func.count(Result.id), sa.func.max(Result.id)).where(
-            Result.run_id == run_id, Result.kind.in_(("llc", "metrics"))
+            Result.run_id == run_id, Result.kind.in_(("llc", "metrics", "essential_dynamics"))
         )
     ).one()
     return f"{row[0]}-{row[1] or 0}"
+
+
+def _checkpoints_fingerprint(session: Session, run_id: int) -> str:
+    row = session.execute(
+        sa.select(sa.func.count(Checkpoint.id), sa.func.max(Checkpoint.id)).where(
+            Checkpoint.run_id == run_id
+        )
+    ).one()
+    return f"c{row[0]}-{row[1] or 0}"
 
 
 def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -165,7 +190,13 @@ def plan_jobs(
         digest = config_hash(cfg)
         if kind in RUN_KINDS or kind in TEST_KINDS:
             targets: list[int | None] = [None]
-            tag = _results_fingerprint(session, run_id) if kind == "phases" else ""
+            tag = (
+                _results_fingerprint(session, run_id)
+                if kind == "phases"
+                else _checkpoints_fingerprint(session, run_id)
+                if kind == "essential_dynamics"
+                else ""
+            )
         else:
             targets, tag = list(ckpts), ""
         for ckpt in targets:
