@@ -134,6 +134,23 @@ class AttentionLM(Task):
             return None
         return (model(tokens).argmax(-1)[keep] == targets[keep]).float().mean().item()
 
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Prefix-matching score of each head of the last layer on repeated random
+        sequences (``prefix_matching/l{L}.h{h}`` and their max), and the ICL score on the
+        test split (loss on the last quarter of positions minus the first quarter)."""
+        from analysis.progress import icl_score, prefix_matching_scores
+
+        c = self.config
+        layer = c["n_layers"] - 1
+        out: dict[str, float] = {}
+        if layer >= 1:
+            scores = prefix_matching_scores(model, c["vocab"], c["seq_len"], layer=layer)
+            out = {f"prefix_matching/l{layer}.h{h}": s for h, s in enumerate(scores)}
+            out["prefix_matching"] = max(scores)
+        tokens, targets, _ = self.full_batch("test")
+        out["icl_score"] = icl_score(model, tokens, targets)
+        return out
+
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         groups = layer_groups(model)
         c = self.config

@@ -119,6 +119,14 @@ class ModularAddition(Task):
         tokens, labels = batch
         return (model(tokens).argmax(-1) == labels).float().mean().item()
 
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Restricted/excluded loss on the key frequencies of this checkpoint's embedding
+        (its 5 strongest), Gini of the Fourier norms, top frequency (analysis.progress)."""
+        from analysis.progress import modular_addition_measures
+
+        tokens, labels = self.full_batch("train")
+        return modular_addition_measures(model, self.config["p"], tokens, labels)
+
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config
         return torch.optim.AdamW(

@@ -1,0 +1,137 @@
+/* Lenses on a run beside loss and LLC: essential dynamics (the outputs' path in PC space).
+ *
+ * Reads /api/runs/{id}/lenses (the newest result of each lens plus the run's boundaries) and
+ * draws with plotly.js. Pages never compute: PCA, turning points and boundaries come from
+ * the jobs. Re-reads every 15 s while the tab is visible, redrawing only on change.
+ */
+(function () {
+  "use strict";
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const SOURCE_COLORS = { llc: "#d62728", loss: "#1f77b4", essential_dynamics: "#2ca02c",
+    progress: "#ff7f0e", manual: "#7c3aed" };
+
+  function fmt(v) {
+    if (v === null || v === undefined || !isFinite(v)) return "–";
+    const a = Math.abs(v);
+    if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(2);
+    return String(Math.round(v * 1000) / 1000);
+  }
+
+  function escapeHtml(s) {
+    return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  }
+
+  /** Colour of a boundary: its source family; several agreeing sources are black. */
+  function sourceColor(b) {
+    if (b.manual) return SOURCE_COLORS.manual;
+    if (b.source.indexOf("+") >= 0) return "#111827";
+    return SOURCE_COLORS[b.source.split(":")[0]] || "#6b7280";
+  }
+
+  /** The path's position at a (fractional) step: linear in log10 step between checkpoints. */
+  function positionAt(steps, comps, step) {
+    const xs = steps.map((s) => Math.log10(Math.max(s, 1)));
+    const x = Math.log10(Math.max(step, 1));
+    if (x <= xs[0]) return comps[0];
+    for (let i = 1; i < xs.length; i++) {
+      if (x <= xs[i]) {
+        const t = (x - xs[i - 1]) / (xs[i] - xs[i - 1] || 1);
+        return comps[i].map((c, k) => comps[i - 1][k] + t * (c - comps[i - 1][k]));
+      }
+    }
+    return comps[comps.length - 1];
+  }
+
+  function edTraces(ed, bs, j, withColorbar) {
+    const steps = ed.steps;
+    const comps = ed.components;
+    const px = comps.map((c) => c[0]);
+    const py = comps.map((c) => c[j]);
+    const logStep = steps.map((s) => Math.log10(Math.max(s, 1)));
+    const traces = [
+      { x: px, y: py, type: "scatter", mode: "lines", line: { color: "#cbd5e1", width: 1.5 },
+        hoverinfo: "skip", showlegend: false },
+      { x: px, y: py, type: "scatter", mode: "markers", name: "checkpoints", showlegend: false,
+        customdata: steps,
+        marker: { size: 8, color: logStep, colorscale: "Viridis",
+          colorbar: withColorbar ? { title: { text: "log10 step" }, thickness: 12 } : undefined,
+          showscale: withColorbar },
+        hovertemplate: "step %{customdata}<br>PC1 %{x:.3g}<br>PC" + (j + 1) + " %{y:.3g}<extra></extra>" },
+    ];
+    const turns = ed.turning_points || [];
+    if (turns.length) {
+      const at = turns.map((b) => positionAt(steps, comps, b.step));
+      traces.push({ x: at.map((p) => p[0]), y: at.map((p) => p[j]), type: "scatter", mode: "markers",
+        name: "turning points", marker: { symbol: "diamond-open", size: 14, color: SOURCE_COLORS.essential_dynamics, line: { width: 2 } },
+        hovertemplate: turns.map((b) => "turning point (" + escapeHtml(b.label || "") + ")<br>step " + fmt(b.step) +
+          "<br>score " + fmt(b.score) + "<extra></extra>") });
+    }
+    const inside = bs.filter((b) => b.step >= steps[0] && b.step <= steps[steps.length - 1]);
+    if (inside.length) {
+      const at = inside.map((b) => positionAt(steps, comps, b.step));
+      traces.push({ x: at.map((p) => p[0]), y: at.map((p) => p[j]), type: "scatter", mode: "markers",
+        name: "phase boundaries", marker: { symbol: "x-thin-open", size: 16, line: { width: 3, color: inside.map(sourceColor) } },
+        hovertemplate: inside.map((b) => "<b>" + escapeHtml(b.label || b.kind) + "</b><br>step " + fmt(b.step) +
+          "<br>source " + escapeHtml(b.manual ? "manual" : b.source) +
+          (b.source.indexOf("+") >= 0 ? "<br>(sources agree)" : "") + "<extra></extra>") });
+    }
+    return traces;
+  }
+
+  function drawEd(ed, bs) {
+    const ev = ed.explained_variance || [];
+    const pct = (k) => (ev[k] !== undefined ? " (" + Math.round(ev[k] * 1000) / 10 + " %)" : "");
+    [["ed12", 1], ["ed13", 2]].forEach(([id, j]) => {
+      const el = document.getElementById("plot-" + id);
+      if (!el || !window.Plotly) return;
+      const layout = {
+        margin: { l: 55, r: 10, t: 10, b: 75 }, hovermode: "closest",
+        xaxis: { title: { text: "PC1" + pct(0) }, zeroline: false },
+        yaxis: { title: { text: "PC" + (j + 1) + pct(j) }, zeroline: false },
+        legend: { orientation: "h", y: -0.32 },
+      };
+      Plotly.react(el, edTraces(ed, bs, j, j === 1), layout, { responsive: true, displaylogo: false });
+    });
+  }
+
+  async function load(section, last) {
+    const runId = section.dataset.run;
+    const status = $("#lenses-status", section);
+    let data;
+    try {
+      const resp = await fetch("/api/runs/" + runId + "/lenses", { headers: { Accept: "application/json" } });
+      if (!resp.ok) throw new Error(resp.status + " " + resp.statusText);
+      data = await resp.json();
+    } catch (e) {
+      status.textContent = "Could not load the lenses: " + e.message;
+      return last;
+    }
+    const key = JSON.stringify([data.essential_dynamics && data.essential_dynamics.result_id, data.boundaries]);
+    if (key === last) return last;
+    const ed = data.essential_dynamics;
+    if (!ed || !ed.steps || ed.steps.length < 2) {
+      status.textContent = "No essential-dynamics result yet (it needs two checkpoints and a task).";
+      section.dataset.loaded = "true";
+      return key;
+    }
+    drawEd(ed, data.boundaries || []);
+    const ev = (ed.explained_variance || []).slice(0, 3).map((v) => Math.round(v * 1000) / 10 + " %");
+    status.textContent = ed.steps.length + " checkpoints, " + (ed.probe_examples || "?") + " probe examples; " +
+      "explained variance " + ev.join(" / ") + "; " + (ed.turning_points || []).length + " turning point(s).";
+    section.dataset.loaded = "true";
+    return key;
+  }
+
+  function start() {
+    const section = document.getElementById("lenses");
+    if (!section) return;
+    let last = null;
+    const tick = async () => { last = await load(section, last); };
+    tick();
+    setInterval(() => { if (!document.hidden) tick(); }, 15000);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
