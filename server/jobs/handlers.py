@@ -358,6 +358,41 @@ def _lens_boundaries(ctx: JobContext) -> list[Any]:
     out = []
     for b in (values or {}).get("turning_points", []):
         out.append(Boundary(float(b["step"]), b["source"], b["kind"], float(b["score"]), ""))
+    return out + _progress_jumps(ctx)
+
+
+# Progress measures that are labels, not quantities: their changes are no stage.
+NOT_JUMP_MEASURES = ("top_frequency",)
+
+
+def _progress_jumps(ctx: JobContext) -> list[Any]:
+    """Jumps of the run's progress measures (``progress/<name>`` of the metrics results;
+    per-head measures, with a further ``/``, are left to their summary)."""
+    from analysis.phases import measure_jumps
+
+    with ctx.db.session() as s:
+        rows = s.execute(
+            sa.select(Result.step, Result.values)
+            .where(Result.run_id == ctx.run_id, Result.kind == "metrics")
+            .order_by(Result.step, Result.id)
+        ).all()
+    series: dict[str, dict[int, float]] = {}
+    for step, values in rows:
+        for key, value in (values or {}).items():
+            name = key.removeprefix("progress/")
+            if (
+                key.startswith("progress/")
+                and "/" not in name
+                and name not in NOT_JUMP_MEASURES
+                and isinstance(value, int | float)
+                and step is not None
+                and step > 0
+            ):
+                series.setdefault(name, {})[int(step)] = float(value)
+    out = []
+    for name, points in sorted(series.items()):
+        steps = sorted(points)
+        out += measure_jumps(steps, [points[k] for k in steps], name=name)
     return out
 
 

@@ -61,6 +61,23 @@ def _seed_essential_dynamics(site) -> None:  # type: ignore[no-untyped-def]
                 score=7.0,
             )
         )
+        for st in steps:  # progress measures, as the metrics job stores them
+            x = math.log10(st)
+            grown = 1 / (1 + math.exp(-6 * (x - 2.6)))
+            s.add(
+                Result(
+                    run_id=run_id,
+                    step=st,
+                    kind="metrics",
+                    values={
+                        "progress/restricted_loss": 4.0 * (1 - grown) + 0.01,
+                        "progress/excluded_loss": 4.0 + 8.0 * grown,
+                        "progress/prefix_matching": 0.05 + 0.6 * grown,
+                        "progress/prefix_matching/l1.h0": 0.05 + 0.6 * grown,
+                        "progress/prefix_matching/l1.h1": 0.05 + 0.1 * grown,
+                    },
+                )
+            )
 
 
 def test_run_page_shows_the_essential_dynamics_path_with_boundaries(site, page) -> None:
@@ -82,6 +99,20 @@ def test_run_page_shows_the_essential_dynamics_path_with_boundaries(site, page) 
     assert "source essential_dynamics+llc" in hover[2] and "(sources agree)" in hover[2]
     assert "PC2 (15 %)" in page.inner_text("#plot-ed12")
     assert "PC3 (2 %)" in page.inner_text("#plot-ed13")
+    # Progress measures: one panel per measure, per-head measures share their panel.
+    page.wait_for_function("document.getElementById('plot-progress').data !== undefined")
+    progress = page.evaluate("() => document.getElementById('plot-progress').data.map(t => t.name)")
+    assert sorted(progress) == [
+        "excluded_loss",
+        "prefix_matching",
+        "prefix_matching/l1.h0",
+        "prefix_matching/l1.h1",
+        "restricted_loss",
+    ]
+    assert "5 series in 3 panel(s)" in page.inner_text("#progress-status")
+    panel_titles = page.locator("#plot-progress .annotation-text").all_text_contents()
+    assert "prefix_matching (2 heads)" in panel_titles and "excluded_loss" in panel_titles
+    assert page.locator("#plot-progress .shapelayer path").count() >= 3 * 3  # boundaries x panels
     page.locator("#lenses").scroll_into_view_if_needed()
     shoot(page, "lenses-ed-desktop")
     page.set_viewport_size(PHONE)
@@ -93,3 +124,4 @@ def test_run_without_lens_results_says_so(site, page) -> None:
     page.goto(f"{site.url}/runs/{site.seeded.other_run_id}")
     page.wait_for_selector("#lenses[data-loaded='true']", timeout=20_000)
     assert "No essential-dynamics result yet" in page.inner_text("#lenses-status")
+    assert "No progress measures yet" in page.inner_text("#progress-status")

@@ -64,3 +64,98 @@ def test_essential_dynamics_is_planned_anew_only_when_checkpoints_change(make_se
             assert s.scalar(sa.select(sa.func.count(Job.id))) == 2
     finally:
         db.dispose()
+
+
+def _seed_trained_run(settings, task_name: str, config: dict) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
+    """A run of ``task_name`` whose checkpoints come from its own short training."""
+    from analysis.checkpoints import save_safetensors_bytes
+    from analysis.tasks import get_task
+    from server.models import Run
+    from server.storage import BlobStore
+
+    task = get_task(task_name, config)
+    db = Database(settings)
+    store = BlobStore(settings.storage_dir)
+    try:
+        with db.session() as s:
+            run = Run(
+                name=f"{task_name}-trained",
+                task=task_name,
+                task_config=config,
+                analysis_config={"metrics": {"hutchinson_samples": 0}},
+            )
+            s.add(run)
+            s.flush()
+            ids = []
+            for point in task.train():
+                if point.is_checkpoint:
+                    data = save_safetensors_bytes(point.state_dict)
+                    ck = Checkpoint(
+                        run_id=run.id,
+                        step=point.step,
+                        sha256=store.put_bytes(data),
+                        size=len(data),
+                        format="safetensors",
+                    )
+                    s.add(ck)
+                    s.flush()
+                    ids.append(ck.id)
+            return run.id, ids
+    finally:
+        db.dispose()
+
+
+def test_metrics_job_stores_the_tasks_progress_measures(make_settings) -> None:
+    settings = fast_settings(make_settings, queue="local", auto_analyses="metrics")
+    config = {"steps": 200, "num_checkpoints": 6, "eval_every": 100, "num_samples": 256}
+    run_id, ckpts = _seed_trained_run(settings, "tms", config)
+    app = create_app(settings, start_workers=False)
+    app.state.queue.checkpoints_added(run_id, ckpts)
+    with TestClient(app) as client:
+        app.state.queue.start()
+        jobs = wait_for(
+            app.state.db, lambda js: all_final(js) and any(j.kind == "phases" for j in js)
+        )
+        assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
+        got = client.get(f"/api/runs/{run_id}/results", params={"kind": "metrics"}).json()
+    values = [r["values"] for r in got["results"]]
+    assert len(values) == len(ckpts)
+    assert all({"progress/features_represented", "progress/kgon_k"} <= set(v) for v in values)
+    assert all(0 <= v["progress/features_represented"] <= 6 for v in values)
+
+
+def test_phases_take_jumps_of_progress_measures_as_boundaries(make_settings) -> None:
+    import math
+
+    from server.models import PhaseBoundary, Result
+
+    settings = fast_settings(make_settings, queue="local")
+    steps = [int(round(10 ** (1 + 3 * i / 39))) for i in range(40)]
+    run_id, ckpts = seed_run(settings, sorted(set(steps)))
+    db = Database(settings)
+    try:
+        with db.session() as s:
+            for ck in s.scalars(sa.select(Checkpoint).where(Checkpoint.run_id == run_id)):
+                score = 0.05 if ck.step < 1000 else 0.9  # an induction head forms at 1e3
+                s.add(
+                    Result(
+                        run_id=run_id,
+                        checkpoint_id=ck.id,
+                        step=ck.step,
+                        kind="metrics",
+                        values={"progress/prefix_matching": score, "progress/top_frequency": 3.0},
+                    )
+                )
+    finally:
+        db.dispose()
+    app = create_app(settings, start_workers=False)
+    app.state.queue.request_phases(run_id)
+    with TestClient(app):
+        app.state.queue.start()
+        jobs = wait_for(app.state.db, all_final)
+        assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
+    with app.state.db.session() as s:
+        found = s.scalars(sa.select(PhaseBoundary).where(PhaseBoundary.run_id == run_id)).all()
+    progress = [b for b in found if "progress:prefix_matching" in b.source.split("+")]
+    assert progress and min(abs(math.log10(b.step) - 3) for b in progress) <= 0.1
+    assert not any("top_frequency" in b.source for b in found)
