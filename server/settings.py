@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = 3
     auto_analyses: str = Field(
-        default="metrics,llc,essential_dynamics",
+        default="metrics,llc,essential_dynamics,learning_order",
         description="Analyses queued for each new checkpoint of a known task "
         "(run-level lenses such as essential_dynamics rerun over all checkpoints).",
     )

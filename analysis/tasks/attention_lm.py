@@ -122,6 +122,15 @@ class AttentionLM(Task):
         logits = model(tokens)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
+    def per_example_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """Mean next-token loss of each sequence over its targets."""
+        tokens, targets, _ = batch
+        loss = F.cross_entropy(
+            model(tokens).float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+        )
+        valid = (targets >= 0).float()
+        return (loss * valid).sum(1) / valid.sum(1).clamp(min=1)
+
     def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         return F.log_softmax(model(batch[0]).float(), dim=-1)
 

@@ -147,6 +147,20 @@ class Task:
         inputs = batch[0] if isinstance(batch, list | tuple) else batch
         return model(inputs)
 
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Loss of each example of ``batch``, shape (n,) (the learning-order lens).
+
+        Default: ``loss`` on each example alone, vectorised with ``torch.func.vmap`` over
+        the batch's tensors (``loss`` is vmap-friendly by contract).
+        """
+        tensors = tuple(batch) if isinstance(batch, list | tuple) else (batch,)
+
+        def one(*example: Tensor) -> Tensor:
+            single = tuple(t.unsqueeze(0) for t in example)
+            return self.loss(model, single if isinstance(batch, list | tuple) else single[0])
+
+        return torch.func.vmap(one)(*tensors)
+
     def progress_measures(self, model: nn.Module) -> dict[str, float]:
         """Named per-checkpoint measures of what the model has learned (default none).
 

@@ -111,6 +111,10 @@ class ModularAddition(Task):
         tokens, labels = batch
         return F.cross_entropy(model(tokens).float(), labels)
 
+    def per_example_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        tokens, labels = batch
+        return F.cross_entropy(model(tokens).float(), labels, reduction="none")
+
     def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         return F.log_softmax(model(batch[0]).float(), dim=-1)
 

@@ -144,6 +144,65 @@
     status.textContent = Object.keys(progress).length + " series in " + names.length + " panel(s): " + names.join(", ") + ".";
   }
 
+  /** Histogram of learned-at steps in log-step bins, boundaries as dashed lines. */
+  function drawLearned(lo, bs) {
+    const el = document.getElementById("plot-learned");
+    if (!el || !window.Plotly) return;
+    const learned = lo.learned_at.filter((v) => v !== null && v > 0);
+    const logs = learned.map((v) => Math.log10(v));
+    const lo10 = Math.log10(Math.max(lo.steps.find((s) => s > 0) || 1, 1));
+    const hi10 = Math.log10(Math.max(lo.steps[lo.steps.length - 1], 1));
+    const nb = 24;
+    const width = (hi10 - lo10) / nb || 0.1;
+    const counts = new Array(nb).fill(0);
+    logs.forEach((x) => { counts[Math.min(nb - 1, Math.max(0, Math.floor((x - lo10) / width)))] += 1; });
+    const centers = counts.map((_, i) => Math.pow(10, lo10 + (i + 0.5) * width));
+    const widths = counts.map((_, i) => Math.pow(10, lo10 + (i + 1) * width) - Math.pow(10, lo10 + i * width));
+    const traces = [{ x: centers, y: counts, width: widths, type: "bar", name: "examples learned",
+      marker: { color: "#60a5fa" }, hovertemplate: "around step %{x:.3s}: %{y} examples<extra></extra>" }];
+    const shapes = bs.map((b) => ({ type: "line", xref: "x", yref: "paper", x0: b.step, x1: b.step, y0: 0, y1: 1,
+      line: { color: sourceColor(b), width: 1.5, dash: b.manual ? "dot" : "dash" } }));
+    if (bs.length) {
+      traces.push({ x: bs.map((b) => b.step), y: bs.map(() => Math.max(...counts, 1)), type: "scatter", mode: "markers",
+        name: "phase boundaries", marker: { symbol: "triangle-down", size: 10, color: bs.map(sourceColor) },
+        hovertemplate: bs.map((b) => "<b>" + escapeHtml(b.label || b.kind) + "</b><br>step " + fmt(b.step) +
+          "<br>source " + escapeHtml(b.manual ? "manual" : b.source) + "<extra></extra>") });
+    }
+    Plotly.react(el, traces, { margin: { l: 50, r: 10, t: 10, b: 45 }, bargap: 0.05, showlegend: false,
+      xaxis: { type: "log", title: { text: "learned at step" } }, yaxis: { title: { text: "examples" } }, shapes },
+    { responsive: true, displaylogo: false });
+  }
+
+  async function drawOrderHeatmap(runId) {
+    const el = document.getElementById("plot-order-heatmap");
+    if (!el || !window.Plotly) return;
+    const resp = await fetch("/api/runs/" + runId + "/learning_order/heatmap?max_examples=200", { headers: { Accept: "application/json" } });
+    if (!resp.ok) return;
+    const h = await resp.json();
+    const labels = h.examples.map((e, i) => i);
+    Plotly.react(el, [{ z: h.z, x: h.steps.map(String), y: labels, type: "heatmap", colorscale: "Viridis", reversescale: true,
+      customdata: h.examples.map((e, i) => h.steps.map(() => [e, h.learned_at[i] === null ? "never" : fmt(h.learned_at[i])])),
+      colorbar: { title: { text: "loss" }, thickness: 12 },
+      hovertemplate: "example %{customdata[0]} (learned at %{customdata[1]})<br>step %{x}<br>loss %{z:.3g}<extra></extra>" }],
+    { margin: { l: 55, r: 10, t: 10, b: 45 }, xaxis: { type: "category", title: { text: "checkpoint step" }, nticks: 8 },
+      yaxis: { title: { text: "examples (by learned-at)" }, autorange: "reversed", showticklabels: false } },
+    { responsive: true, displaylogo: false });
+  }
+
+  function drawLearningOrder(runId, lo, bs) {
+    const status = document.getElementById("order-status");
+    if (!lo || !lo.learned_at) {
+      if (status) status.textContent = "No learning-order result yet (it needs two checkpoints and a task).";
+      return;
+    }
+    drawLearned(lo, bs);
+    drawOrderHeatmap(runId);
+    if (status) {
+      status.textContent = lo.n_learned + " of " + lo.n_examples + " " + lo.split + " examples learned by step " +
+        fmt(lo.steps[lo.steps.length - 1]) + " (threshold: loss ≤ " + fmt(lo.threshold) + ").";
+    }
+  }
+
   async function load(section, last) {
     const runId = section.dataset.run;
     const status = $("#lenses-status", section);
@@ -156,9 +215,11 @@
       status.textContent = "Could not load the lenses: " + e.message;
       return last;
     }
-    const key = JSON.stringify([data.essential_dynamics && data.essential_dynamics.result_id, data.boundaries, data.progress]);
+    const key = JSON.stringify([data.essential_dynamics && data.essential_dynamics.result_id,
+      data.learning_order && data.learning_order.result_id, data.boundaries, data.progress]);
     if (key === last) return last;
     drawProgress(data.progress || {}, data.boundaries || []);
+    drawLearningOrder(runId, data.learning_order, data.boundaries || []);
     const ed = data.essential_dynamics;
     if (!ed || !ed.steps || ed.steps.length < 2) {
       status.textContent = "No essential-dynamics result yet (it needs two checkpoints and a task).";
@@ -173,7 +234,30 @@
     return key;
   }
 
+  async function loadAgreement(section) {
+    const body = $("#lo-table tbody", section);
+    let data;
+    try {
+      const resp = await fetch("/api/learning_order/agreement?runs=" + section.dataset.runs, { headers: { Accept: "application/json" } });
+      if (!resp.ok) throw new Error(resp.status + " " + resp.statusText);
+      data = await resp.json();
+    } catch (e) {
+      body.innerHTML = '<tr><td colspan="4" class="muted">Could not load: ' + escapeHtml(e.message) + "</td></tr>";
+      return;
+    }
+    const name = {};
+    data.runs.forEach((r) => { name[r.id] = r.name; });
+    const rows = data.pairs.map((p) => "<tr><td>" + escapeHtml(name[p.a]) + "</td><td>" + escapeHtml(name[p.b]) + "</td><td>" +
+      (p.rho === null ? "–" : p.rho.toFixed(3)) + "</td><td>" + p.n + " of " + p.of + "</td></tr>");
+    data.skipped.forEach((p) => rows.push("<tr class=\"muted\"><td>" + escapeHtml(name[p.a]) + "</td><td>" + escapeHtml(name[p.b]) +
+      '</td><td colspan="2">' + escapeHtml(p.reason) + "</td></tr>"));
+    body.innerHTML = rows.join("") || '<tr><td colspan="4" class="muted">No pairs.</td></tr>';
+    section.dataset.loaded = "true";
+  }
+
   function start() {
+    const agreement = document.getElementById("lo-compare");
+    if (agreement) loadAgreement(agreement);
     const section = document.getElementById("lenses");
     if (!section) return;
     let last = null;

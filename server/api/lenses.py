@@ -9,16 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 
 from server.api.deps import SessionDep
 from server.db import get_existing
+from server.errors import BadInput, NotFound
 from server.models import Result, Run
 from server.web.queries import boundaries
 
 router = APIRouter(tags=["lenses"])
 
-RUN_LENSES = ("essential_dynamics",)
+RUN_LENSES = ("essential_dynamics", "learning_order")
 
 
 def newest_result(session: SessionDep, run_id: int, kind: str) -> dict[str, Any] | None:
@@ -62,3 +63,89 @@ def run_lenses(run_id: int, session: SessionDep) -> dict[str, Any]:
     out["progress"] = progress_series(session, run_id)
     out["boundaries"] = boundaries(session, run_id)
     return out
+
+
+@router.get("/runs/{run_id}/learning_order/heatmap")
+def learning_order_heatmap(
+    run_id: int,
+    session: SessionDep,
+    request: Request,
+    max_examples: int = Query(200, ge=1, le=5000),
+) -> dict[str, Any]:
+    """Per-example loss (examples sorted by learned-at step x checkpoints) for the heatmap.
+
+    Reads the newest learning-order result's float16 array; at most ``max_examples`` rows,
+    evenly picked along the learned-at order so the picture keeps its shape.
+    """
+    import numpy as np
+
+    get_existing(session, Run, run_id, "run")
+    values = newest_result(session, run_id, "learning_order")
+    if values is None:
+        raise NotFound(f"run {run_id} has no learning-order result yet")
+    store = request.app.state.store
+    with store.open_path(values["losses_blob"]).open("rb") as fh:  # NotFound if gone
+        losses = np.load(fh, allow_pickle=False)  # (checkpoints, examples)
+    order = values["order"]
+    pick = np.unique(
+        np.linspace(0, len(order) - 1, min(max_examples, len(order))).round().astype(int)
+    )
+    rows = [order[i] for i in pick]
+    z = losses[:, rows].T.astype(float)  # (examples, checkpoints)
+    return {
+        "run_id": run_id,
+        "steps": values["steps"],
+        "examples": rows,
+        "learned_at": [values["learned_at"][i] for i in rows],
+        "threshold": values["threshold"],
+        "z": [[round(v, 4) if np.isfinite(v) else None for v in row] for row in z.tolist()],
+    }
+
+
+@router.get("/learning_order/agreement")
+def learning_order_agreement(
+    session: SessionDep, runs: str = Query(..., description="comma-separated run ids")
+) -> dict[str, Any]:
+    """Spearman rank correlation of learned-at steps for every pair of the given runs.
+
+    The one lens statistic of a *pair* of runs, so it has no result row of its own: it is
+    read off the two runs' learning-order results here (``analysis.learning_order``).
+    Pairs whose probe examples differ (task, task config, split or size) are listed in
+    ``skipped`` with the reason instead.
+    """
+    import numpy as np
+
+    from analysis.learning_order import rank_agreement
+
+    ids = list(dict.fromkeys(int(p) for p in runs.split(",") if p.strip().isdigit()))[:12]
+    if len(ids) < 2:
+        raise BadInput("give at least two run ids, e.g. runs=1,2")
+    info: dict[int, tuple[Run, dict[str, Any] | None]] = {}
+    for run_id in ids:
+        info[run_id] = (
+            get_existing(session, Run, run_id, "run"),
+            newest_result(session, run_id, "learning_order"),
+        )
+    pairs, skipped = [], []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            (ra, va), (rb, vb) = info[a], info[b]
+            if va is None or vb is None:
+                skipped.append({"a": a, "b": b, "reason": "no learning-order result yet"})
+                continue
+            same = (ra.task, ra.task_config, va["split"], va["n_examples"]) == (
+                rb.task,
+                rb.task_config,
+                vb["split"],
+                vb["n_examples"],
+            )
+            if not same:
+                skipped.append({"a": a, "b": b, "reason": "different probe examples"})
+                continue
+            la = np.array([np.nan if v is None else v for v in va["learned_at"]], dtype=float)
+            lb = np.array([np.nan if v is None else v for v in vb["learned_at"]], dtype=float)
+            agree = rank_agreement(la, lb)
+            rho = agree.rho if np.isfinite(agree.rho) else None
+            pairs.append({"a": a, "b": b, "rho": rho, "n": agree.n, "of": len(la)})
+    names = {i: info[i][0].name for i in ids}
+    return {"runs": [{"id": i, "name": names[i]} for i in ids], "pairs": pairs, "skipped": skipped}

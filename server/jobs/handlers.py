@@ -344,6 +344,53 @@ def run_essential_dynamics(ctx: JobContext) -> ResultRows:
     return [{"restriction": "", "values": values}]
 
 
+def run_learning_order(ctx: JobContext) -> ResultRows:
+    """Per-example loss on the probe set at every checkpoint (one float16 blob per run)
+    and each example's learned-at step (``analysis.learning_order``)."""
+    import io
+
+    import numpy as np
+
+    from analysis.essential_dynamics import probe_batch
+    from analysis.learning_order import learned_at, order_by_learned_at, per_example_losses
+
+    task = ctx.task()
+    ckpts = _run_checkpoints(ctx)
+    n_probe = int(ctx.config.get("probe_examples", 256))
+    split = str(ctx.config.get("split", "train"))
+    probe = probe_batch(task, max_examples=n_probe, split=split)
+    model = task.build_model().to(ctx.device)
+    rows = []
+    for k, (ckpt_id, _) in enumerate(ckpts):
+        ctx.progress(k, len(ckpts), f"per-example loss at checkpoint {k + 1}/{len(ckpts)}")
+        _loaded_model(ctx, model, ckpt_id)
+        rows.append(per_example_losses(task, model, probe, device=ctx.device))
+    if len(rows) < 2:
+        raise JobFailed("learning order needs at least two checkpoints")
+    losses = np.stack(rows)  # (checkpoints, examples)
+    steps = [st for _, st in ckpts]
+    learned, threshold = learned_at(
+        steps,
+        losses,
+        threshold=ctx.config.get("threshold"),
+        relative_threshold=float(ctx.config.get("relative_threshold", 0.1)),
+    )
+    buf = io.BytesIO()
+    np.save(buf, losses.astype(np.float16), allow_pickle=False)
+    blob = ctx.store.put_bytes(buf.getvalue())
+    values = {
+        "steps": steps,
+        "split": split,
+        "n_examples": int(losses.shape[1]),
+        "threshold": threshold,
+        "learned_at": [None if not np.isfinite(v) else float(v) for v in learned],
+        "order": [int(i) for i in order_by_learned_at(learned)],
+        "n_learned": int(np.isfinite(learned).sum()),
+        "losses_blob": blob,  # float16 .npy, checkpoints x examples
+    }
+    return [{"restriction": "", "values": values}]
+
+
 def _lens_boundaries(ctx: JobContext) -> list[Any]:
     """Boundary candidates other lenses left in their newest run-level results."""
     from analysis.phases import Boundary
@@ -417,6 +464,7 @@ HANDLERS: dict[str, Callable[[JobContext], ResultRows]] = {
     "metrics": run_metrics,
     "phases": run_phases,
     "essential_dynamics": run_essential_dynamics,
+    "learning_order": run_learning_order,
     "noop": run_noop,
     "sleep": run_sleep,
 }

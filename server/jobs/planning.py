@@ -19,6 +19,10 @@ Kinds:
   checkpoint, PCA over checkpoints, turning points (``analysis.essential_dynamics``). Its key
   carries a fingerprint of the run's checkpoints, so it reruns as checkpoints arrive; it is
   cheap (one forward pass per checkpoint), so it is in the default automatic analyses.
+- ``learning_order``: per run, the loss of each probe example (default: the first 256
+  training examples) at every checkpoint, kept as one float16 array in the blob store, and
+  each example's learned-at step (``analysis.learning_order``); rerun like
+  ``essential_dynamics``.
 - ``noop`` / ``sleep``: trivial kinds for tests and benchmarks (never auto-planned).
 """
 
@@ -37,9 +41,9 @@ from server.errors import BadInput, NotFound
 from server.models import Checkpoint, Job, Result, Run, utcnow
 
 CHECKPOINT_KINDS = ("metrics", "llc", "llc_restricted")
-RUN_KINDS = ("phases", "essential_dynamics")
+RUN_KINDS = ("phases", "essential_dynamics", "learning_order")
 # Run-level kinds that may be queued automatically as checkpoints arrive.
-AUTO_RUN_KINDS = ("essential_dynamics",)
+AUTO_RUN_KINDS = ("essential_dynamics", "learning_order")
 TEST_KINDS = ("noop", "sleep")
 ALL_KINDS = CHECKPOINT_KINDS + RUN_KINDS + TEST_KINDS
 
@@ -98,6 +102,9 @@ def job_config(kind: str, run: Run, override: Mapping[str, Any] | None = None) -
         return {"seconds": float(override.get("seconds", 1.0)), "nonce": override.get("nonce")}
     if kind == "essential_dynamics":
         return {"probe_examples": 128, **dict(run_cfg.get("essential_dynamics") or {})}
+    if kind == "learning_order":
+        cfg = {"probe_examples": 256, "split": "train", "relative_threshold": 0.1}
+        return {**cfg, **dict(run_cfg.get("learning_order") or {})}
     if kind == "noop":
         return {"nonce": override.get("nonce")}
     return {}
@@ -194,7 +201,7 @@ def plan_jobs(
                 _results_fingerprint(session, run_id)
                 if kind == "phases"
                 else _checkpoints_fingerprint(session, run_id)
-                if kind == "essential_dynamics"
+                if kind in ("essential_dynamics", "learning_order")
                 else ""
             )
         else:

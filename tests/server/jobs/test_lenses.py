@@ -159,3 +159,54 @@ def test_phases_take_jumps_of_progress_measures_as_boundaries(make_settings) -> 
     progress = [b for b in found if "progress:prefix_matching" in b.source.split("+")]
     assert progress and min(abs(math.log10(b.step) - 3) for b in progress) <= 0.1
     assert not any("top_frequency" in b.source for b in found)
+
+
+def test_learning_order_job_keeps_losses_as_one_float16_blob_and_pages_read_it(
+    make_settings,
+) -> None:
+    import io
+
+    import numpy as np
+
+    from server.blob_gc import collect_garbage
+
+    settings = fast_settings(make_settings, queue="local", auto_analyses="learning_order")
+    run_id, ckpts = seed_run(settings, [1, 10, 100, 1000])
+    other_id, other_ckpts = seed_run(settings, [1, 10, 100, 1000], name="tiny-2")
+    app = create_app(settings, start_workers=False)
+    queue, db = app.state.queue, app.state.db
+    queue.checkpoints_added(run_id, ckpts)
+    queue.checkpoints_added(other_id, other_ckpts)
+    with TestClient(app) as client:
+        queue.start()
+        jobs = wait_for(
+            db, lambda js: all_final(js) and sum(j.kind == "learning_order" for j in js) == 2
+        )
+        assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
+        lenses = client.get(f"/api/runs/{run_id}/lenses").json()
+        lo = lenses["learning_order"]
+        assert lo["steps"] == [1, 10, 100, 1000] and lo["split"] == "train"
+        assert lo["n_examples"] == 64 == len(lo["learned_at"]) == len(lo["order"])  # dln: 64
+        with app.state.store.open_path(lo["losses_blob"]).open("rb") as fh:
+            losses = np.load(io.BytesIO(fh.read()))
+        assert losses.dtype == np.float16 and losses.shape == (4, 64)
+
+        heat = client.get(f"/api/runs/{run_id}/learning_order/heatmap", params={"max_examples": 10})
+        assert heat.status_code == 200
+        h = heat.json()
+        assert len(h["z"]) == 10 and all(len(row) == 4 for row in h["z"])
+        learned = [np.inf if v is None else v for v in h["learned_at"]]
+        assert learned == sorted(learned)  # rows follow the learned-at order
+
+        agree = client.get("/api/learning_order/agreement", params={"runs": f"{run_id},{other_id}"})
+        assert agree.status_code == 200
+        (pair,) = agree.json()["pairs"]
+        assert pair["of"] == 64 and 0 <= pair["n"] <= 64
+        assert pair["rho"] is None or -1 <= pair["rho"] <= 1
+        assert client.get("/api/learning_order/agreement", params={"runs": "1"}).status_code == 422
+        missing = client.get("/api/runs/999/learning_order/heatmap")
+        assert missing.status_code == 404
+    # the blob is no checkpoint's, but a result points to it: gc keeps it
+    report = collect_garbage(db, app.state.store, min_age_s=0.0)
+    assert lo["losses_blob"] not in report.removed
+    assert app.state.store.open_path(lo["losses_blob"]).is_file()
