@@ -2,11 +2,12 @@
 
 Per example of a probe set, the loss at every checkpoint (a checkpoints x examples
 matrix, stored compactly as float16 by the server). An example is **learned at** the
-first checkpoint step from which its loss stays at or below a threshold at every later
-checkpoint (an example that is learned, forgotten and learned again counts from the last
-time). The threshold is ``relative_threshold`` times the median loss at the first
-checkpoint unless given absolutely: for cross-entropy from a uniform start (log p) the
-default 0.1 means "the right answer has most of the probability".
+step from which its loss stays at or below a threshold at every later checkpoint: where
+it last crosses below, interpolated in log-step between the checkpoints either side (an
+example learned, forgotten and learned again counts from the last time). The threshold
+is ``relative_threshold`` times the median loss at the first checkpoint unless given
+absolutely: for cross-entropy from a uniform start (log p) the default 0.1 means "the
+right answer has most of the probability".
 
 Agreement between two runs on the same examples is the Spearman rank correlation of
 their learned-at steps over the examples both runs learn ("Let's Agree to Agree";
@@ -15,6 +16,7 @@ their learned-at steps over the examples both runs learn ("Let's Agree to Agree"
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,18 +45,33 @@ def learned_at(
     relative_threshold: float = 0.1,
 ) -> tuple[np.ndarray, float]:
     """Learned-at step per example (NaN: not learned by the last checkpoint), and the
-    threshold used. ``losses`` is (checkpoints, examples), rows in the order of ``steps``."""
+    threshold used. ``losses`` is (checkpoints, examples), rows in the order of ``steps``.
+
+    The step is where the loss last crosses below the threshold, interpolated linearly in
+    (log10 step, log loss) between the checkpoints either side of the crossing (steps
+    below 1 count as 1), so examples learned between the same two checkpoints are still
+    ranked; an example below the threshold at every checkpoint is learned at the first.
+    """
     s = np.asarray(steps, dtype=float)
     order = np.argsort(s)
     s, loss = s[order], np.asarray(losses, dtype=np.float64)[order]
     if threshold is None:
         threshold = relative_threshold * float(np.median(loss[0]))
+    x = np.log10(np.maximum(s, 1.0))
+    log_loss = np.log(np.maximum(loss, 1e-30))
+    log_thr = math.log(max(threshold, 1e-30))
     above = ~(loss <= threshold)  # NaN counts as not learned
-    # index of the last checkpoint above the threshold; learned from the next one on
-    last_above = np.where(above.any(0), len(s) - 1 - np.argmax(above[::-1], axis=0), -1)
-    out = np.full(loss.shape[1], np.nan)
-    learned = last_above < len(s) - 1
-    out[learned] = s[last_above[learned] + 1]
+    n_ckpt, n_ex = loss.shape
+    # index of the last checkpoint above the threshold (-1: never above)
+    last = np.where(above.any(0), n_ckpt - 1 - np.argmax(above[::-1], axis=0), -1)
+    out = np.full(n_ex, np.nan)
+    out[last == -1] = s[0]
+    mid = (last >= 0) & (last < n_ckpt - 1)
+    i, j = last[mid], np.nonzero(mid)[0]
+    hi, lo = log_loss[i, j], log_loss[i + 1, j]
+    frac = np.where(np.isfinite(hi) & (hi > lo), (hi - log_thr) / (hi - lo), 1.0)
+    frac = np.clip(frac, 0.0, 1.0)
+    out[mid] = 10 ** (x[i] + frac * (x[i + 1] - x[i]))
     return out, float(threshold)
 
 

@@ -356,7 +356,7 @@ def run_learning_order(ctx: JobContext) -> ResultRows:
 
     task = ctx.task()
     ckpts = _run_checkpoints(ctx)
-    n_probe = int(ctx.config.get("probe_examples", 256))
+    n_probe = int(ctx.config.get("probe_examples", 1024))
     split = str(ctx.config.get("split", "train"))
     probe = probe_batch(task, max_examples=n_probe, split=split)
     model = task.build_model().to(ctx.device)

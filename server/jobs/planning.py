@@ -19,7 +19,7 @@ Kinds:
   checkpoint, PCA over checkpoints, turning points (``analysis.essential_dynamics``). Its key
   carries a fingerprint of the run's checkpoints, so it reruns as checkpoints arrive; it is
   cheap (one forward pass per checkpoint), so it is in the default automatic analyses.
-- ``learning_order``: per run, the loss of each probe example (default: the first 256
+- ``learning_order``: per run, the loss of each probe example (default: the first 1024
   training examples) at every checkpoint, kept as one float16 array in the blob store, and
   each example's learned-at step (``analysis.learning_order``); rerun like
   ``essential_dynamics``.
@@ -103,7 +103,7 @@ def job_config(kind: str, run: Run, override: Mapping[str, Any] | None = None) -
     if kind == "essential_dynamics":
         return {"probe_examples": 128, **dict(run_cfg.get("essential_dynamics") or {})}
     if kind == "learning_order":
-        cfg = {"probe_examples": 256, "split": "train", "relative_threshold": 0.1}
+        cfg = {"probe_examples": 1024, "split": "train", "relative_threshold": 0.1}
         return {**cfg, **dict(run_cfg.get("learning_order") or {})}
     if kind == "noop":
         return {"nonce": override.get("nonce")}

@@ -19,33 +19,38 @@ from analysis.tasks import get_task
 STEPS = [0, 10, 100, 1000, 10000]
 
 
-def test_learned_at_is_the_first_step_from_which_the_loss_stays_low() -> None:
+def test_learned_at_is_where_the_loss_last_crosses_below_the_threshold() -> None:
     losses = np.array(
         [
-            # ex0: learned at 100; ex1: dips at 10, forgotten, learned at 1000; ex2: never
-            [4.0, 4.0, 4.0],
-            [3.0, 0.1, 4.0],
-            [0.2, 3.0, 4.0],
-            [0.1, 0.2, 4.0],
-            [0.1, 0.1, 0.5],
+            # ex0: crosses between 10 and 100; ex1: dips at 10, forgotten, learned between
+            # 100 and 1000; ex2: never; ex3: below from the start
+            [4.0, 4.0, 4.0, 0.1],
+            [3.0, 0.1, 4.0, 0.1],
+            [0.3, 3.0, 4.0, 0.1],
+            [0.01, 0.03, 4.0, 0.1],
+            [0.01, 0.01, 0.5, 0.1],
         ]
     )
     out, threshold = learned_at(STEPS, losses, threshold=0.3)
     assert threshold == 0.3
-    assert out[0] == 100 and out[1] == 1000 and math.isnan(out[2])
+    # ex0: log loss log 3 -> log 0.3 between log-steps 1 and 2: the threshold at the end
+    assert out[0] == pytest.approx(100.0)
+    # ex1: log 3 -> log 0.03, the threshold half-way: 10 ** 2.5
+    assert out[1] == pytest.approx(10**2.5)
+    assert math.isnan(out[2]) and out[3] == 0
 
 
 def test_default_threshold_is_a_tenth_of_the_median_first_loss() -> None:
     losses = np.array([[4.0, 2.0, 6.0], [0.1, 0.3, 0.5]])
-    out, threshold = learned_at([1, 2], losses)
+    out, threshold = learned_at([1, 10], losses)
     assert threshold == pytest.approx(0.4)
-    assert out[0] == 2 and out[1] == 2 and math.isnan(out[2])
+    assert 1 < out[0] < out[1] <= 10 and math.isnan(out[2])
 
 
 def test_rows_are_taken_in_step_order_whatever_order_they_come_in() -> None:
     losses = np.array([[0.0], [5.0], [0.0]])  # steps 30, 10, 20
     out, _ = learned_at([30, 10, 20], losses, threshold=1.0)
-    assert out[0] == 20
+    assert 10 < out[0] <= 20
 
 
 def test_rank_agreement_of_same_order_is_one_and_of_a_shuffle_near_zero() -> None:
