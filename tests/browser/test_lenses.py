@@ -5,12 +5,17 @@ Rows are written as the lens jobs would have written them (pages only read rows)
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from server.models import Checkpoint, PhaseBoundary, Result
+from server.models import Checkpoint, PhaseBoundary, Result, Run
+from server.settings import Settings
+from server.storage import BlobStore
 from tests.browser.conftest import PHONE, shoot
 
 pytestmark = pytest.mark.browser
@@ -80,8 +85,41 @@ def _seed_essential_dynamics(site) -> None:  # type: ignore[no-untyped-def]
             )
 
 
+def _seed_learning_order(site, run_id: int, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """60 examples learned around steps 10^1.5 .. 10^3.5 (a noisy order per ``seed``)."""
+    home = Path(site.db.engine.url.database).parent
+    store = BlobStore(Settings(home=home).storage_dir)
+    rng = np.random.default_rng(seed)
+    steps = [int(10 ** (1 + 3 * i / 19)) for i in range(20)]
+    x = np.log10(steps)[:, None]
+    centre = np.linspace(1.5, 3.5, 60) + rng.normal(0, 0.3, 60)  # learned-at, log10
+    losses = 4.0 / (1 + np.exp(6 * (x - centre[None, :]))) + 0.01  # (checkpoints, examples)
+    learned = [float(10**c) if c < 4 else None for c in centre]
+    order = sorted(range(60), key=lambda i: centre[i])
+    buf = io.BytesIO()
+    np.save(buf, losses.astype(np.float16))
+    with site.db.session() as s:
+        s.add(
+            Result(
+                run_id=run_id,
+                kind="learning_order",
+                values={
+                    "steps": steps,
+                    "split": "train",
+                    "n_examples": 60,
+                    "threshold": 0.4,
+                    "learned_at": learned,
+                    "order": order,
+                    "n_learned": sum(v is not None for v in learned),
+                    "losses_blob": store.put_bytes(buf.getvalue()),
+                },
+            )
+        )
+
+
 def test_run_page_shows_the_essential_dynamics_path_with_boundaries(site, page) -> None:
     _seed_essential_dynamics(site)
+    _seed_learning_order(site, site.seeded.run_id, seed=0)
     page.goto(f"{site.url}/runs/{site.seeded.run_id}")
     page.wait_for_selector("#lenses[data-loaded='true']", timeout=20_000)
     status = page.inner_text("#lenses-status")
@@ -113,6 +151,13 @@ def test_run_page_shows_the_essential_dynamics_path_with_boundaries(site, page) 
     panel_titles = page.locator("#plot-progress .annotation-text").all_text_contents()
     assert "prefix_matching (2 heads)" in panel_titles and "excluded_loss" in panel_titles
     assert page.locator("#plot-progress .shapelayer path").count() >= 3 * 3  # boundaries x panels
+    # Learning order: histogram with boundaries, heatmap sorted by learned-at.
+    page.wait_for_function("document.getElementById('plot-order-heatmap').data !== undefined")
+    assert "60 of 60 train examples learned" in page.inner_text("#order-status")
+    bars = page.evaluate("() => document.getElementById('plot-learned').data[0].y")
+    assert sum(bars) == 60
+    heat = page.evaluate("() => document.getElementById('plot-order-heatmap').data[0].z.length")
+    assert heat == 60
     page.locator("#lenses").scroll_into_view_if_needed()
     shoot(page, "lenses-ed-desktop")
     page.set_viewport_size(PHONE)
@@ -125,3 +170,32 @@ def test_run_without_lens_results_says_so(site, page) -> None:
     page.wait_for_selector("#lenses[data-loaded='true']", timeout=20_000)
     assert "No essential-dynamics result yet" in page.inner_text("#lenses-status")
     assert "No progress measures yet" in page.inner_text("#progress-status")
+    assert "No learning-order result yet" in page.inner_text("#order-status")
+
+
+def test_compare_page_shows_learning_order_agreement_of_the_runs(site, page) -> None:
+    """Two runs of the same task config: rho and n; a run on other data: skipped."""
+    with site.db.session() as s:
+        twin = Run(
+            name="grokking-p53-seed1", task="modular_addition", task_config={"p": 53, "seed": 0}
+        )
+        s.add(twin)
+        s.flush()
+        twin_id = twin.id
+    _seed_learning_order(site, site.seeded.run_id, seed=0)
+    _seed_learning_order(site, twin_id, seed=1)
+    _seed_learning_order(site, site.seeded.other_run_id, seed=2)
+    ids = f"{site.seeded.run_id},{twin_id},{site.seeded.other_run_id}"
+    page.goto(f"{site.url}/compare?runs={ids}")
+    page.wait_for_selector("#lo-compare[data-loaded='true']", timeout=20_000)
+    rows = page.locator("#lo-table tbody tr").all_inner_texts()
+    assert len(rows) == 3
+    twin_row = next(r for r in rows if "grokking-p53-seed1" in r and "grokking-p53\t" in r)
+    rho = float(twin_row.split("\t")[2])
+    assert 0.5 < rho <= 1.0 and "60 of 60" in twin_row  # same order up to noise 0.3 decades
+    assert sum("different probe examples" in r for r in rows) == 2
+    page.locator("#lo-compare").scroll_into_view_if_needed()
+    shoot(page, "lenses-compare-desktop")
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    shoot(page, "lenses-compare-phone")
