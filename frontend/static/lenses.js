@@ -203,6 +203,35 @@
     }
   }
 
+  const BOUNDARY_SOURCES = [["", "all sources"], ["agreed", "sources agree"], ["llc", "LLC critical points"],
+    ["loss", "loss change points"], ["essential_dynamics", "essential-dynamics turns"], ["progress", "progress-measure jumps"]];
+
+  /** Boundaries the view shows (app.js's ``bsrc`` filter; all without app.js). */
+  function shown(bs) {
+    const P = window.Phaseboard;
+    return P && P.shownBoundary ? bs.filter(P.shownBoundary) : bs;
+  }
+
+  /** A "Boundaries" select among the plot controls; its value lives in the URL (bsrc). */
+  function addSourceFilter(onChange) {
+    const controls = document.getElementById("plot-controls");
+    const P = window.Phaseboard;
+    if (!controls || !P || document.getElementById("c-bsrc")) return;
+    const field = document.createElement("div");
+    field.className = "field";
+    field.innerHTML = '<label for="c-bsrc">Boundaries</label><select id="c-bsrc" name="bsrc">' +
+      BOUNDARY_SOURCES.map(([v, t]) => '<option value="' + v + '">' + t + "</option>").join("") + "</select>";
+    const actions = controls.querySelector(".actions");
+    controls.insertBefore(field, actions);
+    const select = field.querySelector("select");
+    select.value = P.State.get("bsrc") || "";
+    select.addEventListener("change", () => {
+      P.State.set({ bsrc: select.value });
+      if (P.Plots.ready) { P.Plots.renderAll(); }
+      onChange();
+    });
+  }
+
   async function load(section, last) {
     const runId = section.dataset.run;
     const status = $("#lenses-status", section);
@@ -218,20 +247,28 @@
     const key = JSON.stringify([data.essential_dynamics && data.essential_dynamics.result_id,
       data.learning_order && data.learning_order.result_id, data.boundaries, data.progress]);
     if (key === last) return last;
-    drawProgress(data.progress || {}, data.boundaries || []);
-    drawLearningOrder(runId, data.learning_order, data.boundaries || []);
+    section.lensData = data;
+    drawLenses(runId, data);
+    return key;
+  }
+
+  function drawLenses(runId, data) {
+    const section = document.getElementById("lenses");
+    const status = $("#lenses-status", section);
+    const bs = shown(data.boundaries || []);
+    drawProgress(data.progress || {}, bs);
+    drawLearningOrder(runId, data.learning_order, bs);
     const ed = data.essential_dynamics;
     if (!ed || !ed.steps || ed.steps.length < 2) {
       status.textContent = "No essential-dynamics result yet (it needs two checkpoints and a task).";
       section.dataset.loaded = "true";
-      return key;
+      return;
     }
-    drawEd(ed, data.boundaries || []);
+    drawEd(ed, bs);
     const ev = (ed.explained_variance || []).slice(0, 3).map((v) => Math.round(v * 1000) / 10 + " %");
     status.textContent = ed.steps.length + " checkpoints, " + (ed.probe_examples || "?") + " probe examples; " +
       "explained variance " + ev.join(" / ") + "; " + (ed.turning_points || []).length + " turning point(s).";
     section.dataset.loaded = "true";
-    return key;
   }
 
   async function loadAgreement(section) {
@@ -260,12 +297,16 @@
     if (agreement) loadAgreement(agreement);
     const section = document.getElementById("lenses");
     if (!section) return;
+    addSourceFilter(() => { if (section.lensData) drawLenses(section.dataset.run, section.lensData); });
     let last = null;
     const tick = async () => { last = await load(section, last); };
     tick();
     setInterval(() => { if (!document.hidden) tick(); }, 15000);
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-  else start();
+  // Deferred scripts run before DOMContentLoaded, and this one before app.js (the page's head
+  // block comes first): start after app.js's own DOMContentLoaded work, so window.Phaseboard
+  // exists and its view state (the URL or the share's query) is loaded.
+  if (document.readyState === "complete") start();
+  else document.addEventListener("DOMContentLoaded", () => setTimeout(start, 0));
 })();

@@ -199,3 +199,35 @@ def test_compare_page_shows_learning_order_agreement_of_the_runs(site, page) -> 
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(300)
     shoot(page, "lenses-compare-phone")
+
+
+def test_boundary_source_filter_shows_one_source_or_agreement_and_lives_in_the_url(
+    site, page
+) -> None:
+    """Seeded: 380 llc, 410 essential_dynamics+llc (added above), 2900 loss:test_loss."""
+    with site.db.session() as s:
+        if not s.scalar(sa.select(PhaseBoundary.id).where(PhaseBoundary.source.contains("+"))):
+            _seed_essential_dynamics(site)
+    page.goto(f"{site.url}/runs/{site.seeded.run_id}")
+    page.wait_for_selector("#plots[data-loaded='true']", timeout=20_000)
+    page.wait_for_selector("#lenses[data-loaded='true']", timeout=20_000)
+
+    find = "document.getElementById('{}').data.find(t => t.name === 'phase boundaries')"
+
+    def phase_steps(plot: str) -> list[float]:
+        return page.evaluate(f"() => ({find.format(plot)} || {{x: []}}).x")
+
+    assert phase_steps("plot-llc") == [380, 410, 2900]
+    page.select_option("#c-bsrc", "llc")
+    assert "bsrc=llc" in page.url
+    page.wait_for_function(find.format("plot-llc") + ".x.length === 2")
+    assert phase_steps("plot-llc") == [380, 410]
+    page.select_option("#c-bsrc", "agreed")
+    page.wait_for_function(find.format("plot-llc") + ".x.length === 1")
+    assert phase_steps("plot-llc") == [410] and len(phase_steps("plot-ed12")) == 1  # x: PC1
+    # The address is the view: opened fresh, the filter is still on.
+    page.goto(page.url)
+    page.wait_for_selector("#lenses[data-loaded='true']", timeout=20_000)
+    assert page.input_value("#c-bsrc") == "agreed"
+    hover = page.evaluate(f"() => {find.format('plot-ed12')}.hovertemplate.join('|')")
+    assert "step 410" in hover and "step 380" not in hover
