@@ -139,7 +139,8 @@
     });
     layout.annotations = annotations;
     layout.shapes = shapes;
-    el.style.height = rows * 190 + 50 + "px";
+    layout.height = rows * 190 + 50;
+    el.style.height = layout.height + "px";
     Plotly.react(el, traces, layout, { responsive: true, displaylogo: false });
     status.textContent = Object.keys(progress).length + " series in " + names.length + " panel(s): " + names.join(", ") + ".";
   }
@@ -297,7 +298,14 @@
     if (agreement) loadAgreement(agreement);
     const section = document.getElementById("lenses");
     if (!section) return;
-    addSourceFilter(() => { if (section.lensData) drawLenses(section.dataset.run, section.lensData); });
+    const redraw = () => { if (section.lensData) drawLenses(section.dataset.run, section.lensData); };
+    addSourceFilter(redraw);
+    let narrow = window.innerWidth < 700; // the progress panels go to one column on a phone
+    let timer = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { if ((window.innerWidth < 700) !== narrow) { narrow = !narrow; redraw(); } }, 200);
+    });
     let last = null;
     const tick = async () => { last = await load(section, last); };
     tick();
