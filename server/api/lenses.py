@@ -6,6 +6,7 @@ reads just that row instead of the whole history ``/runs/{id}/results`` returns.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -117,7 +118,9 @@ def learning_order_agreement(
 
     from analysis.learning_order import rank_agreement
 
-    ids = list(dict.fromkeys(int(p) for p in runs.split(",") if p.strip().isdigit()))[:12]
+    parts = [p.strip() for p in runs.split(",")]
+    # ASCII digits only (str.isdigit accepts "²"), and ids a database integer can hold
+    ids = list(dict.fromkeys(int(p) for p in parts if re.fullmatch(r"[0-9]{1,9}", p)))[:12]
     if len(ids) < 2:
         raise BadInput("give at least two run ids, e.g. runs=1,2")
     info: dict[int, tuple[Run, dict[str, Any] | None]] = {}

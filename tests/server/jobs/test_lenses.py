@@ -203,7 +203,9 @@ def test_learning_order_job_keeps_losses_as_one_float16_blob_and_pages_read_it(
         (pair,) = agree.json()["pairs"]
         assert pair["of"] == 64 and 0 <= pair["n"] <= 64
         assert pair["rho"] is None or -1 <= pair["rho"] <= 1
-        assert client.get("/api/learning_order/agreement", params={"runs": "1"}).status_code == 422
+        for bad in ("1", "1,²", "1,99999999999999999999", ""):
+            got = client.get("/api/learning_order/agreement", params={"runs": bad})
+            assert got.status_code == 422, bad
         missing = client.get("/api/runs/999/learning_order/heatmap")
         assert missing.status_code == 404
     # the blob is no checkpoint's, but a result points to it: gc keeps it
