@@ -79,13 +79,15 @@ def checkpoint_metrics(
     device: str | torch.device = "cpu",
     hutchinson_samples: int = 32,
     seed: int = 0,
+    progress_measures: bool = True,
 ) -> dict[str, float]:
     """All per-checkpoint metrics of ``model`` (already loaded with the checkpoint).
 
     ``reference_state`` is the run's first checkpoint; without it there is no
     ``distance_from_init``. Keys: train_loss, test_loss, train_acc/test_acc where
     defined, weight_norm, weight_norm/<layer>, distance_from_init, grad_norm,
-    hessian_trace, hessian_trace_se.
+    hessian_trace, hessian_trace_se, and the task's progress measures as
+    ``progress/<name>`` (``Task.progress_measures``; off with ``progress_measures=False``).
     """
     model = model.to(device)
     was_training = model.training
@@ -106,5 +108,7 @@ def checkpoint_metrics(
     if hutchinson_samples > 0:
         trace, se = hessian_trace(model, task.loss, train, samples=hutchinson_samples, seed=seed)
         out["hessian_trace"], out["hessian_trace_se"] = trace, se
+    if progress_measures:
+        out.update({f"progress/{k}": float(v) for k, v in task.progress_measures(model).items()})
     model.train(was_training)
     return out

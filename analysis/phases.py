@@ -9,7 +9,13 @@ roughly evenly spread in log-time:
   must travel to the neighbouring extremum on either side) is large relative to
   the noise of the smoothed curve, so a flat noisy curve yields no boundary.
 * ``loss_change_points``: change points of a piecewise-linear fit to log-loss over
-  log-step (``ruptures`` Pelt, penalty scaled by a robust noise estimate).
+  log-step (``ruptures`` Pelt, penalty scaled by a robust noise estimate), unless one
+  smooth relaxation law (power law or stretched exponential onto a floor) fits as well:
+  then the curve's bend is not a stage.
+
+Other lenses add candidates (``analysis.essential_dynamics`` turning points,
+``measure_jumps`` of progress measures); ``merge_sources`` joins candidates of different
+sources that agree within ``AGREE_DECADES`` of log-step, and the joined ``source`` says so.
 
 ``ema_smooth`` is TensorBoard's debiased EMA, shared with the UI and the server.
 """
@@ -19,9 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import ruptures
+from scipy.optimize import least_squares
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -31,8 +39,10 @@ class Boundary:
     """A detected stage boundary at ``step`` (a float: it may fall between checkpoints)."""
 
     step: float
-    source: str  # "llc" or "loss:<series>"
-    kind: str  # "llc_peak" | "llc_trough" | "change_point"
+    # "llc" | "loss:<series>" | "essential_dynamics" | "progress:<measure>"; several
+    # sources that agree are joined by "+" (see ``merge_sources``)
+    source: str
+    kind: str  # "llc_peak" | "llc_trough" | "change_point" | "turning_point"
     score: float  # evidence in units of noise; larger is surer
     label: str = ""
 
@@ -85,8 +95,9 @@ def llc_boundaries(
     *,
     stds: ArrayLike | None = None,
     smoothing: float = 0.1,
-    min_score: float = 6.0,
+    min_score: float = 5.5,
     grid_size: int = 400,
+    scales: Sequence[float] = (1.0, 2.0, 3.0),
 ) -> list[Boundary]:
     """Critical points of the LLC curve over log-step.
 
@@ -95,7 +106,9 @@ def llc_boundaries(
     extremum's persistence divided by the standard error of the smoothed curve; the
     per-point noise is the larger of the curve's own scatter (MAD of differences)
     and the median of ``stds`` (per-checkpoint LLC std) when given. Extrema scoring
-    below ``min_score`` are dropped (6 keeps pure noise out; see the tests).
+    below ``min_score`` are dropped (5.5 keeps pure noise out; see the tests). The curve is
+    smoothed at each of ``scales`` times that width; the wider kernels find broad peaks of
+    a few noise stds (height 10 against chain std 4) that the narrow one leaves in noise.
     """
     x, y = _log_steps(steps, llc)
     if len(x) < 5:
@@ -107,26 +120,38 @@ def llc_boundaries(
     point_sigma = max(point_sigma, 1e-9 * (1 + float(np.abs(y).max())))
 
     # Nadaraya-Watson smoothing on a fine grid: sparse checkpoints still localise well.
-    width = max(smoothing, float(np.median(np.diff(x))))
+    # Several kernel widths: a narrow one localises sharp features, a wide one averages
+    # the noise down enough to see a broad peak of a few chain stds. An extremum found at
+    # several widths is reported once, at the width where it scores best.
+    base = max(smoothing, float(np.median(np.diff(x))))
     grid = np.linspace(x[0], x[-1], grid_size)
-    w = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / width) ** 2)  # (G, N)
-    w_sum = w.sum(1)
-    smooth = (w @ y) / w_sum
-    n_eff = w_sum**2 / (w**2).sum(1)  # effective points under the kernel
-    sigma_smooth = point_sigma / np.sqrt(n_eff)
+    candidates: list[Boundary] = []
+    for width in (base * f for f in scales):
+        w = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / width) ** 2)  # (G, N)
+        w_sum = w.sum(1)
+        smooth = (w @ y) / w_sum
+        n_eff = w_sum**2 / (w**2).sum(1)  # effective points under the kernel
+        sigma_smooth = point_sigma / np.sqrt(n_eff)
+        for i, persistence in persistent_extrema(smooth):
+            score = persistence / float(sigma_smooth[i])
+            if score < min_score:
+                continue
+            up = smooth[i] > smooth[min(i + 1, grid_size - 1)]
+            kind = "llc_peak" if up else "llc_trough"
+            candidates.append(Boundary(float(10 ** grid[i]), "llc", kind, float(score)))
+    out: list[Boundary] = []
+    for b in sorted(candidates, key=lambda b: -b.score):
+        same = [
+            o
+            for o in out
+            if o.kind == b.kind and abs(math.log10(o.step) - math.log10(b.step)) <= 2 * base
+        ]
+        if not same:
+            out.append(b)
+    return sorted(out, key=lambda b: b.step)
 
-    extrema = _persistent_extrema(smooth)
-    out = []
-    for i, persistence in extrema:
-        score = persistence / float(sigma_smooth[i])
-        if score < min_score:
-            continue
-        kind = "llc_peak" if smooth[i] > smooth[min(i + 1, grid_size - 1)] else "llc_trough"
-        out.append(Boundary(float(10 ** grid[i]), "llc", kind, float(score)))
-    return out
 
-
-def _persistent_extrema(y: np.ndarray) -> list[tuple[int, float]]:
+def persistent_extrema(y: np.ndarray) -> list[tuple[int, float]]:
     """Interior local extrema of ``y`` with their persistence (endpoints never die).
 
     Repeatedly cancels the adjacent pair of extrema with the smallest height
@@ -181,6 +206,7 @@ def loss_change_points(
     noise_floor: float = 0.02,
     relative_floor: float = 0.05,
     penalty_scale: float = 6.0,
+    smooth_gate: bool = True,
 ) -> list[Boundary]:
     """Change points in the slope of (log) loss over log-step.
 
@@ -191,6 +217,10 @@ def loss_change_points(
     sigma a robust noise estimate floored at ``noise_floor`` (log-units: ~2%) and at
     ``relative_floor`` times the curve's range (so only bends that matter count).
     ``score`` is sqrt(cost saved by the breakpoint) / sigma.
+
+    ``smooth_gate``: a positive loss curve that one smooth relaxation law fits as well as
+    the lines do (``smooth_law_sse``) gets no change point: the bend of
+    ``0.5 + 3 t^-0.5`` or of an exponential decay onto a floor is not a stage.
     """
     x, y = _log_steps(steps, values)
     if len(x) < 2 * min_size:
@@ -215,8 +245,18 @@ def loss_change_points(
     def sse(a: int, b: int) -> float:
         return float(algo.cost.error(a, b))
 
-    out = []
     edges = [0, *bkps, n]
+    if bkps and log_values and smooth_gate:
+        # A curve one smooth relaxation law explains (a power law or a stretched
+        # exponential levelling off to a floor) has no stage: its bend is not a boundary.
+        # The law has about the freedom of two lines and a knot, so it wins if it fits
+        # as well as the k-breakpoint fit with one breakpoint's penalty to spare.
+        sse_lines = sum(sse(edges[k], edges[k + 1]) for k in range(len(edges) - 1))
+        allowed = sse_lines + penalty * (len(bkps) - 1)
+        if smooth_law_sse(xg, yg, good_enough=allowed) <= allowed:
+            return []
+
+    out = []
     for k, b in enumerate(bkps):
         left, right = edges[k], edges[k + 2]
         saved = max(sse(left, right) - sse(left, b) - sse(b, right), 0.0)
@@ -246,44 +286,142 @@ def _segments(
     return out
 
 
+def _power_law(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """log(f + A t^-a) at t = 10^x; p = (log f, log A, a)."""
+    return np.logaddexp(p[0], p[1] - p[2] * math.log(10) * x)
+
+
+def _stretched_exp(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """log(f + A exp(-(t/tau)^b)) at t = 10^x; p = (log f, log A, log tau, b), b <= 1."""
+    return np.logaddexp(p[0], p[1] - np.exp(p[3] * (math.log(10) * x - p[2])))
+
+
+def smooth_law_sse(x: np.ndarray, y: np.ndarray, good_enough: float = 0.0) -> float:
+    """Least residual sum of squares of log-loss ``y`` over log10-step ``x`` by a smooth law.
+
+    The laws are the two shapes a loss takes when nothing happens but relaxation: a
+    power law onto a floor and a stretched exponential (exponent <= 1, so never sharper
+    than a plain exponential) onto a floor. A few starting points each; bounded fits.
+    Stops at the first fit whose SSE is at most ``good_enough``.
+    """
+    lo, hi, ln10 = float(y.min()), float(y.max()), math.log(10)
+    best = math.inf
+    starts: list[tuple[Any, np.ndarray, tuple[list[float], list[float]]]] = [
+        (
+            _power_law,
+            np.array([lo - 0.1, hi + a * ln10 * x[0], a]),
+            ([-60, -60, 1e-3], [60, 200, 5]),
+        )
+        for a in (0.3, 1.0)
+    ]
+    starts += [
+        (
+            _stretched_exp,
+            np.array([lo - 0.1, hi, ln10 * float(np.quantile(x, q)), 1.0]),
+            ([-60, -60, -60, 0.05], [60, 60, 60, 1.0]),
+        )
+        for q in (0.2, 0.5, 0.8)
+    ]
+    for law, p0, bounds in starts:
+        p0 = np.clip(p0, np.array(bounds[0]) + 1e-6, np.array(bounds[1]) - 1e-6)
+        fit = least_squares(lambda p, law=law: law(p, x) - y, p0, bounds=bounds, max_nfev=100)
+        best = min(best, float(np.sum(fit.fun**2)))
+        if best <= good_enough:
+            break
+    return best
+
+
+_persistent_extrema = persistent_extrema  # the old private name
+
+AGREE_DECADES = 0.1
+"""Boundaries from different sources within this many decades of log10(step) agree."""
+
+
+def measure_jumps(steps: ArrayLike, values: ArrayLike, *, name: str) -> list[Boundary]:
+    """Jumps of a progress measure (change points of its slope over log-step).
+
+    Source ``progress:<name>``. Values are taken as they are (a measure may be negative
+    or a score near zero), and there is no smooth-law gate: a measure that moves at all
+    moves because something was learned.
+    """
+    return loss_change_points(
+        steps, values, source=f"progress:{name}", log_values=False, smooth_gate=False
+    )
+
+
+def merge_sources(
+    found: Sequence[Boundary], *, agree_decades: float = AGREE_DECADES
+) -> list[Boundary]:
+    """Merge boundaries of different sources that lie within ``agree_decades`` of each other.
+
+    A group of several sources becomes one boundary at its best-scoring member's step and
+    kind; its ``source`` lists every agreeing source sorted and joined by ``+`` (e.g.
+    ``essential_dynamics+llc``), which is how pages mark agreement. Two boundaries of the
+    same source are never merged into each other's group: a source's own detector has
+    already decided they are distinct.
+    """
+    found = sorted(found, key=lambda b: b.step)
+    groups: list[list[Boundary]] = []
+    for b in found:
+        if (
+            groups
+            and math.log10(b.step) - math.log10(groups[-1][0].step) <= agree_decades
+            and b.source not in {g.source for g in groups[-1]}
+        ):
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    out = []
+    for group in groups:
+        best = max(group, key=lambda b: b.score)
+        source = "+".join(sorted({b.source for b in group}))[:100]
+        out.append(Boundary(best.step, source, best.kind, best.score, best.label))
+    return out
+
+
+def agreeing_sources(boundary: Boundary) -> list[str]:
+    """The sources a (merged) boundary stands for."""
+    return boundary.source.split("+")
+
+
 def detect_boundaries(
     llc_steps: ArrayLike,
     llc: ArrayLike,
     llc_std: ArrayLike | None,
     loss_series: Mapping[str, tuple[ArrayLike, ArrayLike]],
     *,
-    merge_decades: float = 0.05,
+    merge_decades: float = AGREE_DECADES,
     llc_breaks: ArrayLike | None = None,
-    **llc_kwargs: float,
+    extra: Sequence[Boundary] = (),
+    **llc_kwargs: Any,
 ) -> list[Boundary]:
-    """LLC critical points plus loss change points, sorted by step.
+    """LLC critical points, loss change points and ``extra`` candidates, sorted by step.
 
-    Boundaries within ``merge_decades`` of each other (in log10 step) are merged
-    into the highest-scoring one; its ``source`` lists every source that agreed
-    (``"llc+loss:train_loss"``); ``label`` stays for the user to name the stage.
     ``llc_breaks``: steps where the LLC curve has a gap (a checkpoint whose estimate
     is missing or not trusted); the LLC detector runs on each stretch between gaps
     separately and never smooths or interpolates across one.
+    ``extra`` carries boundaries found by other lenses (essential-dynamics turning
+    points, progress-measure jumps). Boundaries of different sources within
+    ``merge_decades`` of each other (log10 step) are merged (``merge_sources``).
     """
-    found: list[Boundary] = []
+    found: list[Boundary] = list(extra)
     for seg_steps, seg_llc, seg_std in _segments(llc_steps, llc, llc_std, llc_breaks):
         found += llc_boundaries(seg_steps, seg_llc, stds=seg_std, **llc_kwargs)
     for name, (s, v) in loss_series.items():
         found += loss_change_points(s, v, source=f"loss:{name}")
-    found.sort(key=lambda b: b.step)
-
-    merged: list[list[Boundary]] = []
-    for b in found:
-        if merged and math.log10(b.step) - math.log10(merged[-1][-1].step) <= merge_decades:
-            merged[-1].append(b)
-        else:
-            merged.append([b])
-    out = []
-    for group in merged:
-        best = max(group, key=lambda b: b.score)
-        sources = sorted({b.source for b in group})
-        out.append(Boundary(best.step, "+".join(sources), best.kind, best.score, best.label))
-    return out
+    return merge_sources(found, agree_decades=merge_decades)
 
 
-__all__ = ["Boundary", "detect_boundaries", "ema_smooth", "llc_boundaries", "loss_change_points"]
+__all__ = [
+    "AGREE_DECADES",
+    "Boundary",
+    "agreeing_sources",
+    "detect_boundaries",
+    "ema_smooth",
+    "llc_boundaries",
+    "loss_change_points",
+    "measure_jumps",
+    "merge_sources",
+    "persistent_extrema",
+    "smooth_law_sse",
+]

@@ -1,4 +1,4 @@
-"""Garbage collection of the blob store: remove blobs no checkpoint references.
+"""Garbage collection of the blob store: remove blobs no checkpoint or result references.
 
 Deleting a run or a checkpoint keeps its blob, since another checkpoint may hold the same
 bytes; ``phaseboard gc`` frees the space later. An upload writes its blob a moment before
@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server.db import Database
-from server.models import Checkpoint, Dataset
+from server.models import Checkpoint, Dataset, Result
 from server.storage import BlobStore
 
 __all__ = ["GCReport", "collect_garbage"]
@@ -32,6 +33,13 @@ class GCReport:
     dry_run: bool
 
 
+def result_blobs(session: Session) -> set[str]:
+    """Blobs that lens results point to (learning order's per-example loss arrays)."""
+    blob = Result.values["losses_blob"].as_string()
+    rows = session.scalars(select(blob).where(Result.kind == "learning_order"))
+    return {sha for sha in rows if sha}
+
+
 def collect_garbage(
     db: Database, store: BlobStore, min_age_s: float = 3600.0, dry_run: bool = False
 ) -> GCReport:
@@ -39,6 +47,7 @@ def collect_garbage(
     with db.session() as session:
         referenced = set(session.scalars(select(Checkpoint.sha256).distinct()))
         referenced |= set(session.scalars(select(Dataset.sha256).distinct()))
+        referenced |= result_blobs(session)
     cutoff = time.time() - min_age_s
     removed: list[str] = []
     freed = recent = 0
@@ -55,7 +64,9 @@ def collect_garbage(
         with db.session() as session:  # re-check: an upload may have claimed it meanwhile
             if session.scalar(select(Checkpoint.id).where(Checkpoint.sha256 == sha).limit(1)):
                 continue
-            if session.scalar(select(Dataset.id).where(Dataset.sha256 == sha).limit(1)):
+            if session.scalar(select(Dataset.id).where(Dataset.sha256 == sha).limit(1)) or (
+                sha in result_blobs(session)  # a lens job stored it meanwhile
+            ):
                 continue
         if not dry_run:
             store.delete(sha)

@@ -99,8 +99,9 @@ class Settings(BaseSettings):
         description="A running run whose client heartbeat is older than this reads as crashed.",
     )
     auto_analyses: str = Field(
-        default="metrics,llc",
-        description="Analyses queued for each new checkpoint of a known task.",
+        default="metrics,llc,essential_dynamics,learning_order",
+        description="Analyses queued for each new checkpoint of a known task "
+        "(run-level lenses such as essential_dynamics rerun over all checkpoints).",
     )
 
     @field_validator("storage_dir", mode="before")

@@ -123,6 +123,18 @@ class AttentionLM(Task):
         logits = model(tokens)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
+    def per_example_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """Mean next-token loss of each sequence over its targets."""
+        tokens, targets, _ = batch
+        loss = F.cross_entropy(
+            model(tokens).float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+        )
+        valid = (targets >= 0).float()
+        return (loss * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+    def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        return F.log_softmax(model(batch[0]).float(), dim=-1)
+
     @torch.no_grad()
     def chance_loss(self) -> float | None:
         return math.log(self.config["vocab"])  # a uniform guess over the vocabulary
@@ -134,6 +146,23 @@ class AttentionLM(Task):
         if not keep.any():
             return None
         return (model(tokens).argmax(-1)[keep] == targets[keep]).float().mean().item()
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Prefix-matching score of each head of the last layer on repeated random
+        sequences (``prefix_matching/l{L}.h{h}`` and their max), and the ICL score on the
+        first 128 test sequences (loss on the last quarter of positions minus the first)."""
+        from analysis.progress import icl_score, prefix_matching_scores
+
+        c = self.config
+        layer = c["n_layers"] - 1
+        out: dict[str, float] = {}
+        if layer >= 1:
+            scores = prefix_matching_scores(model, c["vocab"], c["seq_len"], layer=layer)
+            out = {f"prefix_matching/l{layer}.h{h}": s for h, s in enumerate(scores)}
+            out["prefix_matching"] = max(scores)
+        tokens, targets, _ = self.full_batch("test")
+        out["icl_score"] = icl_score(model, tokens[:128], targets[:128])
+        return out
 
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         groups = layer_groups(model)

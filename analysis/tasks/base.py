@@ -157,6 +157,37 @@ class Task:
         """
         return None
 
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The model's outputs on ``batch`` as the lenses compare them (essential dynamics).
+
+        Default: ``model(inputs)``, inputs the batch's first tensor. Classification
+        tasks return log-probabilities, so an additive shift of the logits is no motion.
+        """
+        inputs = batch[0] if isinstance(batch, list | tuple) else batch
+        return model(inputs)
+
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Loss of each example of ``batch``, shape (n,) (the learning-order lens).
+
+        Default: ``loss`` on each example alone, vectorised with ``torch.func.vmap`` over
+        the batch's tensors (``loss`` is vmap-friendly by contract).
+        """
+        tensors = tuple(batch) if isinstance(batch, list | tuple) else (batch,)
+
+        def one(*example: Tensor) -> Tensor:
+            single = tuple(t.unsqueeze(0) for t in example)
+            return self.loss(model, single if isinstance(batch, list | tuple) else single[0])
+
+        return torch.func.vmap(one)(*tensors)
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Named per-checkpoint measures of what the model has learned (default none).
+
+        Computed by the metrics job and shown as series ``progress/<name>``; their jumps
+        are phase-boundary candidates. User tasks override this to add their own.
+        """
+        return {}
+
     # --- data ----------------------------------------------------------------------
 
     def datasets(self) -> dict[str, TensorDataset]:

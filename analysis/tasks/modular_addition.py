@@ -115,10 +115,25 @@ class ModularAddition(Task):
     def chance_loss(self) -> float | None:
         return math.log(self.config["p"])  # cross-entropy of a uniform guess over p classes
 
+    def per_example_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        tokens, labels = batch
+        return F.cross_entropy(model(tokens).float(), labels, reduction="none")
+
+    def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        return F.log_softmax(model(batch[0]).float(), dim=-1)
+
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
         tokens, labels = batch
         return (model(tokens).argmax(-1) == labels).float().mean().item()
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Restricted/excluded loss on the key frequencies of this checkpoint's embedding
+        (its 5 strongest), Gini of the Fourier norms, top frequency (analysis.progress)."""
+        from analysis.progress import modular_addition_measures
+
+        tokens, labels = self.full_batch("train")
+        return modular_addition_measures(model, self.config["p"], tokens, labels)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config

@@ -82,3 +82,9 @@ class TMS(Task):
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         (x,) = batch
         return ((model(x) - x) ** 2 * self.importance().to(x)).sum(-1).mean()
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """Features represented (column norm of W above 0.5) and their k-gon."""
+        from analysis.progress import tms_measures
+
+        return tms_measures(model.W)

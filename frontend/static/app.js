@@ -248,6 +248,16 @@
     },
   };
 
+  /** The view's boundary filter (``bsrc``: a source family such as "llc", "agreed" for
+   *  boundaries several sources agree on, or unset for all); manual ones always show. */
+  function shownBoundary(b) {
+    const want = State.get("bsrc");
+    if (!want || b.manual) return true;
+    const sources = b.source.split("+");
+    if (want === "agreed") return sources.length > 1;
+    return sources.some((s) => s.split(":")[0] === want);
+  }
+
   // ------------------------------------------------------------------ plots
 
   const Plots = {
@@ -472,7 +482,7 @@
       const shapes = [];
       const traces = [];
       this.data.forEach((d, r) => {
-        const bs = d.boundaries || [];
+        const bs = (d.boundaries || []).filter(shownBoundary);
         const color = this.mode === "compare" ? COLORS[r % COLORS.length] : "#6b7280";
         bs.forEach((b, i) => {
           shapes.push({ _run: r, type: "line", xref, yref, x0: b.step, x1: b.step, y0: 0, y1: 1,
@@ -969,7 +979,7 @@
     });
   }
 
-  window.Phaseboard = { emaSmooth, Plots, State, api, toast, refreshPartial, errorText, authHeaders };
+  window.Phaseboard = { emaSmooth, Plots, State, api, toast, refreshPartial, errorText, authHeaders, shownBoundary };
 
   document.addEventListener("DOMContentLoaded", () => {
     initTokenForm();

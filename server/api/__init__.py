@@ -10,6 +10,7 @@ from server.api import (
     datasets,
     health,
     jobs,
+    lenses,
     metrics,
     phases,
     runs,
@@ -32,6 +33,7 @@ def build_api_router() -> APIRouter:
         phases,
         shares,
         calibration,
+        lenses,
     ):
         api.include_router(module.router)
     return api

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from server.db import Database
 from server.jobs import lifecycle
-from server.jobs.planning import analyses_for_run, plan_jobs
+from server.jobs.planning import analyses_for_run, plan_jobs, run_analyses_for_run
 from server.models import Job, Run
 from server.settings import Settings
 from server.storage import BlobStore
@@ -63,21 +63,29 @@ class JobQueue:
             if run is None or not run.task:
                 return []
             kinds = analyses_for_run(run, self.settings.auto_analyses)
-        if not kinds or not checkpoint_ids:
+            run_kinds = run_analyses_for_run(run, self.settings.auto_analyses)
+        if not checkpoint_ids:
             return []
-        return self.plan_and_enqueue(run_id, kinds, checkpoint_ids)
+        ids = self.plan_and_enqueue(run_id, kinds, checkpoint_ids) if kinds else []
+        for kind in run_kinds:  # run-level lenses re-read every checkpoint: one waiting is enough
+            ids += self.request_run_kind(run_id, kind)
+        return ids
 
     def request_phases(self, run_id: int) -> list[int]:
         """Queue a run's phases job unless one is already waiting (it reads results late)."""
+        return self.request_run_kind(run_id, "phases")
+
+    def request_run_kind(self, run_id: int, kind: str) -> list[int]:
+        """Queue a run-level job unless one of ``kind`` is already waiting (it reads late)."""
         with self.db.session() as s:
             waiting = s.scalar(
                 sa.select(Job.id)
-                .where(Job.run_id == run_id, Job.kind == "phases", Job.state == "queued")
+                .where(Job.run_id == run_id, Job.kind == kind, Job.state == "queued")
                 .limit(1)
             )
         if waiting is not None:
             return [waiting]
-        return self.plan_and_enqueue(run_id, ["phases"])
+        return self.plan_and_enqueue(run_id, [kind])
 
     def sweep(self) -> list[int]:
         """Requeue jobs whose worker died; re-announce them. Returns requeued ids."""

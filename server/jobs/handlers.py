@@ -413,7 +413,9 @@ def run_phases(ctx: JobContext) -> ResultRows:
                     xs.append(float(st))
                     ys.append(float(value))
     ctx.progress(0, 1, f"detecting boundaries on {len(steps)} LLC points")
-    found = detect_boundaries(steps, llc, llc_std, series, llc_breaks=breaks)
+    found = detect_boundaries(
+        steps, llc, llc_std, series, llc_breaks=breaks, extra=_lens_boundaries(ctx)
+    )
     boundaries = [
         {
             "step": float(b.step),
@@ -485,6 +487,149 @@ def run_calibrate(ctx: JobContext) -> ResultRows:
     return [{"restriction": "", "values": values}]
 
 
+def _run_checkpoints(ctx: JobContext) -> list[tuple[int, int]]:
+    """(id, step) of the run's usable checkpoints (flagged ones left out), by step."""
+    with ctx.db.session() as s:
+        rows = s.execute(
+            sa.select(Checkpoint.id, Checkpoint.step)
+            .where(Checkpoint.run_id == ctx.run_id, Checkpoint.status == "ok")
+            .order_by(Checkpoint.step)
+        ).all()
+    return [(int(i), int(st)) for i, st in rows]
+
+
+def _loaded_model(ctx: JobContext, model: Any, checkpoint_id: int) -> Any:
+    from analysis.tasks import CheckpointMismatch
+
+    try:
+        ctx.task().load_state_dict(model, load_checkpoint(ctx.db, ctx.store, checkpoint_id))
+    except CheckpointMismatch as exc:
+        raise JobFailed(f"checkpoint {checkpoint_id}: {exc}") from exc
+    return model
+
+
+def run_essential_dynamics(ctx: JobContext) -> ResultRows:
+    """Outputs on the probe set at every checkpoint, PCA over checkpoints, turning points."""
+    import numpy as np
+
+    from analysis.essential_dynamics import essential_dynamics, probe_batch, probe_outputs
+
+    task = ctx.task()
+    ckpts = _run_checkpoints(ctx)
+    n_probe = int(ctx.config.get("probe_examples", 128))
+    probe = probe_batch(task, max_examples=n_probe)
+    model = task.build_model().to(ctx.device)
+    outputs = []
+    for k, (ckpt_id, _) in enumerate(ckpts):
+        ctx.progress(k, len(ckpts), f"outputs at checkpoint {k + 1}/{len(ckpts)}")
+        _loaded_model(ctx, model, ckpt_id)
+        outputs.append(probe_outputs(task, model, probe, device=ctx.device))
+    if len(outputs) < 2:
+        raise JobFailed("essential dynamics needs at least two checkpoints")
+    ed = essential_dynamics([st for _, st in ckpts], np.stack(outputs))
+    values = {**ed.to_dict(), "probe_examples": n_probe, "output_dim": int(outputs[0].size)}
+    return [{"restriction": "", "values": values}]
+
+
+def run_learning_order(ctx: JobContext) -> ResultRows:
+    """Per-example loss on the probe set at every checkpoint (one float16 blob per run)
+    and each example's learned-at step (``analysis.learning_order``)."""
+    import io
+
+    import numpy as np
+
+    from analysis.essential_dynamics import probe_batch
+    from analysis.learning_order import learned_at, order_by_learned_at, per_example_losses
+
+    task = ctx.task()
+    ckpts = _run_checkpoints(ctx)
+    n_probe = int(ctx.config.get("probe_examples", 1024))
+    split = str(ctx.config.get("split", "train"))
+    probe = probe_batch(task, max_examples=n_probe, split=split)
+    model = task.build_model().to(ctx.device)
+    rows = []
+    for k, (ckpt_id, _) in enumerate(ckpts):
+        ctx.progress(k, len(ckpts), f"per-example loss at checkpoint {k + 1}/{len(ckpts)}")
+        _loaded_model(ctx, model, ckpt_id)
+        rows.append(per_example_losses(task, model, probe, device=ctx.device))
+    if len(rows) < 2:
+        raise JobFailed("learning order needs at least two checkpoints")
+    losses = np.stack(rows)  # (checkpoints, examples)
+    steps = [st for _, st in ckpts]
+    learned, threshold = learned_at(
+        steps,
+        losses,
+        threshold=ctx.config.get("threshold"),
+        relative_threshold=float(ctx.config.get("relative_threshold", 0.1)),
+    )
+    buf = io.BytesIO()
+    np.save(buf, losses.astype(np.float16), allow_pickle=False)
+    blob = ctx.store.put_bytes(buf.getvalue())
+    values = {
+        "steps": steps,
+        "split": split,
+        "n_examples": int(losses.shape[1]),
+        "threshold": threshold,
+        "learned_at": [None if not np.isfinite(v) else float(v) for v in learned],
+        "order": [int(i) for i in order_by_learned_at(learned)],
+        "n_learned": int(np.isfinite(learned).sum()),
+        "losses_blob": blob,  # float16 .npy, checkpoints x examples
+    }
+    return [{"restriction": "", "values": values}]
+
+
+def _lens_boundaries(ctx: JobContext) -> list[Any]:
+    """Boundary candidates other lenses left in their newest run-level results."""
+    from analysis.phases import Boundary
+
+    with ctx.db.session() as s:
+        values = s.scalar(
+            sa.select(Result.values)
+            .where(Result.run_id == ctx.run_id, Result.kind == "essential_dynamics")
+            .order_by(Result.id.desc())
+            .limit(1)
+        )
+    out = []
+    for b in (values or {}).get("turning_points", []):
+        out.append(Boundary(float(b["step"]), b["source"], b["kind"], float(b["score"]), ""))
+    return out + _progress_jumps(ctx)
+
+
+# Progress measures that are labels, not quantities: their changes are no stage.
+NOT_JUMP_MEASURES = ("top_frequency",)
+
+
+def _progress_jumps(ctx: JobContext) -> list[Any]:
+    """Jumps of the run's progress measures (``progress/<name>`` of the metrics results;
+    per-head measures, with a further ``/``, are left to their summary)."""
+    from analysis.phases import measure_jumps
+
+    with ctx.db.session() as s:
+        rows = s.execute(
+            sa.select(Result.step, Result.values)
+            .where(Result.run_id == ctx.run_id, Result.kind == "metrics")
+            .order_by(Result.step, Result.id)
+        ).all()
+    series: dict[str, dict[int, float]] = {}
+    for step, values in rows:
+        for key, value in (values or {}).items():
+            name = key.removeprefix("progress/")
+            if (
+                key.startswith("progress/")
+                and "/" not in name
+                and name not in NOT_JUMP_MEASURES
+                and isinstance(value, int | float)
+                and step is not None
+                and step > 0
+            ):
+                series.setdefault(name, {})[int(step)] = float(value)
+    out = []
+    for name, points in sorted(series.items()):
+        steps = sorted(points)
+        out += measure_jumps(steps, [points[k] for k in steps], name=name)
+    return out
+
+
 def run_noop(ctx: JobContext) -> ResultRows:
     return [{"restriction": "", "values": {}}]
 
@@ -506,6 +651,8 @@ HANDLERS: dict[str, Callable[[JobContext], ResultRows]] = {
     "metrics": run_metrics,
     "phases": run_phases,
     "calibrate": run_calibrate,
+    "essential_dynamics": run_essential_dynamics,
+    "learning_order": run_learning_order,
     "noop": run_noop,
     "sleep": run_sleep,
 }
@@ -514,7 +661,7 @@ BATCHED: dict[str, Callable[[list[JobContext]], dict[int, ResultRows | Exception
     "llc_restricted": run_llc_restricted_many,
 }
 # Kinds whose new results change a run's phase boundaries.
-TRIGGERS_PHASES = ("llc", "metrics")
+TRIGGERS_PHASES = ("llc", "metrics", "essential_dynamics")
 
 
 def _single(batched: Callable[[list[JobContext]], dict[int, Any]], ctx: JobContext) -> ResultRows:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from server.models import Job
 
-FAST_KINDS = ("metrics", "phases", "essential_dynamics", "noop")
+FAST_KINDS = ("metrics", "phases", "essential_dynamics", "learning_order", "noop")
 # Kinds whose queued jobs (same run, config and device) are claimed together as one batch.
 BATCH_KINDS = ("llc", "llc_restricted")
 LANES = ("all", "fast", "heavy")

@@ -19,6 +19,14 @@ Kinds:
   checkpoints in one vectorised batch (``analysis.llc.calibrate``); one result with every
   setting's estimate, verdict and mean trace, and the recommended setting. Its config
   carries the checkpoint ids (default: ``calibration_checkpoints``) and the grid.
+- ``essential_dynamics``: per run, the model's outputs on the task's probe set at every
+  checkpoint, PCA over checkpoints, turning points (``analysis.essential_dynamics``). Its key
+  carries a fingerprint of the run's checkpoints, so it reruns as checkpoints arrive; it is
+  cheap (one forward pass per checkpoint), so it is in the default automatic analyses.
+- ``learning_order``: per run, the loss of each probe example (default: the first 1024
+  training examples) at every checkpoint, kept as one float16 array in the blob store, and
+  each example's learned-at step (``analysis.learning_order``); rerun like
+  ``essential_dynamics``.
 - ``noop`` / ``sleep``: trivial kinds for tests and benchmarks (never auto-planned).
 """
 
@@ -37,7 +45,9 @@ from server.errors import BadInput, NotFound
 from server.models import Checkpoint, Job, Result, Run, utcnow
 
 CHECKPOINT_KINDS = ("metrics", "llc", "llc_restricted")
-RUN_KINDS = ("phases", "calibrate")
+RUN_KINDS = ("phases", "calibrate", "essential_dynamics", "learning_order")
+# Run-level kinds that may be queued automatically as checkpoints arrive.
+AUTO_RUN_KINDS = ("essential_dynamics", "learning_order")
 TEST_KINDS = ("noop", "sleep")
 ALL_KINDS = CHECKPOINT_KINDS + RUN_KINDS + TEST_KINDS
 
@@ -144,6 +154,11 @@ def job_config(kind: str, run: Run, override: Mapping[str, Any] | None = None) -
         return dict(run_cfg.get("metrics") or {}) | dict(override.get("metrics") or {})
     if kind == "sleep":
         return {"seconds": float(override.get("seconds", 1.0)), "nonce": override.get("nonce")}
+    if kind == "essential_dynamics":
+        return {"probe_examples": 128, **dict(run_cfg.get("essential_dynamics") or {})}
+    if kind == "learning_order":
+        cfg = {"probe_examples": 1024, "split": "train", "relative_threshold": 0.1}
+        return {**cfg, **dict(run_cfg.get("learning_order") or {})}
     if kind == "noop":
         return {"nonce": override.get("nonce")}
     return {}
@@ -157,13 +172,30 @@ def analyses_for_run(run: Run, default: str) -> list[str]:
     return [k for k in kinds if k in CHECKPOINT_KINDS]
 
 
+def run_analyses_for_run(run: Run, default: str) -> list[str]:
+    """Run-level kinds re-queued as checkpoints arrive (``AUTO_RUN_KINDS`` asked for)."""
+    kinds = (run.analysis_config or {}).get("analyses")
+    if kinds is None:
+        kinds = [k.strip() for k in default.split(",") if k.strip()]
+    return [k for k in kinds if k in AUTO_RUN_KINDS]
+
+
 def _results_fingerprint(session: Session, run_id: int) -> str:
     row = session.execute(
         sa.select(sa.func.count(Result.id), sa.func.max(Result.id)).where(
-            Result.run_id == run_id, Result.kind.in_(("llc", "metrics"))
+            Result.run_id == run_id, Result.kind.in_(("llc", "metrics", "essential_dynamics"))
         )
     ).one()
     return f"{row[0]}-{row[1] or 0}"
+
+
+def _checkpoints_fingerprint(session: Session, run_id: int) -> str:
+    row = session.execute(
+        sa.select(sa.func.count(Checkpoint.id), sa.func.max(Checkpoint.id)).where(
+            Checkpoint.run_id == run_id
+        )
+    ).one()
+    return f"c{row[0]}-{row[1] or 0}"
 
 
 def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -226,7 +258,13 @@ def plan_jobs(
             digest = config_hash(cfg)
         if kind in RUN_KINDS or kind in TEST_KINDS:
             targets: list[int | None] = [None]
-            tag = _results_fingerprint(session, run_id) if kind == "phases" else ""
+            tag = (
+                _results_fingerprint(session, run_id)
+                if kind == "phases"
+                else _checkpoints_fingerprint(session, run_id)
+                if kind in ("essential_dynamics", "learning_order")
+                else ""
+            )
         else:
             targets, tag = list(ckpts), ""
         for ckpt in targets:

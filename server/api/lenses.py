@@ -1,0 +1,154 @@
+"""Lens results of a run in one read: essential dynamics (and later lenses) + boundaries.
+
+Run-level lenses store one result row per rerun; pages want the newest one only, so this
+reads just that row instead of the whole history ``/runs/{id}/results`` returns.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Query, Request
+
+from server.api.deps import SessionDep
+from server.db import get_existing
+from server.errors import BadInput, NotFound
+from server.models import Result, Run
+from server.web.queries import boundaries
+
+router = APIRouter(tags=["lenses"])
+
+RUN_LENSES = ("essential_dynamics", "learning_order")
+
+
+def newest_result(session: SessionDep, run_id: int, kind: str) -> dict[str, Any] | None:
+    """Values of the newest result of ``kind`` for the run, with its step and id."""
+    row = session.execute(
+        sa.select(Result.id, Result.values)
+        .where(Result.run_id == run_id, Result.kind == kind)
+        .order_by(Result.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else {"result_id": row[0], **row[1]}
+
+
+def progress_series(session: SessionDep, run_id: int) -> dict[str, dict[str, list[float]]]:
+    """``progress/<name>`` scalars of the run's metrics results as series, by step."""
+    out: dict[str, dict[str, list[float]]] = {}
+    rows = session.execute(
+        sa.select(Result.step, Result.values)
+        .where(Result.run_id == run_id, Result.kind == "metrics", Result.step.is_not(None))
+        .order_by(Result.step, Result.id)
+    )
+    latest: dict[str, dict[int, float]] = {}
+    for step, values in rows:  # newest result per step wins
+        for key, value in (values or {}).items():
+            if key.startswith("progress/") and isinstance(value, int | float):
+                latest.setdefault(key.removeprefix("progress/"), {})[int(step)] = float(value)
+    for name, points in sorted(latest.items()):
+        steps = sorted(points)
+        out[name] = {"step": steps, "value": [points[k] for k in steps]}
+    return out
+
+
+@router.get("/runs/{run_id}/lenses")
+def run_lenses(run_id: int, session: SessionDep) -> dict[str, Any]:
+    """``{"run_id", "<lens>": newest values or null, ..., "progress": {name: series},
+    "boundaries": [...]}``."""
+    get_existing(session, Run, run_id, "run")
+    out: dict[str, Any] = {"run_id": run_id}
+    for kind in RUN_LENSES:
+        out[kind] = newest_result(session, run_id, kind)
+    out["progress"] = progress_series(session, run_id)
+    out["boundaries"] = boundaries(session, run_id)
+    return out
+
+
+@router.get("/runs/{run_id}/learning_order/heatmap")
+def learning_order_heatmap(
+    run_id: int,
+    session: SessionDep,
+    request: Request,
+    max_examples: int = Query(200, ge=1, le=5000),
+) -> dict[str, Any]:
+    """Per-example loss (examples sorted by learned-at step x checkpoints) for the heatmap.
+
+    Reads the newest learning-order result's float16 array; at most ``max_examples`` rows,
+    evenly picked along the learned-at order so the picture keeps its shape.
+    """
+    import numpy as np
+
+    get_existing(session, Run, run_id, "run")
+    values = newest_result(session, run_id, "learning_order")
+    if values is None:
+        raise NotFound(f"run {run_id} has no learning-order result yet")
+    store = request.app.state.store
+    with store.open_path(values["losses_blob"]).open("rb") as fh:  # NotFound if gone
+        losses = np.load(fh, allow_pickle=False)  # (checkpoints, examples)
+    order = values["order"]
+    pick = np.unique(
+        np.linspace(0, len(order) - 1, min(max_examples, len(order))).round().astype(int)
+    )
+    rows = [order[i] for i in pick]
+    z = losses[:, rows].T.astype(float)  # (examples, checkpoints)
+    return {
+        "run_id": run_id,
+        "steps": values["steps"],
+        "examples": rows,
+        "learned_at": [values["learned_at"][i] for i in rows],
+        "threshold": values["threshold"],
+        "z": [[round(v, 4) if np.isfinite(v) else None for v in row] for row in z.tolist()],
+    }
+
+
+@router.get("/learning_order/agreement")
+def learning_order_agreement(
+    session: SessionDep, runs: str = Query(..., description="comma-separated run ids")
+) -> dict[str, Any]:
+    """Spearman rank correlation of learned-at steps for every pair of the given runs.
+
+    The one lens statistic of a *pair* of runs, so it has no result row of its own: it is
+    read off the two runs' learning-order results here (``analysis.learning_order``).
+    Pairs whose probe examples differ (task, task config, split or size) are listed in
+    ``skipped`` with the reason instead.
+    """
+    import numpy as np
+
+    from analysis.learning_order import rank_agreement
+
+    parts = [p.strip() for p in runs.split(",")]
+    # ASCII digits only (str.isdigit accepts "²"), and ids a database integer can hold
+    ids = list(dict.fromkeys(int(p) for p in parts if re.fullmatch(r"[0-9]{1,9}", p)))[:12]
+    if len(ids) < 2:
+        raise BadInput("give at least two run ids, e.g. runs=1,2")
+    info: dict[int, tuple[Run, dict[str, Any] | None]] = {}
+    for run_id in ids:
+        info[run_id] = (
+            get_existing(session, Run, run_id, "run"),
+            newest_result(session, run_id, "learning_order"),
+        )
+    pairs, skipped = [], []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            (ra, va), (rb, vb) = info[a], info[b]
+            if va is None or vb is None:
+                skipped.append({"a": a, "b": b, "reason": "no learning-order result yet"})
+                continue
+            same = (ra.task, ra.task_config, va["split"], va["n_examples"]) == (
+                rb.task,
+                rb.task_config,
+                vb["split"],
+                vb["n_examples"],
+            )
+            if not same:
+                skipped.append({"a": a, "b": b, "reason": "different probe examples"})
+                continue
+            la = np.array([np.nan if v is None else v for v in va["learned_at"]], dtype=float)
+            lb = np.array([np.nan if v is None else v for v in vb["learned_at"]], dtype=float)
+            agree = rank_agreement(la, lb)
+            rho = agree.rho if np.isfinite(agree.rho) else None
+            pairs.append({"a": a, "b": b, "rho": rho, "n": agree.n, "of": len(la)})
+    names = {i: info[i][0].name for i in ids}
+    return {"runs": [{"id": i, "name": names[i]} for i in ids], "pairs": pairs, "skipped": skipped}

@@ -1,0 +1,76 @@
+"""Essential dynamics on synthetic output paths with known turns.
+
+Tolerance: a turning point counts as found within 0.1 decades of log10(step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from analysis.essential_dynamics import (
+    SOURCE,
+    essential_dynamics,
+    pca,
+    probe_batch,
+    probe_outputs,
+    turning_points,
+)
+from analysis.tasks import get_task
+
+STEPS = np.unique(np.round(np.logspace(1, 5, 50)).astype(int))
+X = np.log10(STEPS)
+
+
+def l_shaped_path(rng: np.random.Generator, dim: int = 200) -> np.ndarray:
+    """Outputs that move along one direction until step 1e3, then along another."""
+    a, b = rng.normal(size=dim), rng.normal(size=dim)
+    first = np.clip(X - 1, 0, 2)[:, None] * a  # moves while log-step in [1, 3]
+    second = np.clip(X - 3, 0, 2)[:, None] * b  # moves while log-step in [3, 5]
+    return first + second + rng.normal(0, 0.01, (len(X), dim))
+
+
+def test_pca_recovers_the_plane_of_a_planar_path_with_its_variance() -> None:
+    out = l_shaped_path(np.random.default_rng(0))
+    scores, ratio = pca(out, k=3)
+    assert scores.shape == (len(X), 3)
+    assert ratio[:2].sum() > 0.99 and ratio[2] < 0.01  # the path lies in a plane
+    assert np.all(np.diff(ratio) <= 0) and scores[-1, 0] >= scores[0, 0]
+
+
+def test_pca_of_a_rank_one_path_has_zero_further_components() -> None:
+    out = np.outer(np.arange(10.0), np.ones(5))
+    scores, ratio = pca(out, k=3)
+    assert ratio[0] == 1.0 and np.allclose(ratio[1:], 0) and np.allclose(scores[:, 1:], 0)
+
+
+def test_corner_of_an_l_shaped_path_is_a_turning_point() -> None:
+    ed = essential_dynamics(list(STEPS), l_shaped_path(np.random.default_rng(1)))
+    assert len(ed.turning_points) == 1, ed.turning_points
+    b = ed.turning_points[0]
+    assert abs(math.log10(b.step) - 3) <= 0.1
+    assert b.source == SOURCE and b.kind == "turning_point" and b.score >= 0.1
+
+
+def test_straight_path_has_no_turning_point() -> None:
+    rng = np.random.default_rng(2)
+    out = X[:, None] * rng.normal(size=50) + rng.normal(0, 0.01, (len(X), 50))
+    assert essential_dynamics(list(STEPS), out).turning_points == []
+
+
+def test_small_wiggles_below_a_tenth_of_the_spread_are_not_turns() -> None:
+    path = np.column_stack([X, 0.02 * np.sin(8 * X), np.zeros_like(X)])
+    assert turning_points(STEPS, path) == []
+
+
+def test_outputs_of_a_task_model_on_its_probe_set_are_flat_and_deterministic() -> None:
+    task = get_task("modular_addition", {"p": 7})
+    torch.manual_seed(0)
+    model = task.build_model()
+    probe = probe_batch(task, max_examples=10)
+    out = probe_outputs(task, model, probe)
+    assert out.shape == (10 * 7,) and out.dtype == np.float32
+    assert np.allclose(np.exp(out.reshape(10, 7)).sum(1), 1, atol=1e-5)  # log-probabilities
+    assert np.array_equal(out, probe_outputs(task, model, probe_batch(task, max_examples=10)))
