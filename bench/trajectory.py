@@ -135,8 +135,11 @@ def wait_all(run: Any, kinds: list[str], timeout_s: float, watch_phases: bool) -
         if "first_llc" not in marks and any(j["state"] == "done" for j in jobs.get("llc", [])):
             marks["first_llc"] = now
         if watch_phases and "first_llc" in marks and "first_phases" not in marks:
-            phases = run.client.request("GET", f"/api/runs/{run.id}/phases").json()
-            if any(not b["manual"] for b in phases):
+            # Boundaries re-detected with LLC points (loss-only ones may come earlier).
+            results = run.client.request(
+                "GET", f"/api/runs/{run.id}/results", params={"kind": "phases"}
+            ).json()["results"]
+            if any((r["values"] or {}).get("llc_points") for r in results):
                 marks["first_phases"] = now
         states = [j["state"] for js in jobs.values() for j in js]
         failed = [j for js in jobs.values() for j in js if j["state"] == "failed"]

@@ -432,8 +432,7 @@
         hovermode: "x unified",
         legend: { orientation: "h", x: 0, y: -0.2, yanchor: "top", font: { size: 11 } },
         xaxis,
-        // On a log axis label only 1, 2, 5 x 10^k: plotly's default crowds the minor digits.
-        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false, dtick: ylog ? "D2" : undefined },
+        yaxis: { title: { text: yTitle }, type: ylog ? "log" : "linear", zeroline: false },
         yaxis9: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
         paper_bgcolor: "rgba(0,0,0,0)",
         plot_bgcolor: "#fff",
