@@ -44,6 +44,10 @@ CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+CSP_WEBGL = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-eval'")
+"""For the one page that draws a WebGL plot (the runs list's parallel coordinates): plotly's
+WebGL traces compile their drawing code with ``new Function`` (regl), which a CSP without
+``'unsafe-eval'`` blocks. Scripts still come from this server only."""
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),

@@ -17,6 +17,7 @@ from server.api.deps import SessionDep, WriteAuth
 from server.errors import ERROR_RESPONSES, NotFound
 from server.models import Share
 from server.schemas import MAX_ID, DbId, DbInt, Text
+from server.security import CSP_WEBGL
 from server.web import queries
 from server.web.compare_checks import config_warnings
 from server.web.edits import update_run_header
@@ -83,7 +84,9 @@ def runs_page(
     )
     if _is_partial(request):
         return _render(request, "_runs_table.html", context)
-    return _render(request, "runs.html", context)
+    response = _render(request, "runs.html", context)
+    response.headers["Content-Security-Policy"] = CSP_WEBGL  # parcoords is WebGL
+    return response
 
 
 # ---------------------------------------------------------------- one run
