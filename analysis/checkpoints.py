@@ -25,7 +25,7 @@ import re
 import struct
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -37,6 +37,7 @@ from torch import Tensor
 
 __all__ = [
     "CheckpointError",
+    "ExpectedShapes",
     "CheckpointInfo",
     "CheckpointTooComplex",
     "CorruptCheckpoint",
@@ -610,11 +611,34 @@ def state_dict_from_object(obj: Any) -> dict[str, Tensor]:
     return extract_weights(obj)[0]
 
 
+class ExpectedShapes(dict[str, tuple[int, ...]]):
+    """A model's ``{name: shape}`` as its checkpoints may present it.
+
+    ``optional`` names may be absent (tied copies that ``save_pretrained`` writes once);
+    ``rename`` maps a checkpoint name onto the model's (legacy names a library still writes,
+    e.g. GPT-NeoX's ``embed_out`` for ``lm_head``). A plain dict means neither.
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        optional: Iterable[str] = (),
+        rename: Callable[[str], str] | None = None,
+    ) -> None:
+        super().__init__(shapes)
+        self.optional = frozenset(optional)
+        self.rename = rename
+
+
 def check_shapes(
     shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]
 ) -> None:
     """Raise ``ModelMismatch`` naming missing, unexpected and mis-shaped tensors."""
-    missing = [k for k in expected if k not in shapes]
+    optional: frozenset[str] = getattr(expected, "optional", frozenset())
+    rename: Callable[[str], str] | None = getattr(expected, "rename", None)
+    if rename is not None:
+        shapes = {rename(k): s for k, s in shapes.items()}
+    missing = [k for k in expected if k not in shapes and k not in optional]
     unexpected = [k for k in shapes if k not in expected]
     misshaped = [
         (k, tuple(s), tuple(expected[k]))

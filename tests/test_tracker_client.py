@@ -20,6 +20,7 @@ import torch
 import uvicorn
 from typer.testing import CliRunner
 
+from analysis.tasks import get_task
 from server.app import create_app
 from server.cli import app as cli_app
 from server.client import Phaseboard, PhaseboardClientError, Run, flatten_metrics
@@ -256,7 +257,7 @@ def test_offline_mode_spools_and_phaseboard_sync_uploads_exactly_once(
     with pb.run("offline-run", task="dln", config={"lr": 3e-4}) as run:
         for step in range(30):
             run.log({"train": {"loss": 2.0 - step / 30}})
-        run.log_checkpoint(5, torch.nn.Linear(2, 2))
+        run.log_checkpoint(5, get_task("dln").build_model())  # fits the task: checked at upload
     assert run.id is None and run.spool_path is not None
     spool = run.spool_path
     runner = CliRunner()

@@ -10,7 +10,7 @@ data-restricted LLC. The loss is next-token cross-entropy on (B, T) token ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -128,6 +128,27 @@ class TokenDataTask(Task):
         return (pred == tokens[:, 1:]).float().mean().item()
 
     # --- weights -------------------------------------------------------------------
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The model's names and shapes; tied copies may be absent from a checkpoint and the
+        names ``checkpoint_name_map`` knows are accepted (as ``load_state_dict`` does)."""
+        from analysis.checkpoints import ExpectedShapes
+
+        shapes = super().expected_shapes()
+        try:
+            with torch.device("meta"):
+                model = self.build_model()
+        except Exception:  # noqa: BLE001 - some constructors need real tensors
+            model = self.build_model()
+        groups: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            groups.setdefault(id(p), []).append(name)
+        optional = [n for names in groups.values() for n in names[1:]]
+        return ExpectedShapes(shapes, optional, self.checkpoint_name_map(model))
+
+    def checkpoint_name_map(self, model: nn.Module) -> Callable[[str], str] | None:
+        """Maps a checkpoint's tensor name onto the model's; None: names are the model's."""
+        return None
 
     def load_state_dict(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
         """Strict load, except that tied copies (``lm_head.weight`` = the embedding) may be

@@ -14,7 +14,7 @@ Needs the optional dependency ``transformers`` (``pip install 'phaseboard[hf]'``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -80,6 +80,15 @@ class HFCausalLM(TokenDataTask):
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         return hf_weight_groups(model)
 
+    def checkpoint_name_map(self, model: nn.Module) -> Callable[[str], str] | None:
+        renames = _hf_renamings(model)
+        if not renames:
+            return None
+        from transformers.core_model_loading import apply_renamings
+
+        own = set(model.state_dict())
+        return lambda name: name if name in own else apply_renamings(name, renames)
+
     def load_state_dict(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
         """Apply transformers' own key renamings first: ``save_pretrained`` writes some
         legacy names (GPT-NeoX's ``embed_out`` for ``lm_head``) that ``from_pretrained`` maps
@@ -90,13 +99,20 @@ class HFCausalLM(TokenDataTask):
 def rename_hf_keys(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``state_dict`` with the model class's registered checkpoint renamings applied
     (transformers >= 5; older versions have none and save the model's own names)."""
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming, apply_renamings
-    except ImportError:
-        return dict(state_dict)
-    renames = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    renames = _hf_renamings(model)
     if not renames:
         return dict(state_dict)
+    from transformers.core_model_loading import apply_renamings
+
     own = dict(model.state_dict())
     return {(k if k in own else apply_renamings(k, renames)): v for k, v in state_dict.items()}
+
+
+def _hf_renamings(model: nn.Module) -> list[Any]:
+    """The model class's registered checkpoint renamings (none before transformers 5)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:
+        return []
+    return [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]

@@ -16,6 +16,7 @@ from server.errors import BadInput
 from server.jobs.planning import LLC_KINDS, analyses_for_run, llc_settings, llc_settings_hash
 from server.jobs.schemas import ResultOut
 from server.models import Checkpoint, Job, Result, Run
+from server.schemas import DbId
 
 router = APIRouter(tags=["llc"])
 
@@ -39,7 +40,7 @@ class LLCSettingsOut(BaseModel):
 
 
 @router.get("/results/{result_id}", response_model=ResultOut)
-def get_result(result_id: int, session: SessionDep) -> ResultOut:
+def get_result(result_id: DbId, session: SessionDep) -> ResultOut:
     """One result row with its whole payload (an LLC's traces, verdict, diagnostics)."""
     result = get_existing(session, Result, result_id, "result")
     out = ResultOut.model_validate(result)
@@ -52,7 +53,7 @@ def get_result(result_id: int, session: SessionDep) -> ResultOut:
 
 
 @router.get("/runs/{run_id}/calibration")
-def latest_calibration(run_id: int, session: SessionDep) -> dict[str, Any]:
+def latest_calibration(run_id: DbId, session: SessionDep) -> dict[str, Any]:
     """The newest finished calibration of a run (null if none), and any still running."""
     run = get_existing(session, Run, run_id, "run")
     row = session.execute(
@@ -83,7 +84,7 @@ def latest_calibration(run_id: int, session: SessionDep) -> dict[str, Any]:
     dependencies=[WriteAuth],
 )
 def use_llc_settings(
-    run_id: int, body: LLCSettingsUpdate, db: DatabaseDep, request: Request
+    run_id: DbId, body: LLCSettingsUpdate, db: DatabaseDep, request: Request
 ) -> LLCSettingsOut:
     """Make these the run's LLC settings and queue LLC jobs with them on every checkpoint.
 

@@ -24,7 +24,7 @@ from server.api.runs import get_run_or_404
 from server.db import Database
 from server.errors import BadInput, Conflict
 from server.models import Dataset, Run
-from server.schemas import DatasetOut
+from server.schemas import DatasetOut, DbId
 from server.storage import BlobStore, StagedBlob
 from server.uploads import check_content_length, receive_upload
 
@@ -136,7 +136,7 @@ def _store(
     dependencies=[WriteAuth],
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_dataset(run_id: int, request: Request) -> DatasetOut:
+async def upload_dataset(run_id: DbId, request: Request) -> DatasetOut:
     """Upload token data: multipart ``name`` and ``file``.
 
     Refused with a 4xx and nothing stored: unknown run (404), over the upload limit (413),
@@ -162,7 +162,7 @@ async def upload_dataset(run_id: int, request: Request) -> DatasetOut:
 
 
 @router.get("/runs/{run_id}/datasets")
-def list_datasets(run_id: int, session: SessionDep) -> list[DatasetOut]:
+def list_datasets(run_id: DbId, session: SessionDep) -> list[DatasetOut]:
     get_run_or_404(session, run_id)
     rows = session.scalars(select(Dataset).where(Dataset.run_id == run_id).order_by(Dataset.name))
     return [DatasetOut.model_validate(r) for r in rows]

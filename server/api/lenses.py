@@ -16,6 +16,7 @@ from server.api.deps import SessionDep
 from server.db import get_existing
 from server.errors import BadInput, NotFound
 from server.models import Result, Run
+from server.schemas import DbId
 from server.web.queries import boundaries
 
 router = APIRouter(tags=["lenses"])
@@ -54,7 +55,7 @@ def progress_series(session: SessionDep, run_id: int) -> dict[str, dict[str, lis
 
 
 @router.get("/runs/{run_id}/lenses")
-def run_lenses(run_id: int, session: SessionDep) -> dict[str, Any]:
+def run_lenses(run_id: DbId, session: SessionDep) -> dict[str, Any]:
     """``{"run_id", "<lens>": newest values or null, ..., "progress": {name: series},
     "boundaries": [...]}``."""
     get_existing(session, Run, run_id, "run")
@@ -68,7 +69,7 @@ def run_lenses(run_id: int, session: SessionDep) -> dict[str, Any]:
 
 @router.get("/runs/{run_id}/learning_order/heatmap")
 def learning_order_heatmap(
-    run_id: int,
+    run_id: DbId,
     session: SessionDep,
     request: Request,
     max_examples: int = Query(200, ge=1, le=5000),

@@ -8,13 +8,13 @@ from fastapi import APIRouter
 
 from server.api.deps import SessionDep, SettingsDep, WriteAuth
 from server.api.runs import get_run_or_404, runs_out
-from server.schemas import RunFinish, RunOut
+from server.schemas import DbId, RunFinish, RunOut
 
 router = APIRouter(tags=["runs"])
 
 
 @router.post("/runs/{run_id}/heartbeat", dependencies=[WriteAuth])
-def heartbeat(run_id: int, session: SessionDep, settings: SettingsDep) -> RunOut:
+def heartbeat(run_id: DbId, session: SessionDep, settings: SettingsDep) -> RunOut:
     """The client is alive: the run is ``running`` until ``run_crashed_after_s`` of silence."""
     run = get_run_or_404(session, run_id)
     run.status = "running"
@@ -25,7 +25,7 @@ def heartbeat(run_id: int, session: SessionDep, settings: SettingsDep) -> RunOut
 
 @router.post("/runs/{run_id}/finish", dependencies=[WriteAuth])
 def finish(
-    run_id: int, session: SessionDep, settings: SettingsDep, body: RunFinish | None = None
+    run_id: DbId, session: SessionDep, settings: SettingsDep, body: RunFinish | None = None
 ) -> RunOut:
     """The client is done: ``finished`` (or ``crashed`` when the script raised)."""
     run = get_run_or_404(session, run_id)
