@@ -302,6 +302,10 @@
         clearTimeout(this.timer);
         this.timer = setTimeout(() => this.load(), 2000);
       }
+      // Without a calibration the heatmap frames and "use" button would stand empty.
+      const grid = $("#calibration .cal-grid"), use = $("#cal-use");
+      if (grid) grid.hidden = !this.data;
+      if (use) use.hidden = !this.data;
       if (!this.data) {
         if (!busy) $("#cal-status").textContent = "No calibration yet. It runs a grid of SGLD step sizes (lr) × localizations on a few checkpoints in one batch and recommends the largest lr whose estimate is ok on all of them.";
         return;

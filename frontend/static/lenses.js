@@ -106,6 +106,7 @@
       (groups[g] = groups[g] || []).push(name);
     });
     const names = Object.keys(groups).sort();
+    showCards(["card-progress"], names.length > 0);
     if (!names.length) {
       status.textContent = "No progress measures yet (the task defines none, or no metrics job has run).";
       el.style.height = "0px";
@@ -192,6 +193,7 @@
 
   function drawLearningOrder(runId, lo, bs) {
     const status = document.getElementById("order-status");
+    showCards(["card-learned", "card-order-heatmap"], Boolean(lo && lo.learned_at));
     if (!lo || !lo.learned_at) {
       if (status) status.textContent = "No learning-order result yet (it needs two checkpoints and a task).";
       return;
@@ -253,6 +255,14 @@
     return key;
   }
 
+  /** Empty plot frames say nothing: a lens without a result shows only its status line. */
+  function showCards(ids, visible) {
+    ids.forEach((id) => {
+      const card = document.getElementById(id);
+      if (card) card.hidden = !visible;
+    });
+  }
+
   function drawLenses(runId, data) {
     const section = document.getElementById("lenses");
     const status = $("#lenses-status", section);
@@ -260,6 +270,7 @@
     drawProgress(data.progress || {}, bs);
     drawLearningOrder(runId, data.learning_order, bs);
     const ed = data.essential_dynamics;
+    showCards(["card-ed12", "card-ed13"], Boolean(ed && ed.steps && ed.steps.length >= 2));
     if (!ed || !ed.steps || ed.steps.length < 2) {
       status.textContent = "No essential-dynamics result yet (it needs two checkpoints and a task).";
       section.dataset.loaded = "true";
