@@ -148,10 +148,10 @@ def _llc_values(result: Any) -> dict[str, Any]:
 # --- handlers ------------------------------------------------------------------------
 
 
-def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
-    """Full-model LLC; several jobs (same run and config) go through estimate_llc_many."""
-    from analysis.llc import estimate_llc, estimate_llc_many
-
+def _load_models(
+    ctxs: list[JobContext],
+) -> tuple[dict[int, ResultRows | Exception], list[Any], list[JobContext]]:
+    """Each job's model; a checkpoint that fails to load fails only its own job."""
     out: dict[int, ResultRows | Exception] = {}
     models, ok = [], []
     for ctx in ctxs:
@@ -160,6 +160,14 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
             ok.append(ctx)
         except Exception as exc:  # noqa: BLE001 - one bad checkpoint fails only its job
             out[ctx.job_id] = exc
+    return out, models, ok
+
+
+def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
+    """Full-model LLC; several jobs (same run and config) go through estimate_llc_many."""
+    from analysis.llc import estimate_llc, estimate_llc_many
+
+    out, models, ok = _load_models(ctxs)
     if not ok:
         return out
     lead = ok[0]
@@ -240,14 +248,7 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
     from analysis.llc import estimate_llc_many
     from analysis.restrict import estimate_llc_restricted_many
 
-    out: dict[int, ResultRows | Exception] = {}
-    models, ok = [], []
-    for ctx in ctxs:
-        try:
-            models.append(ctx.model())
-            ok.append(ctx)
-        except Exception as exc:  # noqa: BLE001 - one bad checkpoint fails only its job
-            out[ctx.job_id] = exc
+    out, models, ok = _load_models(ctxs)
     if not ok:
         return out
     lead = ok[0]
