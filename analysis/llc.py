@@ -608,6 +608,27 @@ def _default_max_batch(model: nn.Module, config: LLCConfig) -> int:
     return max(config.num_chains + 1, int(free_bytes / 3 / max(per_row, 1)))
 
 
+def chunk_checkpoints(
+    state_dicts: Sequence[Any], per_chunk: int, batches: Iterable[Any], config: LLCConfig
+) -> tuple[list[Sequence[Any]], Iterable[Any]]:
+    """Checkpoints in chunks of ``per_chunk``; a one-shot iterator of batches becomes a list
+    (one minibatch per chain and step) so every chunk replays the same minibatches."""
+    chunks = [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
+    if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
+        batches = list(itertools.islice(batches, config.total_steps * config.num_chains))
+    return chunks, batches
+
+
+def _chunk_progress(progress: Progress | None, ci: int, n_chunks: int) -> Progress:
+    """Chunk ``ci``'s progress reported as part of the whole run."""
+
+    def report(done: int, total: int, msg: str) -> None:
+        if progress is not None:
+            progress(ci * total + done, n_chunks * total, f"{msg} (chunk {ci + 1}/{n_chunks})")
+
+    return report
+
+
 def estimate_llc_many(
     models_or_state_dicts: Sequence[nn.Module | Mapping[str, Tensor]],
     loss_fn: LossFn,
@@ -655,18 +676,10 @@ def estimate_llc_many(
     if max_batch is None:
         max_batch = _default_max_batch(template, config)
     per_ckpt = max(1, max_batch // (config.num_chains + 1))
-    chunks = [state_dicts[i : i + per_ckpt] for i in range(0, len(state_dicts), per_ckpt)]
-    if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
-        batches = list(itertools.islice(batches, config.total_steps * config.num_chains))  # replay
+    chunks, batches = chunk_checkpoints(state_dicts, per_ckpt, batches, config)
     results: list[LLCResult] = []
     for ci, chunk in enumerate(chunks):
-
-        def chunk_progress(done: int, total: int, msg: str, ci: int = ci) -> None:
-            if progress is not None:
-                progress(
-                    ci * total + done, len(chunks) * total, f"{msg} (chunk {ci + 1}/{len(chunks)})"
-                )
-
+        chunk_progress = _chunk_progress(progress, ci, len(chunks))
         out = _run_sgld(
             template, loss_fn, batches, config, chunk, [param_mask] * 1,
             [config.lr], [config.localization], chunk_progress,

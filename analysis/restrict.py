@@ -9,7 +9,6 @@ stacked (see ``analysis.llc``), not a Python loop of full estimates.
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,7 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from analysis.llc import LLCConfig, LLCResult, LossFn, ParamMask, Progress, _run_sgld, _summarise
+from analysis.llc import (
+    LLCConfig,
+    LLCResult,
+    LossFn,
+    ParamMask,
+    Progress,
+    _chunk_progress,
+    _run_sgld,
+    _summarise,
+    chunk_checkpoints,
+)
 
 __all__ = [
     "ParamMask",
@@ -227,18 +236,10 @@ def estimate_llc_restricted_many(
         raise ValueError("pass model= (a template module) when giving only state_dicts")
     per_ckpt_rows = len(names) * config.num_chains + 1
     per_chunk = len(state_dicts) if max_rows is None else max(1, max_rows // per_ckpt_rows)
-    chunks = [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
-    if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
-        batches = list(itertools.islice(batches, config.total_steps * config.num_chains))  # replay
+    chunks, batches = chunk_checkpoints(state_dicts, per_chunk, batches, config)
     results: list[dict[str, LLCResult]] = []
     for ci, chunk in enumerate(chunks):
-
-        def chunk_progress(done: int, total: int, msg: str, ci: int = ci) -> None:
-            if progress is not None:
-                progress(
-                    ci * total + done, len(chunks) * total, f"{msg} (chunk {ci + 1}/{len(chunks)})"
-                )
-
+        chunk_progress = _chunk_progress(progress, ci, len(chunks))
         out = _run_sgld(
             template, loss_fn, batches, config, chunk, [masks[n] for n in names],
             [config.lr] * len(names), [config.localization] * len(names), chunk_progress,
