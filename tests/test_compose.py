@@ -10,7 +10,7 @@ import yaml
 
 from server.settings import REPO_ROOT, Settings
 
-SERVICES = {"postgres", "redis", "api", "worker"}
+SERVICES = {"postgres", "redis", "api", "worker", "worker-fast"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _mounts(service: dict) -> dict[str, str]:
     return out
 
 
-def test_compose_has_the_four_services(compose: dict) -> None:
+def test_compose_has_the_five_services(compose: dict) -> None:
     assert set(compose["services"]) == SERVICES
 
 
@@ -46,7 +46,7 @@ def test_every_phaseboard_variable_is_a_settings_field(compose: dict) -> None:
 
 
 def test_environment_parses_into_settings_for_api_and_worker(compose: dict) -> None:
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "worker-fast"):
         env = {
             k.removeprefix("PHASEBOARD_").lower(): v
             for k, v in compose["services"][name]["environment"].items()
@@ -112,3 +112,16 @@ def test_dockerfile_installs_torch_before_the_package() -> None:
     assert text.index("pip install ${TORCH_SPEC}") < text.index("pip install -e .")
     for path in ("server", "analysis", "migrations", "frontend", "pyproject.toml"):
         assert path in text
+
+
+def test_fast_lane_worker_takes_only_cheap_jobs_on_the_cpu(compose: dict) -> None:
+    from server.jobs.celery_app import FAST_QUEUE, worker_queues
+
+    fast = compose["services"]["worker-fast"]
+    args = shlex.split(_command(fast))
+    assert args[:2] == ["phaseboard", "worker"]
+    device, lane = args[args.index("--device") + 1], args[args.index("--lane") + 1]
+    assert (device, lane) == ("cpu", "fast")
+    assert worker_queues(device, lane) == [FAST_QUEUE]
+    assert "deploy" not in fast  # no GPU reserved for forward-only jobs
+    assert _mounts(fast) == _mounts(compose["services"]["worker"])  # same blob store
