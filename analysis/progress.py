@@ -195,13 +195,19 @@ def hf_prefix_matching_scores(model: nn.Module, tokens: Tensor) -> list[list[flo
     ``output_attentions=True``.
 
     None when the model returns no attention patterns: only the ``eager`` attention
-    implementation materialises them (``sdpa``/flash attention return an empty tuple).
-    With grouped-query attention the patterns are per query head, so every head counts.
+    implementation materialises them (``sdpa``/flash attention return an empty tuple),
+    models without attention (Mamba) have no ``attentions`` at all, and some recurrent
+    ones (RWKV) return per-token states (B, T, d) under that name, not (B, H, T, T)
+    patterns. With grouped-query attention the patterns are per query head, so every
+    head counts.
     """
     device = next(model.parameters()).device
     out = model(input_ids=tokens.to(device), output_attentions=True, use_cache=False)
     attentions = getattr(out, "attentions", None)
-    if not attentions or any(a is None for a in attentions):
+    T = tokens.shape[1]
+    if not attentions or not all(
+        isinstance(a, Tensor) and a.dim() == 4 and a.shape[-2:] == (T, T) for a in attentions
+    ):
         return None
     return [prefix_matching_from_pattern(a) for a in attentions]  # each a: (B, H, T, T)
 

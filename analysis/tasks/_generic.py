@@ -153,14 +153,16 @@ class TokenDataTask(Task):
             out.update(per_head_measures(heads, range(len(heads))))
         return out
 
-    def prefix_probe_tokens(self) -> Tensor:
+    def prefix_probe_tokens(self) -> Tensor | None:
         """The repeated random sequences prefix matching is read on: a random half of
-        ``min(seq_len, prefix_probe_max_len)`` tokens repeated once, fixed by ``seed``."""
+        ``min(seq_len, prefix_probe_max_len)`` tokens repeated once, fixed by ``seed``;
+        None where the vocabulary is unknown or the sequences are too short to repeat."""
         from analysis.progress import repeated_random_tokens
 
         vocab = self.vocab_size()
-        assert vocab is not None, "prefix matching needs the model's vocabulary size"
         length = min(self.sequence_length(), self.prefix_probe_max_len)
+        if vocab is None or length < 4:
+            return None
         return repeated_random_tokens(
             vocab, length, self.prefix_probe_sequences, self.config["seed"]
         )

@@ -81,14 +81,14 @@ class HFCausalLM(TokenDataTask):
 
     def prefix_matching_heads(self, model: nn.Module) -> list[list[float]] | None:
         """Every head's prefix-matching score from one ``output_attentions=True`` forward
-        (the model is built with eager attention, which returns the patterns); None, so
-        only the ICL score is stored, for a model that returns none or whose sequences
-        are too short to repeat."""
+        (the model is built with eager attention, which returns the patterns). None, so
+        only the ICL score is stored, for a model that returns no (B, H, T, T) patterns
+        (Mamba has no attention; RWKV returns states under that name; see
+        ``hf_prefix_matching_scores``) or whose sequences are too short to repeat."""
         from analysis.progress import hf_prefix_matching_scores
 
-        if self.sequence_length() < 4:
-            return None
-        return hf_prefix_matching_scores(model, self.prefix_probe_tokens())
+        tokens = self.prefix_probe_tokens()
+        return None if tokens is None else hf_prefix_matching_scores(model, tokens)
 
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         return hf_weight_groups(model)

@@ -83,12 +83,12 @@ class HookedTransformerTask(TokenDataTask):
 
     def prefix_matching_heads(self, model: nn.Module) -> list[list[float]] | None:
         """Every head's prefix-matching score from the ``blocks.{l}.attn.hook_pattern``
-        activations of one ``run_with_cache`` (None for sequences too short to repeat)."""
+        activations of one ``run_with_cache`` (None for sequences too short to repeat;
+        attention-only or not, every ``HookedTransformer`` block has that hook)."""
         from analysis.progress import tl_prefix_matching_scores
 
-        if self.sequence_length() < 4:
-            return None
-        return tl_prefix_matching_scores(model, self.prefix_probe_tokens())
+        tokens = self.prefix_probe_tokens()
+        return None if tokens is None else tl_prefix_matching_scores(model, tokens)
 
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         groups: dict[str, ParamMask] = {}

@@ -258,14 +258,31 @@ def test_hf_progress_measures_are_the_icl_score_and_every_heads_prefix_matching(
     assert abs(out["icl_score"]) < 0.1  # an untrained model gains nothing from context
 
 
-def test_hf_model_that_returns_no_attention_patterns_gets_only_the_icl_score() -> None:
+NO_PATTERNS = {  # tiny models of families that return no (B, H, T, T) attention patterns
+    "mamba": {"model_type": "mamba", "vocab_size": VOCAB, "hidden_size": 16,
+              "num_hidden_layers": 2, "state_size": 4},  # no attention at all
+    "rwkv": {"model_type": "rwkv", "vocab_size": VOCAB, "hidden_size": 16,
+             "num_hidden_layers": 2, "context_length": CTX, "attention_hidden_size": 16,
+             "intermediate_size": 32},  # "attentions" are (B, T, d) states
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["gpt2-sdpa", *NO_PATTERNS])
+def test_hf_model_that_returns_no_attention_patterns_gets_only_the_icl_score(
+    family: str,
+) -> None:
     import transformers
 
-    task = _hf_task("gpt2")
-    sdpa = transformers.AutoModelForCausalLM.from_config(
-        task.build_model().config, attn_implementation="sdpa"
-    ).eval()  # fused attention: output_attentions gives an empty tuple
-    out = task.progress_measures(sdpa)
+    if family == "gpt2-sdpa":
+        task = _hf_task("gpt2")
+        model = transformers.AutoModelForCausalLM.from_config(
+            task.build_model().config, attn_implementation="sdpa"
+        ).eval()  # fused attention: output_attentions gives an empty tuple
+    else:
+        task = get_task("hf_causal_lm", {"hf_config": NO_PATTERNS[family], "seq_len": CTX})
+        task.set_token_data({"train": token_stream(1200)})
+        model = task.build_model()
+    out = task.progress_measures(model)
     assert set(out) == {"icl_score"} and np.isfinite(out["icl_score"])
 
 
