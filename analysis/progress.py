@@ -5,9 +5,11 @@
   frequencies*, the **restricted loss** (logits keep only the key-frequency directions
   ``cos/sin(w_k (a + b))``) and the **excluded loss** (those directions removed), both on
   the training pairs, and the Gini coefficient of the Fourier norms (sparsity).
-* Induction (Olsson et al. 2022): the **prefix-matching score** of each layer-1 head (the
-  second layer) on repeated random sequences, and the **in-context-learning score** (loss
-  late in the context minus loss early in it).
+* Induction (Olsson et al. 2022): the **prefix-matching score** of each attention head on
+  repeated random sequences (the built-in ``attention_lm`` reads its last layer's heads;
+  the generic language-model tasks read every head from the attention patterns their
+  framework returns), and the **in-context-learning score** (loss late in the context
+  minus loss early in it).
 * Toy model of superposition: the number of features represented (column norm of ``W``
   above a threshold) and how far they are from a regular k-gon.
 
@@ -18,7 +20,7 @@ hooks call them, the metrics job stores them as ``progress/<name>``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +135,41 @@ def _attention_pattern(attn: nn.Module, x: Tensor) -> Tensor:
     return att.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
+def repeated_random_tokens(vocab: int, seq_len: int, n_seq: int, seed: int = 0) -> Tensor:
+    """(n_seq, 2 * (seq_len // 2)) ids: a random first half, then that half once more."""
+    half = seq_len // 2
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.randint(vocab, (n_seq, half), generator=gen)
+    return torch.cat([first, first], 1)
+
+
+def prefix_matching_from_pattern(pattern: Tensor) -> list[float]:
+    """Per head: the prefix-matching score from one layer's attention pattern (B, H, T, T)
+    on ``repeated_random_tokens`` (T = 2 * half).
+
+    The mean, over the second half's positions ``half + j`` (j < half - 1) and the
+    sequences, of the attention to position ``j + 1``: the token right after the current
+    token's first occurrence.
+    """
+    half = pattern.shape[-1] // 2
+    queries = torch.arange(half, 2 * half - 1, device=pattern.device)  # second occurrences
+    keys = queries - half + 1  # the token after the first occurrence
+    return pattern[:, :, queries, keys].float().mean((0, 2)).tolist()
+
+
+def per_head_measures(scores: Sequence[Sequence[float]], layers: Sequence[int]) -> dict[str, float]:
+    """``prefix_matching/l{layer}.h{h}`` for ``scores[i][h]`` of ``layers[i]``, and their max
+    as ``prefix_matching`` (the names the run page's progress view groups per head)."""
+    out = {
+        f"prefix_matching/l{layer}.h{h}": float(s)
+        for layer, row in zip(layers, scores, strict=True)
+        for h, s in enumerate(row)
+    }
+    if out:
+        out["prefix_matching"] = max(out.values())
+    return out
+
+
 @torch.no_grad()
 def prefix_matching_scores(
     model: nn.Module, vocab: int, seq_len: int, *, layer: int = 1, n_seq: int = 64, seed: int = 0
@@ -144,40 +181,93 @@ def prefix_matching_scores(
     1 / (position) for uniform attention.
     """
     device = next(model.parameters()).device
-    half = seq_len // 2
-    gen = torch.Generator().manual_seed(seed)
-    first = torch.randint(vocab, (n_seq, half), generator=gen)
-    tokens = torch.cat([first, first], 1).to(device)  # (B, 2*half)
+    tokens = repeated_random_tokens(vocab, seq_len, n_seq, seed).to(device)  # (B, 2*half)
     x = model.embed(tokens) + model.pos_embed[: tokens.shape[1]]
     for attn in model.blocks[:layer]:
         x = x + attn(x)
-    pattern = _attention_pattern(model.blocks[layer], x)  # (B, H, T, T)
-    queries = torch.arange(half, 2 * half - 1, device=device)  # second occurrences
-    keys = queries - half + 1  # the token after the first occurrence
-    return pattern[:, :, queries, keys].mean((0, 2)).tolist()
+    return prefix_matching_from_pattern(_attention_pattern(model.blocks[layer], x))
+
+
+@torch.no_grad()
+def hf_prefix_matching_scores(model: nn.Module, tokens: Tensor) -> list[list[float]] | None:
+    """Per layer, per head: prefix-matching scores of a ``transformers`` causal LM on
+    ``tokens`` from ``repeated_random_tokens``, from one forward with
+    ``output_attentions=True``.
+
+    None when the model returns no attention patterns: only the ``eager`` attention
+    implementation materialises them (``sdpa``/flash attention return an empty tuple),
+    models without attention (Mamba) have no ``attentions`` at all, and some recurrent
+    ones (RWKV) return per-token states (B, T, d) under that name, not (B, H, T, T)
+    patterns. With grouped-query attention the patterns are per query head, so every
+    head counts.
+    """
+    device = next(model.parameters()).device
+    out = model(input_ids=tokens.to(device), output_attentions=True, use_cache=False)
+    attentions = getattr(out, "attentions", None)
+    T = tokens.shape[1]
+    if not attentions or not all(
+        isinstance(a, Tensor) and a.dim() == 4 and a.shape[-2:] == (T, T) for a in attentions
+    ):
+        return None
+    return [prefix_matching_from_pattern(a) for a in attentions]  # each a: (B, H, T, T)
+
+
+@torch.no_grad()
+def tl_prefix_matching_scores(model: nn.Module, tokens: Tensor) -> list[list[float]]:
+    """Per layer, per head: prefix-matching scores of a TransformerLens ``HookedTransformer``
+    on ``tokens`` from ``repeated_random_tokens``, read from the cached
+    ``blocks.{l}.attn.hook_pattern`` (B, H, T, T) of one ``run_with_cache``."""
+    device = next(model.parameters()).device
+    _, cache = model.run_with_cache(
+        tokens.to(device),
+        names_filter=lambda name: name.endswith("attn.hook_pattern"),
+        return_type=None,
+    )
+    return [
+        prefix_matching_from_pattern(cache[f"blocks.{layer}.attn.hook_pattern"])
+        for layer in range(model.cfg.n_layers)
+    ]
+
+
+def next_token_targets(tokens: Tensor) -> Tensor:
+    """(B, T) targets of next-token prediction: ``tokens`` shifted left, ``-1`` last."""
+    return torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], 1)
 
 
 @torch.no_grad()
 def icl_score(
-    model: nn.Module, tokens: Tensor, targets: Tensor, *, fraction: float = 0.25
+    model: nn.Module,
+    tokens: Tensor,
+    targets: Tensor,
+    *,
+    fraction: float = 0.25,
+    forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    batch_size: int = 32,
 ) -> float:
     """Mean loss over the last ``fraction`` of positions minus over the first ``fraction``.
 
     Negative when later tokens are predicted better from the context (in-context
-    learning); positions without a target (``-1``) are left out.
+    learning); positions without a target (``-1``) are left out. ``forward(model, tokens)``
+    gives the (B, T, V) logits (default ``model(tokens)``); sequences go through it
+    ``batch_size`` at a time so large vocabularies stay within memory.
     """
     device = next(model.parameters()).device
-    logits = model(tokens.to(device)).float()  # (B, T, V)
-    targets = targets.to(device)
-    loss = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
-    valid = (targets >= 0).float()
     T = tokens.shape[1]
     width = max(1, int(round(fraction * T)))
-
-    def mean_at(sl: slice) -> Tensor:
-        return (loss[:, sl] * valid[:, sl]).sum() / valid[:, sl].sum().clamp(min=1)
-
-    return float(mean_at(slice(T - width, T)) - mean_at(slice(0, width)))
+    sums = torch.zeros(2, dtype=torch.float64)  # early, late
+    counts = torch.zeros(2, dtype=torch.float64)
+    for start in range(0, tokens.shape[0], batch_size):
+        tok = tokens[start : start + batch_size].to(device)
+        tgt = targets[start : start + batch_size].to(device)
+        logits = (model(tok) if forward is None else forward(model, tok)).float()  # (B, T, V)
+        loss = F.cross_entropy(logits.transpose(1, 2), tgt.clamp(min=0), reduction="none")
+        valid = (tgt >= 0).double()
+        loss = loss.double() * valid
+        for i, sl in enumerate((slice(0, width), slice(T - width, T))):
+            sums[i] += float(loss[:, sl].sum())
+            counts[i] += float(valid[:, sl].sum())
+    early, late = (sums / counts.clamp(min=1)).tolist()
+    return late - early
 
 
 # --- toy model of superposition -------------------------------------------------------
@@ -211,10 +301,16 @@ def tms_measures(W: Tensor, *, threshold: float = 0.5) -> dict[str, float]:
 __all__ = [
     "fourier_norms",
     "gini",
+    "hf_prefix_matching_scores",
     "icl_score",
     "key_frequencies",
     "modular_addition_measures",
+    "next_token_targets",
+    "per_head_measures",
+    "prefix_matching_from_pattern",
     "prefix_matching_scores",
+    "repeated_random_tokens",
     "restricted_excluded_loss",
+    "tl_prefix_matching_scores",
     "tms_measures",
 ]

@@ -4,8 +4,9 @@ Tiny GPT-2, GPT-NeoX and Llama models are built locally from configs (random ini
 trained a few steps and saved as ``checkpoint-N/`` folders exactly as a ``Trainer`` leaves
 them. ``phaseboard ingest DIR --data train=... --data test=... --data code=...`` imports them
 into a live server whose local worker pool then computes metrics, the LLC, per-head
-restricted LLCs and a data-restricted LLC through the real job path (SQLite), and once more
-on PostgreSQL through the upload API.
+restricted LLCs, a data-restricted LLC and the progress measures (ICL score, per-head prefix
+matching) through the real job path (SQLite), and once more on PostgreSQL through the upload
+API.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def _check_results(results: list[dict[str, Any]]) -> None:
     # 8 steps of training on a learnable stream lower the held-out loss.
     assert metrics[8]["test_loss"] < metrics[0]["test_loss"]
     assert metrics[8]["distance_from_init"] > 0
+    # The task's progress measures: the ICL score and every head's prefix matching.
+    heads = [f"progress/prefix_matching/{h.removeprefix('weights:')}" for h in HEADS]
+    for values in metrics.values():
+        assert np.isfinite(values["progress/icl_score"])
+        assert all(0 <= values[h] <= 1 for h in heads)
+        assert values["progress/prefix_matching"] == max(values[h] for h in heads)
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,51 @@ class TokenDataTask(Task):
         pred = self.logits(model, tokens)[:, :-1].argmax(-1)
         return (pred == tokens[:, 1:]).float().mean().item()
 
+    # --- progress measures ---------------------------------------------------------
+
+    # Probe sizes: the metrics job runs these at every checkpoint, so they stay small.
+    icl_probe_sequences = 32
+    prefix_probe_sequences = 8
+    prefix_probe_max_len = 128
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """``icl_score`` (analysis.progress.icl_score) on the first ``icl_probe_sequences``
+        windows of the ``test`` split (the uploaded test data, else the windows held out
+        of ``train``): mean next-token loss at the last quarter of the ``seq_len``
+        positions minus at the first quarter (``round(seq_len / 4)`` positions each, the
+        last position having no target), negative when context helps. Left out below
+        ``seq_len`` 4. Subclasses add per-head prefix matching (``prefix_matching_heads``)."""
+        from analysis.progress import icl_score, next_token_targets, per_head_measures
+
+        out: dict[str, float] = {}
+        tokens = self.full_batch("test")[0][: self.icl_probe_sequences]
+        if tokens.shape[1] >= 4:
+            targets = next_token_targets(tokens)
+            out["icl_score"] = icl_score(model, tokens, targets, forward=self.logits)
+        heads = self.prefix_matching_heads(model)
+        if heads is not None:
+            out.update(per_head_measures(heads, range(len(heads))))
+        return out
+
+    def prefix_probe_tokens(self) -> Tensor | None:
+        """The repeated random sequences prefix matching is read on: a random half of
+        ``min(seq_len, prefix_probe_max_len)`` tokens repeated once, fixed by ``seed``;
+        None where the vocabulary is unknown or the sequences are too short to repeat."""
+        from analysis.progress import repeated_random_tokens
+
+        vocab = self.vocab_size()
+        length = min(self.sequence_length(), self.prefix_probe_max_len)
+        if vocab is None or length < 4:
+            return None
+        return repeated_random_tokens(
+            vocab, length, self.prefix_probe_sequences, self.config["seed"]
+        )
+
+    def prefix_matching_heads(self, model: nn.Module) -> list[list[float]] | None:
+        """Per layer, per head: prefix-matching scores, or None where the model does not
+        expose attention patterns (default; the attention-model tasks override)."""
+        return None
+
     # --- weights -------------------------------------------------------------------
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:

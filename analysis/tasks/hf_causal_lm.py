@@ -8,6 +8,8 @@ batching rule on every device, and the sampler vmaps the loss over chains. Dropo
 (the model is in eval mode). Loss: next-token cross-entropy on the run's token data (see
 ``analysis.tasks._generic``). Weight groups: embeddings, each block, and every attention
 head of GPT-2, GPT-NeoX/Pythia and Llama/Qwen/Mistral layouts (``analysis.tasks.hf_heads``).
+Progress measures: the ICL score and every head's prefix-matching score
+(``prefix_matching/l{i}.h{h}`` and their max), see ``TokenDataTask.progress_measures``.
 
 Needs the optional dependency ``transformers`` (``pip install 'phaseboard[hf]'``).
 """
@@ -76,6 +78,17 @@ class HFCausalLM(TokenDataTask):
 
     def logits(self, model: nn.Module, tokens: Tensor) -> Tensor:
         return model(input_ids=tokens, use_cache=False).logits
+
+    def prefix_matching_heads(self, model: nn.Module) -> list[list[float]] | None:
+        """Every head's prefix-matching score from one ``output_attentions=True`` forward
+        (the model is built with eager attention, which returns the patterns). None, so
+        only the ICL score is stored, for a model that returns no (B, H, T, T) patterns
+        (Mamba has no attention; RWKV returns states under that name; see
+        ``hf_prefix_matching_scores``) or whose sequences are too short to repeat."""
+        from analysis.progress import hf_prefix_matching_scores
+
+        tokens = self.prefix_probe_tokens()
+        return None if tokens is None else hf_prefix_matching_scores(model, tokens)
 
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         return hf_weight_groups(model)

@@ -6,6 +6,8 @@ The model is built on the CPU with random weights and the checkpoint (``model.st
 of the user's model) loaded into it. Loss: next-token cross-entropy on the run's token data.
 Weight groups: each block (``l{i}``) and every head (``l{i}.h{h}``: slice ``[h]`` of
 ``W_Q, W_K, W_V, W_O`` and ``b_Q, b_K, b_V``; ``b_O`` is shared and in no head).
+Progress measures: the ICL score and every head's prefix-matching score
+(``prefix_matching/l{i}.h{h}`` and their max), see ``TokenDataTask.progress_measures``.
 
 Needs ``transformer_lens`` 2.x or 3.x (``pip install 'phaseboard[tl]'``): version 4 removed
 ``HookedTransformer``.
@@ -78,6 +80,15 @@ class HookedTransformerTask(TokenDataTask):
 
     def logits(self, model: nn.Module, tokens: Tensor) -> Tensor:
         return model(tokens, return_type="logits")
+
+    def prefix_matching_heads(self, model: nn.Module) -> list[list[float]] | None:
+        """Every head's prefix-matching score from the ``blocks.{l}.attn.hook_pattern``
+        activations of one ``run_with_cache`` (None for sequences too short to repeat;
+        attention-only or not, every ``HookedTransformer`` block has that hook)."""
+        from analysis.progress import tl_prefix_matching_scores
+
+        tokens = self.prefix_probe_tokens()
+        return None if tokens is None else tl_prefix_matching_scores(model, tokens)
 
     def weight_groups(self, model: nn.Module) -> dict[str, ParamMask]:
         groups: dict[str, ParamMask] = {}

@@ -14,7 +14,8 @@ Data, by ``loss``:
 - with ``data_factory`` (``"pkg.mod:make_data"``, called with ``data_kwargs``), which
   returns ``{"train": (x, y), "test": (x, y), ...}``: ``cross_entropy`` is
   ``F.cross_entropy(model(x), y)`` (classification), ``mse`` is ``F.mse_loss(model(x), y)``.
-Weight groups: one per module that owns parameters.
+Weight groups: one per module that owns parameters. Progress measure: the ICL score, on
+token data only.
 """
 
 from __future__ import annotations
@@ -103,6 +104,14 @@ class TorchModule(TokenDataTask):
         if self.config["loss"] == "mse":
             return F.mse_loss(out, y)
         return F.cross_entropy(out.float(), y)
+
+    def progress_measures(self, model: nn.Module) -> dict[str, float]:
+        """The ICL score on token data (``TokenDataTask.progress_measures``); nothing with a
+        ``data_factory``, whose (x, y) need not be sequences. An arbitrary module exposes no
+        attention patterns, so there is no prefix matching."""
+        if self._data_factory is not None:
+            return {}
+        return super().progress_measures(model)
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:

@@ -4,6 +4,7 @@ data, the torch_module factory, and LLC estimates through them (vmap over chains
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -17,6 +18,8 @@ from analysis.tasks import get_task
 from analysis.tasks.hf_heads import hf_head_masks
 from analysis.tokens import TokenDataError, load_token_file, scan_token_file, token_windows
 from tests.generic_models import CTX, HF_CONFIGS, VOCAB, hf_model, token_stream
+
+HEAD_NAMES = {f"prefix_matching/l{i}.h{h}" for i in range(2) for h in range(4)}
 
 FAMILIES = list(HF_CONFIGS)
 TINY_LLC = {"num_chains": 2, "num_draws": 4, "batch_size": 8, "lr": 1e-4}
@@ -227,3 +230,126 @@ def test_pickled_torch_token_file_is_refused_and_nothing_runs(tmp_path) -> None:
     path.write_bytes(buf.getvalue())
     with pytest.raises(TokenDataError, match="weights-only"):
         scan_token_file(path)
+
+
+# --- progress measures ------------------------------------------------------------------
+
+
+def _check_lm_measures(out: dict[str, float]) -> None:
+    """ICL score and one prefix-matching score per head (2 layers x 4 heads), and their max."""
+    assert set(out) == {"icl_score", "prefix_matching"} | HEAD_NAMES
+    assert all(np.isfinite(v) for v in out.values())
+    heads = [out[n] for n in HEAD_NAMES]
+    assert all(0 <= v <= 1 for v in heads)
+    assert out["prefix_matching"] == max(heads)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_progress_measures_are_the_icl_score_and_every_heads_prefix_matching(
+    family: str,
+) -> None:
+    task = _hf_task(family)
+    torch.manual_seed(0)
+    out = task.progress_measures(task.build_model())
+    _check_lm_measures(out)
+    # Random init attends about uniformly: from position 8 + j, 1 / (9 + j) on average.
+    uniform = float(np.mean([1 / (CTX // 2 + 1 + j) for j in range(CTX // 2 - 1)]))
+    assert all(abs(out[n] - uniform) < 0.02 for n in HEAD_NAMES), out
+    assert abs(out["icl_score"]) < 0.1  # an untrained model gains nothing from context
+
+
+NO_PATTERNS = {  # tiny models of families that return no (B, H, T, T) attention patterns
+    "mamba": {"model_type": "mamba", "vocab_size": VOCAB, "hidden_size": 16,
+              "num_hidden_layers": 2, "state_size": 4},  # no attention at all
+    "rwkv": {"model_type": "rwkv", "vocab_size": VOCAB, "hidden_size": 16,
+             "num_hidden_layers": 2, "context_length": CTX, "attention_hidden_size": 16,
+             "intermediate_size": 32},  # "attentions" are (B, T, d) states
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["gpt2-sdpa", *NO_PATTERNS])
+def test_hf_model_that_returns_no_attention_patterns_gets_only_the_icl_score(
+    family: str,
+) -> None:
+    import transformers
+
+    if family == "gpt2-sdpa":
+        task = _hf_task("gpt2")
+        model = transformers.AutoModelForCausalLM.from_config(
+            task.build_model().config, attn_implementation="sdpa"
+        ).eval()  # fused attention: output_attentions gives an empty tuple
+    else:
+        task = get_task("hf_causal_lm", {"hf_config": NO_PATTERNS[family], "seq_len": CTX})
+        task.set_token_data({"train": token_stream(1200)})
+        model = task.build_model()
+    out = task.progress_measures(model)
+    assert set(out) == {"icl_score"} and np.isfinite(out["icl_score"])
+
+
+def test_training_on_repeated_sequences_gives_a_prefix_matching_head_and_negative_icl() -> None:
+    """Tiny GPT-2, 150 AdamW steps on sequences whose second half repeats the first: the
+    second half becomes predictable from context alone, so the loss late in the context
+    falls far below the loss early in it (ICL score < -1 nat; a perfect copier reaches
+    -ln 50 = -3.9), and some head attends from each repeated token to the token after its
+    first occurrence (score > 0.5, vs 0.086 for uniform attention). With the repeat always
+    at offset 8 this head may be positional: the score measures where attention goes, not
+    by what mechanism. Control: a position-wise model (no attention) trained the same way
+    has an ICL score within 0.15 of 0."""
+    from analysis.progress import repeated_random_tokens
+
+    data = repeated_random_tokens(VOCAB, CTX, 1000, seed=5)
+    split = {"train": data[:800], "test": data[800:]}
+    hf = get_task("hf_causal_lm", {"hf_config": HF_CONFIGS["gpt2"], "seq_len": CTX})
+    lm = get_task("torch_module", {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 16}})
+    measures = []
+    for task in (hf, lm):
+        task.set_token_data(split)
+        torch.manual_seed(0)
+        model = task.build_model().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for batch in itertools.islice(task.batches("train", 32), 150):
+            loss = task.loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        measures.append(task.progress_measures(model.eval()))
+    trained, position_wise = measures
+    assert trained["icl_score"] < -1.0, trained
+    assert trained["prefix_matching"] > 0.5, trained
+    assert set(position_wise) == {"icl_score"} and abs(position_wise["icl_score"]) < 0.15
+
+
+@pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
+def test_transformer_lens_progress_measures_read_every_heads_pattern() -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=CTX, d_head=8, n_heads=4, d_vocab=VOCAB, act_fn="gelu"
+    )
+    tl_config = json.loads(json.dumps(cfg.to_dict(), default=str))
+    task = get_task("transformer_lens", {"tl_config": tl_config, "seq_len": CTX})
+    task.set_token_data({"train": token_stream(800)})
+    torch.manual_seed(0)
+    user_model = HookedTransformer(cfg)
+    model = task.load_state_dict(task.build_model(), user_model.state_dict())
+    out = task.progress_measures(model)
+    _check_lm_measures(out)
+    # the same numbers as reading the pattern hook by hand
+    from analysis.progress import prefix_matching_from_pattern
+
+    _, cache = user_model.run_with_cache(task.prefix_probe_tokens())
+    by_hand = prefix_matching_from_pattern(cache["blocks.1.attn.hook_pattern"])
+    assert [out[f"prefix_matching/l1.h{h}"] for h in range(4)] == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_torch_module_has_an_icl_score_on_tokens_and_nothing_on_its_own_data() -> None:
+    lm = get_task("torch_module", {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 8}})
+    lm.set_token_data({"train": token_stream(600), "test": token_stream(200, seed=2)})
+    out = lm.progress_measures(lm.build_model())
+    assert set(out) == {"icl_score"} and np.isfinite(out["icl_score"])
+    reg = get_task(
+        "torch_module",
+        {"factory": "tests.generic_models:make_regressor", "loss": "mse",
+         "data_factory": "tests.generic_models:make_regression_data"},
+    )  # fmt: skip
+    assert reg.progress_measures(reg.build_model()) == {}

@@ -13,7 +13,10 @@ from analysis.progress import (
     gini,
     icl_score,
     key_frequencies,
+    next_token_targets,
+    prefix_matching_from_pattern,
     prefix_matching_scores,
+    repeated_random_tokens,
     restricted_excluded_loss,
     tms_measures,
 )
@@ -124,3 +127,30 @@ def test_icl_score_is_negative_when_late_tokens_are_easier() -> None:
     targets = torch.cat([tokens[:, 1:], torch.full((4, 1), -1)], 1)
     score = icl_score(Oracle(), tokens, targets)
     assert score == pytest.approx(0.0 - math.log(8), abs=1e-2)
+
+
+def test_prefix_matching_from_a_pattern_reads_attention_to_the_token_after_the_first_copy() -> None:
+    """Head 0 attends from 6 + j to j + 1 only (score 1), head 1 uniformly over the causal
+    prefix (1 / (7 + j)), head 2 to the current token only (score 0)."""
+    T, half = 12, 6
+    tokens = repeated_random_tokens(8, T, 3, seed=1)
+    assert tokens.shape == (3, T) and torch.equal(tokens[:, :half], tokens[:, half:])
+    pattern = torch.zeros(3, 3, T, T)
+    for q in range(T):
+        pattern[:, 0, q, q - half + 1 if q >= half else 0] = 1.0
+        pattern[:, 1, q, : q + 1] = 1.0 / (q + 1)
+        pattern[:, 2, q, q] = 1.0
+    scores = prefix_matching_from_pattern(pattern)
+    uniform = sum(1 / (half + 1 + j) for j in range(half - 1)) / (half - 1)
+    assert scores == pytest.approx([1.0, uniform, 0.0], abs=1e-6)
+
+
+def test_icl_score_in_batches_through_a_forward_equals_one_pass() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(8, 8), nn.Linear(8, 8))
+    tokens = torch.randint(8, (10, 12), generator=torch.Generator().manual_seed(0))
+    targets = next_token_targets(tokens)
+    assert torch.equal(targets[:, :-1], tokens[:, 1:]) and (targets[:, -1] == -1).all()
+    whole = icl_score(model, tokens, targets, batch_size=10)
+    batched = icl_score(model, tokens, targets, batch_size=3, forward=lambda m, t: m(t))
+    assert batched == pytest.approx(whole, abs=1e-9)
