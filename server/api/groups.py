@@ -194,9 +194,10 @@ def group_paths(session: SessionDep, request: Request, runs: RunsParam) -> dict[
 
     Read from each run's newest essential-dynamics result and its outputs blob. Runs without
     one, or probed on other examples than the group (the probe identity held by most runs;
-    the first run's on a tie), are listed in ``skipped`` with the reason.
+    the first run's on a tie), are listed in ``skipped`` with the reason. With several pairs,
+    ``distance_summary`` is their mean and min-max over pairs (``group_band``'s grid rule).
     """
-    from analysis.run_group import function_distance, joint_pca
+    from analysis.run_group import function_distance, group_band, joint_pca
 
     group = parse_group(session, runs)
     store = request.app.state.store
@@ -260,11 +261,23 @@ def group_paths(session: SessionDep, request: Request, runs: RunsParam) -> dict[
                     {"a": ra.id, "b": rb.id, "step": steps.tolist(), "rms": rms.tolist()}
                 )
     probe = next((v.get("probe") for r, v in found if _probe_key(v) == ref), None)
+    summary = None
+    pairs = [(d["step"], d["rms"]) for d in distances if d["step"]]
+    if len(pairs) > 1:  # many pairs: their mean and min-max as one line and a band
+        g = group_band(pairs, "minmax")
+        summary = {
+            "n_pairs": len(pairs),
+            "step": g.steps.tolist(),
+            "mean": g.mean.tolist(),
+            "lower": g.lower.tolist(),
+            "upper": g.upper.tolist(),
+        }
     return {
         "runs": [{"id": r.id, "name": r.name} for r in group],
         "probe": probe,
         "explained_variance": explained,
         "paths": paths,
         "distances": distances,
+        "distance_summary": summary,
         "skipped": skipped,
     }

@@ -382,6 +382,13 @@ def run_choices(session: Session) -> list[dict[str, Any]]:
     return [{"id": i, "name": n} for i, n in sorted(rows, key=lambda r: r.name.lower())]
 
 
+def tagged_runs(session: Session, tag: str) -> tuple[list[int], list[str]]:
+    """Ids of the runs carrying ``tag`` (by name), and every tag in use (sorted)."""
+    rows = session.execute(select(Run.id, Run.name, Run.tags)).all()
+    ids = [i for i, n, tags in sorted(rows, key=lambda r: r.name.lower()) if tag in (tags or [])]
+    return (ids if tag else []), sorted({t for *_, tags in rows for t in tags or []})
+
+
 def runs_by_ids(session: Session, ids: list[int]) -> list[dict[str, Any]]:
     """The runs named in a compare view, in the order given; unknown ids are skipped."""
     found = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))}

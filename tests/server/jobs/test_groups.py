@@ -101,6 +101,10 @@ def test_paths_put_seed_runs_in_one_pc_space_and_skip_other_probes(make_settings
     want = np.sqrt(((out_a.astype(float) - out_b.astype(float)) ** 2).mean(1))
     np.testing.assert_allclose(dist[(a, b)]["rms"], want, rtol=1e-9)
     assert all(r > 0 for r in dist[(a, b)]["rms"])
+    summary = body["distance_summary"]
+    assert summary["n_pairs"] == 3 and summary["step"] == STEPS
+    np.testing.assert_allclose(summary["mean"], (2 * want + 0) / 3, rtol=1e-9)  # a-b, b-twin, 0
+    np.testing.assert_allclose(summary["lower"], 0, atol=1e-12)
     # the outputs blobs are no checkpoint's, but results point to them: gc keeps them
     report = collect_garbage(db, store, min_age_s=0.0)
     assert ed[a]["outputs_blob"] not in report.removed and store.exists(ed[a]["outputs_blob"])
@@ -132,7 +136,7 @@ def test_paths_skip_results_without_outputs_and_refuse_bad_groups(client) -> Non
     got = client.get("/api/groups/paths", params={"runs": f"{ids[0]},{ids[1]},{ids[2]}"})
     assert got.status_code == 200, got.text
     body = got.json()
-    assert body["paths"] == [] and body["distances"] == []
+    assert body["paths"] == [] and body["distances"] == [] and body["distance_summary"] is None
     reasons = [s["reason"] for s in body["skipped"]]
     assert "predates stored outputs" in reasons[0] and reasons[1] == "too big"
     assert reasons[2] == "its outputs blob is gone from the store"
