@@ -237,6 +237,9 @@ def group_paths(session: SessionDep, request: Request, runs: RunsParam) -> dict[
         except NotFound:
             skipped.append({"run": run.id, "reason": "its outputs blob is gone from the store"})
             continue
+        except (ValueError, OSError, EOFError):  # not a .npy array: a damaged blob
+            skipped.append({"run": run.id, "reason": "its outputs blob cannot be read"})
+            continue
         steps = [int(s) for s in values["steps"]]
         if outputs.ndim != 2 or outputs.shape[0] != len(steps):
             skipped.append({"run": run.id, "reason": "its outputs do not match its checkpoints"})
