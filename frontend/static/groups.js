@@ -122,7 +122,9 @@
     box.innerHTML = data.available.map((n) => '<label><input type="checkbox" value="' + escapeHtml(n) + '"' +
       (chosen.indexOf(n) >= 0 ? " checked" : "") + "> " + escapeHtml(label(n)) + "</label>").join("");
     box.querySelectorAll("input").forEach((input) => input.addEventListener("change", () => {
-      const picked = Array.from(box.querySelectorAll("input:checked")).map((i) => i.value);
+      const checked = Array.from(box.querySelectorAll("input:checked")).map((i) => i.value);
+      // Panels keep their order; a newly ticked measure comes last.
+      const picked = chosen.filter((n) => checked.indexOf(n) >= 0).concat(checked.filter((n) => chosen.indexOf(n) < 0));
       state.set({ gseries: picked.join(",") || null });
       reload();
     }));

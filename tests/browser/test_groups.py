@@ -18,7 +18,7 @@ from server.models import Result, Run
 from server.series_store import upsert_points
 from server.settings import Settings
 from server.storage import BlobStore
-from tests.browser.conftest import PHONE, shoot
+from tests.browser.conftest import ARTIFACTS, PHONE, shoot
 
 pytestmark = pytest.mark.browser
 
@@ -192,10 +192,20 @@ def test_compare_by_tag_draws_bands_paths_and_distances_of_the_seeds(site, page)
     names = page.evaluate("() => document.getElementById('plot-band-llc').data.map(t => t.name)")
     assert names == [f"tms-6-2-seed{i}" for i in range(3)]
     page.select_option("#g-view", "band")
+    # Measures: unticking one drops its panel; the address keeps the choice.
+    page.click("#g-more summary")
+    page.uncheck("#g-series input[value='test_loss']")
+    page.wait_for_function("() => document.querySelectorAll('.band-card').length === 4")
+    assert "gseries=train_loss,llc,progress" in page.url
+    page.click("#g-more summary")
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(500)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     shoot(page, "groups-compare-phone")
+    page.click("#g-more summary")  # the open measures list stays on the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    page.locator("#g-more").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "groups-measures-phone.png"))
 
     # A run probed on other examples is left out of the paths, with the reason.
     page.set_viewport_size({"width": 1280, "height": 800})
