@@ -45,15 +45,46 @@ class EssentialDynamics:
         }
 
 
+def probe_split(task: Task, split: str = "test") -> str:
+    """The split ``probe_batch`` takes its examples from: ``split``, or train if absent."""
+    return split if split in task.datasets() else "train"
+
+
 def probe_batch(task: Task, max_examples: int = 128, split: str = "test") -> Batch:
     """The probe set: the first ``max_examples`` rows of ``split`` (train if absent).
 
     Deterministic (the task's datasets are), so every checkpoint and every run of the
     same task config sees the same examples.
     """
-    data = task.datasets()
-    name = split if split in data else "train"
-    return data[name][:max_examples]
+    return task.datasets()[probe_split(task, split)][:max_examples]
+
+
+def probe_hash(batch: Batch) -> str:
+    """A fingerprint of the probe examples themselves (sha256 of every tensor's dtype, shape
+    and bytes, in order; 16 hex digits): two runs whose probe hashes agree were probed on
+    the same examples, whatever else in their task configs (seeds, learning rates) differs.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(x: object) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, list | tuple):
+            for v in x:
+                feed(v)
+        else:
+            h.update(repr(x).encode())
+
+    feed(batch)
+    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -158,6 +189,8 @@ __all__ = [
     "essential_dynamics",
     "pca",
     "probe_batch",
+    "probe_hash",
     "probe_outputs",
+    "probe_split",
     "turning_points",
 ]

@@ -33,11 +33,20 @@ class GCReport:
     dry_run: bool
 
 
+# Lens result kinds and the key of their values that names a blob.
+RESULT_BLOB_KEYS = (
+    ("learning_order", "losses_blob"),  # per-example losses, checkpoints x examples
+    ("essential_dynamics", "outputs_blob"),  # outputs on the probe set, checkpoints x D
+)
+
+
 def result_blobs(session: Session) -> set[str]:
-    """Blobs that lens results point to (learning order's per-example loss arrays)."""
-    blob = Result.values["losses_blob"].as_string()
-    rows = session.scalars(select(blob).where(Result.kind == "learning_order"))
-    return {sha for sha in rows if sha}
+    """Blobs that lens results point to (``RESULT_BLOB_KEYS``)."""
+    found: set[str] = set()
+    for kind, key in RESULT_BLOB_KEYS:
+        blob = Result.values[key].as_string()
+        found |= {sha for sha in session.scalars(select(blob).where(Result.kind == kind)) if sha}
+    return found
 
 
 def collect_garbage(

@@ -8,6 +8,7 @@ from server.api import (
     calibration,
     checkpoints,
     datasets,
+    groups,
     health,
     jobs,
     lenses,
@@ -34,6 +35,7 @@ def build_api_router() -> APIRouter:
         shares,
         calibration,
         lenses,
+        groups,
     ):
         api.include_router(module.router)
     return api

@@ -12,6 +12,7 @@ just to plan jobs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -509,16 +510,54 @@ def _loaded_model(ctx: JobContext, model: Any, checkpoint_id: int) -> Any:
     return model
 
 
-def run_essential_dynamics(ctx: JobContext) -> ResultRows:
-    """Outputs on the probe set at every checkpoint, PCA over checkpoints, turning points."""
+# Largest outputs matrix (checkpoints x output values) kept as a blob for the cross-run
+# views: 2^25 float16 values = 64 MiB. Beyond it the result says why there is no blob.
+MAX_OUTPUT_BLOB_VALUES = 2**25
+
+
+def _npy_blob(ctx: JobContext, array: Any) -> str:
+    """A float16 .npy of ``array`` in the blob store; its sha256."""
+    import io
+
     import numpy as np
 
-    from analysis.essential_dynamics import essential_dynamics, probe_batch, probe_outputs
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array).astype(np.float16), allow_pickle=False)
+    return ctx.store.put_bytes(buf.getvalue())
+
+
+def run_essential_dynamics(ctx: JobContext) -> ResultRows:
+    """Outputs on the probe set at every checkpoint, PCA over checkpoints, turning points.
+
+    The outputs matrix itself is kept too (``outputs_blob``, float16 .npy) with the probe's
+    identity, so the compare page can put several runs in one PC space and measure the
+    function-space distance between them (``analysis.run_group``) without a forward pass.
+    """
+    import json
+
+    import numpy as np
+
+    from analysis.essential_dynamics import (
+        essential_dynamics,
+        probe_batch,
+        probe_hash,
+        probe_outputs,
+        probe_split,
+    )
 
     task = ctx.task()
     ckpts = _run_checkpoints(ctx)
     n_probe = int(ctx.config.get("probe_examples", 128))
     probe = probe_batch(task, max_examples=n_probe)
+    run = ctx.run()
+    config_text = json.dumps(run.task_config or {}, sort_keys=True, default=str)
+    probe_id = {
+        "task": run.task,
+        "task_config_hash": hashlib.sha256(config_text.encode()).hexdigest()[:16],
+        "split": probe_split(task),
+        "probe_examples": n_probe,
+        "probe_hash": probe_hash(probe),
+    }
     model = task.build_model().to(ctx.device)
     outputs = []
     for k, (ckpt_id, _) in enumerate(ckpts):
@@ -527,16 +566,23 @@ def run_essential_dynamics(ctx: JobContext) -> ResultRows:
         outputs.append(probe_outputs(task, model, probe, device=ctx.device))
     if len(outputs) < 2:
         raise JobFailed("essential dynamics needs at least two checkpoints")
-    ed = essential_dynamics([st for _, st in ckpts], np.stack(outputs))
+    matrix = np.stack(outputs)  # (checkpoints, output values), rows by step
+    ed = essential_dynamics([st for _, st in ckpts], matrix)
     values = {**ed.to_dict(), "probe_examples": n_probe, "output_dim": int(outputs[0].size)}
+    values["probe"] = probe_id
+    if matrix.size <= MAX_OUTPUT_BLOB_VALUES:
+        values["outputs_blob"] = _npy_blob(ctx, matrix)  # float16 .npy, checkpoints x D
+    else:
+        values["outputs_blob"] = None
+        values["outputs_skipped"] = (
+            f"outputs matrix of {matrix.size} values is over {MAX_OUTPUT_BLOB_VALUES}: not kept"
+        )
     return [{"restriction": "", "values": values}]
 
 
 def run_learning_order(ctx: JobContext) -> ResultRows:
     """Per-example loss on the probe set at every checkpoint (one float16 blob per run)
     and each example's learned-at step (``analysis.learning_order``)."""
-    import io
-
     import numpy as np
 
     from analysis.essential_dynamics import probe_batch
@@ -563,9 +609,7 @@ def run_learning_order(ctx: JobContext) -> ResultRows:
         threshold=ctx.config.get("threshold"),
         relative_threshold=float(ctx.config.get("relative_threshold", 0.1)),
     )
-    buf = io.BytesIO()
-    np.save(buf, losses.astype(np.float16), allow_pickle=False)
-    blob = ctx.store.put_bytes(buf.getvalue())
+    blob = _npy_blob(ctx, losses)
     values = {
         "steps": steps,
         "split": split,

@@ -136,7 +136,7 @@ def _parcoords_rows(table: dict[str, Any]) -> dict[str, Any]:
     return {"columns": columns, "runs": out}
 
 
-def _scalar_values(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def scalar_values(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten a metrics result to ``{name: float}`` (nested dicts become ``a.b``)."""
     out: dict[str, float] = {}
     for key, value in (values or {}).items():
@@ -146,7 +146,7 @@ def _scalar_values(values: dict[str, Any], prefix: str = "") -> dict[str, float]
         if isinstance(value, int | float):
             out[name] = float(value)
         elif isinstance(value, dict):
-            out.update(_scalar_values(value, prefix=f"{name}."))
+            out.update(scalar_values(value, prefix=f"{name}."))
     return out
 
 
@@ -173,7 +173,7 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
                 Result.checkpoint_id.in_(ids), Result.kind == "metrics"
             )
         ):
-            metrics.setdefault(cid, {}).update(_scalar_values(values))
+            metrics.setdefault(cid, {}).update(scalar_values(values))
         for cid, mean, std, rid, verdict, n_beta in session.execute(
             select(
                 Result.checkpoint_id,
@@ -355,7 +355,7 @@ def plot_data(
         .where(Result.run_id == run_id, Result.kind == "metrics", Result.step.is_not(None))
         .order_by(Result.step)
     ):
-        for key, value in _scalar_values(values).items():
+        for key, value in scalar_values(values).items():
             if not math.isfinite(value):
                 continue
             s = ckpt_metrics.setdefault(f"ckpt/{key}", {"step": [], "value": []})
@@ -380,6 +380,13 @@ def run_choices(session: Session) -> list[dict[str, Any]]:
     """Every run's id and name, by name: the compare page's picker needs nothing more."""
     rows = session.execute(select(Run.id, Run.name)).all()
     return [{"id": i, "name": n} for i, n in sorted(rows, key=lambda r: r.name.lower())]
+
+
+def tagged_runs(session: Session, tag: str) -> tuple[list[int], list[str]]:
+    """Ids of the runs carrying ``tag`` (by name), and every tag in use (sorted)."""
+    rows = session.execute(select(Run.id, Run.name, Run.tags)).all()
+    ids = [i for i, n, tags in sorted(rows, key=lambda r: r.name.lower()) if tag in (tags or [])]
+    return (ids if tag else []), sorted({t for *_, tags in rows for t in tags or []})
 
 
 def runs_by_ids(session: Session, ids: list[int]) -> list[dict[str, Any]]:

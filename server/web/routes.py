@@ -7,6 +7,7 @@ full page, so every URL also works as a plain link, a bookmark or a share.
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -169,20 +170,41 @@ def _parse_ids(text: str) -> list[int]:
     return ids[:12]
 
 
+def _compare_context(session: SessionDep, runs: str, tag: str) -> dict[str, Any]:
+    """The compared runs: the ids given, then the runs carrying ``tag`` (at most 12 in all)."""
+    tag_ids, all_tags = queries.tagged_runs(session, tag)
+    given = _parse_ids(runs)
+    ids = list(dict.fromkeys(given + tag_ids))
+    chosen = queries.runs_by_ids(session, ids[:12])
+    note = ""
+    if tag and len(ids) > 12:
+        note = f"Showing the first 12 of {len(ids)} runs ({len(tag_ids)} tagged {tag!r})."
+    elif tag and not tag_ids:
+        note = f"No run carries the tag {tag!r}."
+    return {
+        "runs": chosen,
+        "tag": tag,
+        "all_tags": all_tags,
+        "tag_note": note,
+        "warnings": config_warnings(session, chosen),
+    }
+
+
 @router.get("/compare", response_class=HTMLResponse, response_model=None)
 def compare_page(
     request: Request,
     session: SessionDep,
     runs: str = "",
+    tag: Annotated[str, Query(max_length=200)] = "",
     pick: Annotated[list[DbId] | None, Query()] = None,
 ) -> HTMLResponse | RedirectResponse:
+    """Overlay of the runs given (``runs=1,2``) and of the runs tagged ``tag``."""
     if pick:  # the no-JavaScript picker sends ?pick=1&pick=2; the address keeps runs=1,2
         ids = ",".join(str(i) for i in _parse_ids(",".join(map(str, pick))))
-        return RedirectResponse(f"/compare?runs={ids}", status_code=303)
-    chosen = queries.runs_by_ids(session, _parse_ids(runs))
-    all_runs = queries.run_choices(session)
-    warnings = config_warnings(session, chosen)
-    context = {"runs": chosen, "all_runs": all_runs, "warnings": warnings}
+        query = urlencode({"runs": ids, **({"tag": tag} if tag else {})})
+        return RedirectResponse(f"/compare?{query}", status_code=303)
+    context = _compare_context(session, runs, tag)
+    context["all_runs"] = queries.run_choices(session)
     return _render(request, "compare.html", context)
 
 
@@ -210,9 +232,9 @@ def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLRespon
         )
         return _render(request, "runs.html", {**context, "readonly": True, "share": shared})
     if view.page == "compare":
-        chosen = queries.runs_by_ids(session, _parse_ids(view.params.get("runs", "")))
-        context = {"runs": chosen, "all_runs": [], "readonly": True, "share": shared}
-        context["warnings"] = config_warnings(session, chosen)
+        p = view.params
+        context = _compare_context(session, p.get("runs", ""), p.get("tag", "")[:200])
+        context.update(all_runs=[], readonly=True, share=shared)
         return _render(request, "compare.html", context)
     assert view.run_id is not None
     try:

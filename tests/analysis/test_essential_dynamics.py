@@ -74,3 +74,22 @@ def test_outputs_of_a_task_model_on_its_probe_set_are_flat_and_deterministic() -
     assert out.shape == (10 * 7,) and out.dtype == np.float32
     assert np.allclose(np.exp(out.reshape(10, 7)).sum(1), 1, atol=1e-5)  # log-probabilities
     assert np.array_equal(out, probe_outputs(task, model, probe_batch(task, max_examples=10)))
+
+
+def test_probe_hash_names_the_examples_not_the_config() -> None:
+    import torch
+
+    from analysis.essential_dynamics import probe_batch, probe_hash, probe_split
+    from analysis.tasks import get_task
+
+    base = get_task("tms", {})
+    other_lr = get_task("tms", {"lr": 0.01})  # a training-only key: the same examples
+    other_data = get_task("tms", {"seed": 1})  # the data seed: other examples
+    h = probe_hash(probe_batch(base, 64))
+    assert len(h) == 16 and probe_split(base) == "test"
+    assert probe_hash(probe_batch(other_lr, 64)) == h
+    assert probe_hash(probe_batch(other_data, 64)) != h
+    assert probe_hash(probe_batch(base, 32)) != h
+    x = torch.arange(6.0).reshape(2, 3)
+    assert probe_hash({"b": x, "a": x}) == probe_hash({"a": x, "b": x})
+    assert probe_hash((x,)) != probe_hash((x.reshape(3, 2),))  # the shape counts

@@ -87,3 +87,31 @@ def test_gc_command_reports_what_it_removed(client, settings, monkeypatch) -> No
     result = runner.invoke(cli, ["gc", "--min-age-hours", "0"])
     assert result.exit_code == 0 and "removed 1 unreferenced blob" in result.output
     assert not BlobStore(settings.storage_dir).exists(sha)
+
+
+def test_gc_keeps_the_arrays_lens_results_point_to_and_frees_them_with_their_run(
+    client, settings
+) -> None:
+    """learning_order's ``losses_blob`` and essential_dynamics' ``outputs_blob`` are no
+    checkpoint's: only the result rows keep them."""
+    from server.models import Result
+
+    run = client.post("/api/runs", json={"name": "lens"}).json()["id"]
+    store = BlobStore(settings.storage_dir)
+    losses, outputs, stray = (store.put_bytes(bytes([i]) * 64) for i in (1, 2, 3))
+    for sha in (losses, outputs, stray):
+        _age(store, sha, 7200)
+    db = Database(settings)
+    try:
+        with db.session() as s:
+            s.add(Result(run_id=run, kind="learning_order", values={"losses_blob": losses}))
+            s.add(Result(run_id=run, kind="essential_dynamics", values={"outputs_blob": outputs}))
+            s.add(Result(run_id=run, kind="essential_dynamics", values={"outputs_blob": None}))
+        report = collect_garbage(db, store, min_age_s=3600)
+        assert report.removed == [stray]
+        assert store.exists(losses) and store.exists(outputs)
+        assert client.delete(f"/api/runs/{run}").status_code == 204
+        report = collect_garbage(db, store, min_age_s=3600)
+    finally:
+        db.dispose()
+    assert sorted(report.removed) == sorted([losses, outputs])

@@ -263,6 +263,28 @@ def test_share_links_for_the_runs_list_and_compare(client, seeded, view) -> None
     assert page.status_code == 200 and "Shared view" in page.text
 
 
+def test_compare_by_tag_adds_the_tagged_runs_and_the_picker_keeps_the_tag(client, seeded) -> None:
+    run, other = seeded.run_id, seeded.other_run_id
+    page = client.get(f"/compare?runs={run}&tag=tms")
+    assert page.status_code == 200
+    assert (
+        f'id="groups" class="lenses" aria-labelledby="groups-title" data-runs="{run},{other}"'
+        in (page.text)
+    )
+    assert '<option value="tms" selected>' in page.text and '<option value="demo" >' in page.text
+    alone = client.get("/compare?tag=tms")  # one run: no group views
+    assert f'data-runs="{other}"' in alone.text and 'id="groups"' not in alone.text
+    missing = client.get("/compare?tag=nope")
+    assert "No run carries the tag &#39;nope&#39;" in missing.text
+    picked = client.get(f"/compare?pick={run}&tag=tms", follow_redirects=False)
+    assert (
+        picked.status_code == 303 and picked.headers["location"] == f"/compare?runs={run}&tag=tms"
+    )
+    slug = client.post("/api/shares", json={"view": "/compare?tag=grokking&runs=" + str(other)})
+    shared = client.get(f"/s/{slug.json()['slug']}")
+    assert shared.status_code == 200 and f'data-runs="{other},{run}"' in shared.text
+
+
 def test_share_needs_the_token_to_create_but_opens_without_it(token_client) -> None:
     seeded = seed_runs(token_client.app.state.db)
     view = {"view": f"/runs/{seeded.run_id}"}
