@@ -597,11 +597,30 @@ def estimate_llc(
     return _summarise(out, 0, 0, config, out.elapsed_s, chance_loss)
 
 
-def _default_max_batch(model: nn.Module, config: LLCConfig) -> int:
-    """Rows per vmap call: everything on CPU; on CUDA about a third of free memory,
-    assuming ~8 parameter-sized tensors per row plus activations (a rough guess)."""
+# One vectorised batch's memory on a CPU. Not a memory limit but a cache one: past a few
+# hundred MB of rows the step gets slower per row (bench/RESULTS.md, "Rows per vmap call
+# on a CPU": on the 214k-parameter NeoX case 54 rows stepped ~20 % faster than 80 or 18).
+CPU_BATCH_BYTES = 512 * 1024 * 1024
+
+
+def rows_for_budget(model: nn.Module, config: LLCConfig, budget_bytes: int) -> int:
+    """How many SGLD rows (one checkpoint x group x chain each) fit in ``budget_bytes``.
+
+    A row holds its parameters, their gradient, noise, the update and autograd/vmap
+    temporaries: about 8 parameter-sized tensors, plus the activations of one minibatch
+    (guessed as 4 parameter-sized tensors for the small models this is made for). A rough
+    guess on purpose: it only decides how checkpoints are chunked, never what is computed.
+    """
+    n = sum(p.numel() for p in model.parameters())
+    per_row = 12 * n * torch.tensor([], dtype=config.torch_dtype).element_size()
+    return max(1, int(budget_bytes // max(per_row, 1)))
+
+
+def default_max_rows(model: nn.Module, config: LLCConfig) -> int:
+    """Rows per vmap call: on a CPU what fits ``CPU_BATCH_BYTES``; on CUDA about a third
+    of free memory, assuming ~8 parameter-sized tensors per row plus activations."""
     if not config.device.startswith("cuda") or not torch.cuda.is_available():
-        return 1 << 30
+        return rows_for_budget(model, config, CPU_BATCH_BYTES)
     free_bytes, _ = torch.cuda.mem_get_info(torch.device(config.device))
     n = sum(p.numel() for p in model.parameters())
     per_row = 8 * n * torch.tensor([], dtype=config.torch_dtype).element_size()
@@ -645,9 +664,9 @@ def estimate_llc_many(
 
     Items are modules or state_dicts; with only state_dicts pass ``model`` (a template
     of the architecture). ``max_batch`` caps the rows (checkpoints x (chains + 1)) per
-    vmap call; checkpoints are chunked to fit (None: all at once on CPU, a guess from
-    free memory on CUDA). Every chunk replays the same seed and batch sequence, so a
-    checkpoint's result is the same as from ``estimate_llc`` on it alone.
+    vmap call; checkpoints are chunked to fit (None: ``default_max_rows``). Every chunk
+    replays the same seed and batch sequence, so a checkpoint's result is the same as from
+    ``estimate_llc`` on it alone.
     """
     if not models_or_state_dicts:
         return []
@@ -674,7 +693,7 @@ def estimate_llc_many(
             if name not in sd or tuple(sd[name].shape) != tuple(t.shape):
                 raise ValueError(f"checkpoint {i}: {name!r} missing or of a different shape")
     if max_batch is None:
-        max_batch = _default_max_batch(template, config)
+        max_batch = default_max_rows(template, config)
     per_ckpt = max(1, max_batch // (config.num_chains + 1))
     chunks, batches = chunk_checkpoints(state_dicts, per_ckpt, batches, config)
     results: list[LLCResult] = []

@@ -26,6 +26,8 @@ from analysis.llc import (
     _run_sgld,
     _summarise,
     chunk_checkpoints,
+    default_max_rows,
+    rows_for_budget,
 )
 
 __all__ = [
@@ -187,19 +189,6 @@ def estimate_llc_data_restricted(
     }
 
 
-def rows_for_budget(model: nn.Module, config: LLCConfig, budget_bytes: int) -> int:
-    """How many SGLD rows (one checkpoint x group x chain each) fit in ``budget_bytes``.
-
-    A row holds its parameters, their gradient, noise, the update and autograd/vmap
-    temporaries: about 8 parameter-sized tensors, plus the activations of one minibatch
-    (guessed as 4 parameter-sized tensors for the small models this is made for). A rough
-    guess on purpose: it only decides how checkpoints are chunked, never what is computed.
-    """
-    n = sum(p.numel() for p in model.parameters())
-    per_row = 12 * n * torch.tensor([], dtype=config.torch_dtype).element_size()
-    return max(1, int(budget_bytes // max(per_row, 1)))
-
-
 def estimate_llc_restricted_many(
     models_or_state_dicts: Sequence[nn.Module | dict[str, Tensor]],
     loss_fn: LossFn,
@@ -214,12 +203,12 @@ def estimate_llc_restricted_many(
 ) -> list[dict[str, LLCResult]]:
     """Weight-restricted LLC for every group at several checkpoints of one architecture.
 
-    Rows are (checkpoint x group x chain), advanced together in one vmap-ed step; with
-    ``max_rows`` set, checkpoints are chunked so that a chunk's rows (plus one reference row
-    per checkpoint) stay within it (at least one checkpoint per chunk). Every chunk replays
-    the same seed and minibatches and the noise is shared across checkpoints, so each
-    checkpoint's results equal ``estimate_llc_restricted`` on it alone. Returns one
-    ``{group: LLCResult}`` per checkpoint, in order.
+    Rows are (checkpoint x group x chain), advanced together in one vmap-ed step;
+    checkpoints are chunked so that a chunk's rows (plus one reference row per checkpoint)
+    stay within ``max_rows`` (None: ``default_max_rows``; at least one checkpoint per
+    chunk). Every chunk replays the same seed and minibatches and the noise is shared across
+    checkpoints, so each checkpoint's results equal ``estimate_llc_restricted`` on it
+    alone. Returns one ``{group: LLCResult}`` per checkpoint, in order.
     """
     if not models_or_state_dicts or not masks:
         return [{} for _ in models_or_state_dicts]
@@ -235,7 +224,9 @@ def estimate_llc_restricted_many(
     if template is None:
         raise ValueError("pass model= (a template module) when giving only state_dicts")
     per_ckpt_rows = len(names) * config.num_chains + 1
-    per_chunk = len(state_dicts) if max_rows is None else max(1, max_rows // per_ckpt_rows)
+    if max_rows is None:
+        max_rows = default_max_rows(template, config)
+    per_chunk = max(1, max_rows // per_ckpt_rows)
     chunks, batches = chunk_checkpoints(state_dicts, per_chunk, batches, config)
     results: list[dict[str, LLCResult]] = []
     for ci, chunk in enumerate(chunks):

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     llc_memory_mb: int | None = Field(
         default=None,
         description="Memory budget of one vectorised LLC batch; checkpoints are chunked to "
-        "fit. Default: 1024 MB on CPU, a third of the free memory on a GPU.",
+        "fit. Default: 512 MB on CPU (cache-bound past that), a third of the free memory on a GPU.",
     )
     worker_devices: str = Field(default="cpu", description="Comma list of devices for local pool.")
     heartbeat_s: float = Field(default=5.0, description="Seconds between worker heartbeats.")

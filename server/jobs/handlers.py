@@ -224,19 +224,13 @@ def run_llc_restricted(ctx: JobContext) -> ResultRows:
     return _single(run_llc_restricted_many, ctx)
 
 
-def _max_rows(ctx: JobContext, model: Any, config: Any) -> int | None:
-    """Rows per vmap call from the memory budget (settings), else the device's default."""
-    from analysis.llc import _default_max_batch
-    from analysis.restrict import rows_for_budget
+def _max_rows(ctx: JobContext, model: Any, config: Any) -> int:
+    """Rows per vmap call: from the memory budget in settings, else the device's default."""
+    from analysis.llc import default_max_rows, rows_for_budget
 
     if ctx.memory_mb is not None:
         return rows_for_budget(model, config, ctx.memory_mb * 1024 * 1024)
-    if ctx.device.startswith("cuda"):
-        return _default_max_batch(model, config)
-    return rows_for_budget(model, config, CPU_MEMORY_MB * 1024 * 1024)
-
-
-CPU_MEMORY_MB = 1024  # default budget of one LLC batch on a CPU
+    return default_max_rows(model, config)
 
 
 def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
