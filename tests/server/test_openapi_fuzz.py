@@ -71,6 +71,11 @@ def test_api_answers_every_generated_request_as_its_spec_says(make_settings) -> 
     with TestClient(app) as client:
         _seed(client)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # Schema-invalid (negative) requests are refused by validation before any query runs, so
+    # they find nothing new on PostgreSQL: there only schema-valid ones, which do reach it.
+    modes = [GenerationMode.POSITIVE]
+    if settings_.database_url.startswith("sqlite"):
+        modes.append(GenerationMode.NEGATIVE)
     failures: list[str] = []
     tested = 0
     for result in schema.get_all_operations():
@@ -78,7 +83,7 @@ def test_api_answers_every_generated_request_as_its_spec_says(make_settings) -> 
         if operation.label in SKIP:
             continue
         tested += 1
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        for mode in modes:
             try:
                 _fuzz(operation, mode)
             except Unsatisfiable:  # nothing in the operation can be made invalid
