@@ -179,6 +179,7 @@ def main() -> None:
             with server(Path(tmp) / "full", device_env) as url:
                 run = upload(url, "full", config, llc, ckpts, points)
                 marks = wait_all(run, DEMO_KINDS, args.timeout, watch_phases=True)
+                run.finish()  # while its server still answers (else the client spools it)
             gap = marks.get("first_phases", float("nan")) - marks["first_llc"]
             print(
                 f"A. full demo analyses, {len(ckpts)} checkpoints: all done {marks['all']:.0f} s"
@@ -189,9 +190,11 @@ def main() -> None:
         with server(Path(tmp) / "batched", device_env) as url:
             run = upload(url, "batched", config, llc, subset, points)
             batched = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
+            run.finish()
         with server(Path(tmp) / "per-job", {**device_env, **PER_JOB_ENV}) as url:
             run = upload(url, "per-job", config, llc, subset, points)
             per_job = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
+            run.finish()
     print(
         f"B. restricted LLC on {n} checkpoints: per-job {per_job:.0f} s, batched {batched:.0f} s;"
         f" ratio {per_job / batched:.2f}x (target >= 5x)"

@@ -101,29 +101,43 @@ def queued_ids(db: Database, device: str, limit: int = 20, lane: str = "all") ->
         )
 
 
-def claim_companions(db: Database, lease: Lease, limit: int) -> list[Lease]:
+def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> list[Lease]:
     """More queued jobs of a batched kind (``llc``, ``llc_restricted``) with the same run,
-    config and device, to run in one vectorised batch."""
+    config and device, to run in one vectorised batch.
+
+    ``peers``: how many workers (this one included) share these jobs. Each takes at most its
+    fair share of what is queued among the peers not already busy with this run's jobs of
+    the kind, so 8 jobs and 2 idle workers make two batches of 4 running side by side rather
+    than one batch of 8 and an idle core, and a worker that comes last takes the rest.
+    """
     if limit <= 1 or lease.kind not in BATCH_KINDS:
         return []
     with db.session() as s:
         job = s.get(Job, lease.job_id)
         if job is None or job.kind != lease.kind:
             return []
-        ids = list(
-            s.scalars(
-                sa.select(Job.id)
-                .where(
-                    Job.state == "queued",
+        same = (
+            Job.state == "queued",
+            Job.kind == job.kind,
+            Job.run_id == job.run_id,
+            Job.config_hash == job.config_hash,
+            Job.device == job.device,
+        )
+        if peers > 1:
+            waiting = s.scalar(sa.select(sa.func.count()).select_from(Job).where(*same)) or 0
+            busy = s.scalar(
+                sa.select(sa.func.count(sa.distinct(Job.worker_id))).where(
+                    Job.state == "running",
                     Job.kind == job.kind,
                     Job.run_id == job.run_id,
-                    Job.config_hash == job.config_hash,
-                    Job.device == job.device,
+                    Job.worker_id != lease.worker_id,
                 )
-                .order_by(Job.id)
-                .limit(limit - 1)
             )
-        )
+            free = max(1, peers - int(busy or 0))
+            limit = min(limit, -(-(waiting + 1) // free))  # ceil: the lead counts too
+            if limit <= 1:
+                return []
+        ids = list(s.scalars(sa.select(Job.id).where(*same).order_by(Job.id).limit(limit - 1)))
     leases = [claim(db, i, lease.worker_id) for i in ids]
     return [x for x in leases if x is not None]
 

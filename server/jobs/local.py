@@ -69,6 +69,8 @@ class LocalQueue(JobQueue):
                 device,
                 self.request_phases,
                 should_stop=self._stop.is_set,
+                # The general threads on this device split a run's batched jobs between them.
+                peers=self.devices.count(device) if lane == "all" else 1,
             )
             t = threading.Thread(
                 target=self._loop,

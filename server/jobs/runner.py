@@ -110,11 +110,13 @@ class JobRunner:
         on_phases: Callable[[int], None] | None = None,
         worker_id: str | None = None,
         should_stop: Callable[[], bool] | None = None,
+        peers: int = 1,
     ) -> None:
         self.settings, self.db, self.store, self.device = settings, db, store, device
         self.on_phases = on_phases
         self.should_stop = should_stop
         self.worker_id = worker_id or make_worker_id(device)
+        self.peers = peers  # workers sharing this one's batched jobs (see claim_companions)
 
     def run_job(self, job_id: int) -> bool:
         """Claim and run ``job_id`` (plus batch companions); False if it was not ours."""
@@ -122,7 +124,7 @@ class JobRunner:
         if lease is None:
             return False
         limit = max(1, self.settings.llc_batch_checkpoints)
-        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, limit)])
+        self.run_leases([lease, *lifecycle.claim_companions(self.db, lease, limit, self.peers)])
         return True
 
     def run_leases(self, leases: list[Lease]) -> None:

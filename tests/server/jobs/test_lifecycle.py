@@ -67,3 +67,27 @@ def test_stale_job_fails_once_attempts_are_used_up(settings) -> None:
         job = s.get(Job, job_id)
         assert job.state == "failed" and "worker lost" in job.error and job.attempts == 2
     db.dispose()
+
+
+def test_idle_peers_split_a_runs_batched_jobs_and_the_last_takes_the_rest(settings) -> None:
+    """Two workers and 8 LLC jobs: the first takes its share (4), the second, with the
+    first busy, takes all that is left; with one worker (peers=1) it takes up to the limit."""
+    run_id, _ = seed_run(settings, list(range(1, 9)))
+    queue, db = _queue(settings)
+    ids = sorted(queue.plan_and_enqueue(run_id, ["llc"]))
+    lead_a = lifecycle.claim(db, ids[0], "worker-a")
+    batch_a = [lead_a, *lifecycle.claim_companions(db, lead_a, limit=8, peers=2)]
+    assert [x.job_id for x in batch_a] == ids[:4]
+    lead_b = lifecycle.claim(db, ids[4], "worker-b")
+    batch_b = [lead_b, *lifecycle.claim_companions(db, lead_b, limit=8, peers=2)]
+    assert [x.job_id for x in batch_b] == ids[4:]
+    db.dispose()
+
+
+def test_a_single_worker_batches_up_to_the_limit(settings) -> None:
+    run_id, _ = seed_run(settings, list(range(1, 7)))
+    queue, db = _queue(settings)
+    ids = sorted(queue.plan_and_enqueue(run_id, ["llc"]))
+    lead = lifecycle.claim(db, ids[0], "worker-a")
+    assert len(lifecycle.claim_companions(db, lead, limit=4, peers=1)) == 3
+    db.dispose()
