@@ -141,6 +141,9 @@ def wait_all(run: Any, kinds: list[str], timeout_s: float, watch_phases: bool) -
             ).json()["results"]
             if any((r["values"] or {}).get("llc_points") for r in results):
                 marks["first_phases"] = now
+        for kind, js in jobs.items():  # when each kind's last job finished
+            if f"{kind} done" not in marks and all(j["state"] in ("done", "cancelled") for j in js):
+                marks[f"{kind} done"] = now
         states = [j["state"] for js in jobs.values() for j in js]
         failed = [j for js in jobs.values() for j in js if j["state"] == "failed"]
         if failed:
@@ -160,6 +163,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="worker device: cpu or cuda")
     ap.add_argument("--baseline-checkpoints", type=int, default=8)
     ap.add_argument("--skip-full", action="store_true", help="only part B")
+    ap.add_argument("--skip-baseline", action="store_true", help="only part A")
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args()
 
@@ -187,6 +191,13 @@ def main() -> None:
                 f"{marks['first_llc']:.0f} s; first phase boundaries {gap:.0f} s after it "
                 "(target < 60 s)"
             )
+            done = {k: v for k, v in marks.items() if k.endswith(" done")}
+            print(
+                "   last job of each kind: " + ", ".join(f"{k} {v:.0f} s" for k, v in done.items())
+            )
+        if args.skip_baseline:
+            print(f"load average at the end {os.getloadavg()[0]:.1f}")
+            return
         with server(Path(tmp) / "batched", device_env) as url:
             run = upload(url, "batched", config, llc, subset, points)
             batched = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
