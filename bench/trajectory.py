@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 
 from server.client import Phaseboard  # noqa: E402
-from server.demo import (  # noqa: E402
+from server.commands.demo import (  # noqa: E402
     FULL_CONFIG,
     FULL_LLC,
     QUICK_CONFIG,

@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from server.cli import app
 from server.client import Phaseboard
-from server.demo import start_server
+from server.commands.cli import app
+from server.commands.demo import start_server
 from server.settings import Settings
 from tests.live_server import serve
 
@@ -60,7 +60,7 @@ def test_demo_starts_a_local_server_when_none_answers(tmp_path: Path) -> None:
 
 
 def test_empty_store_is_detected_for_the_up_hint(tmp_path: Path) -> None:
-    from server.demo import store_is_empty
+    from server.commands.demo import store_is_empty
     from server.migrate import upgrade
 
     settings = Settings(home=tmp_path)

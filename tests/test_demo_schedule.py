@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from analysis.tasks.base import log_spaced_steps
-from server.cli import app
-from server.demo import FULL_CONFIG, QUICK_CONFIG, checkpoint_schedule
+from server.commands.cli import app
+from server.commands.demo import FULL_CONFIG, QUICK_CONFIG, checkpoint_schedule
 
 
 @pytest.mark.parametrize("config", [FULL_CONFIG, QUICK_CONFIG])

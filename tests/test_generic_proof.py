@@ -23,8 +23,8 @@ from safetensors.torch import save
 from typer.testing import CliRunner
 
 from server.app import create_app
-from server.cli import app
 from server.client import Phaseboard
+from server.commands.cli import app
 from tests.generic_models import HF_CONFIGS, hf_model, save_trainer_checkpoint, token_stream
 from tests.generic_models import train_steps as train
 from tests.live_server import serve

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from server.cli import app
 from server.client import Phaseboard
-from server.ingest_dir import discover_checkpoints, step_from_path
+from server.commands.cli import app
+from server.commands.ingest_dir import discover_checkpoints, step_from_path
 from tests.live_server import serve
 
 runner = CliRunner()

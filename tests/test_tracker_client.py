@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from analysis.tasks import get_task
 from server.app import create_app
-from server.cli import app as cli_app
 from server.client import Phaseboard, PhaseboardClientError, Run, flatten_metrics
+from server.commands.cli import app as cli_app
 from server.migrate import upgrade
 from server.settings import Settings
 

@@ -8,7 +8,7 @@ import time
 from typer.testing import CliRunner
 
 from server.blob_gc import collect_garbage
-from server.cli import app as cli
+from server.commands.cli import app as cli
 from server.db import Database
 from server.storage import BlobStore
 from tests.server.conftest import safetensors_bytes

@@ -9,8 +9,8 @@ Two sources, both read without executing anything:
   ``logging_steps``, ``eval_steps``, ``save_steps``, ...) under ``config["trainer"]``.
   (``training_args.bin`` is a pickle and is never read.)
 
-The log history of ``trainer_state.json`` is series, not config: ``server.ingest_dir`` imports
-it.
+The log history of ``trainer_state.json`` is series, not config: ``server.commands.ingest_dir``
+imports it.
 """
 
 from __future__ import annotations

@@ -303,7 +303,7 @@ def ingest_directory(
         except re.error as exc:
             raise PhaseboardClientError(f"--step-regex {step_regex!r}: {exc}") from exc
 
-    from server.ingest_hparams import read_hparams
+    from server.commands.ingest_hparams import read_hparams
 
     hparams = read_hparams(root)  # TensorBoard hparams, trainer_state.json settings -> config
     items = discover_checkpoints(root, step_regex)

@@ -79,7 +79,7 @@ def worker(
 
 def _hint_demo_if_empty(settings: Settings) -> None:
     """On an empty store, point at ``phaseboard demo`` (called by ``up``)."""
-    from server.demo import store_is_empty
+    from server.commands.demo import store_is_empty
 
     if store_is_empty(settings):
         console.print("No runs yet — try [bold]phaseboard demo[/bold] in another terminal.")
@@ -128,7 +128,7 @@ def ingest(
     import json
     from pathlib import Path
 
-    from server.ingest_dir import ingest_directory, print_summary
+    from server.commands.ingest_dir import ingest_directory, print_summary
 
     try:
         config = json.loads(task_config) if task_config else None
@@ -170,7 +170,7 @@ def export(
     import sys
     from pathlib import Path
 
-    from server.export import export_run
+    from server.commands.export import export_run
 
     with _connected(url, token) as client:
         text = export_run(client, run, format)
@@ -190,7 +190,7 @@ def demo(
     serve: bool = typer.Option(True, help="Keep a server started by the demo running."),
 ) -> None:
     """Grok modular addition on this CPU, log it to the server, queue LLC jobs."""
-    from server.demo import run_demo
+    from server.commands.demo import run_demo
 
     settings = Settings()
     with _client_errors():

@@ -112,7 +112,7 @@ def start_server(url: str, settings: Settings, console: Console) -> subprocess.P
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 8765
     settings.ensure_dirs()
     log_path = Path(settings.home) / "demo-server.log"
-    cmd = [sys.executable, "-c", "from server.cli import app; app()", "up"]
+    cmd = [sys.executable, "-c", "from server.commands.cli import app; app()", "up"]
     cmd += ["--host", host, "--port", str(port)]
     console.print(f"No server at {url}; starting [bold]phaseboard up[/bold] (log: {log_path})")
     env = {
