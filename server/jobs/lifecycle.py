@@ -105,10 +105,10 @@ def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> 
     """More queued jobs of a batched kind (``llc``, ``llc_restricted``) with the same run,
     config and device, to run in one vectorised batch.
 
-    ``peers``: how many workers (this one included) share these jobs. Each takes at most its
-    fair share of what is queued among the peers not already busy with this run's jobs of
-    the kind, so 8 jobs and 2 idle workers make two batches of 4 running side by side rather
-    than one batch of 8 and an idle core, and a worker that comes last takes the rest.
+    ``peers``: how many workers (this one included) share these jobs. Each takes at most an
+    even share of the run's jobs of the kind (queued, or held by the others), so 8 jobs and 2
+    idle workers make two batches of 4 side by side rather than one batch of 8 and an idle
+    core, and a worker that comes after the other took its 4 takes the remaining 4.
     """
     if limit <= 1 or lease.kind not in BATCH_KINDS:
         return []
@@ -124,17 +124,21 @@ def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> 
             Job.device == job.device,
         )
         if peers > 1:
+            # This run's jobs of the kind, queued or held by the others, plus our lead: each
+            # of the peers takes an even share of them (workers racing each get theirs).
             waiting = s.scalar(sa.select(sa.func.count()).select_from(Job).where(*same)) or 0
-            busy = s.scalar(
-                sa.select(sa.func.count(sa.distinct(Job.worker_id))).where(
+            held = s.scalar(
+                sa.select(sa.func.count())
+                .select_from(Job)
+                .where(
                     Job.state == "running",
                     Job.kind == job.kind,
                     Job.run_id == job.run_id,
+                    Job.config_hash == job.config_hash,
                     Job.worker_id != lease.worker_id,
                 )
             )
-            free = max(1, peers - int(busy or 0))
-            limit = min(limit, -(-(waiting + 1) // free))  # ceil: the lead counts too
+            limit = min(limit, -(-(waiting + int(held or 0) + 1) // peers))  # ceil
             if limit <= 1:
                 return []
         ids = list(s.scalars(sa.select(Job.id).where(*same).order_by(Job.id).limit(limit - 1)))

@@ -71,7 +71,7 @@ def test_stale_job_fails_once_attempts_are_used_up(settings) -> None:
 
 def test_idle_peers_split_a_runs_batched_jobs_and_the_last_takes_the_rest(settings) -> None:
     """Two workers and 8 LLC jobs: the first takes its share (4), the second, with the
-    first busy, takes all that is left; with one worker (peers=1) it takes up to the limit."""
+    first busy, takes all that is left."""
     run_id, _ = seed_run(settings, list(range(1, 9)))
     queue, db = _queue(settings)
     ids = sorted(queue.plan_and_enqueue(run_id, ["llc"]))
@@ -90,4 +90,17 @@ def test_a_single_worker_batches_up_to_the_limit(settings) -> None:
     ids = sorted(queue.plan_and_enqueue(run_id, ["llc"]))
     lead = lifecycle.claim(db, ids[0], "worker-a")
     assert len(lifecycle.claim_companions(db, lead, limit=4, peers=1)) == 3
+    db.dispose()
+
+
+def test_racing_peers_that_each_hold_a_lead_split_evenly(settings) -> None:
+    """Both workers claimed a lead at once: each takes 3 companions (4 + 4), not 1 + 6."""
+    run_id, _ = seed_run(settings, list(range(1, 9)))
+    queue, db = _queue(settings)
+    ids = sorted(queue.plan_and_enqueue(run_id, ["llc"]))
+    lead_a = lifecycle.claim(db, ids[0], "worker-a")
+    lead_b = lifecycle.claim(db, ids[1], "worker-b")
+    batch_a = lifecycle.claim_companions(db, lead_a, limit=16, peers=2)
+    batch_b = lifecycle.claim_companions(db, lead_b, limit=16, peers=2)
+    assert (len(batch_a), len(batch_b)) == (3, 3)
     db.dispose()
