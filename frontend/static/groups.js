@@ -207,10 +207,13 @@
       }
       const positive = traces.every((t) => t.x.every((x) => x > 0));
       Plotly.react(document.getElementById("plot-fdist"), traces, {
-        margin: { l: 60, r: 10, t: 10, b: 80 }, hovermode: "closest",
+        // Legend above the plot: a pair per entry wraps to several lines on a phone, and
+        // below it would run into the x-axis title.
+        margin: { l: 60, r: 10, t: 10, b: 45 }, hovermode: "closest",
         xaxis: { type: positive ? "log" : "linear", title: { text: "step" } },
-        yaxis: { title: { text: "RMS output difference" }, rangemode: "tozero" },
-        legend: { orientation: "h", y: -0.3, traceorder: "normal" }, showlegend: true,
+        yaxis: { title: { text: "RMS difference" }, rangemode: "tozero" },
+        legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom", traceorder: "normal" },
+        showlegend: true,
       }, CONFIG);
     }
     const p = data.probe || {};
