@@ -12,7 +12,6 @@ just to plan jobs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -520,6 +519,25 @@ def _npy_blob(ctx: JobContext, array: Any) -> str:
     return ctx.store.put_bytes(buf.getvalue())
 
 
+def _at_each_checkpoint(
+    ctx: JobContext,
+    ckpts: list[tuple[int, int]],
+    measure: Callable[[Any], Any],
+    what: str,
+    lens: str,
+) -> list[Any]:
+    """``measure(model)`` at each of the run's checkpoints, in step order, on one model
+    reloaded in place; at least two checkpoints (a lens over training needs a path)."""
+    if len(ckpts) < 2:
+        raise JobFailed(f"{lens} needs at least two checkpoints")
+    model = ctx.task().build_model().to(ctx.device)
+    out = []
+    for k, (ckpt_id, _) in enumerate(ckpts):
+        ctx.progress(k, len(ckpts), f"{what} at checkpoint {k + 1}/{len(ckpts)}")
+        out.append(measure(_loaded_model(ctx, model, ckpt_id)))
+    return out
+
+
 def run_essential_dynamics(ctx: JobContext) -> ResultRows:
     """Outputs on the probe set at every checkpoint, PCA over checkpoints, turning points.
 
@@ -527,8 +545,6 @@ def run_essential_dynamics(ctx: JobContext) -> ResultRows:
     identity, so the compare page can put several runs in one PC space and measure the
     function-space distance between them (``analysis.run_group``) without a forward pass.
     """
-    import json
-
     import numpy as np
 
     from analysis.essential_dynamics import (
@@ -538,28 +554,24 @@ def run_essential_dynamics(ctx: JobContext) -> ResultRows:
         probe_outputs,
         probe_split,
     )
+    from server.jobs.planning import config_hash
 
     task = ctx.task()
     ckpts = _run_checkpoints(ctx)
     n_probe = int(ctx.config.get("probe_examples", 128))
     probe = probe_batch(task, max_examples=n_probe)
     run = ctx.run()
-    config_text = json.dumps(run.task_config or {}, sort_keys=True, default=str)
     probe_id = {
         "task": run.task,
-        "task_config_hash": hashlib.sha256(config_text.encode()).hexdigest()[:16],
+        "task_config_hash": config_hash(run.task_config or {})[:16],
         "split": probe_split(task),
         "probe_examples": n_probe,
         "probe_hash": probe_hash(probe),
     }
-    model = task.build_model().to(ctx.device)
-    outputs = []
-    for k, (ckpt_id, _) in enumerate(ckpts):
-        ctx.progress(k, len(ckpts), f"outputs at checkpoint {k + 1}/{len(ckpts)}")
-        _loaded_model(ctx, model, ckpt_id)
-        outputs.append(probe_outputs(task, model, probe, device=ctx.device))
-    if len(outputs) < 2:
-        raise JobFailed("essential dynamics needs at least two checkpoints")
+    outputs = _at_each_checkpoint(
+        ctx, ckpts, lambda model: probe_outputs(task, model, probe, device=ctx.device),
+        "outputs", "essential dynamics",
+    )  # fmt: skip
     matrix = np.stack(outputs)  # (checkpoints, output values), rows by step
     ed = essential_dynamics([st for _, st in ckpts], matrix)
     values = {**ed.to_dict(), "probe_examples": n_probe, "output_dim": int(outputs[0].size)}
@@ -587,14 +599,10 @@ def run_learning_order(ctx: JobContext) -> ResultRows:
     n_probe = int(ctx.config.get("probe_examples", 1024))
     split = str(ctx.config.get("split", "train"))
     probe = probe_batch(task, max_examples=n_probe, split=split)
-    model = task.build_model().to(ctx.device)
-    rows = []
-    for k, (ckpt_id, _) in enumerate(ckpts):
-        ctx.progress(k, len(ckpts), f"per-example loss at checkpoint {k + 1}/{len(ckpts)}")
-        _loaded_model(ctx, model, ckpt_id)
-        rows.append(per_example_losses(task, model, probe, device=ctx.device))
-    if len(rows) < 2:
-        raise JobFailed("learning order needs at least two checkpoints")
+    rows = _at_each_checkpoint(
+        ctx, ckpts, lambda model: per_example_losses(task, model, probe, device=ctx.device),
+        "per-example loss", "learning order",
+    )  # fmt: skip
     losses = np.stack(rows)  # (checkpoints, examples)
     steps = [st for _, st in ckpts]
     learned, threshold = learned_at(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -48,7 +48,6 @@ def seed_run(
     name: str = "tiny",
 ) -> tuple[int, list[int]]:
     """A dln run with one checkpoint per step; ``bad_steps`` get a wrong-shaped model."""
-    from analysis.checkpoints import save_safetensors_bytes
 
     db = Database(settings)
     assert settings.storage_dir is not None
@@ -63,20 +62,35 @@ def seed_run(
             )
             s.add(run)
             s.flush()
-            ids = []
-            for i, step in enumerate(steps):
-                widths = [4, 3, 2] if step in bad_steps else None
-                data = save_safetensors_bytes(state_dict(i, widths))
-                sha = store.put_bytes(data)
-                ck = Checkpoint(
-                    run_id=run.id, step=step, sha256=sha, size=len(data), format="safetensors"
-                )
-                s.add(ck)
-                s.flush()
-                ids.append(ck.id)
-            return run.id, ids
+            weights = [
+                (step, state_dict(i, [4, 3, 2] if step in bad_steps else None))
+                for i, step in enumerate(steps)
+            ]
+            return run.id, add_checkpoints(s, store, run.id, weights)
     finally:
         db.dispose()
+
+
+def add_checkpoints(
+    session: Any, store: BlobStore, run_id: int, weights: Iterable[tuple[int, dict[str, Any]]]
+) -> list[int]:
+    """Store each ``(step, state_dict)`` as a safetensors checkpoint row of the run; ids."""
+    from analysis.checkpoints import save_safetensors_bytes
+
+    ids = []
+    for step, sd in weights:
+        data = save_safetensors_bytes(sd)
+        ck = Checkpoint(
+            run_id=run_id,
+            step=step,
+            sha256=store.put_bytes(data),
+            size=len(data),
+            format="safetensors",
+        )
+        session.add(ck)
+        session.flush()
+        ids.append(ck.id)
+    return ids
 
 
 def wait_for(

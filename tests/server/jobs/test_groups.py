@@ -13,16 +13,22 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.blob_gc import collect_garbage
 from server.db import Database
-from server.models import Checkpoint, Result, Run
+from server.models import Result, Run
 from server.storage import BlobStore
-from tests.server.jobs.conftest import TINY_TASK, all_final, fast_settings, state_dict, wait_for
+from tests.server.jobs.conftest import (
+    TINY_TASK,
+    add_checkpoints,
+    all_final,
+    fast_settings,
+    state_dict,
+    wait_for,
+)
 
 STEPS = [1, 10, 100, 1000]
 
 
 def _dln_run(settings, name: str, seed: int, task_config=None) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
     """A dln run whose checkpoint at STEPS[i] has weights of torch seed ``seed + i``."""
-    from analysis.checkpoints import save_safetensors_bytes
 
     db = Database(settings)
     store = BlobStore(settings.storage_dir)
@@ -31,20 +37,8 @@ def _dln_run(settings, name: str, seed: int, task_config=None) -> tuple[int, lis
             run = Run(name=name, task="dln", task_config=task_config or TINY_TASK)
             s.add(run)
             s.flush()
-            ids = []
-            for i, step in enumerate(STEPS):
-                data = save_safetensors_bytes(state_dict(seed + i))
-                ck = Checkpoint(
-                    run_id=run.id,
-                    step=step,
-                    sha256=store.put_bytes(data),
-                    size=len(data),
-                    format="safetensors",
-                )
-                s.add(ck)
-                s.flush()
-                ids.append(ck.id)
-            return run.id, ids
+            weights = [(step, state_dict(seed + i)) for i, step in enumerate(STEPS)]
+            return run.id, add_checkpoints(s, store, run.id, weights)
     finally:
         db.dispose()
 

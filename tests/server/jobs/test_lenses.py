@@ -11,7 +11,7 @@ from server.app import create_app
 from server.db import Database
 from server.jobs.planning import plan_jobs
 from server.models import Checkpoint, Job
-from tests.server.jobs.conftest import all_final, fast_settings, seed_run, wait_for
+from tests.server.jobs.conftest import add_checkpoints, all_final, fast_settings, seed_run, wait_for
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
@@ -68,7 +68,6 @@ def test_essential_dynamics_is_planned_anew_only_when_checkpoints_change(make_se
 
 def _seed_trained_run(settings, task_name: str, config: dict) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
     """A run of ``task_name`` whose checkpoints come from its own short training."""
-    from analysis.checkpoints import save_safetensors_bytes
     from analysis.tasks import get_task
     from server.models import Run
     from server.storage import BlobStore
@@ -86,21 +85,8 @@ def _seed_trained_run(settings, task_name: str, config: dict) -> tuple[int, list
             )
             s.add(run)
             s.flush()
-            ids = []
-            for point in task.train():
-                if point.is_checkpoint:
-                    data = save_safetensors_bytes(point.state_dict)
-                    ck = Checkpoint(
-                        run_id=run.id,
-                        step=point.step,
-                        sha256=store.put_bytes(data),
-                        size=len(data),
-                        format="safetensors",
-                    )
-                    s.add(ck)
-                    s.flush()
-                    ids.append(ck.id)
-            return run.id, ids
+            weights = [(p.step, p.state_dict) for p in task.train() if p.is_checkpoint]
+            return run.id, add_checkpoints(s, store, run.id, weights)
     finally:
         db.dispose()
 
