@@ -297,7 +297,7 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
     for name in subsets:
         stage["label"] = f"data subset {name} x {len(ok)} checkpoints"
         split = name.removeprefix("data:")
-        chunk = None if max_rows is None else max(max_rows, config.num_chains + 1)
+        chunk = max(max_rows, config.num_chains + 1)
         results = estimate_llc_many(
             models,
             task.loss,
