@@ -10,11 +10,13 @@ Unlike devinterp (one chain at a time) every chain - and, in ``estimate_llc_many
 every checkpoint, in ``analysis.restrict`` every weight group, in ``calibrate`` every
 hyperparameter setting - advances in one ``torch.func.vmap``-ed gradient step over
 stacked parameters. Internally everything is a "row": one (checkpoint, group, chain)
-triple. Every chain draws its own minibatches (chain c of every checkpoint/group/setting
-the same ones), so the chains are independent and std / sqrt(chains) is an honest
-standard error. Each checkpoint's w* is also evaluated (forward only, at draw steps) on
-exactly chain c's minibatches; chain c's LLC is n_beta x (its mean loss - that mean
-L_m(w*)), a paired (lower-variance) difference, and ``init_loss`` is their mean.
+triple; a row holds its own copy of only the tensors its group frees, the frozen rest is
+one copy per checkpoint. Every chain draws its own minibatches (chain c of every
+checkpoint/group/setting the same ones), so the chains are independent and std /
+sqrt(chains) is an honest standard error. Each checkpoint's w* is also evaluated
+(forward only, at draw steps) on exactly chain c's minibatches; chain c's LLC is n_beta
+x (its mean loss - that mean L_m(w*)), a paired (lower-variance) difference, and
+``init_loss`` is their mean.
 
 Sampling runs in eval mode on a structural copy of the model (``_structure_copy``): the
 caller's module is never moved, switched or written to. Each result carries a verdict
@@ -347,6 +349,39 @@ def _stack_batches(batches: list[Any], rows: int) -> Any:
     )
 
 
+def _passes(
+    group_masks: Sequence[ParamMask | None], free_names: Sequence[str]
+) -> list[tuple[list[int], list[str]]]:
+    """Groups that free the same tensors share a pass: ``[(groups, tensor names)]``.
+
+    A pass carries per-row copies of only its own tensors; the rest stay at w*, one copy
+    per checkpoint, so the forward up to the first free tensor is one matmul for all of a
+    checkpoint's rows and the backward stops there (see ``_run_sgld``).
+    """
+    by_names: dict[tuple[str, ...], list[int]] = {}
+    for g, m in enumerate(group_masks):
+        names = tuple(free_names) if m is None else tuple(n for n in free_names if n in m)
+        by_names.setdefault(names, []).append(g)
+    return [(groups, list(names)) for names, groups in by_names.items()]
+
+
+def row_equivalents(
+    model: nn.Module, group_masks: Sequence[ParamMask | None], num_chains: int
+) -> float:
+    """One checkpoint's memory in a restricted run, in whole-model rows: its largest pass's
+    per-row copies (groups x chains x that pass's tensors) plus its frozen w* and its
+    reference row. Chunking by this instead of groups x chains fits more checkpoints in a
+    batch when groups free only part of the model."""
+    named = dict(model.named_parameters())
+    free_names = [n for n in named if any(m is None or n in m for m in group_masks)]
+    total = max(1, sum(p.numel() for p in named.values()))
+    largest = max(
+        len(groups) * num_chains * sum(named[n].numel() for n in names)
+        for groups, names in _passes(group_masks, free_names)
+    )
+    return largest / total + 2
+
+
 def _run_sgld(
     model: nn.Module,
     loss_fn: LossFn,
@@ -359,11 +394,18 @@ def _run_sgld(
     progress: Progress | None,
     group_nbeta: Sequence[float] | None = None,
 ) -> _SamplerOutput:
-    """Run K checkpoints x G groups x C chains (+ K x C reference rows) in one vmap batch.
+    """Run K checkpoints x G groups x C chains (+ K x C reference rows), vectorised.
 
     Every chain draws its own minibatches (chain c of every checkpoint and group gets the
     same ones, so comparisons between checkpoints/groups stay paired); its reference row
     evaluates L_m(w*) on exactly those minibatches.
+
+    Groups that free the same tensors run as one pass: a vmap over checkpoints (the
+    frozen tensors at that checkpoint's w*) of a vmap over the pass's group x chain rows
+    (its free tensors, one copy per row). Frozen tensors are never copied per row, so a
+    layer none of the pass's tensors touch is one matmul over all rows of a checkpoint
+    rather than a batched matmul per row, and gradients are taken only for the pass's own
+    tensors. Each step draws the minibatches and the noise once for all passes.
     """
     t0 = time.perf_counter()
     device, dtype = torch.device(config.device), config.torch_dtype
@@ -373,62 +415,59 @@ def _run_sgld(
     template = _structure_copy(model)
     named = dict(model.named_parameters())
     named_buffers = dict(model.named_buffers())
-    # A parameter is sampled if some group frees (part of) it; everything else is fixed.
-    free_names = [
-        n for n in named if any(m is None or n in m for m in group_masks)
-    ]  # keeps module order
     for m in group_masks:
         for n in m or {}:
             if n not in named:
                 raise ValueError(f"param_mask names unknown parameter {n!r}")
+    # A parameter is sampled if some group frees (part of) it; everything else is fixed.
+    free_names = [n for n in named if any(m is None or n in m for m in group_masks)]
     if not free_names:
         raise ValueError("param_mask leaves no parameter free")
-    fixed_names = [n for n in list(named) + list(named_buffers) if n not in free_names]
-
-    # Chain rows ordered (k, g, c); the K x C reference rows (at w*) only need a forward
-    # pass at draw steps, so they are evaluated separately without gradients.
-    R = K * G * C
-    ckpt_of_row = torch.arange(K, device=device).repeat_interleave(G * C)  # (R,)
+    all_names = list(named) + list(named_buffers)
 
     def on_device(t: Tensor) -> Tensor:  # floating tensors in the sampling dtype, others kept
         return t.detach().to(device, dtype if t.is_floating_point() else None)
 
-    def stacked(name: str) -> Tensor:  # (K, *shape) from every checkpoint
-        return torch.stack([on_device(sd[name]) for sd in state_dicts])
+    # Every tensor at every checkpoint's w*: (K, *shape).
+    w_star = {n: torch.stack([on_device(sd[n]) for sd in state_dicts]) for n in all_names}
 
-    w_star = {n: stacked(n) for n in free_names}  # (K, *shape)
-    params = {n: w.index_select(0, ckpt_of_row) for n, w in w_star.items()}  # (R, *shape)
-    if K == 1:  # fixed tensors shared by every row: no copies
-        fixed = {n: on_device(state_dicts[0][n]) for n in fixed_names}
-        fixed_ref = fixed
-        fixed_dims: dict[str, int | None] = {n: None for n in fixed_names}
-    else:
-        fixed_ref = {n: stacked(n) for n in fixed_names}  # (K, *shape)
-        fixed = {n: t.index_select(0, ckpt_of_row) for n, t in fixed_ref.items()}
-        fixed_dims = {n: 0 for n in fixed_names}
-
-    # Per-group step size, localization and update mask, shaped to broadcast against the
-    # (K, G, C, *shape) view of the chain rows. Reference rows are simply never updated.
-    def per_group(values: Sequence[float], ndim: int) -> Tensor:  # (1, G, 1, 1, ...)
-        return torch.tensor(list(values), device=device, dtype=dtype).view(1, G, 1, *[1] * ndim)
+    def group_tensor(values: Sequence[float], groups: list[int], ndim: int) -> Tensor:
+        """(1, G_p, 1, 1, ...): per-group values broadcast against (K, G_p, C, *shape)."""
+        picked = [values[g] for g in groups]
+        return torch.tensor(picked, device=device, dtype=dtype).view(1, len(groups), 1, *[1] * ndim)
 
     num_free = [0] * G
-    masks: dict[str, Tensor | None] = {}  # (1, G, 1, *shape) or None (all free)
-    for n in free_names:
-        p = named[n].detach().to(device, dtype)
-        gm = _group_mask_tensor(group_masks, n, p)
-        masks[n] = None if gm is None else gm.view(1, G, 1, *p.shape)
-        for g in range(G):
-            num_free[g] += p.numel() if gm is None else int(gm[g].sum().item())
-    eps = {n: per_group(group_lr, w.dim() - 1) for n, w in params.items()}
-    gamma = {n: per_group(group_gamma, w.dim() - 1) for n, w in params.items()}
-    nbeta = {n: per_group(nbetas, w.dim() - 1) for n, w in params.items()}
-    # Loop invariants of the update below, hoisted: -eps/2, sqrt(eps), w* per checkpoint row.
-    half_step = {n: -0.5 * e for n, e in eps.items()}
-    noise_scale = {n: e.sqrt() for n, e in eps.items()}
-    anchors = {n: w.view(K, 1, 1, *w.shape[1:]) for n, w in w_star.items()}
+    passes = []
+    for groups, names in _passes(group_masks, free_names):
+        Gp = len(groups)
+        masks: dict[str, Tensor | None] = {}  # (1, G_p, 1, *shape) or None (all free)
+        for n in names:
+            p = named[n].detach().to(device, dtype)
+            gm = _group_mask_tensor([group_masks[g] for g in groups], n, p)
+            masks[n] = None if gm is None else gm.view(1, Gp, 1, *p.shape)
+            for i, g in enumerate(groups):
+                num_free[g] += p.numel() if gm is None else int(gm[i].sum().item())
+        # Rows (K, G_p * C): row r of checkpoint k is group r // C, chain r % C.
+        params = {
+            n: w_star[n].unsqueeze(1).expand(K, Gp * C, *w_star[n].shape[1:]).clone() for n in names
+        }
+        fixed = {n: w_star[n] for n in all_names if n not in params}
+        eps = {n: group_tensor(group_lr, groups, params[n].dim() - 2) for n in names}
+        passes.append(
+            {
+                "groups": groups,
+                "params": params,
+                "fixed": fixed,
+                "masks": masks,
+                "half_step": {n: -0.5 * e for n, e in eps.items()},
+                "noise_scale": {n: e.sqrt() for n, e in eps.items()},
+                "gamma": {n: group_tensor(group_gamma, groups, params[n].dim() - 2) for n in names},
+                "nbeta": {n: group_tensor(nbetas, groups, params[n].dim() - 2) for n in names},
+                "square_avg": {n: torch.zeros_like(w) for n, w in params.items()},
+            }
+        )
+    anchors = {n: w_star[n].view(K, 1, 1, *w_star[n].shape[1:]) for n in free_names}
     rmsprop = config.sampler == "rmsprop_sgld"
-    square_avg = {n: torch.zeros_like(w) for n, w in params.items()} if rmsprop else {}
     alpha, rms_eps = config.rmsprop_alpha, config.rmsprop_eps
 
     wrapper = _LossModule(template, loss_fn)
@@ -437,74 +476,105 @@ def _run_sgld(
         tensors = {"inner." + n: t for n, t in {**free, **fixed_}.items()}
         return functional_call(wrapper, tensors, (batch,))
 
-    step_fn = vmap(grad_and_value(loss_at), in_dims=(0, fixed_dims, 0))
+    # Outer vmap: checkpoints (free rows, frozen w*); inner: a checkpoint's rows, which
+    # share its frozen tensors and each see their chain's minibatch.
+    row_step = vmap(grad_and_value(loss_at), in_dims=(0, None, 0))
+    if K > 1:
+        step_fn = vmap(row_step, in_dims=(0, 0, None))
+    else:  # one checkpoint: no outer batch dim, so frozen layers are plain matmuls
+
+        def step_fn(free: dict[str, Tensor], fixed_: dict[str, Tensor], batch: Any) -> Any:
+            grads, loss = row_step(
+                {n: w[0] for n, w in free.items()}, {n: t[0] for n, t in fixed_.items()}, batch
+            )
+            return {n: g_.unsqueeze(0) for n, g_ in grads.items()}, loss.unsqueeze(0)
+
     # (K, C): checkpoint k's w* on chain c's minibatch.
-    ref_loss_fn = vmap(vmap(loss_at, in_dims=(None, None, 0)), in_dims=(0, fixed_dims, None))
+    ref_loss_fn = vmap(vmap(loss_at, in_dims=(None, None, 0)), in_dims=(0, None, None))
 
     # One noise stream per parameter, seeded by (seed, name): a tensor's noise does not
     # depend on which other tensors are free, so masked runs are reproducible alone.
     gens = {}
-    for n in params:
+    for n in free_names:
         gens[n] = torch.Generator(device=device)
         gens[n].manual_seed(config.seed * 1_000_003 + zlib.crc32(n.encode()))
-    traces: list[Tensor] = []  # each (R,)
+    traces: list[Tensor] = []  # each (K, G, C)
     refs: list[Tensor] = []  # each (K, C)
-    dist: list[Tensor] = []  # each (R,): |w - w*| over the free coordinates
-    gnorm: list[Tensor] = []  # each (R,): |grad L_m(w)| over the free coordinates
+    dist: list[Tensor] = []  # each (K, G, C): |w - w*| over the free coordinates
+    gnorm: list[Tensor] = []  # each (K, G, C): |grad L_m(w)| over the free coordinates
     total = config.total_steps
     report_every = max(1, total // 50)
     batch_iter = iter(_BatchCycler(batches))
     with torch.no_grad():
         for step in range(total):
             chain_batches = [_to_device(next(batch_iter), device, dtype) for _ in range(C)]
-            batch = _stack_batches(chain_batches, R)
-            grads, loss = step_fn(params, fixed, batch)  # loss: (R,)
+            noises = {
+                n: torch.randn(
+                    (C, *w_star[n].shape[1:]), generator=gens[n], device=device, dtype=dtype
+                )
+                for n in free_names
+            }
             draw_step = step - config.num_burnin_steps
-            if draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0:
-                refs.append(ref_loss_fn(w_star, fixed_ref, _stack_batches(chain_batches, C)))
-                traces.append(loss.detach())
-                d2 = torch.zeros(R, device=device, dtype=dtype)
-                g2 = torch.zeros(R, device=device, dtype=dtype)
+            is_draw = draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0
+            if is_draw:
+                trace = torch.empty(K, G, C, device=device, dtype=dtype)
+                d2 = torch.zeros(K, G, C, device=device, dtype=dtype)
+                g2 = torch.zeros(K, G, C, device=device, dtype=dtype)
+            for ps in passes:
+                groups, params, Gp = ps["groups"], ps["params"], len(ps["groups"])
+                batch = _stack_batches(chain_batches, Gp * C)
+                grads, loss = step_fn(params, ps["fixed"], batch)  # loss: (K, G_p * C)
+                if is_draw:
+                    idx = torch.tensor(groups, device=device)
+                    trace[:, idx] = loss.view(K, Gp, C)
+                    pd2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
+                    pg2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
+                    for n, w in params.items():
+                        shape = w.shape[2:]
+                        diff = w.view(K, Gp, C, *shape) - anchors[n]
+                        gr = grads[n].view(K, Gp, C, *shape)
+                        if ps["masks"][n] is not None:
+                            diff, gr = diff * ps["masks"][n], gr * ps["masks"][n]
+                        pd2 += (diff**2).flatten(3).sum(-1)
+                        pg2 += (gr**2).flatten(3).sum(-1)
+                    d2[:, idx] = pd2
+                    g2[:, idx] = pg2
                 for n, w in params.items():
-                    shape = w.shape[1:]
-                    diff = w.view(K, G, C, *shape) - anchors[n]
-                    gr = grads[n].view(K, G, C, *shape)
-                    if masks[n] is not None:
-                        diff, gr = diff * masks[n], gr * masks[n]
-                    d2 += (diff**2).flatten(3).sum(-1).flatten()
-                    g2 += (gr**2).flatten(3).sum(-1).flatten()
+                    shape = w.shape[2:]
+                    w_chain = w.view(K, Gp, C, *shape)  # a view: updated in place
+                    grad = grads[n].view(K, Gp, C, *shape)
+                    drift = ps["nbeta"][n] * grad + ps["gamma"][n] * (w_chain - anchors[n])
+                    if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
+                        v = ps["square_avg"][n].view(K, Gp, C, *shape)
+                        v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                        precond = 1.0 / (v.sqrt() + rms_eps)
+                        step_ = ps["half_step"][n] * precond * drift
+                        step_ += ps["noise_scale"][n] * precond.sqrt() * noises[n]
+                    else:
+                        step_ = ps["half_step"][n] * drift
+                        step_ += ps["noise_scale"][n] * noises[n]
+                    if ps["masks"][n] is not None:
+                        step_ *= ps["masks"][n]
+                    w_chain.add_(step_)
+            if is_draw:
+                refs.append(ref_loss_fn(w_star, {}, _stack_batches(chain_batches, C)))
+                traces.append(trace)
                 dist.append(d2.sqrt())
                 gnorm.append(g2.sqrt())
-            for n, w in params.items():
-                shape = w.shape[1:]
-                w_chain = w.view(K, G, C, *shape)  # a view: updated in place
-                grad = grads[n].view(K, G, C, *shape)
-                # Noise (C, *shape), broadcast over checkpoints/groups (see module doc).
-                noise = torch.randn((C, *shape), generator=gens[n], device=device, dtype=dtype)
-                drift = nbeta[n] * grad + gamma[n] * (w_chain - anchors[n])
-                if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
-                    v = square_avg[n].view(K, G, C, *shape)
-                    v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-                    precond = 1.0 / (v.sqrt() + rms_eps)
-                    step_ = half_step[n] * precond * drift
-                    step_ += noise_scale[n] * precond.sqrt() * noise
-                else:
-                    step_ = half_step[n] * drift
-                    step_ += noise_scale[n] * noise
-                if masks[n] is not None:
-                    step_ *= masks[n]
-                w_chain.add_(step_)
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == total):
                 progress(step + 1, total, f"chain draws {len(traces)}/{D}")
 
-    chain_trace = torch.stack(traces, dim=1).float().cpu().view(K, G, C, D)
+    chain_trace = torch.stack(traces, dim=-1).float().cpu()  # (K, G, C, D)
     ref = torch.stack(refs, dim=-1).float().cpu()  # (K, C, D)
     finite = torch.ones(K, G, C, dtype=torch.bool)
-    for w in params.values():
-        finite &= torch.isfinite(w).flatten(1).all(dim=1).cpu().view(K, G, C)
+    for ps in passes:
+        ok = torch.ones(K, len(ps["groups"]), C, dtype=torch.bool)
+        for w in ps["params"].values():
+            ok &= torch.isfinite(w).flatten(2).all(dim=2).cpu().view(K, len(ps["groups"]), C)
+        finite[:, ps["groups"]] = ok
     diag = {
-        "distance": torch.stack(dist, dim=1).float().cpu().view(K, G, C, D),
-        "grad_norm": torch.stack(gnorm, dim=1).float().cpu().view(K, G, C, D),
+        "distance": torch.stack(dist, dim=-1).float().cpu(),
+        "grad_norm": torch.stack(gnorm, dim=-1).float().cpu(),
     }
     return _SamplerOutput(
         chain_trace, ref, finite, num_free, time.perf_counter() - t0, nbetas, diag

@@ -2,8 +2,10 @@
 
 A *weight group* is a ``ParamMask``: parameter name -> None (whole tensor free) or a
 bool tensor (only True entries free); absent names are frozen. Restricted estimates for
-many groups run together: groups x chains are rows of one vmap batch, with the masks
-stacked (see ``analysis.llc``), not a Python loop of full estimates.
+many groups run together, not as a Python loop of full estimates: groups that free the
+same tensors (a layer and its heads) are rows of one vmap-ed pass with their masks stacked,
+and each row carries copies of only its pass's tensors (see ``analysis.llc._run_sgld``), so
+restricting to the last layer of a large model neither copies nor differentiates the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from analysis.llc import (
     _summarise,
     chunk_checkpoints,
     default_max_rows,
+    row_equivalents,
     rows_for_budget,
 )
 
@@ -203,12 +206,13 @@ def estimate_llc_restricted_many(
 ) -> list[dict[str, LLCResult]]:
     """Weight-restricted LLC for every group at several checkpoints of one architecture.
 
-    Rows are (checkpoint x group x chain), advanced together in one vmap-ed step;
-    checkpoints are chunked so that a chunk's rows (plus one reference row per checkpoint)
-    stay within ``max_rows`` (None: ``default_max_rows``; at least one checkpoint per
-    chunk). Every chunk replays the same seed and minibatches and the noise is shared across
-    checkpoints, so each checkpoint's results equal ``estimate_llc_restricted`` on it
-    alone. Returns one ``{group: LLCResult}`` per checkpoint, in order.
+    Rows are (checkpoint x group x chain), advanced together (one vmap-ed pass per set of
+    freed tensors, see ``analysis.llc._run_sgld``); checkpoints are chunked so that a
+    chunk's memory stays within ``max_rows`` whole-model rows (``row_equivalents`` per
+    checkpoint; None: ``default_max_rows``; at least one checkpoint per chunk). Every chunk
+    replays the same seed and minibatches and the noise is shared across checkpoints, so
+    each checkpoint's results equal ``estimate_llc_restricted`` on it alone. Returns one
+    ``{group: LLCResult}`` per checkpoint, in order.
     """
     if not models_or_state_dicts or not masks:
         return [{} for _ in models_or_state_dicts]
@@ -223,10 +227,10 @@ def estimate_llc_restricted_many(
             state_dicts.append(dict(item))
     if template is None:
         raise ValueError("pass model= (a template module) when giving only state_dicts")
-    per_ckpt_rows = len(names) * config.num_chains + 1
     if max_rows is None:
         max_rows = default_max_rows(template, config)
-    per_chunk = max(1, max_rows // per_ckpt_rows)
+    per_ckpt = row_equivalents(template, [masks[n] for n in names], config.num_chains)
+    per_chunk = max(1, int(max_rows // per_ckpt))
     chunks, batches = chunk_checkpoints(state_dicts, per_chunk, batches, config)
     results: list[dict[str, LLCResult]] = []
     for ci, chunk in enumerate(chunks):

@@ -70,3 +70,64 @@ def test_memory_budget_gives_more_rows_for_more_memory_and_at_least_one() -> Non
     small, large = rows_for_budget(model, CONFIG, 10_000), rows_for_budget(model, CONFIG, 10**9)
     assert 1 <= small < large
     assert rows_for_budget(model, CONFIG, 1) == 1
+
+
+class HeavyFirst(nn.Module):
+    """A wide first layer and a one-unit readout: restricting to the readout should cost
+    little more than the frozen forward."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a = nn.Linear(32, 32)
+        self.b = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _wide_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 32, generator=g)
+    return [(x[i : i + 16], x[i : i + 16].sum(dim=1, keepdim=True)) for i in range(0, 64, 16)]
+
+
+def _flops(masks: dict, models: list[nn.Module], config: LLCConfig) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        estimate_llc_restricted_many(models, _mse, _wide_batches(), config, masks)
+    return counter.get_total_flops()
+
+
+def test_no_row_pays_for_tensors_its_group_leaves_frozen() -> None:
+    """Groups {a, b} together cost what a alone and b alone cost, less the reference forward
+    they share: a row of group b neither differentiates nor copies layer a. (Counted FLOPs,
+    so exact up to 1 %; putting both groups' tensors in every row would cost ~25 % more.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    models = [HeavyFirst(seed) for seed in range(2)]
+    config = LLCConfig(num_chains=2, num_draws=3, lr=1e-4, num_samples=64)
+    a = {"a": {"a.weight": None, "a.bias": None}}
+    b = {"b": {"b.weight": None, "b.bias": None}}
+    with FlopCounterMode(display=False) as counter:
+        _mse(models[0], _wide_batches()[0])
+    reference = len(models) * config.num_chains * config.num_draws * counter.get_total_flops()
+    both, alone = (
+        _flops({**a, **b}, models, config),
+        _flops(a, models, config) + _flops(b, models, config),
+    )
+    assert math.isclose(both, alone - reference, rel_tol=0.01), (both, alone, reference)
+    assert _flops(b, models, config) < 0.7 * _flops(a, models, config)
+
+
+def test_chunks_count_only_the_tensors_a_group_frees() -> None:
+    from analysis.llc import row_equivalents
+
+    model = HeavyFirst(0)
+    a = {"a.weight": None, "a.bias": None}
+    b = {"b.weight": None, "b.bias": None}
+    assert row_equivalents(model, [b], 4) < 3 < row_equivalents(model, [a], 4)
+    # Groups freeing the same tensors share a pass: its rows are groups x chains.
+    assert row_equivalents(model, [a, a], 4) > row_equivalents(model, [a, b], 4)
+    assert row_equivalents(model, [None], 4) == 4 + 2
