@@ -825,7 +825,9 @@
     };
   }
   /** Stage names between boundaries: the user's label of the boundary that opens a stage,
-   *  else "stage N". Drawn at the bottom of each plot, centred in its stage. */
+   *  else "stage N". Drawn at the bottom of each plot, centred in its stage; a narrow stage
+   *  gets its number only (or a clipped label), and every name's full text and step range
+   *  show on hover, so no stage goes unnamed. */
   function stageLabels(bs, maxStep, xType, xref, yref) {
     if (!bs.length) return [];
     const sorted = bs.slice().sort((a, b) => a.step - b.step);
@@ -835,14 +837,18 @@
     const span = pos(maxStep) - pos(edges[0]) || 1;
     for (let i = 0; i + 1 < edges.length; i++) {
       const lo = edges[i], hi = edges[i + 1];
-      // A stage under 8 % of the axis has no room for its name (log x usually gives it room).
-      if (!(hi > lo) || (pos(hi) - pos(lo)) / span < 0.08) continue;
+      const share = (pos(hi) - pos(lo)) / span;
+      // Under 2 % of the axis not even a number fits beside its neighbours' names.
+      if (!(hi > lo) || share < 0.02) continue;
       const mid = xType === "log" ? Math.sqrt(Math.max(lo, 1) * hi) : (lo + hi) / 2;
       const opener = i > 0 ? sorted[i - 1] : null;
-      const text = opener && opener.label ? opener.label : "stage " + (i + 1);
+      const full = opener && opener.label ? opener.label : "stage " + (i + 1);
+      let text = full;
+      if (share < 0.08) text = opener && opener.label ? full.slice(0, 3) + "…" : String(i + 1);
       out.push({ text: escapeHtml(text), x: xType === "log" ? Math.log10(mid) : mid, xref, yref,
         y: 0.01, yanchor: "bottom", showarrow: false, font: { size: 10, color: "#4b5563" },
-        bgcolor: "rgba(255,255,255,0.7)", name: "stage-label" });
+        bgcolor: "rgba(255,255,255,0.7)", name: "stage-label",
+        hovertext: escapeHtml(full + ": steps " + lo + "–" + hi) });
     }
     return out;
   }

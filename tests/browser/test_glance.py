@@ -53,12 +53,19 @@ def test_stage_labels_sit_between_boundaries_user_labels_first(site, page) -> No
         # Boundaries at 380 ("memorisation", typed by a user) and 2900 (no label).
         assert labels == ["stage 1", "memorisation", "stage 3"], plot
         assert page.locator(f"#plot-{plot} .annotation-text", has_text="stage 3").count() == 1
-    # On a linear axis the first stage (steps 0-380 of 10^4) is too narrow for its name.
+    # On a linear axis the first stage (steps 0-380 of 10^4) is too narrow for its name: it
+    # keeps its number, and the full name and step range on hover.
     page.select_option("#c-x", "step")
     page.wait_for_function(
         "document.getElementById('plot-llc').layout.annotations"
-        ".filter(a => a.name === 'stage-label').length === 2"
+        ".filter(a => a.name === 'stage-label')[0].text === '1'"
     )
+    first = page.evaluate(
+        "document.getElementById('plot-llc').layout.annotations"
+        ".filter(a => a.name === 'stage-label').map(a => [a.text, a.hovertext])"
+    )
+    assert [t for t, _ in first] == ["1", "memorisation", "stage 3"]
+    assert first[0][1] == "stage 1: steps 0–380"
 
 
 def test_restricted_small_multiples_toggle_independent_and_normalised_y(site, page) -> None:
