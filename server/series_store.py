@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from server.models import MetricPoint
 from server.series import n_buckets
 
-__all__ = ["read_series", "read_wall_times", "series_names", "upsert_points"]
+__all__ = [
+    "read_series",
+    "read_wall_times",
+    "replaced_extremes",
+    "series_extremes",
+    "series_names",
+    "upsert_points",
+]
 
 _UPSERT_SQLITE = (
     "INSERT INTO metric_points (run_id, name, step, value, wall_time) VALUES (?, ?, ?, ?, ?) "
@@ -69,6 +78,52 @@ def upsert_points(
                 "wall_time = EXCLUDED.wall_time"
             ).format(sql.Literal(run_id), tmp)
         )
+
+
+def replaced_extremes(
+    session: Session, run_id: int, summary: dict[str, Any], rows: list[tuple[str, int, float]]
+) -> list[str]:
+    """Series whose summary min or max is a stored value that ``rows`` (about to be upserted)
+    replace with a different one: their extremes must be read again after the upsert.
+
+    Only points at or before a series' last step can replace anything, so appending (what
+    a training loop does) costs no query; a re-logged step costs one indexed lookup.
+    """
+    candidates: dict[str, dict[int, float]] = {}
+    for name, step, value in rows:
+        s = summary.get(name)
+        if isinstance(s, dict) and step <= s.get("last_step", -1):
+            candidates.setdefault(name, {})[step] = value
+    stale = []
+    for name, new in candidates.items():
+        lo, hi = summary[name].get("min"), summary[name].get("max")
+        steps = list(new)
+        for i in range(0, len(steps), 1000):  # well under every backend's parameter limit
+            old = session.execute(
+                select(MetricPoint.step, MetricPoint.value).where(
+                    MetricPoint.run_id == run_id,
+                    MetricPoint.name == name,
+                    MetricPoint.step.in_(steps[i : i + 1000]),
+                )
+            ).all()
+            if any((v == lo and new[st] > v) or (v == hi and new[st] < v) for st, v in old):
+                stale.append(name)
+                break
+    return stale
+
+
+def series_extremes(
+    session: Session, run_id: int, names: list[str]
+) -> dict[str, tuple[float, float]]:
+    """``{name: (min, max)}`` over every stored point (index-only on the covering index)."""
+    if not names:
+        return {}
+    rows = session.execute(
+        select(MetricPoint.name, func.min(MetricPoint.value), func.max(MetricPoint.value))
+        .where(MetricPoint.run_id == run_id, MetricPoint.name.in_(names))
+        .group_by(MetricPoint.name)
+    ).all()
+    return {name: (float(lo), float(hi)) for name, lo, hi in rows}
 
 
 _WHERE = "FROM metric_points WHERE run_id = :run AND name = :name"

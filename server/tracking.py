@@ -6,8 +6,9 @@ is older than ``Settings.run_crashed_after_s`` *reads* as ``crashed``. Computing
 at read time needs no sweeper process and is the same on SQLite and PostgreSQL.
 
 The summary is ``{series: {"last", "last_step", "min", "max"}}``, merged incrementally from
-each ingested batch, so reading it never scans metric points. A point that replaces an
-existing value (same step) can leave a stale min/max; the last value is always right.
+each ingested batch, so reading it never scans metric points. A point that replaces a
+stored extreme with another value (a re-logged step) has its series' min and max read
+again from the stored points (``server.series_store.replaced_extremes``).
 """
 
 from __future__ import annotations
@@ -75,4 +76,15 @@ def merge_summary(
             s["last"], s["last_step"] = values[i], steps[i]
         s["min"] = min(s.get("min", lo), lo)
         s["max"] = max(s.get("max", hi), hi)
+    return out
+
+
+def with_extremes(
+    summary: dict[str, Any], extremes: dict[str, tuple[float, float]]
+) -> dict[str, Any]:
+    """``summary`` with the min and max of the series in ``extremes`` replaced."""
+    out = dict(summary)
+    for name, (lo, hi) in extremes.items():
+        if name in out:
+            out[name] = {**out[name], "min": lo, "max": hi}
     return out

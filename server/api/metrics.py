@@ -12,8 +12,14 @@ from server.api.runs import get_run_or_404
 from server.errors import NotFound, PayloadTooLarge
 from server.models import MetricPoint
 from server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
-from server.series_store import read_series, read_wall_times, upsert_points
-from server.tracking import merge_summary
+from server.series_store import (
+    read_series,
+    read_wall_times,
+    replaced_extremes,
+    series_extremes,
+    upsert_points,
+)
+from server.tracking import merge_summary, with_extremes
 
 router = APIRouter(tags=["metrics"])
 
@@ -38,8 +44,12 @@ def add_metrics(
     latest: dict[tuple[str, int], tuple[float, float | None]] = {}
     for p in points:  # within one request the last value for a (name, step) wins
         latest[(p["name"], p["step"])] = (p["value"], p.get("wall_time"))
+    rows = [(n, s, v) for (n, s), (v, _) in latest.items()]
+    stale = replaced_extremes(session, run_id, run.summary or {}, rows)
     upsert_points(session, run_id, [(n, s, v, w) for (n, s), (v, w) in latest.items()])
-    run.summary = merge_summary(run.summary, ((n, s, v) for (n, s), (v, _) in latest.items()))
+    run.summary = with_extremes(
+        merge_summary(run.summary, rows), series_extremes(session, run_id, stale)
+    )
     session.commit()
     return MetricsAccepted(accepted=len(points), names=sorted({n for n, _ in latest}))
 

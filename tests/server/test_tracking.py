@@ -50,6 +50,27 @@ def test_summary_is_merged_incrementally_on_ingest(api: TestClient) -> None:
     assert summary["acc"]["last"] == 0.9
 
 
+def test_replacing_a_series_extreme_reads_min_and_max_again(api: TestClient) -> None:
+    """A resumed run re-logs steps: when the old value was the series' min or max, the
+    summary (and so a `summary.loss.min < x` filter) follows the stored points, not the
+    value that is gone."""
+    rid = _run(api, "relog")
+    pts = [{"name": "loss", "step": s, "value": v} for s, v in [(0, 3.0), (1, 0.2), (2, 1.0)]]
+    api.post(f"/api/runs/{rid}/metrics", json=pts)
+    # Step 1 (the minimum) and step 0 (the maximum) re-logged with ordinary values.
+    relog = [{"name": "loss", "step": 1, "value": 0.9}, {"name": "loss", "step": 0, "value": 2.0}]
+    assert api.post(f"/api/runs/{rid}/metrics", json=relog).status_code == 200
+    summary = api.get(f"/api/runs/{rid}").json()["summary"]
+    assert summary["loss"] == {"last": 1.0, "last_step": 2, "min": 0.9, "max": 2.0}
+    hits = api.get("/api/runs", params={"filter": "summary.loss.min < 0.5"}).json()
+    assert rid not in [r["id"] for r in hits]
+    # Re-logging the last step moves "last"; an appended point still merges without a read.
+    api.post(f"/api/runs/{rid}/metrics", json=[{"name": "loss", "step": 2, "value": 5.0}])
+    api.post(f"/api/runs/{rid}/metrics", json=[{"name": "loss", "step": 3, "value": 0.1}])
+    summary = api.get(f"/api/runs/{rid}").json()["summary"]
+    assert summary["loss"] == {"last": 0.1, "last_step": 3, "min": 0.1, "max": 5.0}
+
+
 def test_wall_time_is_kept_as_sent_or_stamped_by_the_server(api: TestClient) -> None:
     rid = _run(api, "wall")
     t0 = time.time()
