@@ -23,17 +23,23 @@ class Attention(nn.Module):
         self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model))
         self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) / math.sqrt(d_head * n_heads))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, last_only: bool = False) -> Tensor:
+        """(B, T, d) -> (B, T, d); with ``last_only`` just the last position's output
+        (B, 1, d), which sees every position: the same numbers for a model that reads out
+        only there, at a third of the attention cost for 3-token inputs."""
         B, T, d = x.shape
         H, _, dh = self.W_Q.shape
         # (H, d, dh) -> (d, H*dh): one matmul per projection instead of a batched einsum
         w_qkv = torch.cat([w.permute(1, 0, 2).reshape(d, H * dh) for w in self.qkv()], dim=1)
         q, k, v = (x @ w_qkv).split(H * dh, dim=-1)
-        q, k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
-        att = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        att = att.masked_fill(~causal, float("-inf")).softmax(-1)
-        z = (att @ v).transpose(1, 2).reshape(B, T, H * dh)
+        Tq = 1 if last_only else T
+        q = q[:, T - Tq :].reshape(B, Tq, H, dh).transpose(1, 2)  # (B, H, Tq, dh)
+        k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (k, v))  # (B, H, T, dh)
+        att = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, Tq, T)
+        if not last_only:  # the last query sees every key: no mask needed
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~causal, float("-inf"))
+        z = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, Tq, H * dh)
         return z @ self.W_O.reshape(H * dh, d)
 
     def qkv(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -52,8 +52,8 @@ class OneLayerTransformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.embed(tokens) + self.pos_embed  # (B, 3, d)
-        x = x + self.attn(x)
-        x = x[:, -1]  # only "=" is read out, so the MLP only needs that position
+        # Only "=" is read out, so attention and the MLP only need that position.
+        x = x[:, -1] + self.attn(x, last_only=True)[:, 0]
         x = x + self.mlp(x)
         return self.unembed(x)  # logits at "=": (B, p)
 

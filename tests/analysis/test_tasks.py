@@ -183,3 +183,19 @@ def test_head_groups_work_as_llc_param_masks() -> None:
     d_head = task.config["d_model"] // task.config["n_heads"]
     assert result.num_params_free == 4 * task.config["d_model"] * d_head
     assert len(result.per_chain) == 2
+
+
+def test_last_position_attention_equals_the_full_causal_attention_there() -> None:
+    """Modular addition reads out only at "=": attending from that position alone (what its
+    forward does) gives the full causal attention's last row, bit for bit here (tolerance
+    1e-6 for other BLAS builds)."""
+    from analysis.tasks._transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, 4, 4)
+    x = torch.randn(8, 5, 16)
+    full, last = attn(x)[:, -1:], attn(x, last_only=True)
+    assert last.shape == (8, 1, 16)
+    torch.testing.assert_close(last, full, rtol=1e-6, atol=1e-6)
+    # Not a no-op: a middle position's output differs from the last one's.
+    assert not torch.allclose(attn(x)[:, 2], full[:, 0])
