@@ -255,6 +255,43 @@
     });
     loadBands(section);
     loadPaths(section);
+    watchJobs(section);
+  }
+
+  // ------------------------------------------------------------------ refresh while jobs run
+
+  /** Queued + running jobs of the compared runs (one small request per run). */
+  async function activeJobs(section) {
+    const ids = section.dataset.runs.split(",").filter(Boolean);
+    const lists = await Promise.all(ids.map((id) => getJson("/api/jobs?limit=1&run_id=" + id)));
+    return lists.reduce((n, l) => n + (l.counts.queued || 0) + (l.counts.running || 0), 0);
+  }
+
+  /** While any compared run has jobs queued or running, redraw bands and paths every
+   *  ``data-refresh-ms`` (15 s), and once more when the last one ends; then stop. */
+  function watchJobs(section) {
+    const note = $("#groups-jobs", section);
+    let wasActive = false;
+    let first = true;
+    async function tick() {
+      let n;
+      try {
+        n = await activeJobs(section);
+      } catch (e) {
+        return; // the page still shows what it loaded; a reload tries again
+      }
+      if (!first && (n > 0 || wasActive)) {
+        loadBands(section);
+        loadPaths(section);
+      }
+      first = false;
+      note.hidden = n === 0;
+      note.textContent = n ? "Updating while " + n + " job(s) of these runs are queued or running." : "";
+      section.dataset.jobsActive = String(n);
+      wasActive = n > 0;
+      if (n > 0) setTimeout(tick, Number(section.dataset.refreshMs || 15000));
+    }
+    tick();
   }
 
   // After app.js has loaded its view state (see lenses.js for the same ordering).

@@ -66,15 +66,15 @@ def _llc(seed: int, step: int) -> float:
     return 2 + 4 / (1 + math.exp(-4 * (math.log10(step) - 2.5 - 0.12 * (seed - 1)))) + 0.2 * seed
 
 
-def _seed_group(site) -> list[int]:  # type: ignore[no-untyped-def]
+def _seed_group(site, name: str = "tms-6-2", tag: str = "tms-seeds") -> list[int]:  # type: ignore[no-untyped-def]
     ids = []
     with site.db.session() as s:
         for seed in range(3):
             run = Run(
-                name=f"tms-6-2-seed{seed}",
+                name=f"{name}-seed{seed}",
                 task="tms",
                 task_config={"n_features": 6, "n_hidden": 2, "steps": 5000},
-                tags=["tms-seeds"],
+                tags=[tag],
             )
             s.add(run)
             s.flush()
@@ -233,3 +233,39 @@ def test_compare_without_shared_results_shows_status_lines_not_empty_frames(site
         assert not page.locator(card).is_visible()
     page.goto(f"{site.url}/compare?tag=no-such-tag")
     assert "No run carries the tag 'no-such-tag'" in page.inner_text("#tag-note")
+
+
+def test_compare_redraws_while_the_runs_jobs_run_and_stops_after(site, page) -> None:
+    """A seed whose essential dynamics is still queued joins the paths when its result
+    lands, without a reload; the note says jobs are running, and goes once they end."""
+    from server.models import Job
+
+    ids = _seed_group(site, name="late", tag="late-seeds")
+    with site.db.session() as s:
+        s.query(Result).filter_by(run_id=ids[2], kind="essential_dynamics").delete()
+        job = Job(
+            run_id=ids[2], kind="essential_dynamics", config={}, config_hash="h",
+            dedupe_key=f"{ids[2]}:-:essential_dynamics::late", state="queued",
+        )  # fmt: skip
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    page.goto(f"{site.url}/compare?tag=late-seeds")
+    page.wait_for_selector("#groups[data-paths-loaded='true']", timeout=20_000)
+    page.wait_for_selector("#groups[data-jobs-active='1']", timeout=20_000)
+    assert "1 job(s) of these runs are queued or running" in page.inner_text("#groups-jobs")
+    assert "late-seed2 (no essential-dynamics result yet)" in page.inner_text("#paths-status")
+    page.locator("#groups").scroll_into_view_if_needed()
+    shoot(page, "groups-updating-desktop")
+    page.evaluate("document.getElementById('groups').dataset.refreshMs = '300'")
+    with site.db.session() as s:
+        values = _ed_values(site, _outputs(2), PROBE)
+        s.add(Result(run_id=ids[2], kind="essential_dynamics", values=values))
+        s.get(Job, job_id).state = "done"
+    # The next tick (<= 15 s) sees no job left, redraws once more and stops.
+    page.wait_for_function(
+        "() => document.getElementById('paths-status').textContent.includes('3 run(s)')",
+        timeout=25_000,
+    )
+    assert page.locator("#groups-jobs").is_hidden()
+    assert page.locator("#groups").get_attribute("data-jobs-active") == "0"
