@@ -32,13 +32,7 @@ sys.path.insert(0, str(ROOT))
 from analysis.llc import LLCConfig  # noqa: E402
 from analysis.restrict import ParamMask, estimate_llc_restricted_many  # noqa: E402
 from analysis.tasks import get_task  # noqa: E402
-
-NEOX_SIZES = {  # name -> GPT-NeoX config (~params), as in bench/llc_vs_devinterp.py
-    "200k": {"vocab_size": 500, "hidden_size": 64, "num_hidden_layers": 3,
-             "num_attention_heads": 4, "intermediate_size": 256},
-    "3m": {"vocab_size": 2500, "hidden_size": 256, "num_hidden_layers": 3,
-           "num_attention_heads": 8, "intermediate_size": 512},
-}  # fmt: skip
+from bench.llc_vs_devinterp import NEOX_SIZES, make_data  # noqa: E402
 
 
 def joint(masks: dict[str, ParamMask], model: torch.nn.Module) -> dict[str, ParamMask]:
@@ -60,8 +54,6 @@ def setup(args: argparse.Namespace) -> tuple[Any, list[torch.nn.Module], LLCConf
         task = get_task("modular_addition", dict(FULL_CONFIG))
         llc, batch = dict(FULL_LLC), 64  # the demo's LLC settings, the jobs' batch size
     else:
-        from bench.llc_vs_devinterp import make_data
-
         hf = {"model_type": "gpt_neox", "max_position_embeddings": 16, "bos_token_id": 0,
               "eos_token_id": 0, **NEOX_SIZES[args.size]}  # fmt: skip
         task = get_task("hf_causal_lm", {"hf_config": hf, "seq_len": 16, "num_sequences": 512})
