@@ -59,6 +59,16 @@ def probe_batch(task: Task, max_examples: int = 128, split: str = "test") -> Bat
     return task.datasets()[probe_split(task, split)][:max_examples]
 
 
+def lens_probe(task: Task, max_examples: int = 128) -> tuple[Batch, str]:
+    """Essential dynamics' probe set and where it comes from: the task's seed-independent
+    ``shared_probe`` ("shared"), so seeds of one config are compared on the same inputs,
+    else ``probe_batch`` of the test split."""
+    shared = task.shared_probe(max_examples)
+    if shared is not None:
+        return shared, "shared"
+    return probe_batch(task, max_examples), probe_split(task)
+
+
 def probe_hash(batch: Batch) -> str:
     """A fingerprint of the probe examples themselves (sha256 of every tensor's dtype, shape
     and bytes, in order; 16 hex digits): two runs whose probe hashes agree were probed on
@@ -188,6 +198,7 @@ __all__ = [
     "EssentialDynamics",
     "essential_dynamics",
     "pca",
+    "lens_probe",
     "probe_batch",
     "probe_hash",
     "probe_outputs",

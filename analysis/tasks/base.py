@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 Batch = Any  # a tensor, or a tuple/list/dict of tensors
 ParamMask = dict[str, Tensor | None]  # same shape as analysis.restrict.ParamMask
+# Generator seed of ``Task.shared_probe``: fixed, so it never follows a run's data seed.
+PROBE_SEED = 0xED
 
 
 class CheckpointMismatch(ValueError):
@@ -238,6 +240,13 @@ class Task:
         if split not in data:
             raise KeyError(f"task {self.name!r} has no data split {split!r}; has {list(data)}")
         return data[split]
+
+    def shared_probe(self, n: int) -> tuple[Tensor, ...] | None:
+        """``n`` inputs every run of this task sees alike whatever its data seed (drawn from
+        the task's whole input distribution with a fixed generator), so runs that differ only
+        in their seed can be compared function to function (essential dynamics on one
+        picture). None (the default): the lenses probe the test split instead."""
+        return None
 
     # --- weights -------------------------------------------------------------------
 

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analysis.tasks._transformer import Attention, attention_head_names
-from analysis.tasks.base import ParamMask, Task, TensorDataset, head_mask, layer_groups
+from analysis.tasks.base import (
+    PROBE_SEED,
+    ParamMask,
+    Task,
+    TensorDataset,
+    head_mask,
+    layer_groups,
+)
 
 
 class MLP(nn.Module):
@@ -107,6 +114,14 @@ class ModularAddition(Task):
             "small_sums": train.subset(ta + tb < p),  # no wrap-around
             "wrapped_sums": train.subset(ta + tb >= p),
         }
+
+    def shared_probe(self, n: int) -> tuple[Tensor, ...]:
+        """``n`` of all p^2 pairs in a fixed order (train and test pairs alike: the split is
+        what the data seed changes)."""
+        p = self.config["p"]
+        a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
+        order = torch.randperm(p * p, generator=torch.Generator().manual_seed(PROBE_SEED))[:n]
+        return torch.stack([a, b, torch.full_like(a, p)], dim=1)[order], ((a + b) % p)[order]
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         tokens, labels = batch

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from analysis.tasks.base import Task, TensorDataset
+from analysis.tasks.base import PROBE_SEED, Task, TensorDataset
 
 
 class ToyModel(nn.Module):
@@ -62,13 +62,20 @@ class TMS(Task):
         c = self.config
         return c["importance_decay"] ** torch.arange(c["n_features"], dtype=torch.float32)
 
-    def _make_datasets(self) -> dict[str, TensorDataset]:
+    def _sample(self, n: int, seed: int) -> Tensor:
+        """``n`` sparse feature vectors: uniform values, each feature active w.p. 1 - sparsity."""
         c = self.config
-        gen = torch.Generator().manual_seed(c["seed"])
-        n = c["num_samples"] + c["num_test"]
+        gen = torch.Generator().manual_seed(seed)
         values = torch.rand(n, c["n_features"], generator=gen)
         active = torch.rand(n, c["n_features"], generator=gen) >= c["sparsity"]
-        x = values * active
+        return values * active
+
+    def shared_probe(self, n: int) -> tuple[Tensor, ...]:
+        return (self._sample(n, PROBE_SEED),)
+
+    def _make_datasets(self) -> dict[str, TensorDataset]:
+        c = self.config
+        x = self._sample(c["num_samples"] + c["num_test"], c["seed"])
         train = TensorDataset(x[: c["num_samples"]])
         test = TensorDataset(x[c["num_samples"] :])
         k = (train.tensors[0] > 0).sum(1)

@@ -549,22 +549,21 @@ def run_essential_dynamics(ctx: JobContext) -> ResultRows:
 
     from analysis.essential_dynamics import (
         essential_dynamics,
-        probe_batch,
+        lens_probe,
         probe_hash,
         probe_outputs,
-        probe_split,
     )
     from server.jobs.planning import config_hash
 
     task = ctx.task()
     ckpts = _run_checkpoints(ctx)
     n_probe = int(ctx.config.get("probe_examples", 128))
-    probe = probe_batch(task, max_examples=n_probe)
+    probe, split = lens_probe(task, max_examples=n_probe)
     run = ctx.run()
     probe_id = {
         "task": run.task,
         "task_config_hash": config_hash(run.task_config or {})[:16],
-        "split": probe_split(task),
+        "split": split,
         "probe_examples": n_probe,
         "probe_hash": probe_hash(probe),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from analysis.essential_dynamics import (
@@ -93,3 +94,23 @@ def test_probe_hash_names_the_examples_not_the_config() -> None:
     x = torch.arange(6.0).reshape(2, 3)
     assert probe_hash({"b": x, "a": x}) == probe_hash({"a": x, "b": x})
     assert probe_hash((x,)) != probe_hash((x.reshape(3, 2),))  # the shape counts
+
+
+@pytest.mark.parametrize(("name", "config"), [("modular_addition", {"p": 7}), ("tms", {})])
+def test_seeds_of_one_config_share_the_lens_probe(name: str, config: dict) -> None:
+    """Runs that differ only in their data seed are probed on the same inputs (so the compare
+    page can put them in one PC space); the probe still follows the task's shape."""
+    from analysis.essential_dynamics import lens_probe, probe_batch, probe_hash
+    from analysis.tasks import get_task
+
+    a, b = get_task(name, {**config, "seed": 0}), get_task(name, {**config, "seed": 1})
+    (pa, split), (pb, _) = lens_probe(a, 32), lens_probe(b, 32)
+    assert split == "shared" and probe_hash(pa) == probe_hash(pb)
+    assert probe_hash(probe_batch(a, 32)) != probe_hash(probe_batch(b, 32))  # test splits differ
+    assert len(pa[0]) == 32
+    if name == "modular_addition":  # inputs and labels of real pairs, all distinct
+        tokens, labels = pa
+        assert torch.equal(labels, (tokens[:, 0] + tokens[:, 1]) % 7)
+        assert len({tuple(t.tolist()) for t in tokens}) == 32
+        other = get_task(name, {"p": 11, "seed": 0})
+        assert probe_hash(lens_probe(other, 32)[0]) != probe_hash(pa)

@@ -104,6 +104,51 @@ def test_paths_put_seed_runs_in_one_pc_space_and_skip_other_probes(make_settings
     assert ed[a]["outputs_blob"] not in report.removed and store.exists(ed[a]["outputs_blob"])
 
 
+def test_seeds_with_their_own_data_share_one_pc_space(make_settings) -> None:
+    """tms runs that differ in their data seed (other training and test examples) are probed
+    on the task's shared probe, so the compare page puts them in one PC space."""
+    import torch
+
+    from analysis.tasks import get_task
+
+    settings = fast_settings(make_settings, queue="local", auto_analyses="essential_dynamics")
+    db, store = Database(settings), BlobStore(settings.storage_dir)
+    ids = {}
+    try:
+        for seed in (0, 1):
+            config = {"n_features": 5, "n_hidden": 2, "seed": seed}
+            with db.session() as s:
+                run = Run(name=f"tms-seed{seed}", task="tms", task_config=config)
+                s.add(run)
+                s.flush()
+                weights = []
+                for i, step in enumerate(STEPS):
+                    torch.manual_seed(10 * seed + i)
+                    weights.append((step, get_task("tms", config).build_model().state_dict()))
+                ids[run.id] = add_checkpoints(s, store, run.id, weights)
+    finally:
+        db.dispose()
+    app = create_app(settings, start_workers=False)
+    queue, db = app.state.queue, app.state.db
+    for run_id, ckpts in ids.items():
+        queue.checkpoints_added(run_id, ckpts)
+    with TestClient(app) as client:
+        queue.start()
+        jobs = wait_for(
+            db,
+            lambda js: all_final(js) and sum(j.kind == "essential_dynamics" for j in js) == 2,
+        )
+        assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
+        a, b = ids
+        probes = [
+            client.get(f"/api/runs/{r}/lenses").json()["essential_dynamics"]["probe"] for r in ids
+        ]
+        assert probes[0]["split"] == "shared" and probes[0]["probe_hash"] == probes[1]["probe_hash"]
+        assert probes[0]["task_config_hash"] != probes[1]["task_config_hash"]
+        body = client.get("/api/groups/paths", params={"runs": f"{a},{b}"}).json()
+    assert [p["id"] for p in body["paths"]] == [a, b] and body["skipped"] == []
+
+
 def test_paths_skip_results_without_outputs_and_refuse_bad_groups(client) -> None:
     ids = [client.post("/api/runs", json={"name": f"r{i}"}).json()["id"] for i in range(13)]
     old = {"steps": STEPS, "components": [[0, 0, 0]] * 4, "explained_variance": [1, 0, 0]}
