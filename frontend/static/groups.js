@@ -268,7 +268,8 @@
   }
 
   /** While any compared run has jobs queued or running, redraw bands and paths every
-   *  ``data-refresh-ms`` (15 s), and once more when the last one ends; then stop. */
+   *  ``data-refresh-ms`` (15 s) and when the window regains focus, and once more when the
+   *  last one ends; then stop. */
   function watchJobs(section) {
     const note = $("#groups-jobs", section);
     let wasActive = false;
@@ -289,9 +290,13 @@
       note.textContent = n ? "Updating while " + n + " job(s) of these runs are queued or running." : "";
       section.dataset.jobsActive = String(n);
       wasActive = n > 0;
-      if (n > 0) setTimeout(tick, Number(section.dataset.refreshMs || 15000));
+      clearTimeout(timer);
+      if (n > 0) timer = setTimeout(tick, Number(section.dataset.refreshMs || 15000));
     }
+    let timer = null;
     tick();
+    // Coming back to the tab checks at once instead of waiting for the next tick.
+    window.addEventListener("focus", () => { if (wasActive) tick(); });
   }
 
   // After app.js has loaded its view state (see lenses.js for the same ordering).
