@@ -349,6 +349,29 @@ def _stack_batches(batches: list[Any], rows: int) -> Any:
     )
 
 
+def _free_names(named: Mapping[str, Tensor], group_masks: Sequence[ParamMask | None]) -> list[str]:
+    """Parameters some group frees (part of), in module order; everything else is fixed."""
+    return [n for n in named if any(m is None or n in m for m in group_masks)]
+
+
+@dataclass
+class _Pass:
+    """One vmap-ed pass of ``_run_sgld``: its groups' rows, (K, G_p * C, *shape) copies of
+    only the tensors they free, the frozen rest at w*, and the per-group update constants
+    shaped (1, G_p, 1, 1, ...) to broadcast against the (K, G_p, C, *shape) view of a row."""
+
+    groups: list[int]
+    index: Tensor  # the groups as a tensor, to scatter this pass's rows into (K, G, C)
+    params: dict[str, Tensor]
+    fixed: dict[str, Tensor]
+    masks: dict[str, Tensor | None]  # (1, G_p, 1, *shape) or None (all free)
+    half_step: dict[str, Tensor]  # -eps / 2
+    noise_scale: dict[str, Tensor]  # sqrt(eps)
+    gamma: dict[str, Tensor]
+    nbeta: dict[str, Tensor]
+    square_avg: dict[str, Tensor]  # RMSprop's running mean of squared gradients, if used
+
+
 def _passes(
     group_masks: Sequence[ParamMask | None], free_names: Sequence[str]
 ) -> list[tuple[list[int], list[str]]]:
@@ -373,7 +396,7 @@ def row_equivalents(
     reference row. Chunking by this instead of groups x chains fits more checkpoints in a
     batch when groups free only part of the model."""
     named = dict(model.named_parameters())
-    free_names = [n for n in named if any(m is None or n in m for m in group_masks)]
+    free_names = _free_names(named, group_masks)
     total = max(1, sum(p.numel() for p in named.values()))
     largest = max(
         len(groups) * num_chains * sum(named[n].numel() for n in names)
@@ -419,8 +442,7 @@ def _run_sgld(
         for n in m or {}:
             if n not in named:
                 raise ValueError(f"param_mask names unknown parameter {n!r}")
-    # A parameter is sampled if some group frees (part of) it; everything else is fixed.
-    free_names = [n for n in named if any(m is None or n in m for m in group_masks)]
+    free_names = _free_names(named, group_masks)
     if not free_names:
         raise ValueError("param_mask leaves no parameter free")
     all_names = list(named) + list(named_buffers)
@@ -431,16 +453,20 @@ def _run_sgld(
     # Every tensor at every checkpoint's w*: (K, *shape).
     w_star = {n: torch.stack([on_device(sd[n]) for sd in state_dicts]) for n in all_names}
 
-    def group_tensor(values: Sequence[float], groups: list[int], ndim: int) -> Tensor:
-        """(1, G_p, 1, 1, ...): per-group values broadcast against (K, G_p, C, *shape)."""
-        picked = [values[g] for g in groups]
-        return torch.tensor(picked, device=device, dtype=dtype).view(1, len(groups), 1, *[1] * ndim)
+    def per_group(
+        values: Sequence[float], groups: list[int], params: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Per tensor, the groups' values shaped (1, G_p, 1, 1, ...) to broadcast against
+        the (K, G_p, C, *shape) view of the pass's rows."""
+        picked = torch.tensor([values[g] for g in groups], device=device, dtype=dtype)
+        return {n: picked.view(1, len(groups), 1, *[1] * (w.dim() - 2)) for n, w in params.items()}
 
+    rmsprop = config.sampler == "rmsprop_sgld"
     num_free = [0] * G
-    passes = []
+    passes: list[_Pass] = []
     for groups, names in _passes(group_masks, free_names):
         Gp = len(groups)
-        masks: dict[str, Tensor | None] = {}  # (1, G_p, 1, *shape) or None (all free)
+        masks: dict[str, Tensor | None] = {}
         for n in names:
             p = named[n].detach().to(device, dtype)
             gm = _group_mask_tensor([group_masks[g] for g in groups], n, p)
@@ -451,23 +477,22 @@ def _run_sgld(
         params = {
             n: w_star[n].unsqueeze(1).expand(K, Gp * C, *w_star[n].shape[1:]).clone() for n in names
         }
-        fixed = {n: w_star[n] for n in all_names if n not in params}
-        eps = {n: group_tensor(group_lr, groups, params[n].dim() - 2) for n in names}
+        eps = per_group(group_lr, groups, params)
         passes.append(
-            {
-                "groups": groups,
-                "params": params,
-                "fixed": fixed,
-                "masks": masks,
-                "half_step": {n: -0.5 * e for n, e in eps.items()},
-                "noise_scale": {n: e.sqrt() for n, e in eps.items()},
-                "gamma": {n: group_tensor(group_gamma, groups, params[n].dim() - 2) for n in names},
-                "nbeta": {n: group_tensor(nbetas, groups, params[n].dim() - 2) for n in names},
-                "square_avg": {n: torch.zeros_like(w) for n, w in params.items()},
-            }
+            _Pass(
+                groups=groups,
+                index=torch.tensor(groups, device=device),
+                params=params,
+                fixed={n: w_star[n] for n in all_names if n not in params},
+                masks=masks,
+                half_step={n: -0.5 * e for n, e in eps.items()},
+                noise_scale={n: e.sqrt() for n, e in eps.items()},
+                gamma=per_group(group_gamma, groups, params),
+                nbeta=per_group(nbetas, groups, params),
+                square_avg={n: torch.zeros_like(w) for n, w in params.items()} if rmsprop else {},
+            )
         )
     anchors = {n: w_star[n].view(K, 1, 1, *w_star[n].shape[1:]) for n in free_names}
-    rmsprop = config.sampler == "rmsprop_sgld"
     alpha, rms_eps = config.rmsprop_alpha, config.rmsprop_eps
 
     wrapper = _LossModule(template, loss_fn)
@@ -521,40 +546,39 @@ def _run_sgld(
                 d2 = torch.zeros(K, G, C, device=device, dtype=dtype)
                 g2 = torch.zeros(K, G, C, device=device, dtype=dtype)
             for ps in passes:
-                groups, params, Gp = ps["groups"], ps["params"], len(ps["groups"])
+                params, Gp = ps.params, len(ps.groups)
                 batch = _stack_batches(chain_batches, Gp * C)
-                grads, loss = step_fn(params, ps["fixed"], batch)  # loss: (K, G_p * C)
+                grads, loss = step_fn(params, ps.fixed, batch)  # loss: (K, G_p * C)
                 if is_draw:
-                    idx = torch.tensor(groups, device=device)
-                    trace[:, idx] = loss.view(K, Gp, C)
+                    trace[:, ps.index] = loss.view(K, Gp, C)
                     pd2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
                     pg2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
                     for n, w in params.items():
                         shape = w.shape[2:]
                         diff = w.view(K, Gp, C, *shape) - anchors[n]
                         gr = grads[n].view(K, Gp, C, *shape)
-                        if ps["masks"][n] is not None:
-                            diff, gr = diff * ps["masks"][n], gr * ps["masks"][n]
+                        if ps.masks[n] is not None:
+                            diff, gr = diff * ps.masks[n], gr * ps.masks[n]
                         pd2 += (diff**2).flatten(3).sum(-1)
                         pg2 += (gr**2).flatten(3).sum(-1)
-                    d2[:, idx] = pd2
-                    g2[:, idx] = pg2
+                    d2[:, ps.index] = pd2
+                    g2[:, ps.index] = pg2
                 for n, w in params.items():
                     shape = w.shape[2:]
                     w_chain = w.view(K, Gp, C, *shape)  # a view: updated in place
                     grad = grads[n].view(K, Gp, C, *shape)
-                    drift = ps["nbeta"][n] * grad + ps["gamma"][n] * (w_chain - anchors[n])
+                    drift = ps.nbeta[n] * grad + ps.gamma[n] * (w_chain - anchors[n])
                     if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
-                        v = ps["square_avg"][n].view(K, Gp, C, *shape)
+                        v = ps.square_avg[n].view(K, Gp, C, *shape)
                         v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
                         precond = 1.0 / (v.sqrt() + rms_eps)
-                        step_ = ps["half_step"][n] * precond * drift
-                        step_ += ps["noise_scale"][n] * precond.sqrt() * noises[n]
+                        step_ = ps.half_step[n] * precond * drift
+                        step_ += ps.noise_scale[n] * precond.sqrt() * noises[n]
                     else:
-                        step_ = ps["half_step"][n] * drift
-                        step_ += ps["noise_scale"][n] * noises[n]
-                    if ps["masks"][n] is not None:
-                        step_ *= ps["masks"][n]
+                        step_ = ps.half_step[n] * drift
+                        step_ += ps.noise_scale[n] * noises[n]
+                    if ps.masks[n] is not None:
+                        step_ *= ps.masks[n]
                     w_chain.add_(step_)
             if is_draw:
                 refs.append(ref_loss_fn(w_star, {}, _stack_batches(chain_batches, C)))
@@ -568,10 +592,10 @@ def _run_sgld(
     ref = torch.stack(refs, dim=-1).float().cpu()  # (K, C, D)
     finite = torch.ones(K, G, C, dtype=torch.bool)
     for ps in passes:
-        ok = torch.ones(K, len(ps["groups"]), C, dtype=torch.bool)
-        for w in ps["params"].values():
-            ok &= torch.isfinite(w).flatten(2).all(dim=2).cpu().view(K, len(ps["groups"]), C)
-        finite[:, ps["groups"]] = ok
+        ok = torch.ones(K, len(ps.groups), C, dtype=torch.bool)
+        for w in ps.params.values():
+            ok &= torch.isfinite(w).flatten(2).all(dim=2).cpu().view(K, len(ps.groups), C)
+        finite[:, ps.groups] = ok
     diag = {
         "distance": torch.stack(dist, dim=-1).float().cpu(),
         "grad_norm": torch.stack(gnorm, dim=-1).float().cpu(),

@@ -95,11 +95,15 @@ class ModularAddition(Task):
         c = {**self.config, **(config or {})}
         return OneLayerTransformer(c["p"], c["d_model"], c["n_heads"], c["d_mlp"])
 
-    def _make_datasets(self) -> dict[str, TensorDataset]:
+    def _all_pairs(self) -> tuple[Tensor, Tensor]:
+        """Every input ``a b =`` as tokens (p*p, 3) and its label ``(a + b) mod p``."""
         p = self.config["p"]
         a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
-        tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # (p*p, 3)
-        labels = (a + b) % p
+        return torch.stack([a, b, torch.full_like(a, p)], dim=1), (a + b) % p
+
+    def _make_datasets(self) -> dict[str, TensorDataset]:
+        p = self.config["p"]
+        tokens, labels = self._all_pairs()
         gen = torch.Generator().manual_seed(self.config["seed"])
         order = torch.randperm(p * p, generator=gen)
         n_train = int(round(self.config["train_fraction"] * p * p))
@@ -118,10 +122,10 @@ class ModularAddition(Task):
     def shared_probe(self, n: int) -> tuple[Tensor, ...]:
         """``n`` of all p^2 pairs in a fixed order (train and test pairs alike: the split is
         what the data seed changes)."""
-        p = self.config["p"]
-        a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
-        order = torch.randperm(p * p, generator=torch.Generator().manual_seed(PROBE_SEED))[:n]
-        return torch.stack([a, b, torch.full_like(a, p)], dim=1)[order], ((a + b) % p)[order]
+        tokens, labels = self._all_pairs()
+        gen = torch.Generator().manual_seed(PROBE_SEED)
+        order = torch.randperm(len(tokens), generator=gen)[:n]
+        return tokens[order], labels[order]
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         tokens, labels = batch

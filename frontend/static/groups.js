@@ -260,6 +260,8 @@
 
   // ------------------------------------------------------------------ refresh while jobs run
 
+  const REFRESH_MS = 15000;
+
   /** Queued + running jobs of the compared runs (one small request per run). */
   async function activeJobs(section) {
     const ids = section.dataset.runs.split(",").filter(Boolean);
@@ -268,8 +270,8 @@
   }
 
   /** While any compared run has jobs queued or running, redraw bands and paths every
-   *  ``data-refresh-ms`` (15 s) and when the window regains focus, and once more when the
-   *  last one ends; then stop. */
+   *  REFRESH_MS and when the window regains focus, and once more when the last one ends;
+   *  then stop. */
   function watchJobs(section) {
     const note = $("#groups-jobs", section);
     let wasActive = false;
@@ -291,7 +293,7 @@
       section.dataset.jobsActive = String(n);
       wasActive = n > 0;
       clearTimeout(timer);
-      if (n > 0) timer = setTimeout(tick, Number(section.dataset.refreshMs || 15000));
+      if (n > 0) timer = setTimeout(tick, REFRESH_MS);
     }
     let timer = null;
     tick();

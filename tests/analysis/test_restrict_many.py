@@ -13,11 +13,11 @@ from analysis.restrict import estimate_llc_restricted, estimate_llc_restricted_m
 
 
 class Net(nn.Module):
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, d_in: int = 3, d_hidden: int = 4) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.a = nn.Linear(3, 4)
-        self.b = nn.Linear(4, 1)
+        self.a = nn.Linear(d_in, d_hidden)
+        self.b = nn.Linear(d_hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(torch.tanh(self.a(x)))
@@ -72,18 +72,10 @@ def test_memory_budget_gives_more_rows_for_more_memory_and_at_least_one() -> Non
     assert rows_for_budget(model, CONFIG, 1) == 1
 
 
-class HeavyFirst(nn.Module):
+def HeavyFirst(seed: int) -> Net:  # noqa: N802 - reads as the model it builds
     """A wide first layer and a one-unit readout: restricting to the readout should cost
     little more than the frozen forward."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.a = nn.Linear(32, 32)
-        self.b = nn.Linear(32, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.tanh(self.a(x)))
+    return Net(seed, d_in=32, d_hidden=32)
 
 
 def _wide_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:

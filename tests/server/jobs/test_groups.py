@@ -27,20 +27,33 @@ from tests.server.jobs.conftest import (
 STEPS = [1, 10, 100, 1000]
 
 
-def _dln_run(settings, name: str, seed: int, task_config=None) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
-    """A dln run whose checkpoint at STEPS[i] has weights of torch seed ``seed + i``."""
-
+def _add_run(settings, name: str, task: str, task_config, weights) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
+    """A run with a checkpoint per ``(step, state_dict)`` of ``weights``: (run id, ids)."""
     db = Database(settings)
     store = BlobStore(settings.storage_dir)
     try:
         with db.session() as s:
-            run = Run(name=name, task="dln", task_config=task_config or TINY_TASK)
+            run = Run(name=name, task=task, task_config=task_config)
             s.add(run)
             s.flush()
-            weights = [(step, state_dict(seed + i)) for i, step in enumerate(STEPS)]
             return run.id, add_checkpoints(s, store, run.id, weights)
     finally:
         db.dispose()
+
+
+def _dln_run(settings, name: str, seed: int, task_config=None) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
+    """A dln run whose checkpoint at STEPS[i] has weights of torch seed ``seed + i``."""
+    weights = [(step, state_dict(seed + i)) for i, step in enumerate(STEPS)]
+    return _add_run(settings, name, "dln", task_config or TINY_TASK, weights)
+
+
+def _essential_dynamics_done(db: Database, runs: int) -> None:
+    """Wait until every run's essential-dynamics job is final; all must be done."""
+    jobs = wait_for(
+        db,
+        lambda js: all_final(js) and sum(j.kind == "essential_dynamics" for j in js) == runs,
+    )
+    assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
 
 
 def _outputs(store: BlobStore, sha: str) -> np.ndarray:
@@ -61,11 +74,7 @@ def test_paths_put_seed_runs_in_one_pc_space_and_skip_other_probes(make_settings
         queue.checkpoints_added(run_id, ckpts)
     with TestClient(app) as client:
         queue.start()
-        jobs = wait_for(
-            db,
-            lambda js: all_final(js) and sum(j.kind == "essential_dynamics" for j in js) == 4,
-        )
-        assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
+        _essential_dynamics_done(db, 4)
         ed = {r: client.get(f"/api/runs/{r}/lenses").json()["essential_dynamics"] for r in (a, b)}
         out_a = _outputs(store, ed[a]["outputs_blob"])
         out_b = _outputs(store, ed[b]["outputs_blob"])
@@ -112,33 +121,22 @@ def test_seeds_with_their_own_data_share_one_pc_space(make_settings) -> None:
     from analysis.tasks import get_task
 
     settings = fast_settings(make_settings, queue="local", auto_analyses="essential_dynamics")
-    db, store = Database(settings), BlobStore(settings.storage_dir)
     ids = {}
-    try:
-        for seed in (0, 1):
-            config = {"n_features": 5, "n_hidden": 2, "seed": seed}
-            with db.session() as s:
-                run = Run(name=f"tms-seed{seed}", task="tms", task_config=config)
-                s.add(run)
-                s.flush()
-                weights = []
-                for i, step in enumerate(STEPS):
-                    torch.manual_seed(10 * seed + i)
-                    weights.append((step, get_task("tms", config).build_model().state_dict()))
-                ids[run.id] = add_checkpoints(s, store, run.id, weights)
-    finally:
-        db.dispose()
+    for seed in (0, 1):
+        config = {"n_features": 5, "n_hidden": 2, "seed": seed}
+        weights = []
+        for i, step in enumerate(STEPS):
+            torch.manual_seed(10 * seed + i)
+            weights.append((step, get_task("tms", config).build_model().state_dict()))
+        run_id, ckpts = _add_run(settings, f"tms-seed{seed}", "tms", config, weights)
+        ids[run_id] = ckpts
     app = create_app(settings, start_workers=False)
     queue, db = app.state.queue, app.state.db
     for run_id, ckpts in ids.items():
         queue.checkpoints_added(run_id, ckpts)
     with TestClient(app) as client:
         queue.start()
-        jobs = wait_for(
-            db,
-            lambda js: all_final(js) and sum(j.kind == "essential_dynamics" for j in js) == 2,
-        )
-        assert all(j.state == "done" for j in jobs), [(j.kind, j.error) for j in jobs]
+        _essential_dynamics_done(db, 2)
         a, b = ids
         probes = [
             client.get(f"/api/runs/{r}/lenses").json()["essential_dynamics"]["probe"] for r in ids
