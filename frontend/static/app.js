@@ -276,11 +276,9 @@
       State.load(root.dataset.shareQuery);
       if (this.mode === "compare" && !State.get("runs")) State.values.runs = this.runIds.join(",");
       this.bindControls();
-      // Small multiples change their column count with the width (4 wide, 2 on a phone).
-      let cols = this.gridCols();
-      window.addEventListener("resize", debounce(() => {
-        if (this.gridCols() !== cols) { cols = this.gridCols(); this.renderRestricted(); }
-      }, 200));
+      // Small multiples change their column count with the width (4 wide, 2 on a phone), and
+      // stage names are fitted to each plot's width: redraw when the window is resized.
+      window.addEventListener("resize", debounce(() => this.renderAll(), 200));
       const jobs = $("#jobs");
       this.jobsDone = jobs ? jobs.dataset.done : null;
       this.reload();
@@ -477,7 +475,7 @@
     },
 
     /** Vertical lines + shaded stages for each run's boundaries, and a hover trace. */
-    phaseDecor(xref, yref, withHover) {
+    phaseDecor(xref, yref, withHover, plot) {
       const shapes = [];
       const traces = [];
       this.data.forEach((d, r) => {
@@ -507,7 +505,8 @@
       // An open-ended last stage (x1 null) is closed at the largest step seen.
       const maxStep = this.maxStep();
       shapes.forEach((s) => { if (s.x1 === null) s.x1 = maxStep; });
-      const annotations = this.mode === "compare" ? [] : stageLabels(this.data[0].boundaries || [], maxStep, this.xType(), xref, yref);
+      const el = plot && document.getElementById("plot-" + plot);
+      const annotations = this.mode === "compare" ? [] : stageLabels(this.data[0].boundaries || [], maxStep, this.xType(), xref, yref, el ? el.clientWidth : 0);
       return { shapes: shapes.filter((s) => s.type !== "rect" || s.x1 > s.x0), traces, annotations };
     },
 
@@ -580,18 +579,18 @@
       if (!this.ready) return;
       const ylog = State.get("ylog") === "1";
       // Loss
-      let decor = this.phaseDecor("x", "paper", true);
+      let decor = this.phaseDecor("x", "paper", true, "loss");
       let layout = Object.assign(this.baseLayout("loss", ylog), { shapes: decor.shapes, annotations: decor.annotations });
       this.draw("loss", this.lineTraces(isLoss).concat(decor.traces), layout, this.emptyText("metrics", "No loss series selected or logged yet."));
       // Metrics; accuracy on its own 0-1 axis on the right
-      decor = this.phaseDecor("x", "paper", true);
+      decor = this.phaseDecor("x", "paper", true, "metrics");
       layout = Object.assign(this.baseLayout("value", ylog), { shapes: decor.shapes, annotations: decor.annotations });
       layout.yaxis2 = { title: { text: "accuracy" }, overlaying: "y", side: "right", range: [0, 1.02], zeroline: false,
         showgrid: false, tickvals: [0, 0.25, 0.5, 0.75, 1] };
       layout.margin.r = 48;
       this.draw("metrics", this.lineTraces((n) => !isLoss(n)).concat(decor.traces), layout, this.emptyText("metrics", "Pick a metric in Series to plot it here."));
       // LLC with a ± std band
-      decor = this.phaseDecor("x", "paper", true);
+      decor = this.phaseDecor("x", "paper", true, "llc");
       layout = Object.assign(this.baseLayout("LLC", false), { shapes: decor.shapes, annotations: decor.annotations });
       this.draw("llc", this.llcTraces().concat(decor.traces), layout, this.emptyText("llc", "No LLC results yet."));
       this.renderRestricted();
@@ -625,7 +624,7 @@
         return;
       }
       if (overlay || restrictions.length === 1) {
-        const decor = this.phaseDecor("x", "paper", false);
+        const decor = this.phaseDecor("x", "paper", false, "restricted");
         const traces = [];
         this.data.forEach((d, r) => restrictions.forEach((name, i) => {
           const s = d.restricted[name];
@@ -825,26 +824,28 @@
     };
   }
   /** Stage names between boundaries: the user's label of the boundary that opens a stage,
-   *  else "stage N". Drawn at the bottom of each plot, centred in its stage; a narrow stage
-   *  gets its number only (or a clipped label), and every name's full text and step range
-   *  show on hover, so no stage goes unnamed. */
-  function stageLabels(bs, maxStep, xType, xref, yref) {
+   *  else "stage N". Drawn at the bottom of each plot, centred in its stage; a stage too
+   *  narrow for its name (at the plot's width in pixels, ~6 px a character) gets its
+   *  number only, or a clipped label, and every name's full text and step range show on
+   *  hover, so no stage goes unnamed. */
+  function stageLabels(bs, maxStep, xType, xref, yref, widthPx) {
     if (!bs.length) return [];
     const sorted = bs.slice().sort((a, b) => a.step - b.step);
     const edges = [xType === "log" ? 1 : 0].concat(sorted.map((b) => b.step), [maxStep]);
     const out = [];
     const pos = (v) => (xType === "log" ? Math.log10(Math.max(v, 1)) : v);
     const span = pos(maxStep) - pos(edges[0]) || 1;
+    const areaPx = Math.max(widthPx - 90, 100); // less the axis margins
+    const fits = (text, px) => 6 * text.length + 6 <= px;
     for (let i = 0; i + 1 < edges.length; i++) {
       const lo = edges[i], hi = edges[i + 1];
-      const share = (pos(hi) - pos(lo)) / span;
-      // Under 2 % of the axis not even a number fits beside its neighbours' names.
-      if (!(hi > lo) || share < 0.02) continue;
-      const mid = xType === "log" ? Math.sqrt(Math.max(lo, 1) * hi) : (lo + hi) / 2;
+      const px = ((pos(hi) - pos(lo)) / span) * areaPx;
       const opener = i > 0 ? sorted[i - 1] : null;
       const full = opener && opener.label ? opener.label : "stage " + (i + 1);
-      let text = full;
-      if (share < 0.08) text = opener && opener.label ? full.slice(0, 3) + "…" : String(i + 1);
+      const short = opener && opener.label ? full.slice(0, 3) + "…" : String(i + 1);
+      const text = fits(full, px) ? full : fits(short, px) ? short : null;
+      if (!(hi > lo) || text === null) continue;
+      const mid = xType === "log" ? Math.sqrt(Math.max(lo, 1) * hi) : (lo + hi) / 2;
       out.push({ text: escapeHtml(text), x: xType === "log" ? Math.log10(mid) : mid, xref, yref,
         y: 0.01, yanchor: "bottom", showarrow: false, font: { size: 10, color: "#4b5563" },
         bgcolor: "rgba(255,255,255,0.7)", name: "stage-label",

@@ -66,6 +66,15 @@ def test_stage_labels_sit_between_boundaries_user_labels_first(site, page) -> No
     )
     assert [t for t, _ in first] == ["1", "memorisation", "stage 3"]
     assert first[0][1] == "stage 1: steps 0–380"
+    # On a phone the user's label no longer fits its stage (clipped) and stage 1 has no
+    # room even for its number: nothing runs into anything.
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(600)  # the resize redraw is debounced by 200 ms
+    labels = page.evaluate(
+        "document.getElementById('plot-llc').layout.annotations"
+        ".filter(a => a.name === 'stage-label').map(a => a.text)"
+    )
+    assert labels == ["mem…", "stage 3"]
 
 
 def test_restricted_small_multiples_toggle_independent_and_normalised_y(site, page) -> None:
