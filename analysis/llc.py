@@ -293,7 +293,8 @@ class _SamplerOutput:
     num_free: list[int]  # per group
     elapsed_s: float
     n_betas: list[float]  # per group
-    diagnostics: dict[str, Tensor]  # name -> (K, G, C, D)
+    diagnostics: dict[str, Tensor]  # name -> (K, G, C, P), at the draws ``diagnostic_draws``
+    diagnostic_draws: list[int] = field(default_factory=list)
 
 
 def _group_mask_tensor(masks: Sequence[ParamMask | None], name: str, p: Tensor) -> Tensor | None:
@@ -357,19 +358,24 @@ def _free_names(named: Mapping[str, Tensor], group_masks: Sequence[ParamMask | N
 @dataclass
 class _Pass:
     """One vmap-ed pass of ``_run_sgld``: its groups' rows, (K, G_p * C, *shape) copies of
-    only the tensors they free, the frozen rest at w*, and the per-group update constants
-    shaped (1, G_p, 1, 1, ...) to broadcast against the (K, G_p, C, *shape) view of a row."""
+    only the tensors they free, the frozen rest at w*, and per tensor the update's
+    coefficients shaped (1, G_p, 1, ...) to broadcast against the (K, G_p, C, *shape) view
+    of a row, each with the group's mask folded in (0 where a coordinate is frozen)."""
 
     groups: list[int]
     index: Tensor  # the groups as a tensor, to scatter this pass's rows into (K, G, C)
     params: dict[str, Tensor]
     fixed: dict[str, Tensor]
     masks: dict[str, Tensor | None]  # (1, G_p, 1, *shape) or None (all free)
-    half_step: dict[str, Tensor]  # -eps / 2
-    noise_scale: dict[str, Tensor]  # sqrt(eps)
-    gamma: dict[str, Tensor]
-    nbeta: dict[str, Tensor]
+    drift: dict[str, Tensor]  # -eps / 2 * n_beta: multiplies grad L_m(w)
+    pull: dict[str, Tensor]  # -eps / 2 * gamma: multiplies w - w*
+    noise: dict[str, Tensor]  # sqrt(eps): multiplies N(0, 1)
     square_avg: dict[str, Tensor]  # RMSprop's running mean of squared gradients, if used
+
+
+def _with_masks(coef: dict[str, Tensor], masks: dict[str, Tensor | None]) -> dict[str, Tensor]:
+    """Per-group coefficients times the groups' masks: 0 on frozen coordinates."""
+    return {n: c if masks[n] is None else c * masks[n] for n, c in coef.items()}
 
 
 def _passes(
@@ -478,6 +484,13 @@ def _run_sgld(
             n: w_star[n].unsqueeze(1).expand(K, Gp * C, *w_star[n].shape[1:]).clone() for n in names
         }
         eps = per_group(group_lr, groups, params)
+        gamma, nbeta = per_group(group_gamma, groups, params), per_group(nbetas, groups, params)
+
+        drift = {n: -0.5 * e * nbeta[n] for n, e in eps.items()}
+        pull = {n: -0.5 * e * gamma[n] for n, e in eps.items()}
+        noise = {n: e.sqrt() for n, e in eps.items()}
+        if not rmsprop:  # RMSprop scales drift and noise per coordinate: it masks after
+            drift, pull, noise = (_with_masks(c, masks) for c in (drift, pull, noise))
         passes.append(
             _Pass(
                 groups=groups,
@@ -485,10 +498,9 @@ def _run_sgld(
                 params=params,
                 fixed={n: w_star[n] for n in all_names if n not in params},
                 masks=masks,
-                half_step={n: -0.5 * e for n, e in eps.items()},
-                noise_scale={n: e.sqrt() for n, e in eps.items()},
-                gamma=per_group(group_gamma, groups, params),
-                nbeta=per_group(nbetas, groups, params),
+                drift=drift,
+                pull=pull,
+                noise=noise,
                 square_avg={n: torch.zeros_like(w) for n, w in params.items()} if rmsprop else {},
             )
         )
@@ -527,6 +539,8 @@ def _run_sgld(
     refs: list[Tensor] = []  # each (K, C)
     dist: list[Tensor] = []  # each (K, G, C): |w - w*| over the free coordinates
     gnorm: list[Tensor] = []  # each (K, G, C): |grad L_m(w)| over the free coordinates
+    diag_draws = diagnostic_draws(D, DIAGNOSTIC_POINTS)
+    wanted = set(diag_draws)
     total = config.total_steps
     report_every = max(1, total // 50)
     batch_iter = iter(_BatchCycler(batches))
@@ -541,8 +555,11 @@ def _run_sgld(
             }
             draw_step = step - config.num_burnin_steps
             is_draw = draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0
+            # Distance and gradient norm only at the draws a result keeps (DIAGNOSTIC_POINTS).
+            is_diag = is_draw and len(traces) in wanted
             if is_draw:
                 trace = torch.empty(K, G, C, device=device, dtype=dtype)
+            if is_diag:
                 d2 = torch.zeros(K, G, C, device=device, dtype=dtype)
                 g2 = torch.zeros(K, G, C, device=device, dtype=dtype)
             for ps in passes:
@@ -551,38 +568,39 @@ def _run_sgld(
                 grads, loss = step_fn(params, ps.fixed, batch)  # loss: (K, G_p * C)
                 if is_draw:
                     trace[:, ps.index] = loss.view(K, Gp, C)
+                if is_diag:
                     pd2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
                     pg2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
-                    for n, w in params.items():
-                        shape = w.shape[2:]
-                        diff = w.view(K, Gp, C, *shape) - anchors[n]
-                        gr = grads[n].view(K, Gp, C, *shape)
-                        if ps.masks[n] is not None:
-                            diff, gr = diff * ps.masks[n], gr * ps.masks[n]
-                        pd2 += (diff**2).flatten(3).sum(-1)
-                        pg2 += (gr**2).flatten(3).sum(-1)
-                    d2[:, ps.index] = pd2
-                    g2[:, ps.index] = pg2
                 for n, w in params.items():
                     shape = w.shape[2:]
                     w_chain = w.view(K, Gp, C, *shape)  # a view: updated in place
                     grad = grads[n].view(K, Gp, C, *shape)
-                    drift = ps.nbeta[n] * grad + ps.gamma[n] * (w_chain - anchors[n])
+                    diff = w_chain - anchors[n]
+                    if is_diag:
+                        dims = tuple(range(3, 3 + len(shape)))
+                        mask = ps.masks[n]
+                        pd2 += (diff.square() if mask is None else diff.square() * mask).sum(dims)
+                        pg2 += (grad.square() if mask is None else grad.square() * mask).sum(dims)
                     if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
                         v = ps.square_avg[n].view(K, Gp, C, *shape)
                         v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
                         precond = 1.0 / (v.sqrt() + rms_eps)
-                        step_ = ps.half_step[n] * precond * drift
-                        step_ += ps.noise_scale[n] * precond.sqrt() * noises[n]
-                    else:
-                        step_ = ps.half_step[n] * drift
-                        step_ += ps.noise_scale[n] * noises[n]
-                    if ps.masks[n] is not None:
-                        step_ *= ps.masks[n]
-                    w_chain.add_(step_)
+                        step_ = (ps.drift[n] * grad + ps.pull[n] * diff) * precond
+                        step_ += ps.noise[n] * precond.sqrt() * noises[n]
+                        if ps.masks[n] is not None:
+                            step_ *= ps.masks[n]
+                        w_chain.add_(step_)
+                    else:  # w += -eps/2 (n_beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1)
+                        w_chain.addcmul_(grad, ps.drift[n])
+                        w_chain.addcmul_(diff, ps.pull[n])
+                        w_chain.addcmul_(noises[n], ps.noise[n])
+                if is_diag:
+                    d2[:, ps.index] = pd2
+                    g2[:, ps.index] = pg2
             if is_draw:
                 refs.append(ref_loss_fn(w_star, {}, _stack_batches(chain_batches, C)))
                 traces.append(trace)
+            if is_diag:
                 dist.append(d2.sqrt())
                 gnorm.append(g2.sqrt())
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == total):
@@ -601,15 +619,19 @@ def _run_sgld(
         "grad_norm": torch.stack(gnorm, dim=-1).float().cpu(),
     }
     return _SamplerOutput(
-        chain_trace, ref, finite, num_free, time.perf_counter() - t0, nbetas, diag
+        chain_trace, ref, finite, num_free, time.perf_counter() - t0, nbetas, diag, diag_draws
     )
 
 
-def _downsample(rows: Tensor, points: int) -> tuple[list[int], list[list[float | None]]]:
-    """(C, D) -> draw indices and values at most ``points`` evenly spaced draws."""
-    D = rows.shape[-1]
-    idx = sorted({round(i * (D - 1) / max(points - 1, 1)) for i in range(min(points, D))})
-    return idx, [[_json_float(float(x)) for x in row[idx]] for row in rows]
+def diagnostic_draws(num_draws: int, points: int) -> list[int]:
+    """At most ``points`` evenly spaced draw indices, first and last included."""
+    return sorted(
+        {round(i * (num_draws - 1) / max(points - 1, 1)) for i in range(min(points, num_draws))}
+    )
+
+
+def _json_rows(rows: Tensor) -> list[list[float | None]]:
+    return [[_json_float(float(x)) for x in row] for row in rows]
 
 
 def _summarise(
@@ -637,8 +659,9 @@ def _summarise(
         chains.numpy(), init_per_chain.numpy(), n_beta, out.num_free[g], diverged,
         chance_loss=chance_loss,
     )  # fmt: skip
-    draws, dist = _downsample(out.diagnostics["distance"][k, g], DIAGNOSTIC_POINTS)
-    _, gnorm = _downsample(out.diagnostics["grad_norm"][k, g], DIAGNOSTIC_POINTS)
+    draws = out.diagnostic_draws
+    dist = _json_rows(out.diagnostics["distance"][k, g])
+    gnorm = _json_rows(out.diagnostics["grad_norm"][k, g])
     return LLCResult(
         mean=mean,
         std=std,

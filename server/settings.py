@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="torch intra-op threads per local worker thread; 1 with one worker per "
         "core measured faster than fewer workers with more threads (bench/RESULTS.md).",
     )
+    worker_heap_pad_mb: int = Field(
+        default=64,
+        description="Workers keep freed tensors up to 32 MB on glibc's heap, returning free "
+        "memory beyond this much per arena to the OS (server.jobs.allocator); 0 leaves "
+        "malloc's defaults, which page-fault a batch's tensors in again at every SGLD step.",
+    )
     llc_batch_checkpoints: int = Field(
         default=16,
         description="Queued LLC / restricted-LLC jobs of one run and config claimed together "

@@ -27,20 +27,36 @@ class Attention(nn.Module):
         """(B, T, d) -> (B, T, d); with ``last_only`` just the last position's output
         (B, 1, d), which sees every position: the same numbers for a model that reads out
         only there, at a third of the attention cost for 3-token inputs."""
+        if last_only:
+            return self._last_position(x)
         B, T, d = x.shape
         H, _, dh = self.W_Q.shape
         # (H, d, dh) -> (d, H*dh): one matmul per projection instead of a batched einsum
         w_qkv = torch.cat([w.permute(1, 0, 2).reshape(d, H * dh) for w in self.qkv()], dim=1)
         q, k, v = (x @ w_qkv).split(H * dh, dim=-1)
-        Tq = 1 if last_only else T
-        q = q[:, T - Tq :].reshape(B, Tq, H, dh).transpose(1, 2)  # (B, H, Tq, dh)
-        k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (k, v))  # (B, H, T, dh)
-        att = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, Tq, T)
-        if not last_only:  # the last query sees every key: no mask needed
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            att = att.masked_fill(~causal, float("-inf"))
-        z = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, Tq, H * dh)
+        q, k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
+        att = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~causal, float("-inf"))
+        z = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, H * dh)
         return z @ self.W_O.reshape(H * dh, d)
+
+    def _last_position(self, x: Tensor) -> Tensor:
+        """The last query against every key, with products and sums rather than matmuls
+        over (B x H) tiny matrices: under vmap over SGLD rows those become batched matmuls
+        of (dh x 1) by (1 x T) blocks, far slower than the same arithmetic elementwise."""
+        B, T, d = x.shape
+        H, _, dh = self.W_Q.shape
+        # Under vmap an embedding's output is laid out (rows, tokens, checkpoints, d): one
+        # copy here instead of one in each projection's matmul and in each one's backward.
+        x = x.contiguous()
+        # Separate projections: splitting one fused matmul costs a stack in the backward.
+        q, k, v = (w.permute(1, 0, 2).reshape(d, H * dh) for w in self.qkv())
+        q = (x[:, -1] @ q).view(B, 1, H, dh)
+        k, v = ((x @ w).view(B, T, H, dh) for w in (k, v))
+        att = (q * k).sum(-1) / math.sqrt(dh)  # (B, T, H)
+        z = (att.softmax(1).unsqueeze(-1) * v).sum(1)  # (B, H, dh)
+        return z.reshape(B, 1, H * dh) @ self.W_O.reshape(H * dh, d)
 
     def qkv(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.W_Q, self.W_K, self.W_V

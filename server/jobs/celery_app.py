@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from celery import Celery, signals
 
 from server.db import Database
-from server.jobs import lifecycle
+from server.jobs import allocator, lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.lanes import is_fast
 from server.jobs.runner import JobRunner
@@ -76,6 +76,7 @@ def _runner() -> JobRunner:
     runner = _worker.get("runner")
     if runner is None or _worker.get("pid") != pid:
         settings: Settings = _worker["settings"]
+        allocator.reuse_freed_memory(settings.worker_heap_pad_mb)  # this (prefork) process
         db = Database(settings)
         assert settings.storage_dir is not None
         store = BlobStore(settings.storage_dir)

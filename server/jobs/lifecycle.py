@@ -10,6 +10,7 @@ restriction even if two workers ever raced to the end.
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -49,27 +50,32 @@ def _fence(lease: Lease) -> Any:
     )
 
 
+def _taken_by(worker_id: str) -> dict[str, Any]:
+    """The columns a claim sets on a queued job."""
+    now = utcnow()
+    return {
+        "state": "running",
+        "worker_id": worker_id,
+        "attempts": Job.attempts + 1,
+        "heartbeat_at": now,
+        "started_at": now,
+        "progress": 0.0,
+        "progress_msg": "claimed",
+        "error": None,
+    }
+
+
 def claim(db: Database, job_id: int, worker_id: str) -> Lease | None:
     """Atomically take a queued job; None if someone else has it (or it is not queued).
 
     One ``UPDATE ... WHERE state='queued' RETURNING`` (SQLite >= 3.35 and PostgreSQL): of
     any number of racing workers exactly one gets the row back.
     """
-    now = utcnow()
     with db.session() as s:
         row = s.execute(
             sa.update(Job)
             .where(Job.id == job_id, Job.state == "queued")
-            .values(
-                state="running",
-                worker_id=worker_id,
-                attempts=Job.attempts + 1,
-                heartbeat_at=now,
-                started_at=now,
-                progress=0.0,
-                progress_msg="claimed",
-                error=None,
-            )
+            .values(**_taken_by(worker_id))
             .returning(Job.attempts, Job.kind)
             .execution_options(synchronize_session=False)
         ).first()
@@ -106,9 +112,15 @@ def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> 
     config and device, to run in one vectorised batch.
 
     ``peers``: how many workers (this one included) share these jobs. Each takes at most an
-    even share of the run's jobs of the kind (queued, or held by the others), so 8 jobs and 2
-    idle workers make two batches of 4 side by side rather than one batch of 8 and an idle
-    core, and a worker that comes after the other took its 4 takes the remaining 4.
+    even share of the run's jobs of the kind that are left to do: the queued ones, plus what
+    remains of those the others hold (a job at 90 % counts 0.1). So 8 jobs and 2 idle workers
+    make two batches of 4 side by side rather than one batch of 8 and an idle core, and a
+    worker whose batch ends while the other's is about to leaves it its share.
+
+    The companions are taken in one ``WITH picked AS (SELECT ... LIMIT n) UPDATE`` statement
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL): two workers claiming at once each get a
+    whole batch, never an interleaving of each other's (which split 32 jobs 8 + 9, leaving
+    the rest for a second, unbalanced round).
     """
     if limit <= 1 or lease.kind not in BATCH_KINDS:
         return []
@@ -117,33 +129,36 @@ def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> 
         if job is None or job.kind != lease.kind:
             return []
         same = (
-            Job.state == "queued",
             Job.kind == job.kind,
             Job.run_id == job.run_id,
             Job.config_hash == job.config_hash,
-            Job.device == job.device,
         )
+        queued = (Job.state == "queued", Job.device == job.device, *same)
         if peers > 1:
-            # This run's jobs of the kind, queued or held by the others, plus our lead: each
-            # of the peers takes an even share of them (workers racing each get theirs).
-            waiting = s.scalar(sa.select(sa.func.count()).select_from(Job).where(*same)) or 0
+            waiting = s.scalar(sa.select(sa.func.count()).select_from(Job).where(*queued)) or 0
             held = s.scalar(
-                sa.select(sa.func.count())
-                .select_from(Job)
-                .where(
-                    Job.state == "running",
-                    Job.kind == job.kind,
-                    Job.run_id == job.run_id,
-                    Job.config_hash == job.config_hash,
-                    Job.worker_id != lease.worker_id,
+                sa.select(sa.func.sum(1.0 - sa.func.coalesce(Job.progress, 0.0))).where(
+                    Job.state == "running", Job.worker_id != lease.worker_id, *same
                 )
             )
-            limit = min(limit, -(-(waiting + int(held or 0) + 1) // peers))  # ceil
+            limit = min(limit, math.ceil((waiting + float(held or 0) + 1) / peers))
             if limit <= 1:
                 return []
-        ids = list(s.scalars(sa.select(Job.id).where(*same).order_by(Job.id).limit(limit - 1)))
-    leases = [claim(db, i, lease.worker_id) for i in ids]
-    return [x for x in leases if x is not None]
+    with db.session() as s:  # its own write transaction, after the reads above
+        pick = sa.select(Job.id).where(*queued).order_by(Job.id).limit(limit - 1)
+        if s.get_bind().dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        # A CTE, so PostgreSQL evaluates the LIMIT once (an IN subplan may run per row).
+        picked = pick.cte("picked")
+        rows = s.execute(
+            sa.update(Job)
+            .where(Job.id.in_(sa.select(picked.c.id)), Job.state == "queued")
+            .values(**_taken_by(lease.worker_id))
+            .returning(Job.id, Job.attempts, Job.kind)
+            .execution_options(synchronize_session=False)
+        ).all()
+    leases = [Lease(int(i), lease.worker_id, int(a), str(k)) for i, a, k in rows]
+    return sorted(leases, key=lambda x: x.job_id)
 
 
 def heartbeat(

@@ -4,7 +4,8 @@ One thread per slot; slots are ``settings.worker_devices`` (comma list), repeate
 ``settings.local_workers`` threads (default: one per core), so each thread runs one job at a
 time on its device; ``settings.local_fast_workers`` more threads take only cheap kinds (see
 ``server.jobs.lanes``). torch runs ``settings.torch_threads`` intra-op threads (default 1:
-one worker per core beat fewer workers with more threads, bench/RESULTS.md).
+one worker per core beat fewer workers with more threads, bench/RESULTS.md), and malloc
+keeps freed tensors for reuse (``server.jobs.allocator``).
 Threads poll SQL for queued jobs and wake early on ``enqueue``. ``start`` first requeues
 jobs left running by a previous process, so a restarted server loses nothing.
 """
@@ -15,7 +16,7 @@ import logging
 import threading
 
 from server.db import Database
-from server.jobs import lifecycle
+from server.jobs import allocator, lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.runner import JobRunner
 from server.settings import Settings
@@ -57,6 +58,7 @@ class LocalQueue(JobQueue):
         # previous process (a restart); take them back now rather than after stale_after_s.
         quiet = min(self.settings.stale_after_s, 3 * self.settings.heartbeat_s)
         lifecycle.requeue_stale(self.db, quiet, self.settings.max_attempts)
+        allocator.reuse_freed_memory(self.settings.worker_heap_pad_mb)
         if self.settings.torch_threads > 0:
             import torch
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import sqlalchemy as sa
 
 from server.db import Database
@@ -103,4 +105,44 @@ def test_racing_peers_that_each_hold_a_lead_split_evenly(settings) -> None:
     batch_a = lifecycle.claim_companions(db, lead_a, limit=16, peers=2)
     batch_b = lifecycle.claim_companions(db, lead_b, limit=16, peers=2)
     assert (len(batch_a), len(batch_b)) == (3, 3)
+    db.dispose()
+
+
+def test_peers_claiming_at_the_same_moment_each_get_a_whole_batch(settings) -> None:
+    """32 jobs, two workers that counted before either claimed: 16 + 16. Companions claimed
+    one row at a time interleaved (the bench saw 8 + 9, then an unbalanced second round)."""
+    run_id, _ = seed_run(settings, list(range(1, 33)))
+    queue, db = _queue(settings)
+    ids = sorted(queue.plan_and_enqueue(run_id, ["llc_restricted"]))
+    leads = [lifecycle.claim(db, ids[0], "worker-a"), lifecycle.claim(db, ids[1], "worker-b")]
+    start = threading.Barrier(2)
+    batches: dict[str, list[int]] = {}
+
+    def take(lead: lifecycle.Lease) -> None:
+        start.wait()
+        companions = lifecycle.claim_companions(db, lead, limit=16, peers=2)
+        batches[lead.worker_id] = [lead.job_id, *(x.job_id for x in companions)]
+
+    threads = [threading.Thread(target=take, args=(lead,)) for lead in leads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(b) for b in batches.values()) == [16, 16]
+    assert sorted(batches["worker-a"] + batches["worker-b"]) == ids
+    db.dispose()
+
+
+def test_a_peer_about_to_finish_is_left_its_share(settings) -> None:
+    """Worker b holds 8 jobs at 90 %: they count as 0.8 of a job, so worker a, with 16
+    queued, takes 9 (ceil((15 + 0.8 + 1) / 2)) and leaves 7, not 12 and 4."""
+    run_id, _ = seed_run(settings, list(range(1, 25)))
+    queue, db = _queue(settings)
+    ids = sorted(queue.plan_and_enqueue(run_id, ["llc_restricted"]))
+    for i in ids[:8]:
+        lease = lifecycle.claim(db, i, "worker-b")
+        assert lease is not None and lifecycle.heartbeat(db, lease, progress=0.9)
+    lead = lifecycle.claim(db, ids[8], "worker-a")
+    batch = [lead, *lifecycle.claim_companions(db, lead, limit=16, peers=2)]
+    assert [x.job_id for x in batch] == ids[8:17]
     db.dispose()
