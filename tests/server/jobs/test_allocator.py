@@ -15,8 +15,10 @@ from server.jobs import allocator
 # with its activations; the process's minor page faults over the loop.
 _PROBE = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import ctypes, json, resource, sys, torch
     from server.jobs import allocator
+    # No transparent huge pages: count 4 kB pages whatever the host's THP setting.
+    ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
     tuned = allocator.reuse_freed_memory(int(sys.argv[1]))
     step = [torch.ones(2 * 1024 * 1024) for _ in range(6)]  # a first step: the heap grows
     del step
@@ -41,10 +43,12 @@ def _faults(top_pad_mb: int) -> dict:
 def test_tuned_malloc_reuses_freed_tensors_instead_of_faulting_them_in() -> None:
     default, tuned = _faults(0), _faults(64)
     assert default["tuned"] is False and tuned["tuned"] is True
-    # Untuned: the freed 48 MB goes back to the OS and is faulted in again every step
-    # (2,048 faults of 4 kB pages per tensor).
-    assert default["faults"] > 20 * 6 * 1000
-    assert tuned["faults"] < default["faults"] / 20
+    # Tuned: the steps reuse the heap; at most what the first step left (2,048 4 kB pages of
+    # one tensor) is faulted in. Untuned, glibc hands the freed 48 MB back to the OS and
+    # faults it in again: ~245,000 faults, or ~14,000 in runs where its dynamic thresholds
+    # keep part of it (both seen on the development machine).
+    assert tuned["faults"] <= 2 * 2048
+    assert default["faults"] > 3 * max(tuned["faults"], 2048)
 
 
 def test_zero_leaves_malloc_alone() -> None:
