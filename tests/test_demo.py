@@ -40,6 +40,8 @@ def test_quick_demo_logs_a_grokking_run_and_queues_analyses(tmp_path: Path) -> N
 
             kinds = {j["kind"] for j in run.jobs()["jobs"]}
             assert {"metrics", "llc", "llc_restricted"} <= kinds
+            # The run-level lenses too, or the demo's page waits for them forever.
+            assert {"essential_dynamics", "learning_order"} <= kinds
 
 
 def test_demo_starts_a_local_server_when_none_answers(tmp_path: Path) -> None:

@@ -54,7 +54,9 @@ QUICK_CONFIG: dict[str, Any] = {
 # analyze() share one config (and are deduplicated).
 FULL_LLC: dict[str, Any] = {"num_chains": 4, "num_draws": 100, "num_burnin_steps": 20}
 QUICK_LLC: dict[str, Any] = {"num_chains": 2, "num_draws": 40, "num_burnin_steps": 10}
-ANALYSES = ["metrics", "llc", "llc_restricted"]
+# Run-level lenses too: without them the demo's run page says "No essential-dynamics result
+# yet" forever (the run's own analyses list replaces the server's auto_analyses).
+ANALYSES = ["metrics", "llc", "llc_restricted", "essential_dynamics", "learning_order"]
 # A small calibration grid (6 settings, run in one vectorised batch) tried on the first
 # settled, the middle and the last checkpoint before any LLC job is queued.
 CALIBRATION_GRID: dict[str, Any] = {"lrs": [1e-4, 3e-4, 1e-3], "localizations": [100.0, 1000.0]}
