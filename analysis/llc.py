@@ -294,7 +294,7 @@ class _SamplerOutput:
     elapsed_s: float
     n_betas: list[float]  # per group
     diagnostics: dict[str, Tensor]  # name -> (K, G, C, P), at the draws ``diagnostic_draws``
-    diagnostic_draws: list[int] = field(default_factory=list)
+    diagnostic_draws: list[int]
 
 
 def _group_mask_tensor(masks: Sequence[ParamMask | None], name: str, p: Tensor) -> Tensor | None:
@@ -376,6 +376,12 @@ class _Pass:
 def _with_masks(coef: dict[str, Tensor], masks: dict[str, Tensor | None]) -> dict[str, Tensor]:
     """Per-group coefficients times the groups' masks: 0 on frozen coordinates."""
     return {n: c if masks[n] is None else c * masks[n] for n, c in coef.items()}
+
+
+def _masked_square_sum(t: Tensor, mask: Tensor | None) -> Tensor:
+    """(K, G_p, C, *shape) -> (K, G_p, C): the squared norm over the free coordinates."""
+    sq = t.square() if mask is None else t.square() * mask
+    return sq.sum(tuple(range(3, t.dim())))
 
 
 def _passes(
@@ -577,10 +583,8 @@ def _run_sgld(
                     grad = grads[n].view(K, Gp, C, *shape)
                     diff = w_chain - anchors[n]
                     if is_diag:
-                        dims = tuple(range(3, 3 + len(shape)))
-                        mask = ps.masks[n]
-                        pd2 += (diff.square() if mask is None else diff.square() * mask).sum(dims)
-                        pg2 += (grad.square() if mask is None else grad.square() * mask).sum(dims)
+                        pd2 += _masked_square_sum(diff, ps.masks[n])
+                        pg2 += _masked_square_sum(grad, ps.masks[n])
                     if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
                         v = ps.square_avg[n].view(K, Gp, C, *shape)
                         v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)

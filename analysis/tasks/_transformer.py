@@ -31,8 +31,7 @@ class Attention(nn.Module):
             return self._last_position(x)
         B, T, d = x.shape
         H, _, dh = self.W_Q.shape
-        # (H, d, dh) -> (d, H*dh): one matmul per projection instead of a batched einsum
-        w_qkv = torch.cat([w.permute(1, 0, 2).reshape(d, H * dh) for w in self.qkv()], dim=1)
+        w_qkv = torch.cat([_by_columns(w) for w in self.qkv()], dim=1)
         q, k, v = (x @ w_qkv).split(H * dh, dim=-1)
         q, k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
         att = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
@@ -51,7 +50,7 @@ class Attention(nn.Module):
         # copy here instead of one in each projection's matmul and in each one's backward.
         x = x.contiguous()
         # Separate projections: splitting one fused matmul costs a stack in the backward.
-        q, k, v = (w.permute(1, 0, 2).reshape(d, H * dh) for w in self.qkv())
+        q, k, v = (_by_columns(w) for w in self.qkv())
         q = (x[:, -1] @ q).view(B, 1, H, dh)
         k, v = ((x @ w).view(B, T, H, dh) for w in (k, v))
         att = (q * k).sum(-1) / math.sqrt(dh)  # (B, T, H)
@@ -60,6 +59,13 @@ class Attention(nn.Module):
 
     def qkv(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.W_Q, self.W_K, self.W_V
+
+
+def _by_columns(w: Tensor) -> Tensor:
+    """A projection's (H, d, dh) weights as (d, H * dh): one matmul for every head instead
+    of a batched einsum."""
+    H, d, dh = w.shape
+    return w.permute(1, 0, 2).reshape(d, H * dh)
 
 
 def attention_head_names(n_layers: int, n_heads: int) -> list[tuple[str, int, int]]:

@@ -137,7 +137,7 @@ def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> 
         if peers > 1:
             waiting = s.scalar(sa.select(sa.func.count()).select_from(Job).where(*queued)) or 0
             held = s.scalar(
-                sa.select(sa.func.sum(1.0 - sa.func.coalesce(Job.progress, 0.0))).where(
+                sa.select(sa.func.sum(1.0 - Job.progress)).where(
                     Job.state == "running", Job.worker_id != lease.worker_id, *same
                 )
             )
