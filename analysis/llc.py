@@ -417,6 +417,14 @@ def row_equivalents(
     return largest / total + 2
 
 
+def largest_pass_rows(
+    model: nn.Module, group_masks: Sequence[ParamMask | None], config: LLCConfig
+) -> int:
+    """A checkpoint's rows in its largest pass (groups x chains): those step together."""
+    free_names = _free_names(dict(model.named_parameters()), group_masks)
+    return max(len(g) for g, _ in _passes(group_masks, free_names)) * config.num_chains
+
+
 def _run_sgld(
     model: nn.Module,
     loss_fn: LossFn,
@@ -748,6 +756,65 @@ def default_max_rows(model: nn.Module, config: LLCConfig) -> int:
     return max(config.num_chains + 1, int(free_bytes / 3 / max(per_row, 1)))
 
 
+# Activations of one vmap call on a CPU past which more checkpoints per call stop paying.
+# Small models' steps are per-op overhead, which batching removes (the demo: 16 checkpoints
+# per call 2.4x cheaper each than one); a model whose rows already save tens of MB for the
+# backward is compute-bound at one checkpoint, and more rows only add page faults: the
+# attention_lm task (10.7 MB per row) ran 2x slower per checkpoint at 16 per call than at 1
+# (bench/RESULTS.md, "Checkpoints per call by activations").
+CPU_ACTIVATION_BYTES = 128 * 1024 * 1024
+
+
+_EMPTY = object()
+
+
+def first_batch(batches: Iterable[Any]) -> tuple[Any, Iterable[Any]]:
+    """The first minibatch, and ``batches`` still holding it (a one-shot iterator is
+    re-chained; a list or other re-iterable is returned as is)."""
+    it = iter(batches)
+    first = next(it, _EMPTY)
+    if first is _EMPTY:
+        raise ValueError("batches is empty")
+    if it is batches:
+        return first, itertools.chain([first], it)
+    return first, batches
+
+
+def activation_bytes(model: nn.Module, loss_fn: LossFn, batch: Any, config: LLCConfig) -> int:
+    """Bytes autograd keeps for the backward of one row's loss on ``batch``: the tensors
+    saved by its forward, parameters not counted (a row's own copies are in ``row_equivalents``)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}  # views too
+    dtype = next(model.parameters()).dtype
+    saved = [0]
+
+    def pack(t: Tensor) -> Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(model, _to_device(batch, torch.device("cpu"), dtype))
+    size = torch.tensor([], dtype=config.torch_dtype).element_size()
+    return saved[0] * size // torch.tensor([], dtype=dtype).element_size()
+
+
+def checkpoints_per_call(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    config: LLCConfig,
+    rows_per_checkpoint: int,
+    limit: int,
+) -> int:
+    """``limit`` checkpoints per vmap call, fewer on a CPU where their activations would pass
+    ``CPU_ACTIVATION_BYTES`` (never fewer than one). ``rows_per_checkpoint``: the rows of a
+    checkpoint that run forward and backward together (its chains, or its largest pass)."""
+    if config.device.startswith("cuda"):
+        return limit
+    per_ckpt = rows_per_checkpoint * activation_bytes(model, loss_fn, batch, config)
+    return max(1, min(limit, CPU_ACTIVATION_BYTES // max(per_ckpt, 1)))
+
+
 def chunk_checkpoints(
     state_dicts: Sequence[Any], per_chunk: int, batches: Iterable[Any], config: LLCConfig
 ) -> tuple[list[Sequence[Any]], Iterable[Any]]:
@@ -815,7 +882,9 @@ def estimate_llc_many(
                 raise ValueError(f"checkpoint {i}: {name!r} missing or of a different shape")
     if max_batch is None:
         max_batch = default_max_rows(template, config)
+    first, batches = first_batch(batches)
     per_ckpt = max(1, max_batch // (config.num_chains + 1))
+    per_ckpt = checkpoints_per_call(template, loss_fn, first, config, config.num_chains, per_ckpt)
     chunks, batches = chunk_checkpoints(state_dicts, per_ckpt, batches, config)
     results: list[LLCResult] = []
     for ci, chunk in enumerate(chunks):

@@ -27,8 +27,11 @@ from analysis.llc import (
     _chunk_progress,
     _run_sgld,
     _summarise,
+    checkpoints_per_call,
     chunk_checkpoints,
     default_max_rows,
+    first_batch,
+    largest_pass_rows,
     row_equivalents,
     rows_for_budget,
 )
@@ -229,8 +232,18 @@ def estimate_llc_restricted_many(
         raise ValueError("pass model= (a template module) when giving only state_dicts")
     if max_rows is None:
         max_rows = default_max_rows(template, config)
-    per_ckpt = row_equivalents(template, [masks[n] for n in names], config.num_chains)
+    group_masks = [masks[n] for n in names]
+    per_ckpt = row_equivalents(template, group_masks, config.num_chains)
     per_chunk = max(1, int(max_rows // per_ckpt))
+    first, batches = first_batch(batches)
+    per_chunk = checkpoints_per_call(
+        template,
+        loss_fn,
+        first,
+        config,
+        largest_pass_rows(template, group_masks, config),
+        per_chunk,
+    )
     chunks, batches = chunk_checkpoints(state_dicts, per_chunk, batches, config)
     results: list[dict[str, LLCResult]] = []
     for ci, chunk in enumerate(chunks):
