@@ -51,7 +51,15 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     local_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
-        description="Threads of the in-process worker pool (default: one per CPU core).",
+        description="Workers of the local pool (default: one per CPU core).",
+    )
+    local_pool: Literal["threads", "processes"] = Field(
+        default="threads",
+        description="How the local pool runs its general workers: threads of the server, or "
+        "one child process each (a worker that dies, say to the OOM killer, is replaced and its "
+        "jobs queued again, and the server lives on). Threads are the default: on the demo's "
+        "restricted LLCs processes were no faster (bench/RESULTS.md) and each imports torch "
+        "again. The fast lane is always a thread.",
     )
     local_fast_workers: int = Field(
         default=1,

@@ -1,33 +1,47 @@
-"""``LocalQueue``: the embedded default, a pool of worker threads inside the server.
+"""``LocalQueue``: the embedded default, a pool of workers started by the server.
 
-One thread per slot; slots are ``settings.worker_devices`` (comma list), repeated up to
-``settings.local_workers`` threads (default: one per core), so each thread runs one job at a
-time on its device; ``settings.local_fast_workers`` more threads take only cheap kinds (see
-``server.jobs.lanes``). torch runs ``settings.torch_threads`` intra-op threads (default 1:
-one worker per core beat fewer workers with more threads, bench/RESULTS.md), and malloc
-keeps freed tensors for reuse (``server.jobs.allocator``).
-Threads poll SQL for queued jobs and wake early on ``enqueue``. ``start`` first requeues
-jobs left running by a previous process, so a restarted server loses nothing.
+Slots are ``settings.worker_devices`` (comma list), repeated up to ``settings.local_workers``
+general workers (default: one per core), each running one job at a time on its device, plus
+``settings.local_fast_workers`` threads that take only cheap kinds (see
+``server.jobs.lanes``). With ``local_pool = "threads"`` (the default) each general worker is
+a thread of the server; with ``"processes"`` a child process (``server.jobs.worker_process``),
+replaced if it dies. torch runs ``settings.torch_threads`` intra-op threads per
+worker (default 1: one worker per core beat fewer workers with more threads,
+bench/RESULTS.md), and malloc keeps freed tensors for reuse (``server.jobs.allocator``).
+Workers poll SQL for queued jobs (``server.jobs.worker_loop``) and wake early on ``enqueue``.
+``start`` first requeues jobs left running by a previous process, so a restarted server
+loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import threading
+import time
+from collections.abc import Callable
 
 from server.db import Database
 from server.jobs import allocator, lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.runner import JobRunner
+from server.jobs.worker_loop import POLL_S, Wake, work
+from server.jobs.worker_process import WorkerProcess, WorkerSpec
 from server.settings import Settings
 from server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
-POLL_S = 1.0
+RESTART_BACKOFF_S = (1.0, 60.0)  # a child that keeps dying young is restarted ever later
 
 
 def _ids(ids: list[int]) -> tuple[int, str]:
     return len(ids), ", ".join(map(str, ids[:20]))
+
+
+def _shared_database(url: str) -> bool:
+    """Whether other processes can open the same database (not SQLite in memory)."""
+    return not (url.startswith("sqlite") and (":memory:" in url or url.rstrip("/") == "sqlite:"))
 
 
 class LocalQueue(JobQueue):
@@ -38,16 +52,24 @@ class LocalQueue(JobQueue):
         devices = [d.strip() for d in settings.worker_devices.split(",") if d.strip()] or ["cpu"]
         n = max(settings.local_workers, len(devices))
         self.devices = [devices[i % len(devices)] for i in range(n)]
-        # (device, lane) per thread: the general ones, then the fast lane on the first device.
+        # (device, lane) per worker: the general ones, then the fast lane on the first device.
         self.slots = [(d, "all") for d in self.devices]
         self.slots += [(devices[0], "fast")] * max(0, settings.local_fast_workers)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self.processes = settings.local_pool == "processes" and _shared_database(
+            settings.database_url
+        )
+        self._mp = multiprocessing.get_context("spawn")  # never fork a threaded server
+        # Events a child process can share only with processes (which also start
+        # multiprocessing's resource tracker); they work for threads too.
+        event = self._mp.Event if self.processes else threading.Event
+        self._stop: Wake = event()
+        self._wakes: list[Wake] = [event() for _ in self.slots]
         self._threads: list[threading.Thread] = []
+        self._children: list[WorkerProcess] = []
         self._sweep_lock = threading.Lock()
 
     def start(self) -> None:
-        if self._threads:
+        if self._threads or self._children:
             return
         self._stop.clear()
         # Jobs held by a dead process on this host (a kill -9 of the previous boot): now.
@@ -63,7 +85,15 @@ class LocalQueue(JobQueue):
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        for i, (device, lane) in enumerate(self.slots):
+        for i, ((device, lane), wake) in enumerate(zip(self.slots, self._wakes, strict=True)):
+            # The general workers on this device split a run's batched jobs between them.
+            peers = self.devices.count(device) if lane == "all" else 1
+            if self.processes and lane == "all":
+                spec = WorkerSpec(i, device, peers, self.settings.model_dump(), os.getpid())
+                self._children.append(
+                    WorkerProcess(self._mp, spec, self._stop, wake, self._wakes).start()
+                )
+                continue
             runner = JobRunner(
                 self.settings,
                 self.db,
@@ -71,54 +101,62 @@ class LocalQueue(JobQueue):
                 device,
                 self.request_phases,
                 should_stop=self._stop.is_set,
-                # The general threads on this device split a run's batched jobs between them.
-                peers=self.devices.count(device) if lane == "all" else 1,
+                peers=peers,
             )
-            t = threading.Thread(
-                target=self._loop,
-                args=(runner, lane),
-                name=f"pb-worker-{i}-{device}-{lane}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
+            args = (runner, lane, self._stop.is_set, wake, self._sweep_lock)
+            self._start_thread(f"pb-worker-{i}-{device}-{lane}", lambda a=args: work(*a))
+        if self._children:
+            self._start_thread("pb-worker-watch", self._watch_children)
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _watch_children(self) -> None:
+        """Replace a child worker that died (a crash, the OOM killer) and requeue its jobs
+        now rather than after ``stale_after_s``."""
+        due: dict[int, float] = {}  # slot -> when to restart it
+        fails: dict[int, int] = {}
+        while not self._stop.wait(POLL_S):
+            for i, child in enumerate(self._children):
+                if child.alive():
+                    if time.monotonic() - child.started_at > RESTART_BACKOFF_S[1]:
+                        fails.pop(i, None)
+                    continue
+                if i not in due:
+                    child.join(0)
+                    log.warning(
+                        "worker process %s ended (exit code %s); starting another",
+                        child.process.pid,
+                        child.process.exitcode,
+                    )
+                    requeued = lifecycle.requeue_orphaned(self.db, self.settings.max_attempts)
+                    if requeued:
+                        log.info("requeued %d job(s) of that process: %s", *_ids(requeued))
+                    fails[i] = fails.get(i, 0) + 1
+                    wait_s = min(RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0] * 2 ** (fails[i] - 1))
+                    due[i] = time.monotonic() + wait_s
+                if time.monotonic() >= due[i] and not self._stop.is_set():
+                    del due[i]
+                    self._children[i] = child.replacement()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop: running jobs are interrupted at their next progress report and queued again
-        (a restart resumes them); threads are joined for up to ``timeout``."""
+        (a restart resumes them); workers are joined for up to ``timeout``."""
         self._stop.set()
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout=timeout)
-        self._threads = []
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        for child in self._children:
+            child.join(max(0.0, deadline - time.monotonic()))
+        if self._children:  # a child killed above held its jobs to the end
+            lifecycle.requeue_orphaned(self.db, self.settings.max_attempts)
+        self._threads, self._children = [], []
 
     def enqueue(self, job_ids: list[int]) -> None:
         if job_ids:
-            self._wake.set()
-
-    def _loop(self, runner: JobRunner, lane: str = "all") -> None:
-        since_sweep = 0.0
-        while not self._stop.is_set():
-            try:
-                ran = self._run_one(runner, lane)
-                since_sweep += 0 if ran else POLL_S
-                if since_sweep >= max(self.settings.stale_after_s / 2, POLL_S):
-                    since_sweep = 0.0
-                    with self._sweep_lock:
-                        lifecycle.requeue_stale(
-                            self.db, self.settings.stale_after_s, self.settings.max_attempts
-                        )
-            except Exception:  # noqa: BLE001 - keep the pool alive; the row says what failed
-                log.exception("local worker loop error")
-                ran = False
-            if not ran:
-                self._wake.wait(POLL_S)
-                self._wake.clear()
-
-    def _run_one(self, runner: JobRunner, lane: str = "all") -> bool:
-        for job_id in lifecycle.queued_ids(self.db, runner.device, lane=lane):
-            if self._stop.is_set():
-                return False
-            if runner.run_job(job_id):
-                return True
-        return False
+            for wake in self._wakes:
+                wake.set()

@@ -1,7 +1,14 @@
-"""The embedded engine end to end on SQLite: rows + blobs -> local pool -> results."""
+"""The embedded engine end to end on SQLite: rows + blobs -> local pool -> results.
+
+Most run the default pool (worker threads); those marked ``local_pool="processes"`` run a
+child process per general worker, which must behave the same and survive a worker's death."""
 
 from __future__ import annotations
 
+import os
+import signal
+
+import psutil
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -9,14 +16,18 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.db import Database
 from server.jobs import lifecycle
+from server.jobs.local import LocalQueue
 from server.models import Job, PhaseBoundary, utcnow
+from server.storage import BlobStore
 from tests.server.jobs.conftest import all_final, fast_settings, results_by_job, seed_run, wait_for
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
 
 def test_local_pool_runs_new_checkpoints_batches_llc_and_redetects_phases(make_settings) -> None:
-    settings = fast_settings(make_settings, queue="local", auto_analyses="llc,metrics")
+    settings = fast_settings(
+        make_settings, local_pool="processes", queue="local", auto_analyses="llc,metrics"
+    )
     run_id, ckpts = seed_run(settings, [1, 10, 100, 1000])
     app = create_app(settings, start_workers=False)
     queue, db = app.state.queue, app.state.db
@@ -34,6 +45,8 @@ def test_local_pool_runs_new_checkpoints_batches_llc_and_redetects_phases(make_s
         llc_jobs = [j for j in jobs if j.kind == "llc"]
         assert [results[j.id][0].values["batch"] for j in llc_jobs] == [4, 4, 4, 4]
         assert len({j.worker_id for j in llc_jobs}) == 1
+        # ... in a worker process of this server, not in one of its threads.
+        assert _pid(llc_jobs[0]) in {p.pid for p in psutil.Process().children()}
 
         llc = client.get(f"/api/runs/{run_id}/llc").json()["points"]
         assert [p["step"] for p in llc] == [1, 10, 100, 1000]
@@ -129,8 +142,9 @@ def test_checkpoint_uploaded_through_the_api_is_analysed_in_the_background(make_
         assert point["step"] == 5 and point["mean"] is not None
 
 
-def test_stopping_the_server_hands_a_running_job_back_to_the_queue(make_settings) -> None:
-    settings = fast_settings(make_settings, queue="local")
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_stopping_the_server_hands_a_running_job_back_to_the_queue(make_settings, pool) -> None:
+    settings = fast_settings(make_settings, local_pool=pool, queue="local")
     run_id, _ = seed_run(settings, [1])
     app = create_app(settings)
     with TestClient(app):
@@ -162,3 +176,38 @@ def test_restricted_llc_job_writes_one_result_per_weight_group_and_data_subset(
     ]
     assert all(len(v["per_chain"]) == 2 for v in point["restrictions"].values())
     assert len(results_by_job(app.state.db)[job_id]) == 4
+
+
+def _pid(job: Job) -> int:
+    return int((job.worker_id or "").split(":")[1])
+
+
+def test_a_worker_process_that_dies_is_replaced_and_its_job_runs_again_at_once(
+    make_settings,
+) -> None:
+    """A worker killed mid-job (the OOM killer, a crash in native code) costs the job one
+    attempt, not the ``stale_after_s`` wait, and the pool keeps its size."""
+    settings = fast_settings(make_settings, local_pool="processes", queue="local")
+    settings.stale_after_s = 600.0  # the sweep must not be what brings the job back
+    run_id, _ = seed_run(settings, [1])
+    app = create_app(settings)
+    with TestClient(app):
+        (job_id,) = app.state.queue.plan_and_enqueue(run_id, ["sleep"], config={"seconds": 60})
+        (job,) = wait_for(app.state.db, lambda js: js[0].state == "running" and js[0].progress > 0)
+        os.kill(_pid(job), signal.SIGKILL)
+        (again,) = wait_for(
+            app.state.db,
+            lambda js: js[0].state == "running" and js[0].attempts == 2 and js[0].progress > 0,
+            timeout=30,
+        )
+        assert _pid(again) != _pid(job)
+        assert _pid(again) in {p.pid for p in psutil.Process().children()}
+
+
+def test_a_database_only_this_process_can_open_runs_its_workers_as_threads(
+    make_settings, tmp_path
+) -> None:
+    for url, processes in [("sqlite:///:memory:", False), (f"sqlite:///{tmp_path}/x.db", True)]:
+        settings = make_settings(database_url=url, queue="local", local_pool="processes")
+        queue = LocalQueue(settings, Database(settings), BlobStore(tmp_path / "blobs"))
+        assert queue.processes is processes

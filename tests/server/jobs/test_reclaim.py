@@ -14,6 +14,7 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
 import sqlalchemy as sa
 
@@ -96,8 +97,9 @@ def test_a_reclaimed_job_out_of_attempts_fails_with_the_reason(make_settings) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("pool", ["threads", "processes"])
 def test_kill_9_of_phaseboard_then_restart_takes_the_running_job_back_at_once(
-    make_settings,
+    make_settings, pool
 ) -> None:
     """A real server process is killed mid-job; the next one resumes the job in seconds
     although its heartbeat is fresh (30 s beats, 600 s stale timeout)."""
@@ -105,6 +107,7 @@ def test_kill_9_of_phaseboard_then_restart_takes_the_running_job_back_at_once(
     env = {
         **settings_env(settings),
         "PHASEBOARD_QUEUE": "local",
+        "PHASEBOARD_LOCAL_POOL": pool,
         "PHASEBOARD_HEARTBEAT_S": "30",
         "PHASEBOARD_STALE_AFTER_S": "600",
     }
@@ -115,9 +118,14 @@ def test_kill_9_of_phaseboard_then_restart_takes_the_running_job_back_at_once(
             with db.session() as s:
                 (job_id,) = plan_jobs(s, rid, ["sleep"], config={"seconds": 120})
             first_owner = _wait_owner(db, job_id, first.proc.pid)
+            workers = psutil.Process(first.proc.pid).children(recursive=True)
             first.proc.kill()  # SIGKILL: no shutdown, the row still says running
             first.proc.wait()
         assert first_owner is not None
+        # Its worker processes notice and end on their own: no orphan keeps taking jobs.
+        assert bool(workers) is (pool == "processes")
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, alive
         with live_server(env) as second:
             started = time.monotonic()
             assert _wait_owner(db, job_id, second.proc.pid) is not None
@@ -127,13 +135,17 @@ def test_kill_9_of_phaseboard_then_restart_takes_the_running_job_back_at_once(
 
 
 def _wait_owner(db: Database, job_id: int, pid: int, timeout: float = 60.0) -> str | None:
-    """Wait until the job runs under a worker of process ``pid``; its worker id."""
+    """Wait until the job runs under a worker of server ``pid`` (a thread of it or one of
+    its worker processes); its worker id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        server = psutil.Process(pid)
+        pids = {str(p.pid) for p in [server, *server.children(recursive=True)]}
         with db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None
-            if job.state == "running" and (job.worker_id or "").split(":")[1:2] == [str(pid)]:
+            owner = (job.worker_id or "").split(":")
+            if job.state == "running" and len(owner) > 1 and owner[1] in pids:
                 return job.worker_id
         time.sleep(0.2)
     return None
