@@ -1,9 +1,10 @@
 """Asynchronous analysis jobs: plan rows in SQL, run them on a local pool or Celery workers.
 
 ``make_queue(settings, db, store)`` picks the engine from ``settings.queue``:
-``"local"`` (threads in the server), ``"celery"`` (Redis broker, ``phaseboard worker``) or
-``"none"`` (plans jobs, runs nothing). All engines share planning, the SQL lifecycle and
-the handlers; see ``server.jobs.planning`` for kinds and deduplication.
+``"local"`` (worker threads or processes started by the server), ``"celery"`` (Redis
+broker, ``phaseboard worker``) or ``"none"`` (plans jobs, runs nothing). All engines share
+planning, the SQL lifecycle and the handlers; see ``server.jobs.planning`` for kinds and
+deduplication.
 """
 
 from __future__ import annotations
