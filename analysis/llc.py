@@ -782,18 +782,30 @@ def first_batch(batches: Iterable[Any]) -> tuple[Any, Iterable[Any]]:
 
 def activation_bytes(model: nn.Module, loss_fn: LossFn, batch: Any, config: LLCConfig) -> int:
     """Bytes autograd keeps for the backward of one row's loss on ``batch``: the tensors
-    saved by its forward, parameters not counted (a row's own copies are in ``row_equivalents``)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}  # views too
+    saved by its forward, parameters not counted (a row's own copies are in ``row_equivalents``).
+
+    Run as the sampler runs it, on a structure copy in eval mode with the weights swapped in,
+    so the caller's module is neither switched to eval nor written to (BatchNorm statistics).
+    """
     dtype = next(model.parameters()).dtype
+    probe = _LossModule(_structure_copy(model), loss_fn)
+    weights = {
+        "inner." + n: t.detach().requires_grad_(t.is_floating_point())
+        for n, t in model.named_parameters()
+    }
+    buffers = {"inner." + n: t for n, t in model.named_buffers()}
+    own = {t.untyped_storage().data_ptr() for t in weights.values()}  # and views of them
     saved = [0]
 
     def pack(t: Tensor) -> Tensor:
-        if t.untyped_storage().data_ptr() not in params:
+        if t.untyped_storage().data_ptr() not in own:
             saved[0] += t.numel() * t.element_size()
         return t
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss_fn(model, _to_device(batch, torch.device("cpu"), dtype))
+        functional_call(
+            probe, {**weights, **buffers}, (_to_device(batch, torch.device("cpu"), dtype),)
+        )
     size = torch.tensor([], dtype=config.torch_dtype).element_size()
     return saved[0] * size // torch.tensor([], dtype=dtype).element_size()
 

@@ -80,14 +80,29 @@ def test_reported_std_over_sqrt_chains_matches_the_spread_of_repeated_runs() -> 
     assert 0.6 < ratio < 1.6, ratio
 
 
-def test_batchnorm_model_in_train_mode_is_never_mutated() -> None:
+@pytest.mark.parametrize("how", ["one", "many", "restricted"])
+def test_batchnorm_model_in_train_mode_is_never_mutated(how: str) -> None:
+    """Neither the sampler nor the activation probe that sizes a batch of checkpoints
+    (``checkpoints_per_call``) runs the caller's module or changes its mode."""
+    from analysis.llc import estimate_llc_many
+    from analysis.restrict import estimate_llc_restricted_many
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
     model.train()
     with torch.no_grad():
         model(torch.randn(32, 3))  # some running stats
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = estimate_llc(model, _mse, _data(), LLCConfig(**{**CFG, "num_draws": 20}))
+    cfg = LLCConfig(**{**CFG, "num_draws": 20})
+    if how == "one":
+        res = estimate_llc(model, _mse, _data(), cfg)
+    elif how == "many":
+        (res,) = estimate_llc_many([model], _mse, _data(), cfg)
+    else:
+        (out,) = estimate_llc_restricted_many(
+            [model], _mse, _data(), cfg, {"last": {"3.weight": None}}
+        )
+        res = out["last"]
     assert math.isfinite(res.mean)
     assert model.training and model[1].training  # the mode is the caller's
     for k, v in model.state_dict().items():
