@@ -284,6 +284,10 @@ class _LossModule(nn.Module):
     def forward(self, batch: Any) -> Tensor:
         return self.loss_fn(self.inner, batch)
 
+    def loss_with(self, tensors: Mapping[str, Tensor], batch: Any) -> Tensor:
+        """The loss with ``tensors`` (by the model's own names) in place of the module's."""
+        return functional_call(self, {"inner." + n: t for n, t in tensors.items()}, (batch,))
+
 
 @dataclass
 class _SamplerOutput:
@@ -524,8 +528,7 @@ def _run_sgld(
     wrapper = _LossModule(template, loss_fn)
 
     def loss_at(free: dict[str, Tensor], fixed_: dict[str, Tensor], batch: Any) -> Tensor:
-        tensors = {"inner." + n: t for n, t in {**free, **fixed_}.items()}
-        return functional_call(wrapper, tensors, (batch,))
+        return wrapper.loss_with({**free, **fixed_}, batch)
 
     # Outer vmap: checkpoints (free rows, frozen w*); inner: a checkpoint's rows, which
     # share its frozen tensors and each see their chain's minibatch.
@@ -790,10 +793,8 @@ def activation_bytes(model: nn.Module, loss_fn: LossFn, batch: Any, config: LLCC
     dtype = next(model.parameters()).dtype
     probe = _LossModule(_structure_copy(model), loss_fn)
     weights = {
-        "inner." + n: t.detach().requires_grad_(t.is_floating_point())
-        for n, t in model.named_parameters()
+        n: t.detach().requires_grad_(t.is_floating_point()) for n, t in model.named_parameters()
     }
-    buffers = {"inner." + n: t for n, t in model.named_buffers()}
     own = {t.untyped_storage().data_ptr() for t in weights.values()}  # and views of them
     saved = [0]
 
@@ -803,9 +804,8 @@ def activation_bytes(model: nn.Module, loss_fn: LossFn, batch: Any, config: LLCC
         return t
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        functional_call(
-            probe, {**weights, **buffers}, (_to_device(batch, torch.device("cpu"), dtype),)
-        )
+        batch = _to_device(batch, torch.device("cpu"), dtype)
+        probe.loss_with({**weights, **dict(model.named_buffers())}, batch)
     size = torch.tensor([], dtype=config.torch_dtype).element_size()
     return saved[0] * size // torch.tensor([], dtype=dtype).element_size()
 
@@ -821,7 +821,7 @@ def checkpoints_per_call(
     """``limit`` checkpoints per vmap call, fewer on a CPU where their activations would pass
     ``CPU_ACTIVATION_BYTES`` (never fewer than one). ``rows_per_checkpoint``: the rows of a
     checkpoint that run forward and backward together (its chains, or its largest pass)."""
-    if config.device.startswith("cuda"):
+    if limit <= 1 or config.device.startswith("cuda"):  # nothing to cap: no probe
         return limit
     per_ckpt = rows_per_checkpoint * activation_bytes(model, loss_fn, batch, config)
     return max(1, min(limit, CPU_ACTIVATION_BYTES // max(per_ckpt, 1)))

@@ -26,7 +26,7 @@ from server.db import Database
 from server.jobs import allocator, lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.runner import JobRunner
-from server.jobs.worker_loop import POLL_S, Wake, work
+from server.jobs.worker_loop import POLL_S, Wake, wake_all, work
 from server.jobs.worker_process import WorkerProcess, WorkerSpec
 from server.settings import Settings
 from server.storage import BlobStore
@@ -145,8 +145,7 @@ class LocalQueue(JobQueue):
         """Stop: running jobs are interrupted at their next progress report and queued again
         (a restart resumes them); workers are joined for up to ``timeout``."""
         self._stop.set()
-        for wake in self._wakes:
-            wake.set()
+        wake_all(self._wakes)
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -158,5 +157,4 @@ class LocalQueue(JobQueue):
 
     def enqueue(self, job_ids: list[int]) -> None:
         if job_ids:
-            for wake in self._wakes:
-                wake.set()
+            wake_all(self._wakes)

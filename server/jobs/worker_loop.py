@@ -31,6 +31,12 @@ class Wake(Protocol):
     def is_set(self) -> bool: ...
 
 
+def wake_all(wakes: list[Wake]) -> None:
+    """Wake every worker (each waits on its own event, so none misses a wake-up)."""
+    for wake in wakes:
+        wake.set()
+
+
 def work(
     runner: JobRunner,
     lane: str,

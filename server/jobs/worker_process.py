@@ -26,7 +26,7 @@ from server.db import Database
 from server.jobs import allocator
 from server.jobs.base import JobQueue
 from server.jobs.runner import JobRunner
-from server.jobs.worker_loop import work
+from server.jobs.worker_loop import wake_all, work
 from server.settings import Settings
 from server.storage import BlobStore
 
@@ -53,8 +53,7 @@ class _Announcer(JobQueue):
 
     def enqueue(self, job_ids: list[int]) -> None:
         if job_ids:
-            for wake in self.wakes:
-                wake.set()
+            wake_all(self.wakes)
 
 
 def child_main(spec: WorkerSpec, stop: Event, wake: Event, wakes: list[Event]) -> None:
