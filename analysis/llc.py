@@ -912,6 +912,27 @@ def estimate_llc_many(
     return results
 
 
+def warm_up(device: str = "cpu") -> float:
+    """Run ``estimate_llc_many`` once on a toy model; returns the seconds it took.
+
+    torch.func's first vmap/grad call in a process imports and sets up about a second of
+    Python (1.0-1.2 s on the 2-core CPU machine, bench/RESULTS.md). A worker that calls
+    this while it waits for work spares its first estimate that second; later calls take
+    milliseconds.
+    """
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # the toy's init leaves the caller's RNG alone
+        toy = nn.Sequential(nn.Embedding(3, 2), nn.Flatten(), nn.Linear(2, 2))
+    batch = (torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+    def loss(model: nn.Module, b: tuple[Tensor, Tensor]) -> Tensor:
+        return nn.functional.cross_entropy(model(b[0]), b[1])
+
+    config = LLCConfig(num_chains=1, num_draws=1, n_beta=1.0, device=device)
+    estimate_llc_many([toy, toy], loss, [batch], config)
+    return time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------------------- calibration
 
 

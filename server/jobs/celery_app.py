@@ -30,6 +30,7 @@ from server.jobs import allocator, lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.lanes import is_fast
 from server.jobs.runner import JobRunner
+from server.jobs.worker_setup import start_warm_up
 from server.models import Job
 from server.settings import Settings
 from server.storage import BlobStore
@@ -199,6 +200,10 @@ def run_worker(
         queue = CeleryQueue(settings, db, BlobStore(settings.storage_dir), app=app)
         queue.start()
         sweeper["queue"] = queue
+
+    @signals.worker_process_init.connect(weak=False)
+    def _warm_up(**_: Any) -> None:  # each prefork child, before its first task
+        start_warm_up([device])
 
     @signals.worker_shutdown.connect(weak=False)
     def _stop_sweeper(**_: Any) -> None:

@@ -7,7 +7,8 @@ general workers (default: one per core), each running one job at a time on its d
 a thread of the server; with ``"processes"`` a child process (``server.jobs.worker_process``),
 replaced if it dies. torch runs ``settings.torch_threads`` intra-op threads per
 worker (default 1: one worker per core beat fewer workers with more threads,
-bench/RESULTS.md), and malloc keeps freed tensors for reuse (``server.jobs.allocator``).
+bench/RESULTS.md), malloc keeps freed tensors for reuse and the sampler is warmed up
+while the workers wait (``server.jobs.worker_setup``).
 Workers poll SQL for queued jobs (``server.jobs.worker_loop``) and wake early on ``enqueue``.
 ``start`` first requeues jobs left running by a previous process, so a restarted server
 loses nothing.
@@ -23,11 +24,12 @@ import time
 from collections.abc import Callable
 
 from server.db import Database
-from server.jobs import allocator, lifecycle
+from server.jobs import lifecycle
 from server.jobs.base import JobQueue
 from server.jobs.runner import JobRunner
 from server.jobs.worker_loop import POLL_S, Wake, wake_all, work
 from server.jobs.worker_process import WorkerProcess, WorkerSpec
+from server.jobs.worker_setup import prepare_process, start_warm_up
 from server.settings import Settings
 from server.storage import BlobStore
 
@@ -80,11 +82,9 @@ class LocalQueue(JobQueue):
         # previous process (a restart); take them back now rather than after stale_after_s.
         quiet = min(self.settings.stale_after_s, 3 * self.settings.heartbeat_s)
         lifecycle.requeue_stale(self.db, quiet, self.settings.max_attempts)
-        allocator.reuse_freed_memory(self.settings.worker_heap_pad_mb)
-        if self.settings.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(self.settings.torch_threads)
+        prepare_process(self.settings)  # for the threads here: workers, or the fast lane
+        if not self.processes:  # child processes warm up their own (child_main)
+            start_warm_up(self.devices)
         for i, ((device, lane), wake) in enumerate(zip(self.slots, self._wakes, strict=True)):
             # The general workers on this device split a run's batched jobs between them.
             peers = self.devices.count(device) if lane == "all" else 1

@@ -23,10 +23,10 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from server.db import Database
-from server.jobs import allocator
 from server.jobs.base import JobQueue
 from server.jobs.runner import JobRunner
 from server.jobs.worker_loop import wake_all, work
+from server.jobs.worker_setup import prepare_process, start_warm_up
 from server.settings import Settings
 from server.storage import BlobStore
 
@@ -68,11 +68,8 @@ def child_main(spec: WorkerSpec, stop: Event, wake: Event, wakes: list[Event]) -
         format=f"%(asctime)s %(levelname)s [worker {spec.index} pid %(process)d] %(message)s",
     )
     settings = Settings(**spec.settings)
-    allocator.reuse_freed_memory(settings.worker_heap_pad_mb)
-    if settings.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    prepare_process(settings)
+    start_warm_up([spec.device])
 
     def stopping() -> bool:
         return stop.is_set() or terminated.is_set() or os.getppid() != spec.parent_pid
