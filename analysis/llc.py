@@ -292,7 +292,7 @@ class _LossModule(nn.Module):
 @dataclass
 class _SamplerOutput:
     traces: Tensor  # (K, G, C, D) minibatch losses of the chains at draw steps
-    ref: Tensor  # (K, C, D) minibatch losses at w* on chain c's batches
+    ref: Tensor  # (K, G, C, D) minibatch losses at w* on group g's chain c's batches
     finite: Tensor  # (K, G, C) bool: the chain's weights stayed finite
     num_free: list[int]  # per group
     elapsed_s: float
@@ -337,21 +337,47 @@ def _structure_copy(model: nn.Module) -> nn.Module:
     return template.eval()
 
 
-def _stack_batches(batches: list[Any], rows: int) -> Any:
-    """C batches -> one batch with a leading row dim of size ``rows`` (a multiple of C):
-    row r gets batch ``r % C``."""
+def _stack_batches(batches: list[Any]) -> Any:
+    """C batches -> one batch with a leading chain dim of size C."""
     first = batches[0]
     if isinstance(first, Tensor):
-        stacked = torch.stack(batches)  # (C, ...)
-        reps = rows // len(batches)
-        return stacked.unsqueeze(0).expand(reps, *stacked.shape).reshape(rows, *stacked.shape[1:])
+        return torch.stack(batches)
     if isinstance(first, Mapping):
-        return {k: _stack_batches([b[k] for b in batches], rows) for k in first}
+        return {k: _stack_batches([b[k] for b in batches]) for k in first}
     if isinstance(first, tuple | list):
-        return type(first)(_stack_batches([b[i] for b in batches], rows) for i in range(len(first)))
+        return type(first)(_stack_batches([b[i] for b in batches]) for i in range(len(first)))
     raise TypeError(
         f"chains draw independent minibatches, so batch leaves must be tensors; got {type(first)}"
     )
+
+
+def _pass_batch(stacked: list[Any], streams: list[int], C: int) -> Any:
+    """A pass's minibatch, one row per group x chain (row r: group r // C, chain r % C),
+    from each stream's (C, ...) stack: one stream is expanded, several concatenated."""
+    if len(set(streams)) == 1:
+        return _repeat_rows(stacked[streams[0]], len(streams))
+    return _concat_rows([stacked[s] for s in streams])
+
+
+def _repeat_rows(batch: Any, times: int) -> Any:
+    """(C, ...) -> (times * C, ...): row r is row r % C."""
+    if isinstance(batch, Tensor):
+        if times == 1:
+            return batch
+        return batch.unsqueeze(0).expand(times, *batch.shape).reshape(-1, *batch.shape[1:])
+    if isinstance(batch, Mapping):
+        return {k: _repeat_rows(v, times) for k, v in batch.items()}
+    return type(batch)(_repeat_rows(v, times) for v in batch)
+
+
+def _concat_rows(batches: list[Any]) -> Any:
+    """Batches (C, ...) -> one (len(batches) * C, ...), in order."""
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.cat(batches)
+    if isinstance(first, Mapping):
+        return {k: _concat_rows([b[k] for b in batches]) for k in first}
+    return type(first)(_concat_rows([b[i] for b in batches]) for i in range(len(first)))
 
 
 def _free_names(named: Mapping[str, Tensor], group_masks: Sequence[ParamMask | None]) -> list[str]:
@@ -440,12 +466,15 @@ def _run_sgld(
     group_gamma: Sequence[float],
     progress: Progress | None,
     group_nbeta: Sequence[float] | None = None,
+    group_batches: Sequence[Iterable[Any]] | None = None,
 ) -> _SamplerOutput:
-    """Run K checkpoints x G groups x C chains (+ K x C reference rows), vectorised.
+    """Run K checkpoints x G groups x C chains (+ reference rows), vectorised.
 
     Every chain draws its own minibatches (chain c of every checkpoint and group gets the
     same ones, so comparisons between checkpoints/groups stay paired); its reference row
-    evaluates L_m(w*) on exactly those minibatches.
+    evaluates L_m(w*) on exactly those minibatches. With ``group_batches`` (one iterable
+    per group, ``batches`` unused) each group draws from its own, as a data-restricted
+    estimate on that data alone would, and has its own reference rows.
 
     Groups that free the same tensors run as one pass: a vmap over checkpoints (the
     frozen tensors at that checkpoint's w*) of a vmap over the pass's group x chain rows
@@ -457,6 +486,10 @@ def _run_sgld(
     t0 = time.perf_counter()
     device, dtype = torch.device(config.device), config.torch_dtype
     K, G, C, D = len(state_dicts), len(group_masks), config.num_chains, config.num_draws
+    if group_batches is not None and len(group_batches) != G:
+        raise ValueError(f"group_batches: {len(group_batches)} iterables for {G} groups")
+    streams = [batches] if group_batches is None else list(group_batches)
+    stream_of = [0] * G if group_batches is None else list(range(G))  # group -> its stream
     nbetas = [config.effective_n_beta] * G if group_nbeta is None else list(group_nbeta)
 
     template = _structure_copy(model)
@@ -553,17 +586,21 @@ def _run_sgld(
         gens[n] = torch.Generator(device=device)
         gens[n].manual_seed(config.seed * 1_000_003 + zlib.crc32(n.encode()))
     traces: list[Tensor] = []  # each (K, G, C)
-    refs: list[Tensor] = []  # each (K, C)
+    refs: list[Tensor] = []  # each (K, S, C): S streams of minibatches
     dist: list[Tensor] = []  # each (K, G, C): |w - w*| over the free coordinates
     gnorm: list[Tensor] = []  # each (K, G, C): |grad L_m(w)| over the free coordinates
     diag_draws = diagnostic_draws(D, DIAGNOSTIC_POINTS)
     wanted = set(diag_draws)
     total = config.total_steps
     report_every = max(1, total // 50)
-    batch_iter = iter(_BatchCycler(batches))
+    stream_iters = [iter(_BatchCycler(b)) for b in streams]
     with torch.no_grad():
         for step in range(total):
-            chain_batches = [_to_device(next(batch_iter), device, dtype) for _ in range(C)]
+            # Per stream, its C chains' minibatches stacked: (C, ...).
+            chain_batches = [
+                _stack_batches([_to_device(next(it), device, dtype) for _ in range(C)])
+                for it in stream_iters
+            ]
             noises = {
                 n: torch.randn(
                     (C, *w_star[n].shape[1:]), generator=gens[n], device=device, dtype=dtype
@@ -581,7 +618,7 @@ def _run_sgld(
                 g2 = torch.zeros(K, G, C, device=device, dtype=dtype)
             for ps in passes:
                 params, Gp = ps.params, len(ps.groups)
-                batch = _stack_batches(chain_batches, Gp * C)
+                batch = _pass_batch(chain_batches, [stream_of[g] for g in ps.groups], C)
                 grads, loss = step_fn(params, ps.fixed, batch)  # loss: (K, G_p * C)
                 if is_draw:
                     trace[:, ps.index] = loss.view(K, Gp, C)
@@ -613,7 +650,7 @@ def _run_sgld(
                     d2[:, ps.index] = pd2
                     g2[:, ps.index] = pg2
             if is_draw:
-                refs.append(ref_loss_fn(w_star, {}, _stack_batches(chain_batches, C)))
+                refs.append(torch.stack([ref_loss_fn(w_star, {}, b) for b in chain_batches], 1))
                 traces.append(trace)
             if is_diag:
                 dist.append(d2.sqrt())
@@ -622,7 +659,8 @@ def _run_sgld(
                 progress(step + 1, total, f"chain draws {len(traces)}/{D}")
 
     chain_trace = torch.stack(traces, dim=-1).float().cpu()  # (K, G, C, D)
-    ref = torch.stack(refs, dim=-1).float().cpu()  # (K, C, D)
+    ref = torch.stack(refs, dim=-1).float().cpu()  # (K, S, C, D)
+    ref = ref[:, stream_of]  # (K, G, C, D): each group's reference rows
     finite = torch.ones(K, G, C, dtype=torch.bool)
     for ps in passes:
         ok = torch.ones(K, len(ps.groups), C, dtype=torch.bool)
@@ -659,7 +697,7 @@ def _summarise(
 ) -> LLCResult:
     n_beta = out.n_betas[g]
     chains = out.traces[k, g].double()  # (C, D)
-    ref = out.ref[k].double()  # (C, D)
+    ref = out.ref[k, g].double()  # (C, D)
     init_per_chain = ref.mean(dim=1)  # (C,)
     init_loss = float(init_per_chain.mean())
     per_chain = (n_beta * (chains.mean(dim=1) - init_per_chain)).tolist()
@@ -830,12 +868,18 @@ def checkpoints_per_call(
 def chunk_checkpoints(
     state_dicts: Sequence[Any], per_chunk: int, batches: Iterable[Any], config: LLCConfig
 ) -> tuple[list[Sequence[Any]], Iterable[Any]]:
-    """Checkpoints in chunks of ``per_chunk``; a one-shot iterator of batches becomes a list
-    (one minibatch per chain and step) so every chunk replays the same minibatches."""
+    """Checkpoints in chunks of ``per_chunk``; with several chunks, ``batches`` made
+    ``replayable`` so every chunk replays the same minibatches."""
     chunks = [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
-    if not isinstance(batches, Sequence) and iter(batches) is batches and len(chunks) > 1:
-        batches = list(itertools.islice(batches, config.total_steps * config.num_chains))
-    return chunks, batches
+    return chunks, (replayable(batches, config) if len(chunks) > 1 else batches)
+
+
+def replayable(batches: Iterable[Any], config: LLCConfig) -> Iterable[Any]:
+    """``batches``, or a one-shot iterator of them as a list of what one sampler run
+    draws (one minibatch per chain and step), so a second run replays the same ones."""
+    if not isinstance(batches, Sequence) and iter(batches) is batches:
+        return list(itertools.islice(batches, config.total_steps * config.num_chains))
+    return batches
 
 
 def _chunk_progress(progress: Progress | None, ci: int, n_chunks: int) -> Progress:
@@ -846,6 +890,36 @@ def _chunk_progress(progress: Progress | None, ci: int, n_chunks: int) -> Progre
             progress(ci * total + done, n_chunks * total, f"{msg} (chunk {ci + 1}/{n_chunks})")
 
     return report
+
+
+def checkpoint_tensors(
+    models_or_state_dicts: Sequence[nn.Module | Mapping[str, Tensor]], model: nn.Module | None
+) -> tuple[nn.Module, list[Mapping[str, Tensor]]]:
+    """A template module and, per checkpoint, the tensors the sampler reads (modules or
+    state_dicts; with only state_dicts pass ``model``, a template of the architecture)."""
+    template = model
+    state_dicts: list[Mapping[str, Tensor]] = []
+    for item in models_or_state_dicts:
+        if isinstance(item, nn.Module):
+            template = template or item
+            state_dicts.append({**dict(item.named_parameters()), **dict(item.named_buffers())})
+        else:
+            state_dicts.append(item)
+    if template is None:
+        raise ValueError("pass model= (a template module) when giving only state_dicts")
+    # The tensors the sampler reads: tied weights appear once (not state_dict()'s aliases).
+    needed = {**dict(template.named_parameters()), **dict(template.named_buffers())}
+    # Non-persistent buffers (rotary tables, causal masks) are never in a state_dict: the
+    # template's are the checkpoints' too.
+    kept = set(template.state_dict())
+    derived = {n: b for n, b in template.named_buffers() if n not in kept}
+    if derived:
+        state_dicts = [{**derived, **sd} for sd in state_dicts]
+    for name, t in needed.items():
+        for i, sd in enumerate(state_dicts):
+            if name not in sd or tuple(sd[name].shape) != tuple(t.shape):
+                raise ValueError(f"checkpoint {i}: {name!r} missing or of a different shape")
+    return template, state_dicts
 
 
 def estimate_llc_many(
@@ -870,28 +944,7 @@ def estimate_llc_many(
     """
     if not models_or_state_dicts:
         return []
-    template = model
-    state_dicts: list[Mapping[str, Tensor]] = []
-    for item in models_or_state_dicts:
-        if isinstance(item, nn.Module):
-            template = template or item
-            state_dicts.append({**dict(item.named_parameters()), **dict(item.named_buffers())})
-        else:
-            state_dicts.append(item)
-    if template is None:
-        raise ValueError("pass model= (a template module) when giving only state_dicts")
-    # The tensors the sampler reads: tied weights appear once (not state_dict()'s aliases).
-    needed = {**dict(template.named_parameters()), **dict(template.named_buffers())}
-    # Non-persistent buffers (rotary tables, causal masks) are never in a state_dict: the
-    # template's are the checkpoints' too.
-    kept = set(template.state_dict())
-    derived = {n: b for n, b in template.named_buffers() if n not in kept}
-    if derived:
-        state_dicts = [{**derived, **sd} for sd in state_dicts]
-    for name, t in needed.items():
-        for i, sd in enumerate(state_dicts):
-            if name not in sd or tuple(sd[name].shape) != tuple(t.shape):
-                raise ValueError(f"checkpoint {i}: {name!r} missing or of a different shape")
+    template, state_dicts = checkpoint_tensors(models_or_state_dicts, model)
     if max_batch is None:
         max_batch = default_max_rows(template, config)
     first, batches = first_batch(batches)

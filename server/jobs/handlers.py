@@ -236,11 +236,11 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
     """Restricted LLCs of several checkpoints (same run and config) in one vectorised run.
 
     Weight groups: rows = checkpoint x group x chain in one vmap step, chunked to the memory
-    budget (``estimate_llc_restricted_many``); data subsets: checkpoint x chain per subset
-    (``estimate_llc_many``). Each checkpoint's results equal those of its own job alone.
+    budget (``estimate_llc_restricted_many``); data subsets: checkpoint x subset x chain,
+    each subset's rows on its own data (``estimate_llc_data_restricted_many``). Each
+    checkpoint's results equal those of its own job alone.
     """
-    from analysis.llc import estimate_llc_many
-    from analysis.restrict import estimate_llc_restricted_many
+    from analysis.restrict import estimate_llc_data_restricted_many, estimate_llc_restricted_many
 
     out, models, ok = _load_models(ctxs)
     if not ok:
@@ -260,7 +260,7 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
         masks = {k: v for k, v in masks.items() if k in wanted}
         subsets = [k for k in subsets if k in wanted]
     max_rows = _max_rows(lead, models[0], config)
-    parts = (1 if masks else 0) + len(subsets)
+    parts = (1 if masks else 0) + (1 if subsets else 0)
     stage = {"i": 0, "label": ""}
 
     def progress(done: int, total: int, message: str) -> None:
@@ -294,27 +294,22 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
                 for k, v in res.items()
             ]
         stage["i"] += 1
-    for name in subsets:
-        stage["label"] = f"data subset {name} x {len(ok)} checkpoints"
-        split = name.removeprefix("data:")
-        chunk = max(max_rows, config.num_chains + 1)
-        results = estimate_llc_many(
+    if subsets:
+        stage["label"] = f"{len(subsets)} data subsets x {len(ok)} checkpoints"
+        per_ckpt = estimate_llc_data_restricted_many(
             models,
             task.loss,
-            _batches(lead, split, config),
+            {k: _batches(lead, k.removeprefix("data:"), config) for k in subsets},
             config,
+            max_rows=max_rows,
             progress=progress,
-            max_batch=chunk,
             chance_loss=task.chance_loss(),
         )
-        for ctx, res in zip(ok, results, strict=True):
-            rows[ctx.job_id].append(
-                {
-                    "restriction": name,
-                    "values": {**_llc_values(res), "batch": len(ok), **_settings(ctx)},
-                }
-            )
-        stage["i"] += 1
+        for ctx, res in zip(ok, per_ckpt, strict=True):
+            rows[ctx.job_id] += [
+                {"restriction": k, "values": {**_llc_values(v), "batch": len(ok), **_settings(ctx)}}
+                for k, v in res.items()
+            ]
     out.update(rows)
     return out
 

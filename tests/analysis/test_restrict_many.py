@@ -8,8 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.llc import LLCConfig
-from analysis.restrict import estimate_llc_restricted, estimate_llc_restricted_many, rows_for_budget
+from analysis.llc import LLCConfig, estimate_llc
+from analysis.restrict import (
+    estimate_llc_data_restricted_many,
+    estimate_llc_restricted,
+    estimate_llc_restricted_many,
+    rows_for_budget,
+)
 
 
 class Net(nn.Module):
@@ -53,6 +58,28 @@ def test_batched_restricted_llc_equals_each_checkpoint_alone(max_rows: int | Non
             assert math.isclose(batched[group].mean, one[group].mean, rel_tol=1e-4, abs_tol=1e-4)
             assert math.isclose(batched[group].init_loss, one[group].init_loss, rel_tol=1e-6)
             assert batched[group].num_params_free == one[group].num_params_free
+
+
+@pytest.mark.parametrize("one_shot", [False, True])
+@pytest.mark.parametrize("max_rows", [None, 8])  # 8 rows: one checkpoint (2 x (3 + 1)) per chunk
+def test_data_subsets_in_one_run_equal_an_estimate_on_each_subset_alone(
+    max_rows: int | None, one_shot: bool
+) -> None:
+    models = [Net(seed) for seed in range(3)]
+    data = _batches()
+    subsets = {"low": data[:2], "high": data[2:]}
+    alone = [{n: estimate_llc(m, _mse, b, CONFIG) for n, b in subsets.items()} for m in models]
+    given = {n: iter(b) if one_shot else b for n, b in subsets.items()}
+    many = estimate_llc_data_restricted_many(models, _mse, given, CONFIG, max_rows=max_rows)
+    assert len(many) == 3
+    for one, batched in zip(alone, many, strict=True):
+        assert list(batched) == ["low", "high"]
+        for name in subsets:
+            # Each subset's rows draw its own minibatches and the same noise as a run of
+            # their own: equal up to float32 reduction order (as above).
+            assert batched[name].per_chain == pytest.approx(one[name].per_chain, rel=1e-4, abs=1e-4)
+            assert math.isclose(batched[name].init_loss, one[name].init_loss, rel_tol=1e-6)
+        assert batched["low"].init_loss != batched["high"].init_loss  # the data differ
 
 
 def test_batched_restricted_llc_takes_state_dicts_with_a_template() -> None:
