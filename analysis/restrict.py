@@ -26,6 +26,7 @@ from analysis.llc import (
     Progress,
     _chunk_progress,
     _run_sgld,
+    _SamplerOutput,
     _summarise,
     checkpoint_tensors,
     checkpoints_per_call,
@@ -145,6 +146,22 @@ def attention_head_masks(
     return masks
 
 
+def _by_checkpoint(
+    out: _SamplerOutput,
+    n_checkpoints: int,
+    names: list[str],
+    config: LLCConfig,
+    chance_loss: float | None,
+) -> list[dict[str, LLCResult]]:
+    """A sampler run's results, ``{group name: LLCResult}`` per checkpoint; each result
+    gets an even share of the run's time."""
+    share = out.elapsed_s / (n_checkpoints * len(names))
+    return [
+        {n: _summarise(out, k, g, config, share, chance_loss) for g, n in enumerate(names)}
+        for k in range(n_checkpoints)
+    ]
+
+
 def estimate_llc_restricted(
     model: nn.Module,
     loss_fn: LossFn,
@@ -168,10 +185,7 @@ def estimate_llc_restricted(
         model, loss_fn, batches, config, [sd], [masks[n] for n in names],
         [config.lr] * len(names), [config.localization] * len(names), progress,
     )  # fmt: skip
-    return {
-        n: _summarise(out, 0, g, config, out.elapsed_s / len(names), chance_loss)
-        for g, n in enumerate(names)
-    }
+    return _by_checkpoint(out, 1, names, config, chance_loss)[0]
 
 
 def estimate_llc_data_restricted(
@@ -235,11 +249,7 @@ def estimate_llc_data_restricted_many(
             [config.lr] * len(names), [config.localization] * len(names),
             _chunk_progress(progress, ci, len(chunks)), group_batches=streams,
         )  # fmt: skip
-        share = out.elapsed_s / (len(chunk) * len(names))
-        for k in range(len(chunk)):
-            results.append(
-                {n: _summarise(out, k, g, config, share, chance_loss) for g, n in enumerate(names)}
-            )
+        results += _by_checkpoint(out, len(chunk), names, config, chance_loss)
     return results
 
 
@@ -300,9 +310,5 @@ def estimate_llc_restricted_many(
             template, loss_fn, batches, config, chunk, [masks[n] for n in names],
             [config.lr] * len(names), [config.localization] * len(names), chunk_progress,
         )  # fmt: skip
-        share = out.elapsed_s / (len(chunk) * len(names))
-        for k in range(len(chunk)):
-            results.append(
-                {n: _summarise(out, k, g, config, share, chance_loss) for g, n in enumerate(names)}
-            )
+        results += _by_checkpoint(out, len(chunk), names, config, chance_loss)
     return results
