@@ -278,16 +278,7 @@ def estimate_llc_restricted_many(
     if not models_or_state_dicts or not masks:
         return [{} for _ in models_or_state_dicts]
     names = list(masks)
-    template = model
-    state_dicts: list[dict[str, Tensor]] = []
-    for item in models_or_state_dicts:
-        if isinstance(item, nn.Module):
-            template = template or item
-            state_dicts.append({**dict(item.named_parameters()), **dict(item.named_buffers())})
-        else:
-            state_dicts.append(dict(item))
-    if template is None:
-        raise ValueError("pass model= (a template module) when giving only state_dicts")
+    template, state_dicts = checkpoint_tensors(models_or_state_dicts, model)
     if max_rows is None:
         max_rows = default_max_rows(template, config)
     group_masks = [masks[n] for n in names]

@@ -92,6 +92,26 @@ def test_batched_restricted_llc_takes_state_dicts_with_a_template() -> None:
         estimate_llc_restricted_many(sds, _mse, _batches(), CONFIG, MASKS)
 
 
+class Scaled(Net):
+    """A non-persistent buffer (as rotary tables and causal masks are): never in a state_dict."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.register_buffer("scale", torch.tensor(2.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+def test_state_dicts_take_their_non_persistent_buffers_from_the_template() -> None:
+    models = [Scaled(seed) for seed in range(2)]
+    sds = [m.state_dict() for m in models]
+    assert "scale" not in sds[0]
+    many = estimate_llc_restricted_many(sds, _mse, _batches(), CONFIG, MASKS, model=Scaled(9))
+    alone = estimate_llc_restricted(models[1], _mse, _batches(), CONFIG, MASKS)
+    assert math.isclose(many[1]["b"].mean, alone["b"].mean, rel_tol=1e-4, abs_tol=1e-4)
+
+
 def test_memory_budget_gives_more_rows_for_more_memory_and_at_least_one() -> None:
     model = Net(0)
     small, large = rows_for_budget(model, CONFIG, 10_000), rows_for_budget(model, CONFIG, 10**9)
