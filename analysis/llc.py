@@ -865,13 +865,10 @@ def checkpoints_per_call(
     return max(1, min(limit, CPU_ACTIVATION_BYTES // max(per_ckpt, 1)))
 
 
-def chunk_checkpoints(
-    state_dicts: Sequence[Any], per_chunk: int, batches: Iterable[Any], config: LLCConfig
-) -> tuple[list[Sequence[Any]], Iterable[Any]]:
-    """Checkpoints in chunks of ``per_chunk``; with several chunks, ``batches`` made
-    ``replayable`` so every chunk replays the same minibatches."""
-    chunks = [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
-    return chunks, (replayable(batches, config) if len(chunks) > 1 else batches)
+def chunk_checkpoints(state_dicts: Sequence[Any], per_chunk: int) -> list[Sequence[Any]]:
+    """Checkpoints in chunks of ``per_chunk`` (with several, make the batches
+    ``replayable`` so every chunk replays the same minibatches)."""
+    return [state_dicts[i : i + per_chunk] for i in range(0, len(state_dicts), per_chunk)]
 
 
 def replayable(batches: Iterable[Any], config: LLCConfig) -> Iterable[Any]:
@@ -950,7 +947,9 @@ def estimate_llc_many(
     first, batches = first_batch(batches)
     per_ckpt = max(1, max_batch // (config.num_chains + 1))
     per_ckpt = checkpoints_per_call(template, loss_fn, first, config, config.num_chains, per_ckpt)
-    chunks, batches = chunk_checkpoints(state_dicts, per_ckpt, batches, config)
+    chunks = chunk_checkpoints(state_dicts, per_ckpt)
+    if len(chunks) > 1:
+        batches = replayable(batches, config)
     results: list[LLCResult] = []
     for ci, chunk in enumerate(chunks):
         chunk_progress = _chunk_progress(progress, ci, len(chunks))

@@ -239,7 +239,7 @@ def estimate_llc_data_restricted_many(
     per_chunk = checkpoints_per_call(
         template, loss_fn, firsts[0], config, len(names) * config.num_chains, per_chunk
     )
-    chunks, _ = chunk_checkpoints(state_dicts, per_chunk, (), config)  # the streams: below
+    chunks = chunk_checkpoints(state_dicts, per_chunk)
     if len(chunks) > 1:  # every chunk replays the same minibatches
         streams = tuple(replayable(b, config) for b in streams)
     results: list[dict[str, LLCResult]] = []
@@ -293,7 +293,9 @@ def estimate_llc_restricted_many(
         largest_pass_rows(template, group_masks, config),
         per_chunk,
     )
-    chunks, batches = chunk_checkpoints(state_dicts, per_chunk, batches, config)
+    chunks = chunk_checkpoints(state_dicts, per_chunk)
+    if len(chunks) > 1:  # every chunk replays the same minibatches
+        batches = replayable(batches, config)
     results: list[dict[str, LLCResult]] = []
     for ci, chunk in enumerate(chunks):
         chunk_progress = _chunk_progress(progress, ci, len(chunks))
