@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
+# MKL's AVX-512 kernels on AMD CPUs (server/jobs/mkl_kernels.py); skipped without a C compiler.
+MKL_SHIM := $(VENV)/lib/phaseboard/libmkl_cpu_true.so
 
 .PHONY: run test lint format bench clean
 
@@ -15,10 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,hf,tl]'
 	touch $(STAMP)
 
-run: $(STAMP)
+$(MKL_SHIM): server/jobs/mkl_cpu_true.c $(STAMP)
+	mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -o $@ $< || echo "no C compiler: MKL keeps its generic kernels on AMD CPUs"
+
+run: $(STAMP) $(MKL_SHIM)
 	$(BIN)/phaseboard up
 
-test: $(STAMP)
+test: $(STAMP) $(MKL_SHIM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -ra --durations=15

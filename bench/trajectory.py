@@ -13,6 +13,11 @@ B. the restricted LLCs alone on ``--baseline-checkpoints`` checkpoints (default:
    each), batched with a worker process per core instead (``local_pool = "processes"``),
    and as before batching ("per-job": ``llc_batch_checkpoints=1``, one worker thread,
    torch's default intra-op threads, no fast lane). Prints the per-job / batched ratio.
+   With ``--issue-baseline REF`` (default: the commit issue 12 was filed against) also the
+   per-job path of that version, its own `phaseboard up` with its own defaults
+   (``bench/per_job_at_ref.py``), on the same checkpoints and settings in the same run: the
+   issue's "same estimates run as today's per-checkpoint jobs", a fixed reference that later
+   speed-ups of single jobs do not move.
 
 Targets (issue 12): A under 5 minutes on the 2-core CPU machine, B's ratio at least 5, the
 first boundaries within a minute of the first LLC batch.
@@ -25,16 +30,21 @@ first boundaries within a minute of the first LLC batch.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import socket
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
@@ -59,6 +69,7 @@ PER_JOB_ENV = {  # the path before batching: what `phaseboard up` did by default
     "PHASEBOARD_TORCH_THREADS": "0",  # 0: leave torch's default (one thread per core)
 }
 PROCESSES_ENV = {"PHASEBOARD_LOCAL_POOL": "processes"}  # the batched path, workers as processes
+ISSUE_REF = "e0b6e1b"  # main when issue 12 was filed: restricted LLCs one job per checkpoint
 
 
 def train(config: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[Any], float]:
@@ -117,6 +128,41 @@ def upload(url: str, name: str, config: dict, llc: dict, ckpts: list, points: li
     return run
 
 
+def per_job_at(ref: str, config: dict, llc: dict, ckpts: list, timeout_s: float) -> float | None:
+    """Seconds the restricted LLCs of ``ckpts`` take on version ``ref``'s own server and
+    defaults; None (with the reason printed) where this checkout cannot produce that tree."""
+    import torch
+
+    try:
+        tar = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"   (no per-job figure at {ref}: git archive failed: {exc})")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+            tf.extractall(tree, filter="data")
+        saved = Path(tmp) / "checkpoints.pt"
+        torch.save(ckpts, saved)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "per_job_at_ref.py"), "--tree", str(tree)]
+            + ["--home", str(Path(tmp) / "home"), "--checkpoints", str(saved)]
+            + ["--task-config", json.dumps(_json_config(config)), "--llc", json.dumps(llc)]
+            + ["--timeout", str(timeout_s)],
+            env={**os.environ, "PYTHONPATH": str(tree)},
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"per-job path at {ref} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
 def jobs_by_kind(run: Any) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for job in run.client.request(
@@ -167,6 +213,12 @@ def main() -> None:
     ap.add_argument("--baseline-checkpoints", type=int, default=0, help="0: every checkpoint")
     ap.add_argument("--skip-full", action="store_true", help="only part B")
     ap.add_argument("--skip-baseline", action="store_true", help="only part A")
+    ap.add_argument(
+        "--issue-baseline",
+        default=ISSUE_REF,
+        metavar="REF",
+        help="also time the per-job path of this commit ('' to skip)",
+    )
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args()
 
@@ -213,6 +265,9 @@ def main() -> None:
             run = upload(url, "per-job", config, llc, subset, points)
             per_job = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
             run.finish()
+    at_issue = None
+    if args.issue_baseline:
+        at_issue = per_job_at(args.issue_baseline, config, llc, subset, args.timeout)
     print(
         f"B. restricted LLC on {n} checkpoints: per-job {per_job:.0f} s, batched {batched:.0f} s;"
         f" ratio {per_job / batched:.2f}x (target >= 5x)"
@@ -221,6 +276,11 @@ def main() -> None:
         f"   batched with worker processes instead of threads: {procs:.0f} s"
         f" (threads {procs / batched:.2f}x faster; ratio with processes {per_job / procs:.2f}x)"
     )
+    if at_issue is not None:
+        print(
+            f"   the per-job path at {args.issue_baseline} (when issue 12 was filed; its own"
+            f" server and defaults): {at_issue:.0f} s; ratio {at_issue / batched:.2f}x"
+        )
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

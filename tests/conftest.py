@@ -16,9 +16,15 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.migrate import upgrade
-from server.settings import Settings
+from server.jobs.mkl_kernels import prefer_avx512_kernels
+
+# Before anything imports torch, as `phaseboard up` does: the suite runs on the kernels
+# users get (MKL's AVX-512 ones on an AMD CPU with AVX-512, this project's CI machine).
+prefer_avx512_kernels(True)
+
+from server.app import create_app  # noqa: E402 - imports torch
+from server.migrate import upgrade  # noqa: E402
+from server.settings import Settings  # noqa: E402
 
 POSTGRES_URL = os.environ.get(
     "PHASEBOARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

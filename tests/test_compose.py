@@ -125,3 +125,16 @@ def test_fast_lane_worker_takes_only_cheap_jobs_on_the_cpu(compose: dict) -> Non
     assert worker_queues(device, lane) == [FAST_QUEUE]
     assert "deploy" not in fast  # no GPU reserved for forward-only jobs
     assert _mounts(fast) == _mounts(compose["services"]["worker"])  # same blob store
+
+
+def test_the_image_puts_the_mkl_library_where_the_workers_look() -> None:
+    """python:3.11-slim's sys.prefix is /usr/local; server.jobs.mkl_kernels looks in
+    <sys.prefix>/lib/phaseboard/, and the slim stage has no compiler to build it."""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    build = text.index("FROM python:3.11 AS mkl-shim")
+    assert build < text.index("FROM python:3.11-slim")
+    assert "server/jobs/mkl_cpu_true.c" in text[build : text.index("FROM python:3.11-slim")]
+    copy = next(line for line in text.splitlines() if line.startswith("COPY --from=mkl-shim"))
+    source, target = copy.split()[-2:]
+    assert source.endswith("/libmkl_cpu_true.so")
+    assert target.rstrip("/") == "/usr/local/lib/phaseboard"

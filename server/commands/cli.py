@@ -36,14 +36,20 @@ def up(
     """Migrate, then serve the dashboard with the embedded defaults (SQLite, local workers)."""
     import uvicorn
 
-    from server.app import create_app
+    from server.jobs.mkl_kernels import describe, prefer_avx512_kernels
     from server.migrate import upgrade
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    # Before torch is imported (server.app imports it): MKL's vendor check resolves then.
+    kernels = describe(prefer_avx512_kernels(settings.mkl_avx512_on_amd))
+    from server.app import create_app
+
     upgrade(settings)
     console.print(f"Phaseboard on [bold]http://{settings.host}:{settings.port}[/bold]")
     console.print(f"  database {settings.database_url}\n  blobs    {settings.storage_dir}")
+    if kernels:
+        console.print(f"  kernels  {kernels}", highlight=False)
     _hint_demo_if_empty(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
@@ -61,16 +67,22 @@ def worker(
     ),
 ) -> None:
     """Run a Celery worker (PHASEBOARD_QUEUE=celery) taking only jobs it can run on DEVICE."""
+    from server.jobs.mkl_kernels import describe, prefer_avx512_kernels
+
+    settings = Settings()
+    # Before torch is imported; Celery's prefork children inherit it.
+    kernels = describe(prefer_avx512_kernels(settings.mkl_avx512_on_amd))
     from server.jobs.celery_app import run_worker, worker_queues
     from server.jobs.lanes import LANES
 
     if lane not in LANES:
         raise typer.BadParameter(f"lane must be one of {', '.join(LANES)}")
-    settings = Settings()
     console.print(
         f"worker on [bold]{device}[/bold] queues {', '.join(worker_queues(device, lane))}\n"
         f"  broker   {settings.redis_url}\n  database {settings.database_url}"
     )
+    if kernels:
+        console.print(f"  kernels  {kernels}", highlight=False)
     run_worker(settings, device, concurrency=concurrency, loglevel=loglevel, lane=lane)
 
 
@@ -190,9 +202,12 @@ def demo(
     serve: bool = typer.Option(True, help="Keep a server started by the demo running."),
 ) -> None:
     """Grok modular addition on this CPU, log it to the server, queue LLC jobs."""
-    from server.commands.demo import run_demo
+    from server.jobs.mkl_kernels import prepare_mkl
 
     settings = Settings()
+    prepare_mkl(settings.mkl_avx512_on_amd)  # before torch: the training runs here
+    from server.commands.demo import run_demo
+
     with _client_errors():
         run_demo(
             url or settings.base_url,

@@ -24,6 +24,7 @@ from typing import Any
 
 from server.db import Database
 from server.jobs.base import JobQueue
+from server.jobs.mkl_kernels import prepare_mkl
 from server.jobs.runner import JobRunner
 from server.jobs.worker_loop import wake_all, work
 from server.jobs.worker_setup import prepare_process, start_warm_up
@@ -68,6 +69,7 @@ def child_main(spec: WorkerSpec, stop: Event, wake: Event, wakes: list[Event]) -
         format=f"%(asctime)s %(levelname)s [worker {spec.index} pid %(process)d] %(message)s",
     )
     settings = Settings(**spec.settings)
+    prepare_mkl(settings.mkl_avx512_on_amd)  # first: nothing in this process imported torch yet
     prepare_process(settings)
     start_warm_up([spec.device])
 
