@@ -73,7 +73,12 @@ def test_restricting_to_parameters_the_loss_ignores_gives_zero() -> None:
         model, _mse, _data(), CFG,
         {"ignored": mask_by_pattern(model, "ignored.*"), "used": mask_by_pattern(model, "used.*")},
     )  # fmt: skip
-    assert res["ignored"].per_chain == [0.0, 0.0, 0.0]
+    # Zero up to float32 rounding: the sampled rows and the reference rows batch the same
+    # products differently, and MKL's AVX-512 kernels (server.jobs.mkl_kernels) may round
+    # them differently. Tolerance: n_beta x L(w*) x 1e-6, about 8 float32 ulps of the loss.
+    ignored = res["ignored"]
+    tol = ignored.n_beta * ignored.init_loss * 1e-6
+    assert all(abs(v) <= tol for v in ignored.per_chain), (ignored.per_chain, tol)
     assert res["ignored"].num_params_free == 16
     assert res["used"].mean > 0.01  # 4 regular parameters: clearly positive
     assert res["used"].num_params_free == 4

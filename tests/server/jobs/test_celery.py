@@ -161,7 +161,9 @@ def test_cpu_worker_batches_llc_skips_cuda_jobs_and_ignores_duplicates(
 def test_kill_9_of_worker_mid_llc_requeues_and_finishes_with_one_result(
     celery_settings: Settings, workers: Workers
 ) -> None:
-    run_id, ckpts = seed_run(celery_settings, [7], llc={**TINY_LLC, "num_draws": 600})
+    # Long enough to be caught mid-run (progress is written every 0.5 s): 600 draws could
+    # finish between two polls with MKL's AVX-512 kernels.
+    run_id, ckpts = seed_run(celery_settings, [7], llc={**TINY_LLC, "num_draws": 6000})
     queue, db = _queue(celery_settings)
     (job_id,) = queue.checkpoints_added(run_id, ckpts)
     first = workers.start("cpu")
