@@ -280,6 +280,7 @@ def main() -> None:
         print(
             f"   the per-job path at {args.issue_baseline} (when issue 12 was filed; its own"
             f" server and defaults): {at_issue:.0f} s; ratio {at_issue / batched:.2f}x"
+            " (target >= 5x)"
         )
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
