@@ -36,13 +36,13 @@ def up(
     """Migrate, then serve the dashboard with the embedded defaults (SQLite, local workers)."""
     import uvicorn
 
-    from server.jobs.mkl_kernels import describe, prefer_avx512_kernels
+    from server.jobs.mkl_kernels import describe, prepare_mkl
     from server.migrate import upgrade
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
     # Before torch is imported (server.app imports it): MKL's vendor check resolves then.
-    kernels = describe(prefer_avx512_kernels(settings.mkl_avx512_on_amd))
+    kernels = describe(prepare_mkl(settings.mkl_avx512_on_amd))
     from server.app import create_app
 
     upgrade(settings)
@@ -67,11 +67,11 @@ def worker(
     ),
 ) -> None:
     """Run a Celery worker (PHASEBOARD_QUEUE=celery) taking only jobs it can run on DEVICE."""
-    from server.jobs.mkl_kernels import describe, prefer_avx512_kernels
+    from server.jobs.mkl_kernels import describe, prepare_mkl
 
     settings = Settings()
     # Before torch is imported; Celery's prefork children inherit it.
-    kernels = describe(prefer_avx512_kernels(settings.mkl_avx512_on_amd))
+    kernels = describe(prepare_mkl(settings.mkl_avx512_on_amd))
     from server.jobs.celery_app import run_worker, worker_queues
     from server.jobs.lanes import LANES
 

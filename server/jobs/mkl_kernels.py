@@ -4,7 +4,7 @@ MKL (linked into torch's CPU library) chooses its kernels by CPU vendor: on an A
 runs generic AVX2 code even where the CPU has AVX-512 (``MKL_VERBOSE`` names "Intel(R)
 Architecture processors" either way). On this project's 2-core AMD EPYC machine its
 single-thread matrix products ran at 60-110 GFLOP/s that way and at 220-260 GFLOP/s with the
-AVX-512 kernels, and the demo's batched restricted LLCs took 16 s instead of 21 s
+AVX-512 kernels, and the demo's batched restricted LLCs took 15 s instead of 19 s
 (bench/RESULTS.md). MKL's environment variables cannot lift the vendor check any more
 (``MKL_DEBUG_CPU_TYPE`` was removed in 2020); what does is a library defining MKL's
 vendor-check function ``mkl_serv_intel_cpu_true``, loaded into the global symbol scope

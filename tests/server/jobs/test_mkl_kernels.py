@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,44 @@ def test_a_missing_library_is_named(amd_avx512_cpu, tmp_path: Path) -> None:
     got = _fresh_process(PROBE.format(enabled=True, shim=str(tmp_path / "absent.so")))
     assert "absent.so was not built" in got["outcome"]
     assert "absent.so was not built" in describe(got["outcome"])
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _maps_library(pid: int) -> bool:
+    try:
+        return SHIM_PATH.name in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # the process is gone
+        return False
+
+
+@pytest.mark.slow
+def test_phaseboard_up_and_its_worker_processes_load_it(amd_avx512_cpu, tmp_path: Path) -> None:
+    """The server (threads run jobs in it) and each spawned worker process (which imports
+    torch afresh) have the library mapped: every process that samples gets the kernels."""
+    if not SHIM_PATH.is_file():
+        pytest.skip(f"{SHIM_PATH} is not built")
+    from tests.server.live import live_server
+
+    exe = Path(sys.executable).parent / "phaseboard"
+    env = {
+        "PHASEBOARD_HOME": str(tmp_path / "home"),
+        "PHASEBOARD_DATABASE_URL": "",
+        "PHASEBOARD_STORAGE_DIR": "",
+        "PHASEBOARD_LOCAL_POOL": "processes",
+        "PHASEBOARD_LOCAL_WORKERS": "2",
+    }
+    with live_server(env, argv=[str(exe), "up", "--port", "{port}"]) as server:
+        assert _maps_library(server.proc.pid)
+        deadline = time.monotonic() + 60
+        while True:
+            workers = [c for c in _children(server.proc.pid) if _maps_library(c)]
+            if len(workers) == 2:
+                break
+            assert time.monotonic() < deadline, f"children {_children(server.proc.pid)}"
+            time.sleep(0.2)
