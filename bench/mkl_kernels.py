@@ -27,14 +27,12 @@ SHAPES = [  # (batch, m, k, n)
 ]
 
 PROBE = """
-import ctypes, json, os, sys, time
-from server.jobs.mkl_kernels import prefer_avx512_kernels
+import json, time
+from server.jobs.mkl_kernels import mkl_code_path, prefer_avx512_kernels
 outcome = prefer_avx512_kernels({enabled})
 import torch
 torch.set_num_threads(1)
-lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-detect = getattr(lib, "mkl_serv_cpu_detect", None)
-out = {{"outcome": outcome, "path": detect() if detect else None, "gflops": []}}
+out = {{"outcome": outcome, "path": mkl_code_path(), "gflops": []}}
 for b, m, k, n in {shapes}:
     x, y = torch.randn(b, m, k), torch.randn(b, k, n)
     torch.bmm(x, y)

@@ -51,11 +51,22 @@ def amd_with_avx512(cpuinfo: str) -> bool:
     return fields.get("vendor_id") == "AuthenticAMD" and flags >= AVX512_FLAGS
 
 
-def _cpuinfo() -> str:
+def read_cpuinfo() -> str:
+    """This machine's ``/proc/cpuinfo``; empty where there is none."""
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
+
+
+def mkl_code_path() -> int | None:
+    """The kernel family MKL dispatched to in this process (0: generic; 7 was AVX-512 here);
+    None where torch's library has no MKL. Imports torch: call it after the choice."""
+    import torch
+
+    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    detect = getattr(lib, "mkl_serv_cpu_detect", None)
+    return None if detect is None else int(detect())
 
 
 def prefer_avx512_kernels(enabled: bool, shim: Path = SHIM_PATH, cpuinfo: str | None = None) -> str:
@@ -70,7 +81,7 @@ def prefer_avx512_kernels(enabled: bool, shim: Path = SHIM_PATH, cpuinfo: str | 
         return OFF
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return NOT_X86_LINUX
-    if not amd_with_avx512(_cpuinfo() if cpuinfo is None else cpuinfo):
+    if not amd_with_avx512(read_cpuinfo() if cpuinfo is None else cpuinfo):
         return NOT_AMD_AVX512
     if "torch" in sys.modules:
         return "torch was imported first"

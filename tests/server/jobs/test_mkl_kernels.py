@@ -25,6 +25,7 @@ from server.jobs.mkl_kernels import (
     amd_with_avx512,
     describe,
     prefer_avx512_kernels,
+    read_cpuinfo,
 )
 from tests.conftest import IN_CI
 
@@ -64,12 +65,11 @@ def _fresh_process(code: str) -> dict:
 
 
 PROBE = """
-import ctypes, json, os, sys
-from server.jobs.mkl_kernels import prefer_avx512_kernels
-outcome = prefer_avx512_kernels({enabled}, shim=__import__("pathlib").Path({shim!r}))
+import json
+from pathlib import Path
+from server.jobs.mkl_kernels import mkl_code_path, prefer_avx512_kernels
+outcome = prefer_avx512_kernels({enabled}, shim=Path({shim!r}))
 import torch
-lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-detect = getattr(lib, "mkl_serv_cpu_detect", None)  # MKL's code path: 0 generic
 torch.manual_seed(0)
 a, b = torch.randn(256, 96), torch.randn(96, 160)
 x, y = torch.randn(64, 48, 32), torch.randn(64, 32, 40)
@@ -77,19 +77,13 @@ err = max(
     ((a @ b).double() - a.double() @ b.double()).abs().max().item(),
     (torch.bmm(x, y).double() - torch.bmm(x.double(), y.double())).abs().max().item(),
 )
-print(json.dumps({{"outcome": outcome, "path": detect() if detect else None, "err": err}}))
+print(json.dumps({{"outcome": outcome, "path": mkl_code_path(), "err": err}}))
 """
 
 
 @pytest.fixture
 def amd_avx512_cpu() -> None:
-    from pathlib import Path as P
-
-    try:
-        cpuinfo = P("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    if not amd_with_avx512(cpuinfo):
+    if not amd_with_avx512(read_cpuinfo()):
         pytest.skip("needs an AMD CPU with AVX-512 (MKL picks by vendor only there)")
 
 
