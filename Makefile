@@ -4,12 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
-# MKL's AVX-512 kernels on AMD CPUs (server/jobs/mkl_kernels.py); skipped without a C compiler.
-MKL_SHIM := $(VENV)/lib/phaseboard/libmkl_cpu_true.so
 
 .PHONY: run test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: this spec is the CPU build; a loose spec would pull a CUDA build.
@@ -17,14 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,hf,tl]'
 	touch $(STAMP)
 
-$(MKL_SHIM): server/jobs/mkl_cpu_true.c $(STAMP)
-	mkdir -p $(dir $@)
-	$(CC) -shared -fPIC -O2 -o $@ $< || echo "no C compiler: MKL keeps its generic kernels on AMD CPUs"
-
-run: $(STAMP) $(MKL_SHIM)
+run: $(STAMP)
 	$(BIN)/phaseboard up
 
-test: $(STAMP) $(MKL_SHIM)
+test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -ra --durations=15

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.phases import Boundary, persistent_extrema
-from analysis.tasks.base import Batch, Task, to_device
+from .phases import Boundary, persistent_extrema
+from .tasks.base import Batch, Task, to_device
 
 SOURCE = "essential_dynamics"
 

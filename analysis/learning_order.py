@@ -25,7 +25,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from analysis.tasks.base import Batch, Task, to_device
+from .tasks.base import Batch, Task, to_device
 
 
 @torch.no_grad()

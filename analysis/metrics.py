@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from analysis.tasks.base import Batch, Task, layer_groups, to_device
+from .tasks.base import Batch, Task, layer_groups, to_device
 
 LossFn = Callable[[nn.Module, Batch], Tensor]
 

@@ -18,16 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from analysis.llc import (
+from .llc import (
     LLCConfig,
     LLCResult,
     LossFn,
     ParamMask,
     Progress,
-    _chunk_progress,
-    _run_sgld,
-    _SamplerOutput,
-    _summarise,
     checkpoint_tensors,
     checkpoints_per_call,
     chunk_checkpoints,
@@ -38,6 +34,8 @@ from analysis.llc import (
     row_equivalents,
     rows_for_budget,
 )
+from .llc.budgets import _chunk_progress
+from .llc.sampler import _run_sgld, _SamplerOutput, _summarise
 
 __all__ = [
     "ParamMask",

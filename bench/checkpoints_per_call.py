@@ -1,9 +1,9 @@
 """Checkpoints per vmap call on a CPU: the activation cap against none, in the same run.
 
 ``estimate_llc_many`` on 16 random-weight checkpoints of a built-in task, three ways, each
-the best of ``--repeats``: with the cap (``analysis.llc.CPU_ACTIVATION_BYTES``, the default),
-without it (all 16 in one call, as before the cap), and one checkpoint per call. Prints
-milliseconds per checkpoint, the checkpoints per call the cap chose, and the ratios.
+the best of ``--repeats``: with the cap (``analysis.llc.budgets.CPU_ACTIVATION_BYTES``, the
+default), without it (all 16 in one call), and one checkpoint per call. Prints milliseconds
+per checkpoint, the checkpoints per call the cap chose, and the ratios.
 
     .venv/bin/python bench/checkpoints_per_call.py                        # attention_lm, demo
     .venv/bin/python bench/checkpoints_per_call.py --tasks attention_lm --draws 20
@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import analysis.llc as llc  # noqa: E402
-from analysis.tasks import get_task  # noqa: E402
-from server.commands.demo import FULL_CONFIG  # noqa: E402
-from server.jobs.allocator import reuse_freed_memory  # noqa: E402
+import phaseboard.analysis.llc as llc  # noqa: E402
+import phaseboard.analysis.llc.budgets as budgets  # noqa: E402 - the cap lives here
+from phaseboard.analysis.tasks import get_task  # noqa: E402
+from phaseboard.server.commands.demo import FULL_CONFIG  # noqa: E402
+from phaseboard.server.jobs.allocator import reuse_freed_memory  # noqa: E402
 
 CONFIGS = {"modular_addition": dict(FULL_CONFIG), "attention_lm": {}}
 
@@ -58,7 +59,7 @@ def main() -> None:
     config = llc.LLCConfig(
         num_chains=4, num_draws=args.draws, num_samples=4096, batch_size=64
     )  # the jobs' defaults (planning.DEFAULT_LLC), fewer draws
-    cap = llc.CPU_ACTIVATION_BYTES
+    cap = budgets.CPU_ACTIVATION_BYTES
     for name in args.tasks:
         task = get_task(name, CONFIGS.get(name, {}))
         models = []
@@ -71,12 +72,12 @@ def main() -> None:
         )
         n = args.checkpoints
         capped = per_checkpoint_s(task, models, config, n, args.repeats)
-        llc.CPU_ACTIVATION_BYTES = 1 << 62  # no cap: every checkpoint in one call
+        budgets.CPU_ACTIVATION_BYTES = 1 << 62  # no cap: every checkpoint in one call
         try:
             uncapped = per_checkpoint_s(task, models, config, n, args.repeats)
             alone = per_checkpoint_s(task, models, config, 1, args.repeats)
         finally:
-            llc.CPU_ACTIVATION_BYTES = cap
+            budgets.CPU_ACTIVATION_BYTES = cap
         print(
             f"{name}: cap chose {chosen} per call: {capped * 1e3:.0f} ms/checkpoint; all {n} in "
             f"one call {uncapped * 1e3:.0f} ms; one per call {alone * 1e3:.0f} ms. "

@@ -16,7 +16,7 @@ from devinterp.slt.llc import llc
 from torch import nn
 from torch.utils.data import DataLoader
 
-from analysis.llc import LLCConfig, devinterp_init_loss, estimate_llc
+from phaseboard.analysis.llc import LLCConfig, devinterp_init_loss, estimate_llc
 
 V, T, N, NBETA = 8, 6, 256, 50.0
 

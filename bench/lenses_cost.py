@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.essential_dynamics import probe_batch, probe_outputs  # noqa: E402
-from analysis.learning_order import per_example_losses  # noqa: E402
-from analysis.llc import LLCConfig, estimate_llc  # noqa: E402
-from analysis.tasks import get_task  # noqa: E402
-from server.jobs.planning import DEFAULT_LLC  # noqa: E402
+from phaseboard.analysis.essential_dynamics import probe_batch, probe_outputs  # noqa: E402
+from phaseboard.analysis.learning_order import per_example_losses  # noqa: E402
+from phaseboard.analysis.llc import LLCConfig, estimate_llc  # noqa: E402
+from phaseboard.analysis.tasks import get_task  # noqa: E402
+from phaseboard.server.jobs.planning import DEFAULT_LLC  # noqa: E402
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:

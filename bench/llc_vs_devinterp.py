@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.llc import LLCConfig, estimate_llc, estimate_llc_many  # noqa: E402
+from phaseboard.analysis.llc import LLCConfig, estimate_llc, estimate_llc_many  # noqa: E402
 
 
 class AttnOnly(nn.Module):
@@ -157,7 +157,7 @@ def _sync(device: str) -> None:
 
 
 def run_neox_case(args: argparse.Namespace) -> None:
-    from analysis.tasks import get_task
+    from phaseboard.analysis.tasks import get_task
 
     hf_config = {"model_type": "gpt_neox", "max_position_embeddings": args.ctx,
                  "bos_token_id": 0, "eos_token_id": 0, **NEOX_SIZES[args.size]}  # fmt: skip

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args()
 
-    from server.client import Phaseboard  # that version's client: its tree is on sys.path
+    from phaseboard import Phaseboard  # that version's client: its tree is on sys.path
 
     args.home.mkdir(parents=True, exist_ok=True)
     proc, url = start(args.tree, args.home)

@@ -28,14 +28,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.db import Database  # noqa: E402
-from server.jobs import make_queue  # noqa: E402
-from server.jobs.base import JobQueue  # noqa: E402
-from server.jobs.planning import plan_jobs  # noqa: E402
-from server.migrate import upgrade  # noqa: E402
-from server.models import Job, Run  # noqa: E402
-from server.settings import Settings  # noqa: E402
-from server.storage import BlobStore  # noqa: E402
+from phaseboard.server.db import Database  # noqa: E402
+from phaseboard.server.jobs import make_queue  # noqa: E402
+from phaseboard.server.jobs.base import JobQueue  # noqa: E402
+from phaseboard.server.jobs.planning import plan_jobs  # noqa: E402
+from phaseboard.server.migrate import upgrade  # noqa: E402
+from phaseboard.server.models import Job, Run  # noqa: E402
+from phaseboard.server.settings import Settings  # noqa: E402
+from phaseboard.server.storage import BlobStore  # noqa: E402
 
 _nonce = iter(range(10**9))
 

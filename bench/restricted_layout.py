@@ -29,10 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.llc import LLCConfig  # noqa: E402
-from analysis.restrict import ParamMask, estimate_llc_restricted_many  # noqa: E402
-from analysis.tasks import get_task  # noqa: E402
 from bench.llc_vs_devinterp import NEOX_SIZES, make_data  # noqa: E402
+from phaseboard.analysis.llc import LLCConfig  # noqa: E402
+from phaseboard.analysis.restrict import ParamMask, estimate_llc_restricted_many  # noqa: E402
+from phaseboard.analysis.tasks import get_task  # noqa: E402
 
 
 def joint(masks: dict[str, ParamMask], model: torch.nn.Module) -> dict[str, ParamMask]:
@@ -49,7 +49,7 @@ def joint(masks: dict[str, ParamMask], model: torch.nn.Module) -> dict[str, Para
 def setup(args: argparse.Namespace) -> tuple[Any, list[torch.nn.Module], LLCConfig, int]:
     """(task, checkpoints, LLC config, batch size): random-weight checkpoints of the case."""
     if args.case == "demo":
-        from server.commands.demo import FULL_CONFIG, FULL_LLC
+        from phaseboard.server.commands.demo import FULL_CONFIG, FULL_LLC
 
         task = get_task("modular_addition", dict(FULL_CONFIG))
         llc, batch = dict(FULL_LLC), 64  # the demo's LLC settings, the jobs' batch size

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from server.app import create_app  # noqa: E402
-from server.db import Database  # noqa: E402
-from server.migrate import upgrade  # noqa: E402
-from server.models import Checkpoint, Job, Run  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from phaseboard.server.app import create_app  # noqa: E402
+from phaseboard.server.db import Database  # noqa: E402
+from phaseboard.server.migrate import upgrade  # noqa: E402
+from phaseboard.server.models import Checkpoint, Job, Run  # noqa: E402
+from phaseboard.server.settings import Settings  # noqa: E402
 
 BUDGET_MS = 300.0
 COLS = "config.lr,config.optimizer.name,summary.test_loss.min"

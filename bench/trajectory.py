@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from server.client import Phaseboard  # noqa: E402
-from server.commands.demo import (  # noqa: E402
+from phaseboard import Phaseboard  # noqa: E402
+from phaseboard.server.commands.demo import (  # noqa: E402
     FULL_CONFIG,
     FULL_LLC,
     QUICK_CONFIG,
@@ -59,7 +59,7 @@ from server.commands.demo import (  # noqa: E402
     checkpoint_schedule,
     start_server,
 )
-from server.settings import Settings  # noqa: E402
+from phaseboard.server.settings import Settings  # noqa: E402
 
 DEMO_KINDS = ["metrics", "llc", "llc_restricted"]
 PER_JOB_ENV = {  # the path before batching: what `phaseboard up` did by default

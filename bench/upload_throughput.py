@@ -127,8 +127,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=5, help="number of checkpoints")
     args = ap.parse_args()
 
-    from server.migrate import upgrade
-    from server.settings import Settings
+    from phaseboard.server.migrate import upgrade
+    from phaseboard.server.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="pb-bench-"))
     try:
@@ -159,7 +159,7 @@ def main() -> None:
                "PHASEBOARD_DATABASE_URL": settings.database_url,
                "PHASEBOARD_STORAGE_DIR": str(settings.storage_dir), "PHASEBOARD_QUEUE": "none",
                "PHASEBOARD_MAX_UPLOAD_MB": str(args.mb + 16)}  # fmt: skip
-        pb = Server("server.app:create_app", env, factory=True)
+        pb = Server("phaseboard.server.app:create_app", env, factory=True)
         try:
             rid = httpx.post(pb.url + "/api/runs", json={"name": "bench"}).json()["id"]
             base = f"{pb.url}/api/runs/{rid}/checkpoints"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from server.db import make_engine
-from server.models import Base
+from phaseboard.server.db import make_engine
+from phaseboard.server.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from analysis.llc import LLCConfig
-from server.errors import BadInput
-from server.settings import Settings
+from phaseboard.analysis.llc import LLCConfig
+from phaseboard.server.errors import BadInput
+from phaseboard.server.settings import Settings
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
 """Samplers an LLC config may name (``LLCConfig.sampler`` where the analysis has it)."""
@@ -73,7 +73,7 @@ def check_llc(settings: Settings, *layers: Mapping[str, Any] | None, prefix: str
     ``llc``); the merged result over ``planning.DEFAULT_LLC`` must pass ``LLCConfig``'s rules
     and the settings' bounds. Raises ``BadInput`` naming the field.
     """
-    from server.jobs.planning import DEFAULT_LLC
+    from phaseboard.server.jobs.planning import DEFAULT_LLC
 
     merged: dict[str, Any] = dict(DEFAULT_LLC)
     for layer in layers:
@@ -113,7 +113,7 @@ def _check_bounds(settings: Settings, config: LLCConfig, prefix: str) -> None:
 
 def check_kinds(kinds: object, where: str) -> None:
     """Every name in ``kinds`` is a known analysis kind (``planning.ALL_KINDS``)."""
-    from server.jobs.planning import ALL_KINDS
+    from phaseboard.server.jobs.planning import ALL_KINDS
 
     if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
         raise BadInput(f"{where}: must be a list of analysis kinds; known: {', '.join(ALL_KINDS)}")

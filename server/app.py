@@ -10,15 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import __version__
-from server.api import build_api_router
-from server.db import Database
-from server.errors import PhaseboardError
-from server.jobs import make_queue
-from server.security import install as install_security
-from server.settings import Settings
-from server.storage import BlobStore
-from server.web import mount_web
+from phaseboard import __version__
+from phaseboard.server.api import build_api_router
+from phaseboard.server.db import Database
+from phaseboard.server.errors import PhaseboardError
+from phaseboard.server.jobs import make_queue
+from phaseboard.server.security import install as install_security
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
+from phaseboard.server.web import mount_web
 
 
 def _error_body(code: str, message: str) -> dict[str, object]:

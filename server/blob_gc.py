@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.db import Database
-from server.models import Checkpoint, Dataset, Result
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.models import Checkpoint, Dataset, Result
+from phaseboard.server.storage import BlobStore
 
 __all__ = ["GCReport", "collect_garbage"]
 

@@ -9,8 +9,8 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Engine, create_engine, event, func
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.errors import NotFound
-from server.settings import Settings
+from phaseboard.server.errors import NotFound
+from phaseboard.server.settings import Settings
 
 Row = TypeVar("Row")
 

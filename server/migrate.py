@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from server.settings import REPO_ROOT, Settings
+from phaseboard.server.settings import REPO_ROOT, Settings
 
 
 def alembic_config(database_url: str) -> Config:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import BadInput
+from phaseboard.server.errors import BadInput
 
 __all__ = ["FilterError", "Row", "field_value", "parse_field", "parse_filter"]
 

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import Integer, String, cast, func, select, true
 from sqlalchemy.orm import Session
 
-from server.db import name_contains
-from server.jobs.lifecycle import ACTIVE
-from server.models import Checkpoint, Job, Run
-from server.run_filter import FilterError, field_value, parse_field, parse_filter
-from server.tracking import STATUSES, effective_status
+from phaseboard.server.db import name_contains
+from phaseboard.server.jobs.lifecycle import ACTIVE
+from phaseboard.server.models import Checkpoint, Job, Run
+from phaseboard.server.run_filter import FilterError, field_value, parse_field, parse_filter
+from phaseboard.server.tracking import STATUSES, effective_status
 
 __all__ = ["RunsTable", "matching_ids", "parse_columns", "runs_table"]
 

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypedDict
 
-from server.series import MAX_STEP
+from phaseboard.server.series import MAX_STEP
 
 # ------------------------------------------------------------------ shared input types
 # Every integer and string that reaches SQL goes through one of these, so a bad value is a
@@ -62,7 +62,7 @@ back naive UTC values, PostgreSQL aware ones."""
 def known_tasks() -> list[str] | None:
     """Task names this server knows, or None when the task registry is not importable."""
     try:
-        from analysis.tasks import list_tasks
+        from phaseboard.analysis.tasks import list_tasks
     except ImportError:
         return None
     return list_tasks()

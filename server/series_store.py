@@ -17,8 +17,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from server.models import MetricPoint
-from server.series import n_buckets
+from phaseboard.server.models import MetricPoint
+from phaseboard.server.series import n_buckets
 
 __all__ = [
     "read_series",
@@ -246,7 +246,7 @@ def read_wall_times(
     """
     from sqlalchemy import select
 
-    from server.models import MetricPoint
+    from phaseboard.server.models import MetricPoint
 
     found: dict[int, float | None] = {}
     for i in range(0, len(steps), 5000):

@@ -71,12 +71,6 @@ class Settings(BaseSettings):
         description="torch intra-op threads per local worker thread; 1 with one worker per "
         "core measured faster than fewer workers with more threads (bench/RESULTS.md).",
     )
-    mkl_avx512_on_amd: bool = Field(
-        default=True,
-        description="On an AMD CPU with AVX-512, let torch's MKL use its AVX-512 kernels (it "
-        "picks generic AVX2 ones by vendor): 2-3x faster matrix products there "
-        "(server.jobs.mkl_kernels); false keeps MKL's own choice.",
-    )
     worker_heap_pad_mb: int = Field(
         default=64,
         description="Workers keep freed tensors up to 32 MB on glibc's heap, returning free "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from server.errors import BadInput, NotFound, PayloadTooLarge
+from phaseboard.server.errors import BadInput, NotFound, PayloadTooLarge
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024

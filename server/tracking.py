@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_
 
-from server.models import Run
+from phaseboard.server.models import Run
 
 STATUSES = ("created", "running", "finished", "crashed", "imported")
 

@@ -15,8 +15,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from server.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from server.storage import BlobStore, StagedBlob
+from phaseboard.server.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from phaseboard.server.storage import BlobStore, StagedBlob
 
 MAX_FIELD_BYTES = 64 * 1024  # small text fields (step, ...); more is not a form we expect
 MAX_FIELDS = 20

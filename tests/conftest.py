@@ -16,15 +16,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.jobs.mkl_kernels import prefer_avx512_kernels
-
-# Before anything imports torch, as `phaseboard up` does: the suite runs on the kernels
-# users get (MKL's AVX-512 ones on an AMD CPU with AVX-512, this project's CI machine).
-prefer_avx512_kernels(True)
-
-from server.app import create_app  # noqa: E402 - imports torch
-from server.migrate import upgrade  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from phaseboard.server.app import create_app
+from phaseboard.server.migrate import upgrade
+from phaseboard.server.settings import Settings
 
 POSTGRES_URL = os.environ.get(
     "PHASEBOARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -83,7 +77,7 @@ def _postgres_migrated(postgres_server_url: str) -> str:
 
 
 def _truncate_all(url: str) -> None:
-    from server.models import Base
+    from phaseboard.server.models import Base
 
     engine = sa.create_engine(url)
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)

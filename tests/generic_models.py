@@ -33,7 +33,7 @@ HF_CONFIGS: dict[str, dict[str, Any]] = {
 def hf_model(family: str, seed: int = 0) -> nn.Module:
     import transformers
 
-    from analysis.tasks.hf_causal_lm import hf_config_from_dict
+    from phaseboard.analysis.tasks.hf_causal_lm import hf_config_from_dict
 
     torch.manual_seed(seed)
     config = hf_config_from_dict(HF_CONFIGS[family])

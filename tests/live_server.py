@@ -15,9 +15,9 @@ from pathlib import Path
 
 import uvicorn
 
-from server.app import create_app
-from server.migrate import upgrade
-from server.settings import Settings
+from phaseboard.server.app import create_app
+from phaseboard.server.migrate import upgrade
+from phaseboard.server.settings import Settings
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load
 
-from server.client import Phaseboard, PhaseboardClientError, Run, state_dict_to_safetensors
+from phaseboard import Phaseboard, PhaseboardClientError, Run, state_dict_to_safetensors
 from tests.live_server import serve
 
 TOKEN = "s3cret-token"
@@ -111,7 +111,7 @@ def test_server_refusal_carries_its_code_and_message(pb: Phaseboard) -> None:
 
 
 def test_analyze_queues_jobs(pb: Phaseboard) -> None:
-    from analysis.tasks import get_task
+    from phaseboard.analysis.tasks import get_task
 
     config = {"p": 5, "d_model": 8, "n_heads": 2, "d_mlp": 8}
     run = pb.run("analyze-me", task="modular_addition", task_config=config)

@@ -9,10 +9,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from server.client import Phaseboard
-from server.commands.cli import app
-from server.commands.demo import start_server
-from server.settings import Settings
+from phaseboard import Phaseboard
+from phaseboard.server.commands.cli import app
+from phaseboard.server.commands.demo import start_server
+from phaseboard.server.settings import Settings
 from tests.live_server import serve
 
 pytestmark = pytest.mark.slow
@@ -62,8 +62,8 @@ def test_demo_starts_a_local_server_when_none_answers(tmp_path: Path) -> None:
 
 
 def test_empty_store_is_detected_for_the_up_hint(tmp_path: Path) -> None:
-    from server.commands.demo import store_is_empty
-    from server.migrate import upgrade
+    from phaseboard.server.commands.demo import store_is_empty
+    from phaseboard.server.migrate import upgrade
 
     settings = Settings(home=tmp_path)
     upgrade(settings)

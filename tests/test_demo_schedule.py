@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from analysis.tasks.base import log_spaced_steps
-from server.commands.cli import app
-from server.commands.demo import FULL_CONFIG, QUICK_CONFIG, checkpoint_schedule
+from phaseboard.analysis.tasks.base import log_spaced_steps
+from phaseboard.server.commands.cli import app
+from phaseboard.server.commands.demo import FULL_CONFIG, QUICK_CONFIG, checkpoint_schedule
 
 
 @pytest.mark.parametrize("config", [FULL_CONFIG, QUICK_CONFIG])

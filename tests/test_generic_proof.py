@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 from typer.testing import CliRunner
 
-from server.app import create_app
-from server.client import Phaseboard
-from server.commands.cli import app
+from phaseboard import Phaseboard
+from phaseboard.server.app import create_app
+from phaseboard.server.commands.cli import app
 from tests.generic_models import HF_CONFIGS, hf_model, save_trainer_checkpoint, token_stream
 from tests.generic_models import train_steps as train
 from tests.live_server import serve

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from server.client import Phaseboard
-from server.commands.cli import app
-from server.commands.ingest_dir import discover_checkpoints, step_from_path
+from phaseboard import Phaseboard
+from phaseboard.server.commands.cli import app
+from phaseboard.server.commands.ingest_dir import discover_checkpoints, step_from_path
 from tests.live_server import serve
 
 runner = CliRunner()
@@ -183,7 +183,7 @@ def _big_weights() -> dict[str, torch.Tensor]:
 def test_merged_shards_read_in_small_pieces_are_one_valid_file(tmp_path: Path) -> None:
     from safetensors.torch import load
 
-    from server.shards import MergedSafetensors
+    from phaseboard.server.shards import MergedSafetensors
 
     weights = _big_weights()
     _sharded_checkpoint(tmp_path / "ck", weights)
@@ -229,7 +229,7 @@ def test_ingest_merges_sharded_weights_and_imports_trainer_log_history(
 
 
 def test_client_logs_a_compiled_model_and_a_misfit_is_refused_naming_tensors(url: str) -> None:
-    from server.client import PhaseboardClientError
+    from phaseboard import PhaseboardClientError
     from tests.server.jobs.conftest import TINY_TASK, state_dict
 
     sd = state_dict(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from server.commands.ingest_hparams import read_hparams
+from phaseboard.server.commands.ingest_hparams import read_hparams
 
 
 def test_tensorboard_hparams_and_trainer_state_settings_become_config(tmp_path: Path) -> None:

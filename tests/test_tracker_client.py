@@ -20,12 +20,12 @@ import torch
 import uvicorn
 from typer.testing import CliRunner
 
-from analysis.tasks import get_task
-from server.app import create_app
-from server.client import Phaseboard, PhaseboardClientError, Run, flatten_metrics
-from server.commands.cli import app as cli_app
-from server.migrate import upgrade
-from server.settings import Settings
+from phaseboard import Phaseboard, PhaseboardClientError, Run, flatten_metrics
+from phaseboard.analysis.tasks import get_task
+from phaseboard.server.app import create_app
+from phaseboard.server.commands.cli import app as cli_app
+from phaseboard.server.migrate import upgrade
+from phaseboard.server.settings import Settings
 
 
 def _bound_socket(port: int = 0) -> socket.socket:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from analysis.tasks.base import (
+from .base import (
     CheckpointMismatch,
     ParamMask,
     Task,
@@ -28,16 +28,16 @@ from analysis.tasks.base import (
 
 ENTRY_POINT_GROUP = "phaseboard.tasks"
 
-# name -> "module:attribute", imported on first use
+# name -> ".module:attribute" (relative to this package), imported on first use
 _BUILTINS: dict[str, str] = {
-    "dln": "analysis.tasks.dln:DLN",
-    "modular_addition": "analysis.tasks.modular_addition:ModularAddition",
-    "tms": "analysis.tasks.tms:TMS",
-    "attention_lm": "analysis.tasks.attention_lm:AttentionLM",
+    "dln": ".dln:DLN",
+    "modular_addition": ".modular_addition:ModularAddition",
+    "tms": ".tms:TMS",
+    "attention_lm": ".attention_lm:AttentionLM",
     # Generic tasks for users' own models (data: the run's uploaded token datasets).
-    "hf_causal_lm": "analysis.tasks.hf_causal_lm:HFCausalLM",
-    "transformer_lens": "analysis.tasks.hooked_transformer:HookedTransformerTask",
-    "torch_module": "analysis.tasks.torch_module:TorchModule",
+    "hf_causal_lm": ".hf_causal_lm:HFCausalLM",
+    "transformer_lens": ".hooked_transformer:HookedTransformerTask",
+    "torch_module": ".torch_module:TorchModule",
 }
 
 
@@ -65,7 +65,7 @@ def list_tasks() -> list[str]:
 def _load(name: str) -> Callable[..., Task]:
     if name in _BUILTINS:
         module, attr = _BUILTINS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module, __package__), attr)
     eps = _entry_points()
     if name not in eps:
         raise UnknownTask(name, list_tasks())

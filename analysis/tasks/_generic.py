@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.tasks.base import Task, TensorDataset, TrainPoint
-from analysis.tokens import TokenDataError, token_windows
+from ..tokens import TokenDataError, token_windows
+from .base import Task, TensorDataset, TrainPoint
 
 # Config keys every token-data task has (merged into each task's default_config).
 TOKEN_DATA_DEFAULTS: dict[str, Any] = {
@@ -141,7 +141,7 @@ class TokenDataTask(Task):
         positions minus at the first quarter (``round(seq_len / 4)`` positions each, the
         last position having no target), negative when context helps. Left out below
         ``seq_len`` 4. Subclasses add per-head prefix matching (``prefix_matching_heads``)."""
-        from analysis.progress import icl_score, next_token_targets, per_head_measures
+        from ..progress import icl_score, next_token_targets, per_head_measures
 
         out: dict[str, float] = {}
         tokens = self.full_batch("test")[0][: self.icl_probe_sequences]
@@ -157,7 +157,7 @@ class TokenDataTask(Task):
         """The repeated random sequences prefix matching is read on: a random half of
         ``min(seq_len, prefix_probe_max_len)`` tokens repeated once, fixed by ``seed``;
         None where the vocabulary is unknown or the sequences are too short to repeat."""
-        from analysis.progress import repeated_random_tokens
+        from ..progress import repeated_random_tokens
 
         vocab = self.vocab_size()
         length = min(self.sequence_length(), self.prefix_probe_max_len)
@@ -177,7 +177,7 @@ class TokenDataTask(Task):
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The model's names and shapes; tied copies may be absent from a checkpoint and the
         names ``checkpoint_name_map`` knows are accepted (as ``load_state_dict`` does)."""
-        from analysis.checkpoints import ExpectedShapes
+        from ..checkpoints import ExpectedShapes
 
         shapes = super().expected_shapes()
         try:

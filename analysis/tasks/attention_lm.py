@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.tasks._transformer import Attention, attention_head_names
-from analysis.tasks.base import ParamMask, Task, TensorDataset, head_mask, layer_groups
+from ._transformer import Attention, attention_head_names
+from .base import ParamMask, Task, TensorDataset, head_mask, layer_groups
 
 
 class AttentionOnlyTransformer(nn.Module):
@@ -151,7 +151,7 @@ class AttentionLM(Task):
         """Prefix-matching score of each head of the last layer on repeated random
         sequences (``prefix_matching/l{L}.h{h}`` and their max), and the ICL score on the
         first 128 test sequences (loss on the last quarter of positions minus the first)."""
-        from analysis.progress import icl_score, prefix_matching_scores
+        from ..progress import icl_score, prefix_matching_scores
 
         c = self.config
         layer = c["n_layers"] - 1

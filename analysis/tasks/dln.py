@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.tasks.base import Task, TensorDataset
+from .base import Task, TensorDataset
 
 
 class DeepLinearNetwork(nn.Module):

@@ -21,9 +21,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from analysis.tasks._generic import TOKEN_DATA_DEFAULTS, TokenDataTask
-from analysis.tasks.base import ParamMask
-from analysis.tasks.hf_heads import hf_weight_groups
+from ._generic import TOKEN_DATA_DEFAULTS, TokenDataTask
+from .base import ParamMask
+from .hf_heads import hf_weight_groups
 
 # config.json keys that describe the file, not the architecture.
 _NOT_ARCHITECTURE = ("model_type", "transformers_version", "_name_or_path", "auto_map")
@@ -85,7 +85,7 @@ class HFCausalLM(TokenDataTask):
         only the ICL score is stored, for a model that returns no (B, H, T, T) patterns
         (Mamba has no attention; RWKV returns states under that name; see
         ``hf_prefix_matching_scores``) or whose sequences are too short to repeat."""
-        from analysis.progress import hf_prefix_matching_scores
+        from ..progress import hf_prefix_matching_scores
 
         tokens = self.prefix_probe_tokens()
         return None if tokens is None else hf_prefix_matching_scores(model, tokens)

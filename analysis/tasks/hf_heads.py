@@ -25,7 +25,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from analysis.tasks.base import ParamMask
+from .base import ParamMask
 
 __all__ = ["attention_layout", "hf_head_masks", "hf_weight_groups"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from analysis.tasks._generic import TOKEN_DATA_DEFAULTS, TokenDataTask
-from analysis.tasks.base import ParamMask, head_mask, layer_groups
+from ._generic import TOKEN_DATA_DEFAULTS, TokenDataTask
+from .base import ParamMask, head_mask, layer_groups
 
 # Config entries that describe where a model came from or where it runs, not its shape.
 _IGNORED = (
@@ -85,7 +85,7 @@ class HookedTransformerTask(TokenDataTask):
         """Every head's prefix-matching score from the ``blocks.{l}.attn.hook_pattern``
         activations of one ``run_with_cache`` (None for sequences too short to repeat;
         attention-only or not, every ``HookedTransformer`` block has that hook)."""
-        from analysis.progress import tl_prefix_matching_scores
+        from ..progress import tl_prefix_matching_scores
 
         tokens = self.prefix_probe_tokens()
         return None if tokens is None else tl_prefix_matching_scores(model, tokens)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.tasks._transformer import Attention, attention_head_names
-from analysis.tasks.base import (
+from ._transformer import Attention, attention_head_names
+from .base import (
     PROBE_SEED,
     ParamMask,
     Task,
@@ -149,7 +149,7 @@ class ModularAddition(Task):
     def progress_measures(self, model: nn.Module) -> dict[str, float]:
         """Restricted/excluded loss on the key frequencies of this checkpoint's embedding
         (its 5 strongest), Gini of the Fourier norms, top frequency (analysis.progress)."""
-        from analysis.progress import modular_addition_measures
+        from ..progress import modular_addition_measures
 
         tokens, labels = self.full_batch("train")
         return modular_addition_measures(model, self.config["p"], tokens, labels)

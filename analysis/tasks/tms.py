@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from analysis.tasks.base import PROBE_SEED, Task, TensorDataset
+from .base import PROBE_SEED, Task, TensorDataset
 
 
 class ToyModel(nn.Module):
@@ -92,6 +92,6 @@ class TMS(Task):
 
     def progress_measures(self, model: nn.Module) -> dict[str, float]:
         """Features represented (column norm of W above 0.5) and their k-gon."""
-        from analysis.progress import tms_measures
+        from ..progress import tms_measures
 
         return tms_measures(model.W)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.tasks._generic import TOKEN_DATA_DEFAULTS, TokenDataTask
-from analysis.tasks.base import TensorDataset
+from ._generic import TOKEN_DATA_DEFAULTS, TokenDataTask
+from .base import TensorDataset
 
 LOSSES = ("cross_entropy", "mse")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api import (
+from phaseboard.server.api import (
     calibration,
     checkpoints,
     datasets,
@@ -18,7 +18,7 @@ from server.api import (
     shares,
     tracking,
 )
-from server.errors import ERROR_RESPONSES
+from phaseboard.server.errors import ERROR_RESPONSES
 
 
 def build_api_router() -> APIRouter:

@@ -10,13 +10,18 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.api.deps import DatabaseDep, SessionDep, WriteAuth
-from server.db import get_existing
-from server.errors import BadInput
-from server.jobs.planning import LLC_KINDS, analyses_for_run, llc_settings, llc_settings_hash
-from server.jobs.schemas import ResultOut
-from server.models import Checkpoint, Job, Result, Run
-from server.schemas import DbId
+from phaseboard.server.api.deps import DatabaseDep, SessionDep, WriteAuth
+from phaseboard.server.db import get_existing
+from phaseboard.server.errors import BadInput
+from phaseboard.server.jobs.planning import (
+    LLC_KINDS,
+    analyses_for_run,
+    llc_settings,
+    llc_settings_hash,
+)
+from phaseboard.server.jobs.schemas import ResultOut
+from phaseboard.server.models import Checkpoint, Job, Result, Run
+from phaseboard.server.schemas import DbId
 
 router = APIRouter(tags=["llc"])
 

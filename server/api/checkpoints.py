@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from analysis.checkpoints import (
+from phaseboard.analysis.checkpoints import (
     CheckpointError,
     KeyMapping,
     LoadLimits,
@@ -33,16 +33,16 @@ from analysis.checkpoints import (
     prepare_checkpoint,
     write_safetensors,
 )
-from server.api.deps import SessionDep, WriteAuth
-from server.api.runs import get_run_or_404
-from server.db import Database, get_existing
-from server.errors import BadCheckpoint, BadInput, Conflict
-from server.models import Checkpoint, Run
-from server.schemas import CheckpointOut, DbId, StepInt
-from server.series import MAX_STEP
-from server.settings import Settings
-from server.storage import BlobStore, StagedBlob
-from server.uploads import check_content_length, receive_upload
+from phaseboard.server.api.deps import SessionDep, WriteAuth
+from phaseboard.server.api.runs import get_run_or_404
+from phaseboard.server.db import Database, get_existing
+from phaseboard.server.errors import BadCheckpoint, BadInput, Conflict
+from phaseboard.server.models import Checkpoint, Run
+from phaseboard.server.schemas import CheckpointOut, DbId, StepInt
+from phaseboard.server.series import MAX_STEP
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore, StagedBlob
+from phaseboard.server.uploads import check_content_length, receive_upload
 
 log = logging.getLogger(__name__)
 _STEP: TypeAdapter[int] = TypeAdapter(StepInt)
@@ -120,7 +120,7 @@ def load_limits(settings: Settings) -> LoadLimits:
 
 @lru_cache(maxsize=64)
 def _expected_shapes(task: str, config_json: str) -> dict[str, tuple[int, ...]] | None:
-    from analysis.tasks import get_task
+    from phaseboard.analysis.tasks import get_task
 
     try:
         return get_task(task, json.loads(config_json)).expected_shapes()

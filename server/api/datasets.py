@@ -18,15 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from analysis.tokens import TokenDataError, TokenInfo, scan_token_file
-from server.api.deps import SessionDep, WriteAuth
-from server.api.runs import get_run_or_404
-from server.db import Database
-from server.errors import BadInput, Conflict
-from server.models import Dataset, Run
-from server.schemas import DatasetOut, DbId
-from server.storage import BlobStore, StagedBlob
-from server.uploads import check_content_length, receive_upload
+from phaseboard.analysis.tokens import TokenDataError, TokenInfo, scan_token_file
+from phaseboard.server.api.deps import SessionDep, WriteAuth
+from phaseboard.server.api.runs import get_run_or_404
+from phaseboard.server.db import Database
+from phaseboard.server.errors import BadInput, Conflict
+from phaseboard.server.models import Dataset, Run
+from phaseboard.server.schemas import DatasetOut, DbId
+from phaseboard.server.storage import BlobStore, StagedBlob
+from phaseboard.server.uploads import check_content_length, receive_upload
 
 router = APIRouter(tags=["datasets"])
 

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from server.db import Database
-from server.errors import Unauthorized
-from server.settings import Settings
+from phaseboard.server.db import Database
+from phaseboard.server.errors import Unauthorized
+from phaseboard.server.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
-from server.api.deps import SessionDep
-from server.api.lenses import newest_result
-from server.errors import BadInput, NotFound
-from server.models import Result, Run
-from server.series_store import read_series, series_names
-from server.web.queries import scalar_values
+from phaseboard.server.api.deps import SessionDep
+from phaseboard.server.api.lenses import newest_result
+from phaseboard.server.errors import BadInput, NotFound
+from phaseboard.server.models import Result, Run
+from phaseboard.server.series_store import read_series, series_names
+from phaseboard.server.web.queries import scalar_values
 
 router = APIRouter(tags=["groups"])
 
@@ -64,7 +64,7 @@ def _run_measures(session: Session, run: Run, max_points: int) -> dict[str, Any]
     metrics results as ``ckpt/<key>``, progress measures as ``progress/<name>``, and ``llc``
     (the plain LLC mean per checkpoint, the run's shown LLC settings).
     """
-    from server.web.llc_series import llc_series
+    from phaseboard.server.web.llc_series import llc_series
 
     readers: dict[str, Any] = {}
     for name in series_names(session, run.id):
@@ -133,7 +133,7 @@ def group_bands(
     log-step interpolation where a run lacks a step). A run without a series is listed in
     that series' ``missing`` and left out of its band. ``available``: names every run has.
     """
-    from analysis.run_group import group_band
+    from phaseboard.analysis.run_group import group_band
 
     group = parse_group(session, runs)
     measures = {r.id: _run_measures(session, r, max_points) for r in group}
@@ -197,7 +197,7 @@ def group_paths(session: SessionDep, request: Request, runs: RunsParam) -> dict[
     the first run's on a tie), are listed in ``skipped`` with the reason. With several pairs,
     ``distance_summary`` is their mean and min-max over pairs (``group_band``'s grid rule).
     """
-    from analysis.run_group import function_distance, group_band, joint_pca
+    from phaseboard.analysis.run_group import function_distance, group_band, joint_pca
 
     group = parse_group(session, runs)
     store = request.app.state.store

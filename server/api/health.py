@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from server import __version__
-from server.api.deps import SessionDep, SettingsDep
+from phaseboard import __version__
+from phaseboard.server.api.deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 

@@ -7,14 +7,14 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 
-from server.analysis_config import check_kinds, check_llc
-from server.api.deps import DatabaseDep, SessionDep, WriteAuth, has_token
-from server.db import get_existing
-from server.errors import BadInput
-from server.jobs import lifecycle
-from server.jobs.base import JobQueue
-from server.jobs.planning import LLC_KINDS, analyses_for_run
-from server.jobs.schemas import (
+from phaseboard.server.analysis_config import check_kinds, check_llc
+from phaseboard.server.api.deps import DatabaseDep, SessionDep, WriteAuth, has_token
+from phaseboard.server.db import get_existing
+from phaseboard.server.errors import BadInput
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.base import JobQueue
+from phaseboard.server.jobs.planning import LLC_KINDS, analyses_for_run
+from phaseboard.server.jobs.schemas import (
     AnalysesRequest,
     AnalysesResponse,
     JobList,
@@ -25,8 +25,8 @@ from server.jobs.schemas import (
     ResultList,
     ResultOut,
 )
-from server.models import Job, Result, Run
-from server.schemas import DbId, DbInt, Text
+from phaseboard.server.models import Job, Result, Run
+from phaseboard.server.schemas import DbId, DbInt, Text
 
 router = APIRouter(tags=["jobs"])
 STATES = lifecycle.ACTIVE + lifecycle.FINAL

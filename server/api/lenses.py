@@ -12,12 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 
-from server.api.deps import SessionDep
-from server.db import get_existing
-from server.errors import BadInput, NotFound
-from server.models import Result, Run
-from server.schemas import DbId
-from server.web.queries import boundaries
+from phaseboard.server.api.deps import SessionDep
+from phaseboard.server.db import get_existing
+from phaseboard.server.errors import BadInput, NotFound
+from phaseboard.server.models import Result, Run
+from phaseboard.server.schemas import DbId
+from phaseboard.server.web.queries import boundaries
 
 router = APIRouter(tags=["lenses"])
 
@@ -117,7 +117,7 @@ def learning_order_agreement(
     """
     import numpy as np
 
-    from analysis.learning_order import rank_agreement
+    from phaseboard.analysis.learning_order import rank_agreement
 
     parts = [p.strip() for p in runs.split(",")]
     # ASCII digits only (str.isdigit accepts "²"), and ids a database integer can hold

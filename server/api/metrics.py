@@ -7,19 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from server.api.deps import SessionDep, SettingsDep, WriteAuth
-from server.api.runs import get_run_or_404
-from server.errors import NotFound, PayloadTooLarge
-from server.models import MetricPoint
-from server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
-from server.series_store import (
+from phaseboard.server.api.deps import SessionDep, SettingsDep, WriteAuth
+from phaseboard.server.api.runs import get_run_or_404
+from phaseboard.server.errors import NotFound, PayloadTooLarge
+from phaseboard.server.models import MetricPoint
+from phaseboard.server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
+from phaseboard.server.series_store import (
     read_series,
     read_wall_times,
     replaced_extremes,
     series_extremes,
     upsert_points,
 )
-from server.tracking import merge_summary, with_extremes
+from phaseboard.server.tracking import merge_summary, with_extremes
 
 router = APIRouter(tags=["metrics"])
 

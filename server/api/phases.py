@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator
 
-from server.api.deps import SessionDep, WriteAuth
-from server.db import get_existing
-from server.errors import BadInput
-from server.models import PhaseBoundary, Run
-from server.schemas import DbId, Text
-from server.web.queries import boundaries, boundary_dict
+from phaseboard.server.api.deps import SessionDep, WriteAuth
+from phaseboard.server.db import get_existing
+from phaseboard.server.errors import BadInput
+from phaseboard.server.models import PhaseBoundary, Run
+from phaseboard.server.schemas import DbId, Text
+from phaseboard.server.web.queries import boundaries, boundary_dict
 
 router = APIRouter(tags=["phases"])
 

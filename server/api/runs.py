@@ -10,14 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.analysis_config import check_analysis_config
-from server.api.deps import SessionDep, SettingsDep, WriteAuth
-from server.db import get_existing, name_contains
-from server.errors import BadInput, Conflict
-from server.models import Checkpoint, Job, Run
-from server.runs_table import matching_ids
-from server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
-from server.tracking import STATUSES, effective_status, status_clause
+from phaseboard.server.analysis_config import check_analysis_config
+from phaseboard.server.api.deps import SessionDep, SettingsDep, WriteAuth
+from phaseboard.server.db import get_existing, name_contains
+from phaseboard.server.errors import BadInput, Conflict
+from phaseboard.server.models import Checkpoint, Job, Run
+from phaseboard.server.runs_table import matching_ids
+from phaseboard.server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
+from phaseboard.server.tracking import STATUSES, effective_status, status_clause
 
 router = APIRouter(tags=["runs"])
 

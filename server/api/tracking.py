@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 
-from server.api.deps import SessionDep, SettingsDep, WriteAuth
-from server.api.runs import get_run_or_404, runs_out
-from server.schemas import DbId, RunFinish, RunOut
+from phaseboard.server.api.deps import SessionDep, SettingsDep, WriteAuth
+from phaseboard.server.api.runs import get_run_or_404, runs_out
+from phaseboard.server.schemas import DbId, RunFinish, RunOut
 
 router = APIRouter(tags=["runs"])
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from server.settings import Settings
+from phaseboard.server.settings import Settings
 
 if TYPE_CHECKING:
-    from server.client import Phaseboard
+    from phaseboard import Phaseboard
 
 app = typer.Typer(no_args_is_help=True, help="Phaseboard: training trajectories, LLC and phases.")
 console = Console()
@@ -21,7 +21,7 @@ console = Console()
 @app.command()
 def migrate() -> None:
     """Upgrade the database to the newest schema."""
-    from server.migrate import upgrade
+    from phaseboard.server.migrate import upgrade
 
     settings = Settings()
     upgrade(settings)
@@ -36,20 +36,15 @@ def up(
     """Migrate, then serve the dashboard with the embedded defaults (SQLite, local workers)."""
     import uvicorn
 
-    from server.jobs.mkl_kernels import describe, prepare_mkl
-    from server.migrate import upgrade
+    from phaseboard.server.migrate import upgrade
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    # Before torch is imported (server.app imports it): MKL's vendor check resolves then.
-    kernels = describe(prepare_mkl(settings.mkl_avx512_on_amd))
-    from server.app import create_app
+    from phaseboard.server.app import create_app
 
     upgrade(settings)
     console.print(f"Phaseboard on [bold]http://{settings.host}:{settings.port}[/bold]")
     console.print(f"  database {settings.database_url}\n  blobs    {settings.storage_dir}")
-    if kernels:
-        console.print(f"  kernels  {kernels}", highlight=False)
     _hint_demo_if_empty(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
@@ -67,13 +62,9 @@ def worker(
     ),
 ) -> None:
     """Run a Celery worker (PHASEBOARD_QUEUE=celery) taking only jobs it can run on DEVICE."""
-    from server.jobs.mkl_kernels import describe, prepare_mkl
-
     settings = Settings()
-    # Before torch is imported; Celery's prefork children inherit it.
-    kernels = describe(prepare_mkl(settings.mkl_avx512_on_amd))
-    from server.jobs.celery_app import run_worker, worker_queues
-    from server.jobs.lanes import LANES
+    from phaseboard.server.jobs.celery_app import run_worker, worker_queues
+    from phaseboard.server.jobs.lanes import LANES
 
     if lane not in LANES:
         raise typer.BadParameter(f"lane must be one of {', '.join(LANES)}")
@@ -81,8 +72,6 @@ def worker(
         f"worker on [bold]{device}[/bold] queues {', '.join(worker_queues(device, lane))}\n"
         f"  broker   {settings.redis_url}\n  database {settings.database_url}"
     )
-    if kernels:
-        console.print(f"  kernels  {kernels}", highlight=False)
     run_worker(settings, device, concurrency=concurrency, loglevel=loglevel, lane=lane)
 
 
@@ -91,7 +80,7 @@ def worker(
 
 def _hint_demo_if_empty(settings: Settings) -> None:
     """On an empty store, point at ``phaseboard demo`` (called by ``up``)."""
-    from server.commands.demo import store_is_empty
+    from phaseboard.server.commands.demo import store_is_empty
 
     if store_is_empty(settings):
         console.print("No runs yet — try [bold]phaseboard demo[/bold] in another terminal.")
@@ -100,7 +89,7 @@ def _hint_demo_if_empty(settings: Settings) -> None:
 @contextmanager
 def _client_errors() -> Iterator[None]:
     """A server's refusal or absence becomes one red line and exit status 1, not a trace."""
-    from server.client import PhaseboardClientError
+    from phaseboard import PhaseboardClientError
 
     try:
         yield
@@ -112,7 +101,7 @@ def _client_errors() -> Iterator[None]:
 @contextmanager
 def _connected(url: str | None, token: str | None) -> Iterator[Phaseboard]:
     """A client for ``--url``/``--token`` (defaults: this machine's settings), closed after."""
-    from server.client import Phaseboard
+    from phaseboard import Phaseboard
 
     settings = Settings()
     client = Phaseboard(url or settings.base_url, token=token or settings.api_token)
@@ -140,7 +129,7 @@ def ingest(
     import json
     from pathlib import Path
 
-    from server.commands.ingest_dir import ingest_directory, print_summary
+    from phaseboard.server.commands.ingest_dir import ingest_directory, print_summary
 
     try:
         config = json.loads(task_config) if task_config else None
@@ -182,7 +171,7 @@ def export(
     import sys
     from pathlib import Path
 
-    from server.commands.export import export_run
+    from phaseboard.server.commands.export import export_run
 
     with _connected(url, token) as client:
         text = export_run(client, run, format)
@@ -202,11 +191,8 @@ def demo(
     serve: bool = typer.Option(True, help="Keep a server started by the demo running."),
 ) -> None:
     """Grok modular addition on this CPU, log it to the server, queue LLC jobs."""
-    from server.jobs.mkl_kernels import prepare_mkl
-
     settings = Settings()
-    prepare_mkl(settings.mkl_avx512_on_amd)  # before torch: the training runs here
-    from server.commands.demo import run_demo
+    from phaseboard.server.commands.demo import run_demo
 
     with _client_errors():
         run_demo(
@@ -226,9 +212,9 @@ def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="Report, remove nothing."),
 ) -> None:
     """Free disk space: remove blobs no checkpoint references (left by deleted runs)."""
-    from server.blob_gc import collect_garbage
-    from server.db import Database
-    from server.storage import BlobStore
+    from phaseboard.server.blob_gc import collect_garbage
+    from phaseboard.server.db import Database
+    from phaseboard.server.storage import BlobStore
 
     settings = Settings()
     settings.ensure_dirs()
@@ -262,7 +248,7 @@ def sync(
     """Upload runs logged offline (or while the server was away); each exactly once."""
     from pathlib import Path
 
-    from server.spool import find_spools, sync_spool
+    from phaseboard import find_spools, sync_spool
 
     spools = find_spools(Path(path))
     if not spools:

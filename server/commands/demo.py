@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from server.client import Phaseboard, PhaseboardClientError, Run
-from server.settings import Settings
+from phaseboard import Phaseboard, PhaseboardClientError, Run
+from phaseboard.server.settings import Settings
 
 # Chosen so the test accuracy jumps well after the train accuracy (grokking) in under a minute
 # (full: memorised by ~300 steps, generalises at ~1500-2500) or ~15 s (quick) on two CPU cores.
@@ -79,9 +79,9 @@ def _json_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def _get_task(config: dict[str, Any]) -> Any:
     try:
-        from analysis.tasks import get_task
+        from phaseboard.analysis.tasks import get_task
     except ImportError:  # registry not importable: use the class directly
-        from analysis.tasks.modular_addition import ModularAddition
+        from phaseboard.analysis.tasks.modular_addition import ModularAddition
 
         return ModularAddition(config)
     return get_task("modular_addition", config)
@@ -91,8 +91,8 @@ def store_is_empty(settings: Settings) -> bool:
     """True when the database holds no run (``phaseboard up`` then suggests the demo)."""
     from sqlalchemy import func, select
 
-    from server.db import Database
-    from server.models import Run as RunRow
+    from phaseboard.server.db import Database
+    from phaseboard.server.models import Run as RunRow
 
     db = Database(settings)
     try:
@@ -146,7 +146,7 @@ SCHEDULE_OFFSET = 30.0
 
 def checkpoint_schedule(config: dict[str, Any]) -> list[int]:
     """Exactly ``num_checkpoints`` unique log-spaced steps from 0 to ``steps``."""
-    from analysis.tasks.base import log_spaced_steps
+    from phaseboard.analysis.tasks.base import log_spaced_steps
 
     return log_spaced_steps(config["steps"], config["num_checkpoints"], SCHEDULE_OFFSET)
 

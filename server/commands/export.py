@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from server.client import Phaseboard, PhaseboardClientError, Run
+from phaseboard import Phaseboard, PhaseboardClientError, Run
 
 MAX_POINTS = 200_000  # the series endpoint's limit; longer series come back downsampled
 CSV_COLUMNS = ["section", "name", "restriction", "step", "value", "wall_time"]

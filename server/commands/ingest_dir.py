@@ -44,8 +44,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from server.client import Phaseboard, PhaseboardClientError, Run
-from server.shards import INDEX_NAME, MergedSafetensors, ShardError
+from phaseboard import Phaseboard, PhaseboardClientError, Run
+from phaseboard.server.shards import INDEX_NAME, MergedSafetensors, ShardError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 HF_MODEL_FILES = ("model.safetensors", INDEX_NAME, "pytorch_model.bin")
@@ -303,7 +303,7 @@ def ingest_directory(
         except re.error as exc:
             raise PhaseboardClientError(f"--step-regex {step_regex!r}: {exc}") from exc
 
-    from server.commands.ingest_hparams import read_hparams
+    from phaseboard.server.commands.ingest_hparams import read_hparams
 
     hparams = read_hparams(root)  # TensorBoard hparams, trainer_state.json settings -> config
     items = discover_checkpoints(root, step_regex)

@@ -9,20 +9,20 @@ deduplication.
 
 from __future__ import annotations
 
-from server.db import Database
-from server.jobs.base import JobQueue, NullQueue
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.base import JobQueue, NullQueue
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 
 def make_queue(settings: Settings, db: Database, store: BlobStore) -> JobQueue:
     """The job queue chosen by ``settings.queue``."""
     if settings.queue == "local":
-        from server.jobs.local import LocalQueue
+        from phaseboard.server.jobs.local import LocalQueue
 
         return LocalQueue(settings, db, store)
     if settings.queue == "celery":
-        from server.jobs.celery_app import CeleryQueue
+        from phaseboard.server.jobs.celery_app import CeleryQueue
 
         return CeleryQueue(settings, db, store)
     return NullQueue(settings, db, store)

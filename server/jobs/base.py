@@ -11,12 +11,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.planning import analyses_for_run, plan_jobs, run_analyses_for_run
-from server.models import Job, Run
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.planning import analyses_for_run, plan_jobs, run_analyses_for_run
+from phaseboard.server.models import Job, Run
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 
 class JobQueue:

@@ -25,15 +25,15 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery, signals
 
-from server.db import Database
-from server.jobs import allocator, lifecycle
-from server.jobs.base import JobQueue
-from server.jobs.lanes import is_fast
-from server.jobs.runner import JobRunner
-from server.jobs.worker_setup import start_warm_up
-from server.models import Job
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import allocator, lifecycle
+from phaseboard.server.jobs.base import JobQueue
+from phaseboard.server.jobs.lanes import is_fast
+from phaseboard.server.jobs.runner import JobRunner
+from phaseboard.server.jobs.worker_setup import start_warm_up
+from phaseboard.server.models import Job
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 TASK_NAME = "phaseboard.run_job"

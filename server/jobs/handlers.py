@@ -20,11 +20,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import Database
-from server.jobs.token_data import attach_token_data
-from server.models import Checkpoint, Job, MetricPoint, PhaseBoundary, Result, Run, utcnow
-from server.series_store import series_names
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.token_data import attach_token_data
+from phaseboard.server.models import (
+    Checkpoint,
+    Job,
+    MetricPoint,
+    PhaseBoundary,
+    Result,
+    Run,
+    utcnow,
+)
+from phaseboard.server.series_store import series_names
+from phaseboard.server.storage import BlobStore
 
 Progress = Callable[[int, int, str], None]
 ResultRows = list[dict[str, Any]]
@@ -66,7 +74,7 @@ class JobContext:
 
     def task(self) -> Any:
         if "task" not in self._cache:
-            from analysis.tasks import get_task
+            from phaseboard.analysis.tasks import get_task
 
             run = self.run()
             if not run.task:
@@ -81,7 +89,7 @@ class JobContext:
 
     def model(self) -> Any:
         """The task's model with this job's checkpoint loaded, on ``device``."""
-        from analysis.tasks import CheckpointMismatch
+        from phaseboard.analysis.tasks import CheckpointMismatch
 
         assert self.checkpoint_id is not None
         task = self.task()
@@ -100,7 +108,7 @@ def load_checkpoint(
     """The checkpoint's weights under the model's names, through the key mapping recorded at
     upload; with ``expected`` (the model's names) a checkpoint uploaded before its run had a
     task gets its prefix worked out now."""
-    from analysis.checkpoints import (
+    from phaseboard.analysis.checkpoints import (
         CheckpointError,
         KeyMapping,
         apply_key_mapping,
@@ -125,7 +133,7 @@ def load_checkpoint(
 
 
 def _llc_config(ctx: JobContext) -> Any:
-    from analysis.llc import LLCConfig
+    from phaseboard.analysis.llc import LLCConfig
 
     cfg = {k: v for k, v in ctx.config.items() if k != "restrictions"}
     cfg["device"] = ctx.device
@@ -165,7 +173,7 @@ def _load_models(
 
 def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
     """Full-model LLC; several jobs (same run and config) go through estimate_llc_many."""
-    from analysis.llc import estimate_llc, estimate_llc_many
+    from phaseboard.analysis.llc import estimate_llc, estimate_llc_many
 
     out, models, ok = _load_models(ctxs)
     if not ok:
@@ -213,7 +221,7 @@ def run_llc(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:
 
 def _settings(ctx: JobContext) -> dict[str, Any]:
     """Which LLC series a result belongs to (results of other settings are kept apart)."""
-    from server.jobs.planning import llc_settings_hash
+    from phaseboard.server.jobs.planning import llc_settings_hash
 
     return {"settings_hash": llc_settings_hash(ctx.config)}
 
@@ -225,7 +233,7 @@ def run_llc_restricted(ctx: JobContext) -> ResultRows:
 
 def _max_rows(ctx: JobContext, model: Any, config: Any) -> int:
     """Rows per vmap call: from the memory budget in settings, else the device's default."""
-    from analysis.llc import default_max_rows, rows_for_budget
+    from phaseboard.analysis.llc import default_max_rows, rows_for_budget
 
     if ctx.memory_mb is not None:
         return rows_for_budget(model, config, ctx.memory_mb * 1024 * 1024)
@@ -240,7 +248,10 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
     each subset's rows on its own data (``estimate_llc_data_restricted_many``). Each
     checkpoint's results equal those of its own job alone.
     """
-    from analysis.restrict import estimate_llc_data_restricted_many, estimate_llc_restricted_many
+    from phaseboard.analysis.restrict import (
+        estimate_llc_data_restricted_many,
+        estimate_llc_restricted_many,
+    )
 
     out, models, ok = _load_models(ctxs)
     if not ok:
@@ -315,7 +326,7 @@ def run_llc_restricted_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Ex
 
 
 def run_metrics(ctx: JobContext) -> ResultRows:
-    from analysis.metrics import checkpoint_metrics
+    from phaseboard.analysis.metrics import checkpoint_metrics
 
     model = ctx.model()
     reference = None
@@ -347,8 +358,8 @@ def _finite(x: Any) -> float | None:
 
 def run_phases(ctx: JobContext) -> ResultRows:
     """Re-detect boundaries from the run's LLC and loss curves; manual ones are kept."""
-    from analysis.phases import detect_boundaries
-    from server.jobs.planning import llc_settings, llc_settings_hash
+    from phaseboard.analysis.phases import detect_boundaries
+    from phaseboard.server.jobs.planning import llc_settings, llc_settings_hash
 
     current = llc_settings_hash(llc_settings(ctx.run()))
     with ctx.db.session() as s:
@@ -430,9 +441,9 @@ def run_phases(ctx: JobContext) -> ResultRows:
 
 def run_calibrate(ctx: JobContext) -> ResultRows:
     """The LLC settings grid on a few checkpoints in one vectorised batch; recommends one."""
-    from analysis.llc import calibrate
-    from analysis.tasks import CheckpointMismatch
-    from server.jobs.planning import llc_settings_hash
+    from phaseboard.analysis.llc import calibrate
+    from phaseboard.analysis.tasks import CheckpointMismatch
+    from phaseboard.server.jobs.planning import llc_settings_hash
 
     task = ctx.task()
     ids = list(ctx.config.get("checkpoint_ids") or [])
@@ -489,7 +500,7 @@ def _run_checkpoints(ctx: JobContext) -> list[tuple[int, int]]:
 
 
 def _loaded_model(ctx: JobContext, model: Any, checkpoint_id: int) -> Any:
-    from analysis.tasks import CheckpointMismatch
+    from phaseboard.analysis.tasks import CheckpointMismatch
 
     try:
         ctx.task().load_state_dict(model, load_checkpoint(ctx.db, ctx.store, checkpoint_id))
@@ -542,13 +553,13 @@ def run_essential_dynamics(ctx: JobContext) -> ResultRows:
     """
     import numpy as np
 
-    from analysis.essential_dynamics import (
+    from phaseboard.analysis.essential_dynamics import (
         essential_dynamics,
         lens_probe,
         probe_hash,
         probe_outputs,
     )
-    from server.jobs.planning import config_hash
+    from phaseboard.server.jobs.planning import config_hash
 
     task = ctx.task()
     ckpts = _run_checkpoints(ctx)
@@ -585,8 +596,12 @@ def run_learning_order(ctx: JobContext) -> ResultRows:
     and each example's learned-at step (``analysis.learning_order``)."""
     import numpy as np
 
-    from analysis.essential_dynamics import probe_batch
-    from analysis.learning_order import learned_at, order_by_learned_at, per_example_losses
+    from phaseboard.analysis.essential_dynamics import probe_batch
+    from phaseboard.analysis.learning_order import (
+        learned_at,
+        order_by_learned_at,
+        per_example_losses,
+    )
 
     task = ctx.task()
     ckpts = _run_checkpoints(ctx)
@@ -621,7 +636,7 @@ def run_learning_order(ctx: JobContext) -> ResultRows:
 
 def _lens_boundaries(ctx: JobContext) -> list[Any]:
     """Boundary candidates other lenses left in their newest run-level results."""
-    from analysis.phases import Boundary
+    from phaseboard.analysis.phases import Boundary
 
     with ctx.db.session() as s:
         values = s.scalar(
@@ -643,7 +658,7 @@ NOT_JUMP_MEASURES = ("top_frequency",)
 def _progress_jumps(ctx: JobContext) -> list[Any]:
     """Jumps of the run's progress measures (``progress/<name>`` of the metrics results;
     per-head measures, with a further ``/``, are left to their summary)."""
-    from analysis.phases import measure_jumps
+    from phaseboard.analysis.phases import measure_jumps
 
     with ctx.db.session() as s:
         rows = s.execute(

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.models import Job
+from phaseboard.server.models import Job
 
 FAST_KINDS = ("metrics", "phases", "essential_dynamics", "learning_order", "noop")
 # Kinds whose queued jobs (same run, config and device) are claimed together as one batch.

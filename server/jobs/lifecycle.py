@@ -21,10 +21,10 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from server.db import Database, get_existing
-from server.errors import Conflict
-from server.jobs.lanes import BATCH_KINDS, claim_order, lane_filter
-from server.models import Checkpoint, Job, Result, utcnow
+from phaseboard.server.db import Database, get_existing
+from phaseboard.server.errors import Conflict
+from phaseboard.server.jobs.lanes import BATCH_KINDS, claim_order, lane_filter
+from phaseboard.server.models import Checkpoint, Job, Result, utcnow
 
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "cancelled")

@@ -23,15 +23,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.base import JobQueue
-from server.jobs.runner import JobRunner
-from server.jobs.worker_loop import POLL_S, Wake, wake_all, work
-from server.jobs.worker_process import WorkerProcess, WorkerSpec
-from server.jobs.worker_setup import prepare_process, start_warm_up
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.base import JobQueue
+from phaseboard.server.jobs.runner import JobRunner
+from phaseboard.server.jobs.worker_loop import POLL_S, Wake, wake_all, work
+from phaseboard.server.jobs.worker_process import WorkerProcess, WorkerSpec
+from phaseboard.server.jobs.worker_setup import prepare_process, start_warm_up
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 RESTART_BACKOFF_S = (1.0, 60.0)  # a child that keeps dying young is restarted ever later

@@ -40,9 +40,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from server.db import get_existing
-from server.errors import BadInput, NotFound
-from server.models import Checkpoint, Job, Result, Run, utcnow
+from phaseboard.server.db import get_existing
+from phaseboard.server.errors import BadInput, NotFound
+from phaseboard.server.models import Checkpoint, Job, Result, Run, utcnow
 
 CHECKPOINT_KINDS = ("metrics", "llc", "llc_restricted")
 RUN_KINDS = ("phases", "calibrate", "essential_dynamics", "learning_order")
@@ -105,7 +105,7 @@ def _check_llc_keys(cfg: Mapping[str, Any]) -> None:
     try:
         import dataclasses
 
-        from analysis.llc import LLCConfig
+        from phaseboard.analysis.llc import LLCConfig
     except ImportError:  # analysis not installed here: the worker will check
         return
     known = {f.name for f in dataclasses.fields(LLCConfig)} | {"restrictions"}

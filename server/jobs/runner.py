@@ -17,9 +17,9 @@ import traceback
 import uuid
 from collections.abc import Callable
 
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.handlers import (
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.handlers import (
     BATCHED,
     HANDLERS,
     TRIGGERS_PHASES,
@@ -27,11 +27,11 @@ from server.jobs.handlers import (
     JobFailed,
     JobLost,
 )
-from server.jobs.lifecycle import Lease
-from server.jobs.throughput import chain_steps
-from server.models import Job
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.jobs.lifecycle import Lease
+from phaseboard.server.jobs.throughput import chain_steps
+from phaseboard.server.models import Job
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 PROGRESS_EVERY_S = 0.5

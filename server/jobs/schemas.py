@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.analysis_config import LLCParams
-from server.schemas import DbId, Text, UtcDatetime
+from phaseboard.server.analysis_config import LLCParams
+from phaseboard.server.schemas import DbId, Text, UtcDatetime
 
 
 class JobOut(BaseModel):
@@ -54,7 +54,7 @@ class CalibrationGrid(BaseModel):
     n_betas: list[float] | None = Field(default=None, min_length=1, max_length=6)
 
     def checked(self) -> dict[str, Any]:
-        from server.errors import BadInput
+        from phaseboard.server.errors import BadInput
 
         for name in ("lrs", "n_betas"):
             if any(not (x > 0 and x < float("inf")) for x in getattr(self, name) or []):

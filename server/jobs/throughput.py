@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from server.models import Job
+from phaseboard.server.models import Job
 
 RECENT = 8  # finished jobs per kind that the rate and size estimates average over
 

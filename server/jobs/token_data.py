@@ -12,9 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import Database
-from server.models import Dataset
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.models import Dataset
+from phaseboard.server.storage import BlobStore
 
 
 def attach_token_data(task: Any, db: Database, store: BlobStore, run_id: int) -> None:
@@ -25,7 +25,7 @@ def attach_token_data(task: Any, db: Database, store: BlobStore, run_id: int) ->
     """
     if not getattr(task, "uses_token_data", False):
         return
-    from analysis.tokens import load_token_file
+    from phaseboard.analysis.tokens import load_token_file
 
     with db.session() as s:
         rows = s.execute(

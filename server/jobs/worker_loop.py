@@ -12,8 +12,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from server.jobs import lifecycle
-from server.jobs.runner import JobRunner
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.runner import JobRunner
 
 log = logging.getLogger("phaseboard.jobs")
 POLL_S = 1.0

@@ -22,14 +22,13 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from server.db import Database
-from server.jobs.base import JobQueue
-from server.jobs.mkl_kernels import prepare_mkl
-from server.jobs.runner import JobRunner
-from server.jobs.worker_loop import wake_all, work
-from server.jobs.worker_setup import prepare_process, start_warm_up
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.base import JobQueue
+from phaseboard.server.jobs.runner import JobRunner
+from phaseboard.server.jobs.worker_loop import wake_all, work
+from phaseboard.server.jobs.worker_setup import prepare_process, start_warm_up
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 
@@ -69,7 +68,6 @@ def child_main(spec: WorkerSpec, stop: Event, wake: Event, wakes: list[Event]) -
         format=f"%(asctime)s %(levelname)s [worker {spec.index} pid %(process)d] %(message)s",
     )
     settings = Settings(**spec.settings)
-    prepare_mkl(settings.mkl_avx512_on_amd)  # first: nothing in this process imported torch yet
     prepare_process(settings)
     start_warm_up([spec.device])
 

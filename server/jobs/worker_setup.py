@@ -13,8 +13,8 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from server.jobs import allocator
-from server.settings import Settings
+from phaseboard.server.jobs import allocator
+from phaseboard.server.settings import Settings
 
 log = logging.getLogger("phaseboard.jobs")
 
@@ -38,7 +38,7 @@ def start_warm_up(devices: Iterable[str]) -> threading.Thread:
 
 
 def _warm_up(devices: list[str]) -> None:
-    from analysis.llc import warm_up
+    from phaseboard.analysis.llc import warm_up
 
     for device in devices:
         try:

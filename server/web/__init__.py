@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from server.web.routes import mount_web
+from phaseboard.server.web.routes import mount_web
 
 __all__ = ["mount_web"]

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.models import Job
+from phaseboard.server.models import Job
 
 
 def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:

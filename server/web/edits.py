@@ -8,10 +8,10 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.orm import Session
 
-from server.errors import BadInput
-from server.models import Run, utcnow
-from server.schemas import RunUpdate
-from server.web.queries import get_run
+from phaseboard.server.errors import BadInput
+from phaseboard.server.models import Run, utcnow
+from phaseboard.server.schemas import RunUpdate
+from phaseboard.server.web.queries import get_run
 
 
 def parse_tags(text: str) -> list[str]:

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.jobs.planning import llc_settings, llc_settings_hash
-from server.models import Job, Result, Run
+from phaseboard.server.jobs.planning import llc_settings, llc_settings_hash
+from phaseboard.server.models import Job, Result, Run
 
 # Settings shown in a series label, in this order.
 LABEL_KEYS = ("sampler", "lr", "localization", "n_beta", "num_chains", "num_draws")

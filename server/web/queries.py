@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from analysis.checkpoints import KeyMapping
-from server.db import get_existing
-from server.jobs.lifecycle import ACTIVE, split_error
-from server.models import Checkpoint, Job, PhaseBoundary, Result, Run
-from server.series_store import read_series, read_wall_times, series_names
+from phaseboard.analysis.checkpoints import KeyMapping
+from phaseboard.server.db import get_existing
+from phaseboard.server.jobs.lifecycle import ACTIVE, split_error
+from phaseboard.server.models import Checkpoint, Job, PhaseBoundary, Result, Run
+from phaseboard.server.series_store import read_series, read_wall_times, series_names
 
 RUN_SORTS = {
     "activity": "last activity",
@@ -34,7 +34,7 @@ def get_run(session: Session, run_id: int) -> Run:
 
 
 def run_dict(run: Run, crashed_after_s: float = 120.0) -> dict[str, Any]:
-    from server.tracking import effective_status
+    from phaseboard.server.tracking import effective_status
 
     return {
         "status": effective_status(run, crashed_after_s),
@@ -83,9 +83,9 @@ def list_runs(
     A bad filter/column/sort does not fail the page: the table is shown unfiltered with the
     parser's message.
     """
-    from server.run_filter import FilterError
-    from server.runs_table import runs_table
-    from server.tracking import STATUSES
+    from phaseboard.server.run_filter import FilterError
+    from phaseboard.server.runs_table import runs_table
+    from phaseboard.server.tracking import STATUSES
 
     known_sort = sort.lstrip("-") in RUN_SORTS or sort.lstrip("-").startswith(
         ("config.", "summary.")
@@ -120,7 +120,7 @@ def list_runs(
 def _parcoords_rows(table: dict[str, Any]) -> dict[str, Any]:
     """The shown runs' values of the chosen columns (or the first few choices), for
     the parallel-coordinates view; JSON-safe scalars only."""
-    from server.run_filter import field_value, parse_field
+    from phaseboard.server.run_filter import field_value, parse_field
 
     columns = table["columns"] or table["column_choices"][:6]
     fields = [parse_field(c) for c in columns]
@@ -289,7 +289,7 @@ def jobs_by_kind(session: Session, run_id: int) -> dict[str, dict[str, Any]]:
 
 def eta_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
     """Time to completion per kind, from the stored measured throughput (jobs.throughput)."""
-    from server.jobs.throughput import eta_by_kind, format_eta
+    from phaseboard.server.jobs.throughput import eta_by_kind, format_eta
 
     return [
         {
@@ -365,7 +365,7 @@ def plot_data(
         s["count"] = len(s["step"])  # type: ignore[assignment]
         series[key] = s
 
-    from server.web.llc_series import llc_series
+    from phaseboard.server.web.llc_series import llc_series
 
     llc_part = llc_series(session, run, llc_settings)
     return {

@@ -14,16 +14,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
-from server.api.deps import SessionDep, WriteAuth
-from server.errors import ERROR_RESPONSES, NotFound
-from server.models import Share
-from server.schemas import MAX_ID, DbId, DbInt, Text
-from server.security import CSP_WEBGL
-from server.web import queries
-from server.web.compare_checks import config_warnings
-from server.web.edits import update_run_header
-from server.web.templating import STATIC_DIR, make_templates
-from server.web.views import PageView, parse_view
+from phaseboard.server.api.deps import SessionDep, WriteAuth
+from phaseboard.server.errors import ERROR_RESPONSES, NotFound
+from phaseboard.server.models import Share
+from phaseboard.server.schemas import MAX_ID, DbId, DbInt, Text
+from phaseboard.server.security import CSP_WEBGL
+from phaseboard.server.web import queries
+from phaseboard.server.web.compare_checks import config_warnings
+from phaseboard.server.web.edits import update_run_header
+from phaseboard.server.web.templating import STATIC_DIR, make_templates
+from phaseboard.server.web.views import PageView, parse_view
 
 router = APIRouter(include_in_schema=False)
 data_router = APIRouter(prefix="/api", tags=["plots"], responses=ERROR_RESPONSES)
@@ -265,7 +265,7 @@ def plot_data(
 
 def mount_web(app: FastAPI) -> None:
     """Add the pages, the plot-data endpoint and ``/static`` (plotly.js from its package)."""
-    from server.web.static_assets import mount_assets
+    from phaseboard.server.web.static_assets import mount_assets
 
     mount_assets(app)  # plotly.js gzipped (GET and HEAD) and the favicon
     app.include_router(data_router)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.templating import Jinja2Templates
 
-from server.settings import REPO_ROOT
+from phaseboard.server.settings import REPO_ROOT
 
 TEMPLATE_DIR = REPO_ROOT / "frontend" / "templates"
 STATIC_DIR = REPO_ROOT / "frontend" / "static"

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
-from server.errors import BadInput
-from server.schemas import MAX_ID
+from phaseboard.server.errors import BadInput
+from phaseboard.server.schemas import MAX_ID
 
 MAX_VIEW_CHARS = 4000
 _RUN_PATH = re.compile(r"^/runs/([0-9]{1,10})$")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from analysis.checkpoints import (
+from phaseboard.analysis.checkpoints import (
     CheckpointTooComplex,
     CorruptCheckpoint,
     KeyMapping,
@@ -31,7 +31,7 @@ from analysis.checkpoints import (
     save_safetensors_bytes,
     write_safetensors,
 )
-from analysis.tasks import get_task
+from phaseboard.analysis.tasks import get_task
 
 DLN = {"widths": [3, 3, 2], "num_samples": 16, "num_test": 8, "true_rank": 2}
 

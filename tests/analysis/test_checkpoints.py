@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.checkpoints import (
+from phaseboard.analysis.checkpoints import (
     CorruptCheckpoint,
     NotAStateDict,
     UnsafeCheckpoint,

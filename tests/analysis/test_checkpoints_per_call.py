@@ -14,15 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-import analysis.llc as llc
-from analysis.llc import (
+import phaseboard.analysis.llc as llc
+import phaseboard.analysis.llc.budgets as budgets
+from phaseboard.analysis.llc import (
     LLCConfig,
     activation_bytes,
     checkpoints_per_call,
     estimate_llc_many,
     first_batch,
 )
-from analysis.restrict import estimate_llc_restricted_many
+from phaseboard.analysis.restrict import estimate_llc_restricted_many
 
 CONFIG = LLCConfig(num_chains=2, num_draws=8, num_burnin_steps=2, lr=1e-3, num_samples=256)
 
@@ -103,7 +104,7 @@ def test_capped_calls_give_each_checkpoint_the_same_estimate(kind: str, monkeypa
 
     together, chunks = run()
     assert chunks == {"1/1)"}
-    monkeypatch.setattr(llc, "CPU_ACTIVATION_BYTES", 1)  # every checkpoint past the cap
+    monkeypatch.setattr(budgets, "CPU_ACTIVATION_BYTES", 1)  # every checkpoint past the cap
     apart, chunks = run()
     assert chunks == {"1/3)", "2/3)", "3/3)"}
     for a, b in zip(together, apart, strict=True):  # float32 reduction order: 1e-4

@@ -12,7 +12,7 @@ from torch import nn
 devinterp_llc = pytest.importorskip("devinterp.slt.llc", reason="devinterp not installed")
 datasets = pytest.importorskip("datasets")
 
-from analysis.llc import devinterp_init_loss  # noqa: E402
+from phaseboard.analysis.llc import devinterp_init_loss  # noqa: E402
 
 V, T, N = 8, 6, 128
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.essential_dynamics import (
+from phaseboard.analysis.essential_dynamics import (
     SOURCE,
     essential_dynamics,
     pca,
@@ -19,7 +19,7 @@ from analysis.essential_dynamics import (
     probe_outputs,
     turning_points,
 )
-from analysis.tasks import get_task
+from phaseboard.analysis.tasks import get_task
 
 STEPS = np.unique(np.round(np.logspace(1, 5, 50)).astype(int))
 X = np.log10(STEPS)
@@ -80,8 +80,8 @@ def test_outputs_of_a_task_model_on_its_probe_set_are_flat_and_deterministic() -
 def test_probe_hash_names_the_examples_not_the_config() -> None:
     import torch
 
-    from analysis.essential_dynamics import probe_batch, probe_hash, probe_split
-    from analysis.tasks import get_task
+    from phaseboard.analysis.essential_dynamics import probe_batch, probe_hash, probe_split
+    from phaseboard.analysis.tasks import get_task
 
     base = get_task("tms", {})
     other_lr = get_task("tms", {"lr": 0.01})  # a training-only key: the same examples
@@ -100,8 +100,8 @@ def test_probe_hash_names_the_examples_not_the_config() -> None:
 def test_seeds_of_one_config_share_the_lens_probe(name: str, config: dict) -> None:
     """Runs that differ only in their data seed are probed on the same inputs (so the compare
     page can put them in one PC space); the probe still follows the task's shape."""
-    from analysis.essential_dynamics import lens_probe, probe_batch, probe_hash
-    from analysis.tasks import get_task
+    from phaseboard.analysis.essential_dynamics import lens_probe, probe_batch, probe_hash
+    from phaseboard.analysis.tasks import get_task
 
     a, b = get_task(name, {**config, "seed": 0}), get_task(name, {**config, "seed": 1})
     (pa, split), (pb, _) = lens_probe(a, 32), lens_probe(b, 32)

@@ -12,11 +12,16 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from analysis.llc import LLCConfig, estimate_llc, estimate_llc_many
-from analysis.restrict import estimate_llc_restricted
-from analysis.tasks import get_task
-from analysis.tasks.hf_heads import hf_head_masks
-from analysis.tokens import TokenDataError, load_token_file, scan_token_file, token_windows
+from phaseboard.analysis.llc import LLCConfig, estimate_llc, estimate_llc_many
+from phaseboard.analysis.restrict import estimate_llc_restricted
+from phaseboard.analysis.tasks import get_task
+from phaseboard.analysis.tasks.hf_heads import hf_head_masks
+from phaseboard.analysis.tokens import (
+    TokenDataError,
+    load_token_file,
+    scan_token_file,
+    token_windows,
+)
 from tests.generic_models import CTX, HF_CONFIGS, VOCAB, hf_model, token_stream
 
 HEAD_NAMES = {f"prefix_matching/l{i}.h{h}" for i in range(2) for h in range(4)}
@@ -295,7 +300,7 @@ def test_training_on_repeated_sequences_gives_a_prefix_matching_head_and_negativ
     at offset 8 this head may be positional: the score measures where attention goes, not
     by what mechanism. Control: a position-wise model (no attention) trained the same way
     has an ICL score within 0.15 of 0."""
-    from analysis.progress import repeated_random_tokens
+    from phaseboard.analysis.progress import repeated_random_tokens
 
     data = repeated_random_tokens(VOCAB, CTX, 1000, seed=5)
     split = {"train": data[:800], "test": data[800:]}
@@ -335,7 +340,7 @@ def test_transformer_lens_progress_measures_read_every_heads_pattern() -> None:
     out = task.progress_measures(model)
     _check_lm_measures(out)
     # the same numbers as reading the pattern hook by hand
-    from analysis.progress import prefix_matching_from_pattern
+    from phaseboard.analysis.progress import prefix_matching_from_pattern
 
     _, cache = user_model.run_with_cache(task.prefix_probe_tokens())
     by_hand = prefix_matching_from_pattern(cache["blocks.1.attn.hook_pattern"])

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.learning_order import (
+from phaseboard.analysis.learning_order import (
     learned_at,
     order_by_learned_at,
     per_example_losses,
     rank_agreement,
 )
-from analysis.tasks import get_task
+from phaseboard.analysis.tasks import get_task
 
 STEPS = [0, 10, 100, 1000, 10000]
 

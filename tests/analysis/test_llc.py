@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.llc import (
+from phaseboard.analysis.llc import (
     LLCConfig,
     LLCResult,
     calibrate,

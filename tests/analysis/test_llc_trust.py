@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.llc import LLCConfig, calibrate, devinterp_init_loss, estimate_llc
+from phaseboard.analysis.llc import LLCConfig, calibrate, devinterp_init_loss, estimate_llc
 
 
 def _data(n: int = 256, batch: int = 16, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -84,8 +84,8 @@ def test_reported_std_over_sqrt_chains_matches_the_spread_of_repeated_runs() -> 
 def test_batchnorm_model_in_train_mode_is_never_mutated(how: str) -> None:
     """Neither the sampler nor the activation probe that sizes a batch of checkpoints
     (``checkpoints_per_call``) runs the caller's module or changes its mode."""
-    from analysis.llc import estimate_llc_many
-    from analysis.restrict import estimate_llc_restricted_many
+    from phaseboard.analysis.llc import estimate_llc_many
+    from phaseboard.analysis.restrict import estimate_llc_restricted_many
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.metrics import checkpoint_metrics, distance, hessian_trace, weight_norms
-from analysis.tasks import get_task
+from phaseboard.analysis.metrics import checkpoint_metrics, distance, hessian_trace, weight_norms
+from phaseboard.analysis.tasks import get_task
 
 
 class Quadratic(nn.Module):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.phases import (
+from phaseboard.analysis.phases import (
     AGREE_DECADES,
     Boundary,
     agreeing_sources,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.phases import detect_boundaries
+from phaseboard.analysis.phases import detect_boundaries
 
 
 def _curve() -> tuple[list[float], list[float], list[float]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.progress import (
+from phaseboard.analysis.progress import (
     fourier_norms,
     gini,
     icl_score,
@@ -20,7 +20,7 @@ from analysis.progress import (
     restricted_excluded_loss,
     tms_measures,
 )
-from analysis.tasks import get_task
+from phaseboard.analysis.tasks import get_task
 
 P = 13
 

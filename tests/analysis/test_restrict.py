@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.llc import LLCConfig, estimate_llc
-from analysis.restrict import (
+from phaseboard.analysis.llc import LLCConfig, estimate_llc
+from phaseboard.analysis.restrict import (
     attention_head_masks,
     estimate_llc_data_restricted,
     estimate_llc_restricted,
@@ -74,8 +74,8 @@ def test_restricting_to_parameters_the_loss_ignores_gives_zero() -> None:
         {"ignored": mask_by_pattern(model, "ignored.*"), "used": mask_by_pattern(model, "used.*")},
     )  # fmt: skip
     # Zero up to float32 rounding: the sampled rows and the reference rows batch the same
-    # products differently, and MKL's AVX-512 kernels (server.jobs.mkl_kernels) may round
-    # them differently. Tolerance: n_beta x L(w*) x 1e-6, about 8 float32 ulps of the loss.
+    # products differently, and some BLAS kernels (MKL's AVX-512 ones) round them differently.
+    # Tolerance: n_beta x L(w*) x 1e-6, about 8 float32 ulps of the loss.
     ignored = res["ignored"]
     tol = ignored.n_beta * ignored.init_loss * 1e-6
     assert all(abs(v) <= tol for v in ignored.per_chain), (ignored.per_chain, tol)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.llc import LLCConfig, estimate_llc
-from analysis.restrict import (
+from phaseboard.analysis.llc import LLCConfig, estimate_llc
+from phaseboard.analysis.restrict import (
     estimate_llc_data_restricted_many,
     estimate_llc_restricted,
     estimate_llc_restricted_many,
@@ -165,7 +165,7 @@ def test_no_row_pays_for_tensors_its_group_leaves_frozen() -> None:
 
 
 def test_chunks_count_only_the_tensors_a_group_frees() -> None:
-    from analysis.llc import row_equivalents
+    from phaseboard.analysis.llc import row_equivalents
 
     model = HeavyFirst(0)
     a = {"a.weight": None, "a.bias": None}

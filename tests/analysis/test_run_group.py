@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.run_group import function_distance, group_band, joint_pca
+from phaseboard.analysis.run_group import function_distance, group_band, joint_pca
 
 STEPS = [1, 10, 100, 1000]
 

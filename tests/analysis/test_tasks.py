@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from analysis import llc
-from analysis.tasks import (
+from phaseboard.analysis import llc
+from phaseboard.analysis.tasks import (
     CheckpointMismatch,
     Task,
     TrainPoint,
@@ -51,7 +51,7 @@ def test_registry_lists_builtins_and_rejects_unknown_names_helpfully() -> None:
 
 
 def test_entry_point_tasks_are_loaded_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    import analysis.tasks as registry
+    import phaseboard.analysis.tasks as registry
 
     class EP:
         name = "custom"
@@ -189,7 +189,7 @@ def test_last_position_attention_equals_the_full_causal_attention_there() -> Non
     """Modular addition reads out only at "=": attending from that position alone (what its
     forward does) gives the full causal attention's last row, bit for bit here (tolerance
     1e-6 for other BLAS builds)."""
-    from analysis.tasks._transformer import Attention
+    from phaseboard.analysis.tasks._transformer import Attention
 
     torch.manual_seed(0)
     attn = Attention(16, 4, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.verdict import (
+from phaseboard.analysis.verdict import (
     DIVERGED,
     IMPOSSIBLE,
     LEFT_BASIN,

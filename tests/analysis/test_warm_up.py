@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from analysis.llc import warm_up
+from phaseboard.analysis.llc import warm_up
 
 ROOT = Path(__file__).resolve().parents[2]
 # A fresh interpreter: which modules a first restricted estimate imports, after a warm-up or not.
 FIRST_ESTIMATE = """
 import json, sys
-from analysis.llc import LLCConfig, warm_up
-from analysis.restrict import estimate_llc_restricted_many
-from analysis.tasks import get_task
+from phaseboard.analysis.llc import LLCConfig, warm_up
+from phaseboard.analysis.restrict import estimate_llc_restricted_many
+from phaseboard.analysis.tasks import get_task
 
 task = get_task("modular_addition", {"p": 7, "d_model": 8, "n_heads": 2, "d_mlp": 16})
 models = [task.build_model() for _ in range(2)]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server.db import Database
-from server.settings import Settings
+from phaseboard.server.db import Database
+from phaseboard.server.settings import Settings
 from tests.browser.seed import Seeded, seed_runs
 from tests.conftest import service_missing
 from tests.live_server import serve

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from server.db import Database
-from server.models import Checkpoint, Job, MetricPoint, PhaseBoundary, Result, Run
+from phaseboard.server.db import Database
+from phaseboard.server.models import Checkpoint, Job, MetricPoint, PhaseBoundary, Result, Run
 
 
 @dataclass(frozen=True)

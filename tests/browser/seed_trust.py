@@ -7,9 +7,9 @@ import math
 import random
 from typing import Any
 
-from server.db import Database
-from server.jobs.planning import llc_settings, llc_settings_hash
-from server.models import Checkpoint, Result, Run
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.planning import llc_settings, llc_settings_hash
+from phaseboard.server.models import Checkpoint, Result, Run
 
 STEPS = [10, 30, 100, 300, 1000, 3000]
 CHAINS, DRAWS = 4, 60

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.models import Result, Run
-from server.series_store import upsert_points
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.models import Result, Run
+from phaseboard.server.series_store import upsert_points
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 from tests.browser.conftest import ARTIFACTS, PHONE, shoot
 
 pytestmark = pytest.mark.browser
@@ -238,7 +238,7 @@ def test_compare_without_shared_results_shows_status_lines_not_empty_frames(site
 def test_compare_redraws_while_the_runs_jobs_run_and_stops_after(site, page) -> None:
     """A seed whose essential dynamics is still queued joins the paths when its result
     lands, without a reload; the note says jobs are running, and goes once they end."""
-    from server.models import Job
+    from phaseboard.server.models import Job
 
     ids = _seed_group(site, name="late", tag="late-seeds")
     with site.db.session() as s:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from server.models import Checkpoint, PhaseBoundary, Result, Run
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.models import Checkpoint, PhaseBoundary, Result, Run
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 from tests.browser.conftest import PHONE, shoot
 
 pytestmark = pytest.mark.browser

@@ -211,7 +211,7 @@ def test_compare_overlays_runs_and_keeps_them_in_the_url(site, page) -> None:
 def _dln_checkpoint(path: Path, config: dict) -> Path:
     from safetensors.torch import save_file
 
-    from analysis.tasks import get_task
+    from phaseboard.analysis.tasks import get_task
 
     model = get_task("dln", config).build_model()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from analysis import llc
-from analysis.phases import loss_change_points
-from analysis.tasks import TrainPoint, get_task
+from phaseboard.analysis import llc
+from phaseboard.analysis.phases import loss_change_points
+from phaseboard.analysis.tasks import TrainPoint, get_task
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,11 @@ def test_essential_dynamics_turning_point_lies_near_the_generalisation_step(run)
     reaches 0.5 (observed: turning points at ~210, end of memorisation, and ~420; the
     test-accuracy midpoint is at ~340).
     """
-    from analysis.essential_dynamics import essential_dynamics, probe_batch, probe_outputs
+    from phaseboard.analysis.essential_dynamics import (
+        essential_dynamics,
+        probe_batch,
+        probe_outputs,
+    )
 
     task, points = run
     ckpts = [p for p in points if p.is_checkpoint]
@@ -154,7 +158,7 @@ def test_two_seeds_learn_examples_in_positively_correlated_order(run) -> None:
     steps of all training pairs are rank-correlated, a shuffled control is not.
     Tolerances: rho > 0.1 over >= 500 examples learned in both (observed ~0.23 over 1124);
     |rho| < 0.1 for the shuffled control (~3 standard errors; observed ~0.01)."""
-    from analysis.learning_order import learned_at, per_example_losses, rank_agreement
+    from phaseboard.analysis.learning_order import learned_at, per_example_losses, rank_agreement
 
     task, points = run
     other = [p for p in task.train(seed=1) if p.is_checkpoint]

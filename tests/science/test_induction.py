@@ -12,8 +12,8 @@ import math
 
 import pytest
 
-from analysis.phases import measure_jumps
-from analysis.tasks import get_task
+from phaseboard.analysis.phases import measure_jumps
+from phaseboard.analysis.tasks import get_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.llc import LLCConfig, estimate_llc
-from analysis.restrict import estimate_llc_restricted
+from phaseboard.analysis.llc import LLCConfig, estimate_llc
+from phaseboard.analysis.restrict import estimate_llc_restricted
 from tests.science.aoyagi import aoyagi_lambda
 
 

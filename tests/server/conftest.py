@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from analysis.checkpoints import save_safetensors_bytes
-from server.settings import Settings
+from phaseboard.analysis.checkpoints import save_safetensors_bytes
+from phaseboard.server.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from server.settings import REPO_ROOT, Settings
+from phaseboard.server.settings import REPO_ROOT, Settings
 
 
 def free_port() -> int:
@@ -60,7 +60,7 @@ def live_server(env: dict[str, str], argv: list[str] | None = None) -> Iterator[
     """Start ``uvicorn server.app:create_app --factory`` (or ``argv``) and wait for health."""
     port = free_port()
     cmd = argv or [
-        sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "phaseboard.server.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
     ]  # fmt: skip
     cmd = [c.replace("{port}", str(port)) for c in cmd]

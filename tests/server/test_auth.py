@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from phaseboard.server.app import create_app
 from tests.server.conftest import safetensors_bytes, store_state
 
 TOKEN = "s3cret-token"

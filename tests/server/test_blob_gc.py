@@ -7,10 +7,10 @@ import time
 
 from typer.testing import CliRunner
 
-from server.blob_gc import collect_garbage
-from server.commands.cli import app as cli
-from server.db import Database
-from server.storage import BlobStore
+from phaseboard.server.blob_gc import collect_garbage
+from phaseboard.server.commands.cli import app as cli
+from phaseboard.server.db import Database
+from phaseboard.server.storage import BlobStore
 from tests.server.conftest import safetensors_bytes
 
 
@@ -94,7 +94,7 @@ def test_gc_keeps_the_arrays_lens_results_point_to_and_frees_them_with_their_run
 ) -> None:
     """learning_order's ``losses_blob`` and essential_dynamics' ``outputs_blob`` are no
     checkpoint's: only the result rows keep them."""
-    from server.models import Result
+    from phaseboard.server.models import Result
 
     run = client.post("/api/runs", json={"name": "lens"}).json()["id"]
     store = BlobStore(settings.storage_dir)

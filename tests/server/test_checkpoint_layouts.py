@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 
-from analysis.checkpoints import save_safetensors_bytes
-from server.db import Database
-from server.jobs.runner import JobRunner
-from server.storage import BlobStore
+from phaseboard.analysis.checkpoints import save_safetensors_bytes
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.runner import JobRunner
+from phaseboard.server.storage import BlobStore
 from tests.analysis.test_checkpoint_layouts import (
     _deep_dict_pickle,
     _torch_zip_with_pickle,
@@ -161,7 +161,7 @@ def _zip_bomb() -> bytes:  # 2 MB of padding after the pickle's STOP, deflated t
 def test_costly_files_are_422_and_leave_nothing_behind(make_settings, make, needle) -> None:
     from fastapi.testclient import TestClient
 
-    from server.app import create_app
+    from phaseboard.server.app import create_app
     from tests.server.conftest import store_state
 
     settings = make_settings(checkpoint_max_inflated_mb=1)

@@ -13,10 +13,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from analysis.checkpoints import save_safetensors_bytes
-from analysis.tasks import get_task
-from server.app import create_app
-from server.storage import BlobStore
+from phaseboard.analysis.checkpoints import save_safetensors_bytes
+from phaseboard.analysis.tasks import get_task
+from phaseboard.server.app import create_app
+from phaseboard.server.storage import BlobStore
 from tests.server.conftest import safetensors_bytes, store_state, tiny_state_dict
 from tests.server.live import live_server, settings_env
 
@@ -299,8 +299,8 @@ def test_200mb_upload_streams_with_flat_server_memory(tmp_path) -> None:
     import httpx
     import psutil
 
-    from server.migrate import upgrade
-    from server.settings import Settings
+    from phaseboard.server.migrate import upgrade
+    from phaseboard.server.settings import Settings
     from tests.server.live import write_big_safetensors
 
     settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'pb.db'}",

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import save
 
-from server.blob_gc import collect_garbage
-from server.db import Database
-from server.storage import BlobStore
+from phaseboard.server.blob_gc import collect_garbage
+from phaseboard.server.db import Database
+from phaseboard.server.storage import BlobStore
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.models import Base
-from server.settings import Settings
+from phaseboard.server.app import create_app
+from phaseboard.server.models import Base
+from phaseboard.server.settings import Settings
 from tests.server.conftest import safetensors_bytes
 
 HUGE = 652942260495584145178624  # > 2^63

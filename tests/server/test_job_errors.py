@@ -6,11 +6,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.jobs import lifecycle
-from server.jobs.planning import plan_jobs
-from server.jobs.runner import _error_text
-from server.models import Job, Run
+from phaseboard.server.app import create_app
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.planning import plan_jobs
+from phaseboard.server.jobs.runner import _error_text
+from phaseboard.server.models import Job, Run
 
 TOKEN = "s3cret"
 

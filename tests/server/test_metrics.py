@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from server.models import MetricPoint
-from server.series import downsample_minmax
+from phaseboard.server.models import MetricPoint
+from phaseboard.server.series import downsample_minmax
 
 
 def test_points_are_upserted_per_name_and_step(client, run_id) -> None:

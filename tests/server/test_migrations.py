@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from server.migrate import downgrade, upgrade
-from server.models import Base
+from phaseboard.server.migrate import downgrade, upgrade
+from phaseboard.server.models import Base
 
 
 def _engine(url: str) -> sa.Engine:

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app import create_app
+from phaseboard.server.app import create_app
 from tests.server.conftest import safetensors_bytes
 
 MAX_EXAMPLES = 6

@@ -7,8 +7,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.models import MetricPoint, PhaseBoundary
+from phaseboard.server.app import create_app
+from phaseboard.server.models import MetricPoint, PhaseBoundary
 from tests.browser.seed import seed_runs
 
 HX = {"HX-Request": "true"}
@@ -362,7 +362,7 @@ def test_phase_routes_404_and_token(client, token_client, seeded) -> None:
 
 def test_manual_boundaries_survive_when_detection_reruns(client, seeded) -> None:
     """The real ``phases`` job handler replaces detected boundaries and keeps manual ones."""
-    from server.jobs.handlers import JobContext, run_phases
+    from phaseboard.server.jobs.handlers import JobContext, run_phases
 
     rid = seeded.run_id
     manual = client.post(f"/api/runs/{rid}/phases", json={"step": 700, "label": "mine"}).json()
@@ -395,8 +395,8 @@ def test_a_run_with_2000_checkpoints_and_a_million_points_stays_light(client) ->
     import numpy as np
     import sqlalchemy as sa
 
-    from server.models import Checkpoint, Result, Run
-    from server.series_store import upsert_points
+    from phaseboard.server.models import Checkpoint, Result, Run
+    from phaseboard.server.series_store import upsert_points
 
     db = client.app.state.db
     with db.session() as s:
@@ -465,7 +465,7 @@ def test_a_run_with_2000_checkpoints_and_a_million_points_stays_light(client) ->
 
 
 def test_header_tags_are_cut_to_100_characters_before_duplicates_are_dropped() -> None:
-    from server.web.edits import parse_tags
+    from phaseboard.server.web.edits import parse_tags
 
     long = "x" * 150
     assert parse_tags(f"{long}, {long[:100]}, a, ,a") == ["x" * 100, "a"]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from server.settings import Settings
+from phaseboard.server.settings import Settings
 from tests.server.conftest import safetensors_bytes
 from tests.server.test_hardening import full_state
 
@@ -71,7 +71,7 @@ def test_same_origin_and_non_browser_writes_still_work(
 
 
 def test_public_url_counts_as_our_own_origin(make_settings) -> None:
-    from server.app import create_app
+    from phaseboard.server.app import create_app
 
     settings = make_settings(public_url="https://board.example.org/")
     with TestClient(create_app(settings)) as client:

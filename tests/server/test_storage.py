@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import BadInput
-from server.storage import BlobStore
+from phaseboard.server.errors import BadInput
+from phaseboard.server.storage import BlobStore
 from tests.server.conftest import safetensors_bytes
 
 
@@ -21,7 +21,7 @@ def test_same_bytes_are_stored_once_and_temp_files_do_not_linger(tmp_path: Path)
 
 
 def test_stage_over_the_limit_leaves_nothing(tmp_path: Path) -> None:
-    from server.errors import PayloadTooLarge
+    from phaseboard.server.errors import PayloadTooLarge
 
     store = BlobStore(tmp_path / "blobs")
     with pytest.raises(PayloadTooLarge):

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from server.app import create_app
-from server.run_filter import FilterError, parse_filter
+from phaseboard.server.app import create_app
+from phaseboard.server.run_filter import FilterError, parse_filter
 
 
 @pytest.fixture

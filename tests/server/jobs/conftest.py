@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from server.db import Database
-from server.models import Checkpoint, Job, Result, Run
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.models import Checkpoint, Job, Result, Run
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 
 TINY_TASK: dict[str, Any] = {"widths": [3, 3, 2], "num_samples": 64, "num_test": 32, "true_rank": 2}
 TINY_LLC: dict[str, Any] = {"num_chains": 2, "num_draws": 15, "batch_size": 32, "lr": 1e-3}
@@ -30,7 +30,7 @@ def fast_settings(make_settings: Callable[..., Settings], **overrides: Any) -> S
 
 
 def state_dict(seed: int, widths: list[int] | None = None) -> dict[str, torch.Tensor]:
-    from analysis.tasks import get_task
+    from phaseboard.analysis.tasks import get_task
 
     cfg = dict(TINY_TASK)
     if widths is not None:
@@ -75,7 +75,7 @@ def add_checkpoints(
     session: Any, store: BlobStore, run_id: int, weights: Iterable[tuple[int, dict[str, Any]]]
 ) -> list[int]:
     """Store each ``(step, state_dict)`` as a safetensors checkpoint row of the run; ids."""
-    from analysis.checkpoints import save_safetensors_bytes
+    from phaseboard.analysis.checkpoints import save_safetensors_bytes
 
     ids = []
     for step, sd in weights:

@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 
-from server.jobs import allocator
+from phaseboard.server.jobs import allocator
 
 # 20 "steps", each holding six 8 MB tensors at once and freeing them, as an SGLD step does
 # with its activations; the process's minor page faults over the loop.
 _PROBE = textwrap.dedent(
     """
     import ctypes, json, resource, sys, torch
-    from server.jobs import allocator
+    from phaseboard.server.jobs import allocator
     # No transparent huge pages: count 4 kB pages whatever the host's THP setting.
     ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
     tuned = allocator.reuse_freed_memory(int(sys.argv[1]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.db import Database
-from server.jobs import lifecycle
+from phaseboard.server.app import create_app
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
 from tests.server.jobs.conftest import seed_run
 
 

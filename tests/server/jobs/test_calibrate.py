@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from phaseboard.server.app import create_app
 from tests.server.jobs.conftest import all_final, fast_settings, seed_run, wait_for
 
 GRID = {"lrs": [1e-4, 1e-3], "localizations": [10.0, 100.0]}

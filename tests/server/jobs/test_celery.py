@@ -15,11 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from server.db import Database
-from server.jobs import make_queue
-from server.jobs.celery_app import CeleryQueue
-from server.settings import Settings
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import make_queue
+from phaseboard.server.jobs.celery_app import CeleryQueue
+from phaseboard.server.settings import Settings
+from phaseboard.server.storage import BlobStore
 from tests.conftest import service_missing
 from tests.server.jobs.conftest import TINY_LLC, all_final, results_by_job, seed_run, wait_for
 
@@ -162,7 +162,7 @@ def test_kill_9_of_worker_mid_llc_requeues_and_finishes_with_one_result(
     celery_settings: Settings, workers: Workers
 ) -> None:
     # Long enough to be caught mid-run (progress is written every 0.5 s): 600 draws could
-    # finish between two polls with MKL's AVX-512 kernels.
+    # finish between two polls on fast BLAS kernels.
     run_id, ckpts = seed_run(celery_settings, [7], llc={**TINY_LLC, "num_draws": 6000})
     queue, db = _queue(celery_settings)
     (job_id,) = queue.checkpoints_added(run_id, ckpts)

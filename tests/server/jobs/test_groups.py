@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.blob_gc import collect_garbage
-from server.db import Database
-from server.models import Result, Run
-from server.storage import BlobStore
+from phaseboard.server.app import create_app
+from phaseboard.server.blob_gc import collect_garbage
+from phaseboard.server.db import Database
+from phaseboard.server.models import Result, Run
+from phaseboard.server.storage import BlobStore
 from tests.server.jobs.conftest import (
     TINY_TASK,
     add_checkpoints,
@@ -118,7 +118,7 @@ def test_seeds_with_their_own_data_share_one_pc_space(make_settings) -> None:
     on the task's shared probe, so the compare page puts them in one PC space."""
     import torch
 
-    from analysis.tasks import get_task
+    from phaseboard.analysis.tasks import get_task
 
     settings = fast_settings(make_settings, queue="local", auto_analyses="essential_dynamics")
     ids = {}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.celery_app import FAST_QUEUE, job_queue, worker_queues
-from server.jobs.planning import plan_jobs
+from phaseboard.server.app import create_app
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.celery_app import FAST_QUEUE, job_queue, worker_queues
+from phaseboard.server.jobs.planning import plan_jobs
 from tests.conftest import BACKENDS
 from tests.server.jobs.conftest import all_final, fast_settings, results_by_job, seed_run, wait_for
 

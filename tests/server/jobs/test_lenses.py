@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.db import Database
-from server.jobs.planning import plan_jobs
-from server.models import Checkpoint, Job
+from phaseboard.server.app import create_app
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.planning import plan_jobs
+from phaseboard.server.models import Checkpoint, Job
 from tests.server.jobs.conftest import add_checkpoints, all_final, fast_settings, seed_run, wait_for
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
@@ -68,9 +68,9 @@ def test_essential_dynamics_is_planned_anew_only_when_checkpoints_change(make_se
 
 def _seed_trained_run(settings, task_name: str, config: dict) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
     """A run of ``task_name`` whose checkpoints come from its own short training."""
-    from analysis.tasks import get_task
-    from server.models import Run
-    from server.storage import BlobStore
+    from phaseboard.analysis.tasks import get_task
+    from phaseboard.server.models import Run
+    from phaseboard.server.storage import BlobStore
 
     task = get_task(task_name, config)
     db = Database(settings)
@@ -113,7 +113,7 @@ def test_metrics_job_stores_the_tasks_progress_measures(make_settings) -> None:
 def test_phases_take_jumps_of_progress_measures_as_boundaries(make_settings) -> None:
     import math
 
-    from server.models import PhaseBoundary, Result
+    from phaseboard.server.models import PhaseBoundary, Result
 
     settings = fast_settings(make_settings, queue="local")
     steps = [int(round(10 ** (1 + 3 * i / 39))) for i in range(40)]
@@ -154,7 +154,7 @@ def test_learning_order_job_keeps_losses_as_one_float16_blob_and_pages_read_it(
 
     import numpy as np
 
-    from server.blob_gc import collect_garbage
+    from phaseboard.server.blob_gc import collect_garbage
 
     settings = fast_settings(make_settings, queue="local", auto_analyses="learning_order")
     run_id, ckpts = seed_run(settings, [1, 10, 100, 1000])

@@ -6,12 +6,12 @@ import threading
 
 import sqlalchemy as sa
 
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.base import NullQueue
-from server.jobs.planning import config_hash
-from server.models import Job, Result
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.base import NullQueue
+from phaseboard.server.jobs.planning import config_hash
+from phaseboard.server.models import Job, Result
+from phaseboard.server.storage import BlobStore
 from tests.server.jobs.conftest import seed_run
 
 

@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.local import LocalQueue
-from server.models import Job, PhaseBoundary, utcnow
-from server.storage import BlobStore
+from phaseboard.server.app import create_app
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.local import LocalQueue
+from phaseboard.server.models import Job, PhaseBoundary, utcnow
+from phaseboard.server.storage import BlobStore
 from tests.server.jobs.conftest import all_final, fast_settings, results_by_job, seed_run, wait_for
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
@@ -124,7 +124,7 @@ def test_restart_with_jobs_queued_and_running_loses_nothing(make_settings) -> No
 
 
 def test_checkpoint_uploaded_through_the_api_is_analysed_in_the_background(make_settings) -> None:
-    from analysis.checkpoints import save_safetensors_bytes
+    from phaseboard.analysis.checkpoints import save_safetensors_bytes
     from tests.server.jobs.conftest import TINY_LLC, TINY_TASK, state_dict
 
     settings = fast_settings(make_settings, queue="local", auto_analyses="llc")

@@ -18,12 +18,12 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from server.db import Database
-from server.jobs import lifecycle
-from server.jobs.local import LocalQueue
-from server.jobs.planning import plan_jobs
-from server.models import Job, Run, utcnow
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.local import LocalQueue
+from phaseboard.server.jobs.planning import plan_jobs
+from phaseboard.server.models import Job, Run, utcnow
+from phaseboard.server.storage import BlobStore
 from tests.server.live import live_server, settings_env
 
 

@@ -6,11 +6,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.db import Database
-from server.jobs.planning import plan_jobs
-from server.jobs.throughput import chain_steps, eta_by_kind, format_eta
-from server.models import Job, utcnow
+from phaseboard.server.app import create_app
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.planning import plan_jobs
+from phaseboard.server.jobs.throughput import chain_steps, eta_by_kind, format_eta
+from phaseboard.server.models import Job, utcnow
 from tests.conftest import BACKENDS
 from tests.server.jobs.conftest import TINY_LLC, all_final, fast_settings, seed_run, wait_for
 

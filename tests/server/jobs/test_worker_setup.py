@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from server.db import Database
-from server.jobs.local import LocalQueue
-from server.jobs.worker_setup import start_warm_up
-from server.storage import BlobStore
+from phaseboard.server.db import Database
+from phaseboard.server.jobs.local import LocalQueue
+from phaseboard.server.jobs.worker_setup import start_warm_up
+from phaseboard.server.storage import BlobStore
 from tests.server.jobs.conftest import fast_settings
 
 

@@ -14,7 +14,7 @@ a second syncer (``phaseboard sync`` while the client itself reconnects) out, an
 ``sync.json`` says ``complete`` is left alone. A batch re-sent after a crash between the POST and
 the saved offset is harmless: points are upserted on (run, name, step).
 
-This module talks HTTP only through ``server.client``; it never imports the server app.
+It talks HTTP only through the client (``_points.post_points``); it never imports the server.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._points import post_points
+
 if TYPE_CHECKING:
-    from server.client import Phaseboard
+    from ._client import Phaseboard
 
 __all__ = ["Spool", "SyncResult", "find_spools", "sync_spool"]
 
@@ -233,7 +235,6 @@ def sync_spool(client: Phaseboard, spool: Spool) -> SyncResult:
 
 
 def _sync_locked(client: Phaseboard, spool: Spool, result: SyncResult) -> None:
-    from server.client import post_points
 
     state = spool.state
     meta = spool.meta

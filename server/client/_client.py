@@ -1,6 +1,6 @@
 """A small HTTP client for training loops, shaped like ``wandb.log`` / ``mlflow.log_metric``.
 
-    from server.client import Phaseboard
+    from phaseboard import Phaseboard
 
     pb = Phaseboard("http://127.0.0.1:8765", token=None)
     with pb.run("grokking-p53", task="modular_addition", task_config={"p": 53},
@@ -50,7 +50,14 @@ from urllib.parse import quote
 
 import httpx
 
-from server.spool import Spool, sync_spool
+from ._points import (
+    PhaseboardClientError,
+    _bad_name,
+    _error_from_response,
+    flatten_metrics,
+    post_points,
+)
+from ._spool import Spool, sync_spool
 
 __all__ = [
     "Phaseboard",
@@ -67,97 +74,9 @@ _RETRY_STATUS = {500, 502, 503, 504}
 _MAX_BUFFERED = 2_000_000  # metric points held in memory before they go to the spool
 _SPOOL_BYTES = 64 * 1024 * 1024  # checkpoints larger than this are serialised to disk
 _MAX_STEP = 2**53 - 1
-_MAX_NAME = 200
 _BATCH = 5000
-# Refusals that are about the run or the caller, not about the points in the batch.
-_NOT_THE_POINTS = {401, 403, 404, 405}
 
 Mode = Literal["online", "offline"]
-
-
-def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"loss": 1}}`` -> ``{"train/loss": 1}`` (nested mappings joined with ``/``)."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_metrics(value, prefix=f"{name}/"))
-        else:
-            out[name] = value
-    return out
-
-
-def _bad_name(name: str) -> str | None:
-    """Why the server would refuse this metric name, or None."""
-    if not name.strip():
-        return "empty name"
-    if len(name) > _MAX_NAME:
-        return f"name longer than {_MAX_NAME} characters"
-    if any(ord(c) < 32 or c == "\x7f" for c in name):
-        return "control character (e.g. NUL) in the name"
-    return None
-
-
-def post_points(client: Phaseboard, run_id: int, points: list[dict[str, Any]]) -> list[str]:
-    """POST points; a 4xx about the points splits the batch until the bad ones are found.
-
-    Returns a description of each dropped point (the caller warns). Network errors, 5xx after
-    retries and refusals of the run itself (401/403/404) raise ``PhaseboardClientError``.
-    A 4xx is never retried.
-    """
-    if not points:
-        return []
-    try:
-        client.request("POST", f"/api/runs/{run_id}/metrics", json=points)
-        return []
-    except PhaseboardClientError as exc:
-        if exc.status_code is None or exc.status_code >= 500 or exc.status_code in _NOT_THE_POINTS:
-            raise
-        if len(points) == 1:
-            p = points[0]
-            return [f"{p.get('name')!r} at step {p.get('step')}: {exc.short}"]
-    mid = len(points) // 2
-    return post_points(client, run_id, points[:mid]) + post_points(client, run_id, points[mid:])
-
-
-class PhaseboardClientError(Exception):
-    """The server refused a request (``status_code``, ``code``) or could not be reached."""
-
-    def __init__(
-        self,
-        message: str,
-        status_code: int | None = None,
-        code: str | None = None,
-        detail: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.code = code
-        self.detail = detail if detail is not None else message  # the server's own words
-
-    @property
-    def short(self) -> str:
-        """``code: detail`` for tables and one-line reports."""
-        return f"{self.code}: {self.detail}" if self.code else self.detail
-
-
-def _error_from_response(resp: httpx.Response, what: str) -> PhaseboardClientError:
-    code, detail = None, resp.text[:500]
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        code = body.get("error")
-        raw = body.get("detail", detail)
-        detail = raw if isinstance(raw, str) else str(raw)
-    return PhaseboardClientError(
-        f"{what}: HTTP {resp.status_code} {code or ''}: {detail}".replace("  ", " "),
-        status_code=resp.status_code,
-        code=code,
-        detail=detail,
-    )
 
 
 def state_dict_to_safetensors(model_or_state_dict: Any, out: IO[bytes]) -> None:
