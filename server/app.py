@@ -17,7 +17,7 @@ from phaseboard.server.errors import PhaseboardError
 from phaseboard.server.jobs import make_queue
 from phaseboard.server.security import install as install_security
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import open_blob_store
 from phaseboard.server.web import mount_web
 
 
@@ -65,8 +65,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     settings = settings or Settings()
     settings.ensure_dirs()
     db = Database(settings)
-    assert settings.storage_dir is not None
-    store = BlobStore(settings.storage_dir)
+    store = open_blob_store(settings)  # PHASEBOARD_BLOB_URL: local directory or S3
     store.clean_tmp()  # temp files of uploads that a crash interrupted (an hour old or more)
 
     @asynccontextmanager

@@ -3,7 +3,8 @@
 Deleting a run or a checkpoint keeps its blob, since another checkpoint may hold the same
 bytes; ``phaseboard gc`` frees the space later. An upload writes its blob a moment before
 its checkpoint row, so only blobs untouched for ``min_age_s`` are candidates (a duplicate
-upload refreshes the blob's mtime, see ``BlobStore.commit``).
+upload touches the blob, see ``BlobStore.commit``). Works on every blob backend: it lists
+the store (``BlobStore.iterate``) and asks the database.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from phaseboard.server.db import Database
 from phaseboard.server.models import Checkpoint, Dataset, Result
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore
 
-__all__ = ["GCReport", "collect_garbage"]
+__all__ = ["GCReport", "blob_in_use", "collect_garbage"]
 
 
 @dataclass(frozen=True)
@@ -33,20 +34,24 @@ class GCReport:
     dry_run: bool
 
 
-# Lens result kinds and the key of their values that names a blob.
-RESULT_BLOB_KEYS = (
-    ("learning_order", "losses_blob"),  # per-example losses, checkpoints x examples
-    ("essential_dynamics", "outputs_blob"),  # outputs on the probe set, checkpoints x D
-)
-
-
 def result_blobs(session: Session) -> set[str]:
-    """Blobs that lens results point to (``RESULT_BLOB_KEYS``)."""
+    """Blobs that lens results point to: the values each lens declares as blobs
+    (``Lens.result_blobs`` in the lens registry)."""
+    from phaseboard.server.lenses import result_blob_keys
+
     found: set[str] = set()
-    for kind, key in RESULT_BLOB_KEYS:
+    for kind, key in result_blob_keys():
         blob = Result.values[key].as_string()
         found |= {sha for sha in session.scalars(select(blob).where(Result.kind == kind)) if sha}
     return found
+
+
+def blob_in_use(session: Session, sha256: str) -> bool:
+    """Whether a checkpoint, a dataset or a lens result references the blob."""
+    for model in (Checkpoint, Dataset):
+        if session.scalar(select(model.id).where(model.sha256 == sha256).limit(1)) is not None:
+            return True
+    return sha256 in result_blobs(session)
 
 
 def collect_garbage(
@@ -60,26 +65,18 @@ def collect_garbage(
     cutoff = time.time() - min_age_s
     removed: list[str] = []
     freed = recent = 0
-    for sha in store.blobs():
-        if sha in referenced:
+    for info in sorted(store.iterate(), key=lambda b: b.sha256):
+        if info.sha256 in referenced:
             continue
-        try:
-            stat = store.path_for(sha).stat()
-        except FileNotFoundError:
-            continue
-        if stat.st_mtime > cutoff:
+        if info.modified > cutoff:
             recent += 1
             continue
-        with db.session() as session:  # re-check: an upload may have claimed it meanwhile
-            if session.scalar(select(Checkpoint.id).where(Checkpoint.sha256 == sha).limit(1)):
-                continue
-            if session.scalar(select(Dataset.id).where(Dataset.sha256 == sha).limit(1)) or (
-                sha in result_blobs(session)  # a lens job stored it meanwhile
-            ):
+        with db.session() as session:  # re-check: an upload or a lens job may have claimed it
+            if blob_in_use(session, info.sha256):
                 continue
         if not dry_run:
-            store.delete(sha)
-        removed.append(sha)
-        freed += stat.st_size
+            store.delete(info.sha256)
+        removed.append(info.sha256)
+        freed += info.size
     temps = 0 if dry_run else store.clean_tmp(min_age_s)
     return GCReport(removed, freed, recent, len(referenced), temps, dry_run)

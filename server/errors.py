@@ -55,6 +55,13 @@ class UnsupportedMediaType(PhaseboardError):
     code = "unsupported_media_type"
 
 
+class StorageUnavailable(PhaseboardError):
+    """The blob store (object storage) did not answer or refused; nothing was stored."""
+
+    status_code = 503
+    code = "storage_unavailable"
+
+
 class ErrorOut(BaseModel):
     """The body of every error response: ``{"error": code, "detail": message}``."""
 
@@ -75,5 +82,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _error("Over a size limit: upload bytes, request body, metric points."),
     415: _error("Not the content type this route takes (an upload wants multipart)."),
     422: _error("Bad input; the detail names the field and the problem."),
+    503: _error("The blob store (object storage) did not answer; nothing was stored."),
 }
 """Declared once on the API routers, so the OpenAPI spec shows what the app really sends."""

@@ -85,6 +85,9 @@ class Checkpoint(Base):
     # {"nesting": "state_dict" | None, "strip_prefix": "model.", "dropped": ["optimizer", ...]};
     # jobs apply it when loading. None: names used as stored.
     key_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set when another step of the run holds the same weights (the same blob): the highest
+    # such step, which keeps None (``server.store.series_checks``). Analyses skip these.
+    duplicate_of_step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="checkpoints")

@@ -192,6 +192,12 @@ class CheckpointOut(BaseModel):
         '"module."), "dropped": other entries not kept (optimizer state, ...)}.',
     )
     mapping: str = Field(default="", description="The key mapping in words; empty if none.")
+    duplicate_of_step: int | None = Field(
+        default=None,
+        description="Another step of this run with the same weights (the highest such step), "
+        "or null. A series whose branches serve one model twice is mislabelled; analyses "
+        "skip these checkpoints unless asked.",
+    )
     created_at: UtcDatetime
     download_url: str = ""
     job_ids: list[int] = Field(default_factory=list, description="Analyses queued on upload.")

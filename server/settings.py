@@ -8,11 +8,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _local_blob_dir(url: str) -> Path | None:
+    """The directory a local ``blob_url`` (a path or ``file:///path``) names, else None."""
+    url = url.strip()
+    if url.startswith("file://"):
+        return Path(unquote(urlsplit(url).path))
+    if url and "://" not in url:
+        return Path(url)
+    return None
 
 
 class Settings(BaseSettings):
@@ -23,7 +34,21 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path("~/.phaseboard"), description="Root for the embedded default.")
     database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite in home.")
     storage_dir: Path | None = Field(
-        default=None, description="Blob store root; default home/blobs."
+        default=None,
+        description="Blob directory (default home/blobs): the blob store itself unless "
+        "blob_url names another; with s3:// it holds upload staging and the read cache.",
+    )
+    blob_url: str = Field(
+        default="",
+        description="Where blobs live: a path or file:///path (the local directory store), or "
+        "s3://bucket/prefix (credentials, region and AWS_ENDPOINT_URL from the usual AWS "
+        "variables). Unset: storage_dir.",
+    )
+    blob_cache_mb: int = Field(
+        default=4096,
+        ge=0,
+        description="Local copies of remote blobs kept for readers that need a file "
+        "(workers loading checkpoints), least recently used evicted past this size.",
     )
     api_token: str | None = Field(
         default=None, description="If set, writes need this bearer token."
@@ -130,6 +155,9 @@ class Settings(BaseSettings):
         self.home = Path(self.home).expanduser()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'phaseboard.db'}"
+        local_blobs = _local_blob_dir(self.blob_url)
+        if local_blobs is not None:  # a local blob URL names the blob directory
+            self.storage_dir = local_blobs
         if self.storage_dir is None:
             self.storage_dir = self.home / "blobs"
         self.storage_dir = Path(self.storage_dir).expanduser()

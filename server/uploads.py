@@ -16,7 +16,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from phaseboard.server.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
-from phaseboard.server.storage import BlobStore, StagedBlob
+from phaseboard.server.store.blobs import BlobStore, StagedBlob
 
 MAX_FIELD_BYTES = 64 * 1024  # small text fields (step, ...); more is not a form we expect
 MAX_FIELDS = 20

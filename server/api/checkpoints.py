@@ -7,22 +7,25 @@ crash at any point therefore leaves either no row, or a row whose blob is comple
 Validation finds the weights (``analysis.checkpoints.prepare_checkpoint``: nesting, wrapper
 prefix), checks them against the run's task model, and records the key mapping on the row.
 A torch file is stored as a safetensors file of its weights alone (optimizer state and the
-like are dropped); a safetensors file is stored as uploaded.
+like are dropped); a safetensors file is stored as uploaded. Weights equal to another step's
+of the same run are stored once and the lower step is flagged (``duplicate_of_step``,
+``server.store.series_checks``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from phaseboard.analysis.checkpoints import (
@@ -41,7 +44,9 @@ from phaseboard.server.models import Checkpoint, Run
 from phaseboard.server.schemas import CheckpointOut, DbId, StepInt
 from phaseboard.server.series import MAX_STEP
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore, StagedBlob
+from phaseboard.server.store.blobs import BlobStore, StagedBlob
+from phaseboard.server.store.commit import commit_blob_with_row
+from phaseboard.server.store.series_checks import reflag_duplicates
 from phaseboard.server.uploads import check_content_length, receive_upload
 
 log = logging.getLogger(__name__)
@@ -158,44 +163,31 @@ def _store(
     step: int,
     prepared: PreparedCheckpoint,
 ) -> Checkpoint:
-    """Commit the blob, then insert the row; undo a blob this call added if the insert fails."""
+    """Commit the blob, then insert the row and flag equal weights (one transaction); a
+    blob this call added is removed again if that fails (``commit_blob_with_row``)."""
     info, mapping = prepared.info, prepared.mapping
-    existed = store.exists(staged.sha256)
-    store.commit(staged)
-    ckpt = Checkpoint(
-        run_id=run_id,
-        step=step,
-        sha256=staged.sha256,
-        size=staged.size,
-        format=info.format or "unknown",
-        n_params=info.n_params,
-        n_tensors=info.n_tensors,
-        status="flagged" if info.non_finite else "ok",
-        error=_non_finite_message(info.non_finite),
-        key_mapping=None if mapping.is_identity else mapping.to_dict(),
-    )
-    try:
-        with db.session() as session:
-            session.add(ckpt)
-            session.flush()
-            session.refresh(ckpt)
+
+    def insert(session: Session) -> Checkpoint:
+        ckpt = Checkpoint(
+            run_id=run_id,
+            step=step,
+            sha256=staged.sha256,
+            size=staged.size,
+            format=info.format or "unknown",
+            n_params=info.n_params,
+            n_tensors=info.n_tensors,
+            status="flagged" if info.non_finite else "ok",
+            error=_non_finite_message(info.non_finite),
+            key_mapping=None if mapping.is_identity else mapping.to_dict(),
+        )
+        session.add(ckpt)
+        session.flush()
+        reflag_duplicates(session, run_id, staged.sha256)
         return ckpt
-    except BaseException as exc:
-        if not existed:
-            _drop_unreferenced(db, store, staged.sha256)
-        if isinstance(exc, IntegrityError):
-            raise _duplicate_step(run_id, step) from exc
-        raise
 
-
-def _drop_unreferenced(db: Database, store: BlobStore, sha256: str) -> None:
-    try:
-        with db.session() as session:
-            used = session.scalar(select(Checkpoint.id).where(Checkpoint.sha256 == sha256))
-        if used is None:
-            store.delete(sha256)
-    except Exception:  # noqa: BLE001 - best effort; a complete orphan blob is harmless
-        log.exception("could not remove orphan blob %s", sha256)
+    return commit_blob_with_row(
+        db, store, staged, insert, conflict=lambda: _duplicate_step(run_id, step)
+    )
 
 
 def _non_finite_message(names: list[str]) -> str | None:
@@ -229,7 +221,9 @@ async def upload_checkpoint(run_id: DbId, request: Request) -> CheckpointOut:
     not multipart (415), missing/bad step or file (422), unsafe pickle, corrupt file,
     non-tensor content, a file too costly to inspect, or (for a run with a task) weights that
     do not fit the task's model, named (422), duplicate step (409). NaN/inf weights are
-    stored, flagged. The response's ``key_mapping`` says where the weights were found and
+    stored, flagged; weights equal to another step's are stored once and the lower step
+    carries ``duplicate_of_step`` (its automatic analyses are skipped). The response's
+    ``key_mapping`` says where the weights were found and
     which prefix was stripped; jobs load through it. Torch files are stored as their
     weights alone (safetensors); the file's other entries are listed as dropped.
     """
@@ -285,28 +279,45 @@ def get_checkpoint(checkpoint_id: DbId, session: SessionDep) -> CheckpointOut:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def download_checkpoint(checkpoint_id: DbId, request: Request, session: SessionDep) -> Response:
-    """Stream the checkpoint's bytes as uploaded."""
+    """Stream the checkpoint's bytes as stored (from the blob store, whichever backend)."""
     ckpt = _get_checkpoint(session, checkpoint_id)
-    path = request.app.state.store.open_path(ckpt.sha256)
-    ext = "safetensors" if _stored_as_safetensors(path) else "pt"
-    return FileResponse(
-        path,
+    store: BlobStore = request.app.state.store
+    with store.open(ckpt.sha256) as fh:  # NotFound if the blob is gone
+        ext = "safetensors" if _stored_as_safetensors(fh.read(9)) else "pt"
+    filename = f"run{ckpt.run_id}-step{ckpt.step}.{ext}"
+    path = store.local_file(ckpt.sha256)
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(
+        _blob_chunks(store, ckpt.sha256),
         media_type="application/octet-stream",
-        filename=f"run{ckpt.run_id}-step{ckpt.step}.{ext}",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(ckpt.size),
+        },
     )
 
 
-def _stored_as_safetensors(path: Path) -> bool:
+def _blob_chunks(store: BlobStore, sha256: str, chunk: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+    """A remote blob in chunks (a sync generator: Starlette runs it in a thread)."""
+    with store.open(sha256) as fh:
+        while data := fh.read(chunk):
+            yield bytes(data)
+
+
+def _stored_as_safetensors(head: bytes) -> bool:
     """Torch uploads are stored as safetensors of their weights; older blobs as uploaded."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
     return len(head) == 9 and head[8:9] == b"{"
 
 
 @router.delete("/checkpoints/{checkpoint_id}", status_code=204, dependencies=[WriteAuth])
 def delete_checkpoint(checkpoint_id: DbId, session: SessionDep) -> Response:
     """Delete the row (and its jobs/results); the blob stays (it may be shared) until
-    ``phaseboard gc``."""
-    session.delete(_get_checkpoint(session, checkpoint_id))
+    ``phaseboard gc``. Steps that had the same weights are flagged again without it."""
+    ckpt = _get_checkpoint(session, checkpoint_id)
+    run_id, sha256 = ckpt.run_id, ckpt.sha256
+    session.delete(ckpt)
+    session.flush()
+    reflag_duplicates(session, run_id, sha256)
     session.commit()
     return Response(status_code=204)

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from phaseboard.analysis.tokens import TokenDataError, TokenInfo, scan_token_file
@@ -25,7 +25,8 @@ from phaseboard.server.db import Database
 from phaseboard.server.errors import BadInput, Conflict
 from phaseboard.server.models import Dataset, Run
 from phaseboard.server.schemas import DatasetOut, DbId
-from phaseboard.server.storage import BlobStore, StagedBlob
+from phaseboard.server.store.blobs import BlobStore, StagedBlob
+from phaseboard.server.store.commit import commit_blob_with_row
 from phaseboard.server.uploads import check_content_length, receive_upload
 
 router = APIRouter(tags=["datasets"])
@@ -103,31 +104,24 @@ def _validate(path: Path, vocab: int | None) -> TokenInfo:
 def _store(
     db: Database, store: BlobStore, staged: StagedBlob, run_id: int, name: str, info: TokenInfo
 ) -> Dataset:
-    existed = store.exists(staged.sha256)
-    store.commit(staged)
-    row = Dataset(
-        run_id=run_id,
-        name=name,
-        sha256=staged.sha256,
-        size=staged.size,
-        format=info.format,
-        n_tokens=info.n_tokens,
-        shape=list(info.shape),
-        dtype=info.dtype,
-        max_token=info.max_token,
-    )
-    try:
-        with db.session() as session:
-            session.add(row)
-            session.flush()
-            session.refresh(row)
+    """Commit the blob, then insert the row (``commit_blob_with_row`` undoes a failure)."""
+
+    def insert(session: Session) -> Dataset:
+        row = Dataset(
+            run_id=run_id,
+            name=name,
+            sha256=staged.sha256,
+            size=staged.size,
+            format=info.format,
+            n_tokens=info.n_tokens,
+            shape=list(info.shape),
+            dtype=info.dtype,
+            max_token=info.max_token,
+        )
+        session.add(row)
         return row
-    except BaseException as exc:
-        if not existed:  # a blob only this failed upload added
-            store.delete(staged.sha256)
-        if isinstance(exc, IntegrityError):
-            raise _taken(run_id, name) from exc
-        raise
+
+    return commit_blob_with_row(db, store, staged, insert, conflict=lambda: _taken(run_id, name))
 
 
 @router.post(

@@ -139,6 +139,8 @@ def queue_analyses(
         config["device"] = body.device
     if body.calibrate is not None:
         config["calibrate"] = body.calibrate.checked()
+    if body.include_duplicates:  # read by plan_jobs
+        config["include_duplicates"] = True
     ids = queue.plan_and_enqueue(run_id, kinds, body.checkpoint_ids, config)
     with db.session() as s:
         waiting = s.scalar(

@@ -44,7 +44,7 @@ def up(
 
     upgrade(settings)
     console.print(f"Phaseboard on [bold]http://{settings.host}:{settings.port}[/bold]")
-    console.print(f"  database {settings.database_url}\n  blobs    {settings.storage_dir}")
+    console.print(f"  database {settings.database_url}\n  blobs    {_blob_location(settings)}")
     _hint_demo_if_empty(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
@@ -76,6 +76,10 @@ def worker(
 
 
 # --- ingest / export / demo commands (researcher workflow) --------------------------------
+
+
+def _blob_location(settings: Settings) -> str:
+    return settings.blob_url if "://" in settings.blob_url else str(settings.storage_dir)
 
 
 def _hint_demo_if_empty(settings: Settings) -> None:
@@ -211,21 +215,16 @@ def gc(
     min_age_hours: float = typer.Option(1.0, help="Spare blobs written more recently."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report, remove nothing."),
 ) -> None:
-    """Free disk space: remove blobs no checkpoint references (left by deleted runs)."""
+    """Free space: remove blobs nothing references (left by deleted runs), on any backend."""
     from phaseboard.server.blob_gc import collect_garbage
     from phaseboard.server.db import Database
-    from phaseboard.server.storage import BlobStore
+    from phaseboard.server.store.blobs import open_blob_store
 
     settings = Settings()
     settings.ensure_dirs()
     db = Database(settings)
     try:
-        report = collect_garbage(
-            db,
-            BlobStore(settings.storage_dir),
-            min_age_hours * 3600,
-            dry_run,  # type: ignore[arg-type]
-        )
+        report = collect_garbage(db, open_blob_store(settings), min_age_hours * 3600, dry_run)
     finally:
         db.dispose()
     verb = "would remove" if dry_run else "removed"

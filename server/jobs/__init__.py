@@ -12,7 +12,7 @@ from __future__ import annotations
 from phaseboard.server.db import Database
 from phaseboard.server.jobs.base import JobQueue, NullQueue
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore
 
 
 def make_queue(settings: Settings, db: Database, store: BlobStore) -> JobQueue:

@@ -16,7 +16,7 @@ from phaseboard.server.jobs import lifecycle
 from phaseboard.server.jobs.planning import analyses_for_run, plan_jobs, run_analyses_for_run
 from phaseboard.server.models import Job, Run
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore
 
 
 class JobQueue:

@@ -33,7 +33,7 @@ from phaseboard.server.jobs.runner import JobRunner
 from phaseboard.server.jobs.worker_setup import start_warm_up
 from phaseboard.server.models import Job
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore, open_blob_store
 
 log = logging.getLogger("phaseboard.jobs")
 TASK_NAME = "phaseboard.run_job"
@@ -79,8 +79,7 @@ def _runner() -> JobRunner:
         settings: Settings = _worker["settings"]
         allocator.reuse_freed_memory(settings.worker_heap_pad_mb)  # this (prefork) process
         db = Database(settings)
-        assert settings.storage_dir is not None
-        store = BlobStore(settings.storage_dir)
+        store = open_blob_store(settings)
         queue = CeleryQueue(settings, db, store, app=_worker["app"])
         runner = JobRunner(settings, db, store, _worker["device"], queue.request_phases)
         _worker.update(runner=runner, pid=pid, queue=queue)
@@ -196,8 +195,7 @@ def run_worker(
     @signals.worker_ready.connect(weak=False)
     def _start_sweeper(**_: Any) -> None:
         db = Database(settings)
-        assert settings.storage_dir is not None
-        queue = CeleryQueue(settings, db, BlobStore(settings.storage_dir), app=app)
+        queue = CeleryQueue(settings, db, open_blob_store(settings), app=app)
         queue.start()
         sweeper["queue"] = queue
 

@@ -31,7 +31,7 @@ from phaseboard.server.jobs.worker_loop import POLL_S, Wake, wake_all, work
 from phaseboard.server.jobs.worker_process import WorkerProcess, WorkerSpec
 from phaseboard.server.jobs.worker_setup import prepare_process, start_warm_up
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore
 
 log = logging.getLogger("phaseboard.jobs")
 RESTART_BACKOFF_S = (1.0, 60.0)  # a child that keeps dying young is restarted ever later

@@ -85,6 +85,11 @@ class AnalysesRequest(BaseModel):
         description="calibrate only: the grid; checkpoint_ids default to the first settled, "
         "middle and last checkpoint.",
     )
+    include_duplicates: bool = Field(
+        default=False,
+        description="Also analyse checkpoints flagged as holding another step's weights "
+        "(duplicate_of_step); skipped by default.",
+    )
 
 
 class AnalysesResponse(BaseModel):

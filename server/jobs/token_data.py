@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from phaseboard.server.db import Database
 from phaseboard.server.models import Dataset
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore
 
 
 def attach_token_data(task: Any, db: Database, store: BlobStore, run_id: int) -> None:

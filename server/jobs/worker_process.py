@@ -28,7 +28,7 @@ from phaseboard.server.jobs.runner import JobRunner
 from phaseboard.server.jobs.worker_loop import wake_all, work
 from phaseboard.server.jobs.worker_setup import prepare_process, start_warm_up
 from phaseboard.server.settings import Settings
-from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.blobs import BlobStore, open_blob_store
 
 log = logging.getLogger("phaseboard.jobs")
 
@@ -75,8 +75,7 @@ def child_main(spec: WorkerSpec, stop: Event, wake: Event, wakes: list[Event]) -
         return stop.is_set() or terminated.is_set() or os.getppid() != spec.parent_pid
 
     db = Database(settings)
-    assert settings.storage_dir is not None
-    store = BlobStore(settings.storage_dir)
+    store = open_blob_store(settings)
     queue = _Announcer(settings, db, store, wakes)
     runner = JobRunner(
         settings,
