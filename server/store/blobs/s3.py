@@ -14,6 +14,7 @@ Readers that need a file get a verified copy from a bounded local cache (``cache
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -51,15 +52,14 @@ class S3BlobStore(BlobStore):
         self.prefix = parts.path.strip("/") or None
         self._obs = obstore
         retry: Any = {"max_retries": 4, "retry_timeout": timedelta(seconds=30)}
-        store = S3Store(self.bucket, prefix=self.prefix, retry_config=retry)
-        endpoint = str(store.config.get("endpoint") or "")
-        if endpoint.startswith("http://"):  # MinIO, moto, a private endpoint without TLS
-            store = S3Store(
-                self.bucket,
-                prefix=self.prefix,
-                retry_config=retry,
-                client_options={"allow_http": True},
-            )
+        # allow_http only permits an http:// endpoint someone named (MinIO or moto on a
+        # private network); AWS and every https endpoint stay on TLS.
+        store = S3Store(
+            self.bucket,
+            prefix=self.prefix,
+            retry_config=retry,
+            client_options={"allow_http": True},
+        )
         self._store = store
         work_dir = Path(work_dir)
         super().__init__(work_dir / "tmp")
@@ -105,11 +105,10 @@ class S3BlobStore(BlobStore):
 
     def open(self, sha256: str) -> BinaryIO:
         try:
-            return self._call(  # type: ignore[no-any-return]
-                "read", self._obs.open_reader, self._store, fanout_key(sha256)
-            )
+            reader = self._call("read", self._obs.open_reader, self._store, fanout_key(sha256))
         except FileNotFoundError:
             raise NotFound(f"blob {sha256} is missing from the store") from None
+        return _ReaderIO(reader)  # type: ignore[return-value]
 
     def chunks(self, sha256: str, chunk_bytes: int = 4 * 1024 * 1024) -> Iterator[bytes]:
         """The blob as a stream of byte chunks (downloads)."""
@@ -154,3 +153,37 @@ class S3BlobStore(BlobStore):
 
     def clean_tmp(self, max_age_s: float = 3600.0) -> int:
         return super().clean_tmp(max_age_s) + self.cache.clean_tmp(max_age_s)
+
+
+class _ReaderIO(io.RawIOBase):
+    """obstore's ranged reader as a standard binary file (context manager, readinto)."""
+
+    def __init__(self, reader: Any) -> None:
+        super().__init__()
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._reader.read(len(buffer))
+        n = len(data)
+        memoryview(buffer)[:n] = memoryview(data).cast("B")
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        return bytes(self._reader.read() if size is None or size < 0 else self._reader.read(size))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return int(self._reader.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._reader.tell())
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()
