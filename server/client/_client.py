@@ -19,7 +19,7 @@ dropped with a warning; the rest of its batch is kept (the batch is split until 
 is found) and a 4xx is never retried. **The client never raises into the training loop for a
 network problem**: when the server is down at ``pb.run()`` or goes away later, it warns once
 and writes everything (points, checkpoints, config, the finish) to a local spool directory
-(``server.spool``); once the server answers again the client uploads the spool itself,
+(``phaseboard._spool``); once the server answers again the client uploads the spool itself,
 exactly once, and carries on online. ``mode="offline"`` only spools; upload later with
 ``phaseboard sync DIR``. A heartbeat thread keeps the run ``running`` on the server;
 ``finish()`` (or leaving the ``with`` block, or interpreter exit) marks it ``finished``, a
@@ -50,6 +50,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ._env import resolve_token, resolve_url
 from ._points import (
     PhaseboardClientError,
     _bad_name,
@@ -69,7 +70,6 @@ __all__ = [
     "state_dict_to_safetensors",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8765"
 _RETRY_STATUS = {500, 502, 503, 504}
 _MAX_BUFFERED = 2_000_000  # metric points held in memory before they go to the spool
 _SPOOL_BYTES = 64 * 1024 * 1024  # checkpoints larger than this are serialised to disk
@@ -123,9 +123,10 @@ def state_dict_to_safetensors(model_or_state_dict: Any, out: IO[bytes]) -> None:
 class Phaseboard:
     """A connection to one Phaseboard server.
 
-    ``url`` defaults to the local server; ``token`` is needed when the server sets
-    ``PHASEBOARD_API_TOKEN``. ``flush_every`` points or ``flush_interval_s`` seconds, whichever
-    comes first, trigger a metrics batch. ``mode="offline"`` never contacts the server (runs
+    ``url`` defaults to ``PHASEBOARD_URL``, else the local server; ``token`` (needed when the
+    server sets ``PHASEBOARD_API_TOKEN``) defaults to ``PHASEBOARD_API_TOKEN``, ``""`` for
+    none. ``flush_every`` points or ``flush_interval_s`` seconds, whichever comes first,
+    trigger a metrics batch. ``mode="offline"`` never contacts the server (runs
     are spooled under ``spool_dir``, default ``~/.phaseboard/spool``); ``heartbeat_s`` is the
     run heartbeat period and ``reconnect_s`` how often an unreachable server is tried again.
     """
@@ -152,8 +153,8 @@ class Phaseboard:
         self.spool_dir = Path(spool_dir).expanduser() if spool_dir else None
         self.heartbeat_s = heartbeat_s
         self.reconnect_s = reconnect_s
-        self.url = (url or DEFAULT_URL).rstrip("/")
-        self.token = token or None
+        self.url = resolve_url(url)
+        self.token = resolve_token(token)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.flush_every = flush_every
@@ -420,6 +421,11 @@ class Run:
         if self.id is None:
             return f"{self.client.url}/?q={quote(self.name)}"
         return f"{self.client.url}/runs/{self.id}"
+
+    @property
+    def finished(self) -> bool:
+        """True once ``finish()`` ran (``log`` then refuses)."""
+        return self._closed
 
     @property
     def spooled(self) -> bool:

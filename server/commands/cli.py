@@ -104,11 +104,14 @@ def _client_errors() -> Iterator[None]:
 
 @contextmanager
 def _connected(url: str | None, token: str | None) -> Iterator[Phaseboard]:
-    """A client for ``--url``/``--token`` (defaults: this machine's settings), closed after."""
+    """A client for ``--url``/``--token``, closed after. The URL defaults to ``PHASEBOARD_URL``
+    as a training script's client reads it, else this machine's server; the token to
+    ``PHASEBOARD_API_TOKEN``."""
     from phaseboard import Phaseboard
+    from phaseboard._env import env_url
 
     settings = Settings()
-    client = Phaseboard(url or settings.base_url, token=token or settings.api_token)
+    client = Phaseboard(url or env_url() or settings.base_url, token=token or settings.api_token)
     try:
         with _client_errors():
             yield client
