@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: this spec is the CPU build; a loose spec would pull a CUDA build.
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[test,hf,tl]'
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" -e '.[test,hf,tl,lightning]'
 	touch $(STAMP)
 
 run: $(STAMP)
