@@ -4,6 +4,10 @@ Plain functions on tensors and ``nn.Module``s, usable from a notebook::
 
     from phaseboard.analysis import LLCConfig, estimate_llc, get_task
 
+(restricted LLCs: ``estimate_llc_restricted`` with ``mask_by_pattern`` or
+``attention_head_masks``, ``estimate_llc_data_restricted`` on data subsets; hyperparameters:
+``calibrate``; stage boundaries: ``detect_boundaries``; tasks: ``get_task``, ``list_tasks``).
+
 The names below load lazily, so importing a torch-free part (``checkpoints.mapping``) does
 not import torch.
 """
@@ -19,8 +23,14 @@ _LAZY = {
     "estimate_llc": "llc",
     "estimate_llc_many": "llc",
     "calibrate": "llc",
+    "CalibrationReport": "llc",
     "estimate_llc_restricted": "restrict",
     "estimate_llc_restricted_many": "restrict",
+    "estimate_llc_data_restricted": "restrict",
+    "estimate_llc_data_restricted_many": "restrict",
+    "mask_by_pattern": "restrict",
+    "attention_head_masks": "restrict",
+    "detect_boundaries": "phases",
     "Task": "tasks",
     "get_task": "tasks",
     "list_tasks": "tasks",
