@@ -10,7 +10,8 @@ import yaml
 
 from phaseboard.server.settings import REPO_ROOT, Settings
 
-SERVICES = {"postgres", "redis", "api", "worker", "worker-fast"}
+SERVICES = {"postgres", "redis", "api", "worker", "worker-fast", "minio", "minio-init"}
+S3_PROFILE = {"minio", "minio-init"}  # the object store option: `--profile s3`
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,40 @@ def _mounts(service: dict) -> dict[str, str]:
     return out
 
 
-def test_compose_has_the_five_services(compose: dict) -> None:
+def test_compose_has_the_five_services_and_the_object_store_option(compose: dict) -> None:
     assert set(compose["services"]) == SERVICES
+    for name, service in compose["services"].items():
+        assert (service.get("profiles") == ["s3"]) == (name in S3_PROFILE), name
+        # A default service may not wait for an optional one (compose refuses to start).
+        if name not in S3_PROFILE:
+            assert not S3_PROFILE & set(service.get("depends_on", {})), name
+
+
+def test_s3_profile_gives_every_phaseboard_service_the_bucket_minio_init_creates(
+    compose: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from phaseboard.server.store.blobs import open_blob_store
+    from phaseboard.server.store.blobs.s3 import S3BlobStore
+
+    header = (REPO_ROOT / "docker-compose.yml").read_text().split("services:")[0]
+    url = next(w for w in header.split() if w.startswith("PHASEBOARD_BLOB_URL="))
+    blob_url = url.split("=", 1)[1]
+    endpoint = next(w for w in header.split() if w.startswith("AWS_ENDPOINT_URL="))
+    assert endpoint.split("=", 1)[1] == "http://minio:9000"
+    init = " ".join(compose["services"]["minio-init"]["entrypoint"])
+    assert "http://minio:9000" in init and f"local/{blob_url.split('/')[2]}" in init
+    for name in ("api", "worker", "worker-fast"):
+        env = compose["services"][name]["environment"]
+        assert env["PHASEBOARD_BLOB_URL"] == "${PHASEBOARD_BLOB_URL:-}", name
+        for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert key in env, f"{name}: {key}"
+    minio = compose["services"]["minio"]["environment"]
+    api = compose["services"]["api"]["environment"]
+    assert minio["MINIO_ROOT_USER"] == "${AWS_ACCESS_KEY_ID:-phaseboard}"
+    assert api["AWS_ACCESS_KEY_ID"] == "${AWS_ACCESS_KEY_ID:-phaseboard}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    store = open_blob_store(Settings(blob_url=blob_url, storage_dir=tmp_path))
+    assert isinstance(store, S3BlobStore) and store.bucket == "phaseboard"
 
 
 def test_every_phaseboard_variable_is_a_settings_field(compose: dict) -> None:
@@ -97,6 +130,8 @@ def test_named_volumes_are_declared_and_blobs_shared_at_storage_dir(compose: dic
 def test_every_service_has_a_healthcheck_and_waits_for_its_dependencies(compose: dict) -> None:
     services = compose["services"]
     for name, service in services.items():
+        if service.get("restart") == "no":  # a one-shot set-up job (minio-init)
+            continue
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/api/health" in " ".join(services["api"]["healthcheck"]["test"])
     for name, needs in {"api": {"postgres", "redis"}, "worker": {"api", "redis"}}.items():
