@@ -55,7 +55,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args()
 
-    from phaseboard import Phaseboard  # that version's client: its tree is on sys.path
+    # That version's client: its tree is first on sys.path, and this checkout installs no
+    # top-level ``server`` (``import phaseboard`` here would be this checkout's client).
+    from server.client import Phaseboard
 
     args.home.mkdir(parents=True, exist_ok=True)
     proc, url = start(args.tree, args.home)
