@@ -32,7 +32,7 @@ def add_metrics(
 
     Values must be finite numbers (null, NaN and inf are refused with the point's index).
     At most ``PHASEBOARD_MAX_METRIC_POINTS`` points per request (413 past it): send more
-    in several requests, as ``server.client`` does.
+    in several requests, as the client (``import phaseboard``) does.
     """
     if len(points) > settings.max_metric_points:
         raise PayloadTooLarge(

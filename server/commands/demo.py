@@ -2,7 +2,7 @@
 
 Trains the built-in ``modular_addition`` task (small p, full batch, AdamW with strong weight
 decay) through memorisation into generalisation, logs every eval and log-spaced checkpoints
-through ``server.client`` (exactly what a user's training script would do), calibrates the LLC
+through the client ``phaseboard.Phaseboard`` (what a training script does), calibrates the LLC
 settings (a ``calibrate`` job; its recommendation becomes the run's settings), queues metrics,
 LLC and restricted-LLC jobs, and prints the run page. If no server answers at the URL and the
 URL is local, ``phaseboard up`` is started in a subprocess and kept serving until Ctrl+C.

@@ -1,4 +1,4 @@
-"""server.client against a real server (uvicorn on a loopback port, temp SQLite home)."""
+"""The client (``phaseboard.Phaseboard``) against a real server (uvicorn on a loopback port)."""
 
 from __future__ import annotations
 
