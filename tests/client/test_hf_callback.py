@@ -169,3 +169,17 @@ def test_a_refused_checkpoint_warns_and_training_goes_on(url: str, tmp_path: Pat
     assert run is not None and run.finished
     assert run.checkpoints() == []
     assert run.series("loss")["steps"][-1] == 6
+
+
+def test_evaluate_after_training_logs_into_the_same_unnamed_run(url: str, tmp_path: Path) -> None:
+    callback = PhaseboardCallback(url=url, log_checkpoints=False)  # no name: one is made
+    trainer = _trainer(tmp_path, _tiny_gpt2(), callback, eval_steps=100)
+    trainer.train()
+    first = callback.run
+    assert first is not None and first.finished and first.name.startswith("out-")
+    trainer.evaluate()
+    again = callback.run
+    assert again is not None and again.id == first.id
+    assert again.series("eval_loss")["steps"] == [6]
+    phaseboard.finish()
+    assert _get(url, f"/runs/{first.id}").json()["status"] == "finished"

@@ -140,12 +140,15 @@ class PhaseboardCallback(TrainerCallback):
     # --- the run ------------------------------------------------------------------------
 
     def _run_name(self, args: Any) -> str:
-        if self.options.name:
-            return self.options.name
-        run_name = getattr(args, "run_name", None)
-        if run_name and run_name != getattr(args, "output_dir", None):
-            return str(run_name)
-        return default_run_name(Path(str(getattr(args, "output_dir", "") or "run")).name)
+        """The name given, else ``args.run_name``, else one made once (a later
+        ``trainer.evaluate()`` logs into the same run)."""
+        if not self.options.name:
+            run_name = getattr(args, "run_name", None)
+            if run_name and run_name != getattr(args, "output_dir", None):
+                return str(run_name)
+            output_dir = Path(str(getattr(args, "output_dir", "") or "run")).name
+            self.options.name = default_run_name(output_dir)
+        return self.options.name
 
     def _task(self, model: Any) -> tuple[str | None, dict[str, Any] | None]:
         task, task_config = self.options.task, self.options.task_config
