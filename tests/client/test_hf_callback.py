@@ -16,15 +16,12 @@ from typing import Any
 import httpx
 import pytest
 import torch
+import transformers
+from safetensors.torch import load, load_file
 
-pytest.importorskip("transformers")
-
-import transformers  # noqa: E402
-from safetensors.torch import load, load_file  # noqa: E402
-
-import phaseboard  # noqa: E402
-from phaseboard.integrations import PhaseboardCallback  # noqa: E402
-from tests.live_server import serve  # noqa: E402
+import phaseboard
+from phaseboard.integrations import PhaseboardCallback
+from tests.live_server import serve
 
 VOCAB, SEQ = 32, 16
 

@@ -13,18 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-pytest.importorskip("lightning")
-
-import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-
-import phaseboard  # noqa: E402
-from phaseboard.analysis.tasks import get_task  # noqa: E402
-from phaseboard.integrations import PhaseboardLogger  # noqa: E402
-from tests.live_server import serve  # noqa: E402
+import phaseboard
+from phaseboard.analysis.tasks import get_task
+from phaseboard.integrations import PhaseboardLogger
+from tests.live_server import serve
 
 TASK_CONFIG = {"widths": [4, 4, 4], "true_rank": 2, "num_samples": 64, "num_test": 16}
 
