@@ -5,7 +5,7 @@ A config is refused with a 422 naming the field when it is sent (``POST /runs``,
 runs with a size the server cannot afford (``settings.max_llc_*``). The rules live in one
 place each: the field types come from ``analysis.llc.LLCConfig``'s annotations
 (``LLCParams`` is derived from them), the value rules are ``LLCConfig.validate`` itself, the
-bounds are settings, and the known analysis kinds are ``server.jobs.planning.ALL_KINDS``.
+bounds are settings, and the known lenses are the lens registry's (``server.lenses``).
 """
 
 from __future__ import annotations
@@ -112,16 +112,15 @@ def _check_bounds(settings: Settings, config: LLCConfig, prefix: str) -> None:
 
 
 def check_kinds(kinds: object, where: str) -> None:
-    """Every name in ``kinds`` is a known analysis kind (``planning.ALL_KINDS``)."""
-    from phaseboard.server.jobs.planning import ALL_KINDS
+    """Every name in ``kinds`` is a registered lens (``server.lenses``)."""
+    from phaseboard.server.lenses import lens_names
 
+    known = ", ".join(lens_names(internal=False))
     if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-        raise BadInput(f"{where}: must be a list of analysis kinds; known: {', '.join(ALL_KINDS)}")
-    unknown = [k for k in kinds if k not in ALL_KINDS]
+        raise BadInput(f"{where}: must be a list of lens names; known: {known}")
+    unknown = [k for k in kinds if k not in set(lens_names())]
     if unknown:
-        raise BadInput(
-            f"{where}: unknown analysis kind(s) {unknown}; known: {', '.join(ALL_KINDS)}"
-        )
+        raise BadInput(f"{where}: unknown lens(es) {unknown}; known: {known}")
 
 
 def check_analysis_config(settings: Settings, config: Mapping[str, Any] | None) -> None:

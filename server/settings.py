@@ -138,10 +138,12 @@ class Settings(BaseSettings):
         default=120.0,
         description="A running run whose client heartbeat is older than this reads as crashed.",
     )
-    auto_analyses: str = Field(
-        default="metrics,llc,essential_dynamics,learning_order",
-        description="Analyses queued for each new checkpoint of a known task "
-        "(run-level lenses such as essential_dynamics rerun over all checkpoints).",
+    auto_analyses: str | None = Field(
+        default=None,
+        description="Lenses queued for each new checkpoint of a run with a task, as a comma "
+        "list (run-level lenses such as essential_dynamics rerun over all checkpoints); a "
+        "run's own analysis_config.analyses wins. Unset: the lenses the lens registry marks "
+        "automatic (metrics, llc, essential_dynamics, learning_order); empty: none.",
     )
 
     @field_validator("storage_dir", mode="before")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tokens import TokenDataError, token_windows
-from .base import Task, TensorDataset, TrainPoint
+from .base import Batch, Task, TensorDataset, TrainPoint
 
 # Config keys every token-data task has (merged into each task's default_config).
 TOKEN_DATA_DEFAULTS: dict[str, Any] = {
@@ -119,6 +119,19 @@ class TokenDataTask(Task):
         tokens = batch[0]
         logits = self.logits(model, tokens)  # (B, T, V)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        """What essential dynamics compares across checkpoints: on token data, the
+        log-probability of each next token of the probe windows, (n, T - 1) (the per-token
+        losses whose principal components show a language model's stages, Olsson et al.
+        2022). The full logits would be (n, T, vocab): a vocabulary's worth of values per
+        position, gigabytes per checkpoint for a real LM. Without token data (a
+        ``torch_module`` with its own data factory): ``Task.outputs``."""
+        if not self.uses_token_data:
+            return super().outputs(model, batch)
+        tokens = batch[0]
+        logits = self.logits(model, tokens)[:, :-1].float()  # (n, T - 1, V)
+        return -F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:

@@ -13,7 +13,7 @@ from phaseboard.server.db import get_existing
 from phaseboard.server.errors import BadInput
 from phaseboard.server.jobs import lifecycle
 from phaseboard.server.jobs.base import JobQueue
-from phaseboard.server.jobs.planning import LLC_KINDS, analyses_for_run
+from phaseboard.server.jobs.planning import analyses_for_run, llc_lens_names
 from phaseboard.server.jobs.schemas import (
     AnalysesRequest,
     AnalysesResponse,
@@ -29,7 +29,7 @@ from phaseboard.server.models import Job, Result, Run
 from phaseboard.server.schemas import DbId, DbInt, Text
 
 router = APIRouter(tags=["jobs"])
-STATES = lifecycle.ACTIVE + lifecycle.FINAL
+STATES = lifecycle.STATES
 
 
 def _queue(request: Request) -> JobQueue:
@@ -57,7 +57,7 @@ def list_jobs(
     session: SessionDep,
     request: Request,
     run_id: DbId | None = None,
-    state: str | None = Query(None, description="queued|running|done|failed|cancelled"),
+    state: str | None = Query(None, description=" | ".join(STATES)),
     kind: Text | None = None,
     limit: DbInt = Query(200, ge=1, le=5000),
     offset: DbInt = 0,
@@ -101,7 +101,7 @@ def cancel_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[WriteAuth])
 def retry_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
-    """Queue a failed or cancelled job again."""
+    """Queue a failed, cancelled or not-applicable job again (the last checks again)."""
     with db.session() as s:
         job = lifecycle.retry(s, job_id)
         out = _job_out(job, request)
@@ -118,17 +118,24 @@ def retry_job(job_id: DbId, db: DatabaseDep, request: Request) -> JobOut:
 def queue_analyses(
     run_id: DbId, body: AnalysesRequest, db: DatabaseDep, request: Request
 ) -> AnalysesResponse:
-    """Queue analyses for a run's existing checkpoints; identical work is not repeated."""
+    """Queue lenses on a run's existing checkpoints; identical work is not repeated.
+
+    A lens that needs more checkpoints than the run has waits (``waiting`` in the answer)
+    and runs when they arrive; one found not to apply to the run's task says so once
+    (``not_applicable``)."""
     queue = _queue(request)
     settings = request.app.state.settings
+    if body.lenses is not None and body.kinds is not None and body.lenses != body.kinds:
+        raise BadInput("give lenses or kinds (the same list under its older name), not both")
+    field = "lenses" if body.lenses is not None else "kinds"
     with db.session() as s:
         run = _run(s, run_id)
-        kinds = body.kinds
+        kinds = body.lenses if body.lenses is not None else body.kinds
         if kinds is None:
             kinds = analyses_for_run(run, settings.auto_analyses)
-        check_kinds(kinds, "kinds")
+        check_kinds(kinds, field)
         llc = body.llc.model_dump(exclude_unset=True) if body.llc is not None else None
-        if any(k in LLC_KINDS for k in kinds):  # the config a job would get, checked now
+        if any(k in llc_lens_names() for k in kinds):  # the config a job would get, now
             check_llc(settings, (run.analysis_config or {}).get("llc"), llc)
     config: dict[str, Any] = {}
     if llc is not None:
@@ -143,12 +150,16 @@ def queue_analyses(
         config["include_duplicates"] = True
     ids = queue.plan_and_enqueue(run_id, kinds, body.checkpoint_ids, config)
     with db.session() as s:
-        waiting = s.scalar(
-            sa.select(sa.func.count()).where(
-                Job.id.in_(ids or [-1]), Job.state.in_(lifecycle.ACTIVE)
-            )
-        )
-    return AnalysesResponse(run_id=run_id, job_ids=ids, queued=int(waiting or 0))
+        rows = s.execute(
+            sa.select(Job.kind, Job.state, Job.progress_msg).where(Job.id.in_(ids or [-1]))
+        ).all()
+    return AnalysesResponse(
+        run_id=run_id,
+        job_ids=ids,
+        queued=sum(state in lifecycle.ACTIVE for _, state, _ in rows),
+        waiting={k: msg for k, state, msg in rows if state == lifecycle.WAITING},
+        not_applicable={k: msg for k, state, msg in rows if state == "not_applicable"},
+    )
 
 
 def _llc_value(values: dict[str, Any], job_id: int | None = None) -> LLCValue:
@@ -210,7 +221,7 @@ def run_llc(
 def run_results(
     run_id: DbId,
     session: SessionDep,
-    kind: Text | None = Query(None, description="metrics | llc | llc_restricted | phases"),
+    kind: Text | None = Query(None, description="Only results of this lens (e.g. llc)."),
     restriction: Text | None = None,
 ) -> ResultList:
     """Raw result rows of a run, ordered by step."""

@@ -1,7 +1,11 @@
-"""Lens results of a run in one read: essential dynamics (and later lenses) + boundaries.
+"""The lenses: what is registered, and a run's lens results and states in one read.
 
-Run-level lenses store one result row per rerun; pages want the newest one only, so this
-reads just that row instead of the whole history ``/runs/{id}/results`` returns.
+``GET /lenses`` lists the lens registry (``server.lenses``). ``GET /runs/{id}/lenses`` gives
+the newest result of every run-scope lens the run page draws, the progress measures, the
+boundaries, and every lens's state on the run (waiting for checkpoints, not applicable,
+running, failed, done: ``server.lenses._states``). Run-scope lenses store one result row per
+rerun; pages want the newest one only, so this reads just that row instead of the whole
+history ``/runs/{id}/results`` returns.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from fastapi import APIRouter, Query, Request
 from phaseboard.server.api.deps import SessionDep
 from phaseboard.server.db import get_existing
 from phaseboard.server.errors import BadInput, NotFound
+from phaseboard.server.lenses import all_lenses
+from phaseboard.server.lenses._registry import page_views
+from phaseboard.server.lenses._states import lens_states
 from phaseboard.server.models import Result, Run
 from phaseboard.server.schemas import DbId
 from phaseboard.server.web.queries import boundaries
 
 router = APIRouter(tags=["lenses"])
-
-RUN_LENSES = ("essential_dynamics", "learning_order")
 
 
 def newest_result(session: SessionDep, run_id: int, kind: str) -> dict[str, Any] | None:
@@ -54,16 +59,41 @@ def progress_series(session: SessionDep, run_id: int) -> dict[str, dict[str, lis
     return out
 
 
+@router.get("/lenses")
+def list_lenses() -> dict[str, Any]:
+    """Every lens a run can be given (``POST /runs/{id}/analyses {"lenses": [...]}``): its
+    scope, lane, the checkpoints it needs, whether it is automatic, and what it computes."""
+    return {
+        "lenses": [
+            {
+                "name": lens.name,
+                "title": lens.title,
+                "description": lens.description,
+                "scope": lens.scope,
+                "lane": lens.lane,
+                "min_checkpoints": lens.min_checkpoints,
+                "auto": lens.auto,
+                "rerun": lens.rerun,
+                "feeds_phases": lens.feeds_phases,
+            }
+            for lens in all_lenses(internal=False)
+        ]
+    }
+
+
 @router.get("/runs/{run_id}/lenses")
 def run_lenses(run_id: DbId, session: SessionDep) -> dict[str, Any]:
-    """``{"run_id", "<lens>": newest values or null, ..., "progress": {name: series},
-    "boundaries": [...]}``."""
+    """``{"run_id", "<lens>": newest values or null (each run-scope lens in the page's lens
+    section), ..., "progress": {name: series}, "boundaries": [...], "states": {lens:
+    {"state", "message", "title", "scope", "counts"}}}``."""
     get_existing(session, Run, run_id, "run")
     out: dict[str, Any] = {"run_id": run_id}
-    for kind in RUN_LENSES:
-        out[kind] = newest_result(session, run_id, kind)
+    for lens in page_views():
+        if lens.scope == "run":
+            out[lens.name] = newest_result(session, run_id, lens.name)
     out["progress"] = progress_series(session, run_id)
     out["boundaries"] = boundaries(session, run_id)
+    out["states"] = lens_states(session, run_id)
     return out
 
 

@@ -13,7 +13,13 @@ import sqlalchemy as sa
 
 from phaseboard.server.db import Database
 from phaseboard.server.jobs import lifecycle
-from phaseboard.server.jobs.planning import analyses_for_run, plan_jobs, run_analyses_for_run
+from phaseboard.server.jobs.planning import (
+    analyses_for_run,
+    plan_jobs,
+    run_analyses_for_run,
+    usable_checkpoint_count,
+)
+from phaseboard.server.lenses._registry import all_lenses
 from phaseboard.server.models import Job, Run
 from phaseboard.server.settings import Settings
 from phaseboard.server.store.blobs import BlobStore
@@ -57,7 +63,8 @@ class JobQueue:
         return ids
 
     def checkpoints_added(self, run_id: int, checkpoint_ids: list[int]) -> list[int]:
-        """Queue the run's automatic analyses for new checkpoints (none if it has no task)."""
+        """Queue the run's automatic lenses for new checkpoints (none if it has no task),
+        and the run's waiting jobs whose lens now has the checkpoints it needs."""
         with self.db.session() as s:
             run = s.get(Run, run_id)
             if run is None or not run.task:
@@ -66,25 +73,45 @@ class JobQueue:
             run_kinds = run_analyses_for_run(run, self.settings.auto_analyses)
         if not checkpoint_ids:
             return []
-        ids = self.plan_and_enqueue(run_id, kinds, checkpoint_ids) if kinds else []
+        ids = self.wake_waiting(run_id)
+        ids += self.plan_and_enqueue(run_id, kinds, checkpoint_ids) if kinds else []
         for kind in run_kinds:  # run-level lenses re-read every checkpoint: one waiting is enough
             ids += self.request_run_kind(run_id, kind)
-        return ids
+        return list(dict.fromkeys(ids))
+
+    def wake_waiting(self, run_id: int) -> list[int]:
+        """Queue the run's jobs that wait for checkpoints the run now has; their ids."""
+        needs = {lens.name: lens.min_checkpoints for lens in all_lenses() if lens.scope == "run"}
+        with self.db.session() as s:
+            usable = usable_checkpoint_count(s, run_id)
+        woken = lifecycle.wake_waiting(self.db, run_id, usable, needs)
+        self.enqueue(woken)
+        return woken
 
     def request_phases(self, run_id: int) -> list[int]:
-        """Queue a run's phases job unless one is already waiting (it reads results late)."""
-        return self.request_run_kind(run_id, "phases")
+        """Queue the lenses that rerun on results (``Lens.rerun == "results"``: phases) after
+        a lens that feeds them finished, unless one is already queued (it reads late)."""
+        ids: list[int] = []
+        for lens in all_lenses():
+            if lens.rerun == "results":
+                ids += self.request_run_kind(run_id, lens.name)
+        return ids
 
     def request_run_kind(self, run_id: int, kind: str) -> list[int]:
-        """Queue a run-level job unless one of ``kind`` is already waiting (it reads late)."""
+        """Queue a run-level job unless one of ``kind`` is already queued or waiting (it reads
+        the run when it runs)."""
         with self.db.session() as s:
-            waiting = s.scalar(
+            pending = s.scalar(
                 sa.select(Job.id)
-                .where(Job.run_id == run_id, Job.kind == kind, Job.state == "queued")
+                .where(
+                    Job.run_id == run_id,
+                    Job.kind == kind,
+                    Job.state.in_(("queued", lifecycle.WAITING)),
+                )
                 .limit(1)
             )
-        if waiting is not None:
-            return [waiting]
+        if pending is not None:
+            return [pending]
         return self.plan_and_enqueue(run_id, [kind])
 
     def sweep(self) -> list[int]:

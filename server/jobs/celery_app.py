@@ -2,8 +2,8 @@
 
 Routing: a job's ``device`` ("any" | "cpu" | "cuda") picks the queue ``pb.<device>``; a
 worker started with ``--device cuda:0`` consumes ``pb.cuda`` and ``pb.any``, a CPU worker
-``pb.cpu`` and ``pb.any``, so each takes only jobs it can run. Cheap kinds
-(``server.jobs.lanes.FAST_KINDS``) that may run anywhere go to ``pb.fast`` instead, which
+``pb.cpu`` and ``pb.any``, so each takes only jobs it can run. Cheap lenses (``Lens.lane``
+"fast", ``server.jobs.lanes``) that may run anywhere go to ``pb.fast`` instead, which
 every worker also consumes; ``phaseboard worker --lane fast`` starts one that consumes only
 ``pb.fast``, so metrics and phases never wait behind LLC batches.
 

@@ -1,11 +1,16 @@
 """Job state transitions as single SQL statements that are safe on SQLite and PostgreSQL.
 
-queued -> running -> done | failed | cancelled. Every transition of a running job is fenced
-on ``(state='running', worker_id, attempts)``: a worker that lost its job (it was cancelled,
-or requeued as stale and claimed again) matches no row and its late writes change nothing.
-Results are inserted in the same transaction that marks the job done, so a job has either
-all of its results or none, and ``uq_result_job_restriction`` keeps exactly one per
-restriction even if two workers ever raced to the end.
+queued -> running -> done | failed | cancelled | not_applicable | waiting, and waiting ->
+queued when the run has the checkpoints its lens needs (``wake_waiting``). ``waiting`` and
+``not_applicable`` are no failures: the lens waits for more checkpoints, or does not apply
+to the run's task (the job's ``progress_msg`` says which and why).
+
+Every transition of a running job is fenced on ``(state='running', worker_id, attempts)``:
+a worker that lost its job (it was cancelled, or requeued as stale and claimed again)
+matches no row and its late writes change nothing. Results are inserted in the same
+transaction that marks the job done, so a job has either all of its results or none, and
+``uq_result_job_restriction`` keeps exactly one per restriction even if two workers ever
+raced to the end.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from sqlalchemy.orm import Session
 
 from phaseboard.server.db import Database, get_existing
 from phaseboard.server.errors import Conflict
-from phaseboard.server.jobs.lanes import BATCH_KINDS, claim_order, lane_filter
+from phaseboard.server.jobs.lanes import claim_order, is_batched, lane_filter
 from phaseboard.server.models import Checkpoint, Job, Result, utcnow
 
 ACTIVE = ("queued", "running")
-FINAL = ("done", "failed", "cancelled")
+WAITING = "waiting"  # for more checkpoints: neither active nor final
+FINAL = ("done", "failed", "cancelled", "not_applicable")
+STATES = (*ACTIVE, WAITING, *FINAL)
 ERROR_MAX = 20_000
 
 
@@ -108,7 +115,7 @@ def queued_ids(db: Database, device: str, limit: int = 20, lane: str = "all") ->
 
 
 def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> list[Lease]:
-    """More queued jobs of a batched kind (``llc``, ``llc_restricted``) with the same run,
+    """More queued jobs of a batched lens (``llc``, ``llc_restricted``) with the same run,
     config and device, to run in one vectorised batch.
 
     ``peers``: how many workers (this one included) share these jobs. Each takes at most an
@@ -122,7 +129,7 @@ def claim_companions(db: Database, lease: Lease, limit: int, peers: int = 1) -> 
     whole batch, never an interleaving of each other's (which split 32 jobs 8 + 9, leaving
     the rest for a second, unbalanced round).
     """
-    if limit <= 1 or lease.kind not in BATCH_KINDS:
+    if limit <= 1 or not is_batched(lease.kind):
         return []
     with db.session() as s:
         job = s.get(Job, lease.job_id)
@@ -243,6 +250,71 @@ def fail(db: Database, lease: Lease, error: str) -> bool:
         return res.rowcount == 1
 
 
+def wait(db: Database, lease: Lease, message: str) -> bool:
+    """Put a running job back to ``waiting`` (its run has too few checkpoints now, say one
+    was deleted); ``wake_waiting`` queues it again. False if it was no longer ours."""
+    with db.session() as s:
+        res = s.execute(
+            sa.update(Job)
+            .where(_fence(lease))
+            .values(state=WAITING, worker_id=None, progress=0.0, progress_msg=message[:300])
+            .execution_options(synchronize_session=False)
+        )
+        return res.rowcount == 1
+
+
+def not_applicable(db: Database, lease: Lease, reason: str) -> bool:
+    """End a running job as ``not_applicable`` with ``reason``, and with it every queued or
+    waiting job of the same lens on the run (the reason is the task's, not a checkpoint's):
+    the run says it once. False if the job was no longer ours."""
+    values = {
+        "state": "not_applicable",
+        "progress_msg": reason[:300],
+        "finished_at": utcnow(),
+        "worker_id": None,
+    }
+    with db.session() as s:
+        res = s.execute(
+            sa.update(Job)
+            .where(_fence(lease))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            s.rollback()
+            return False
+        job = s.get(Job, lease.job_id)
+        assert job is not None
+        s.execute(
+            sa.update(Job)
+            .where(
+                Job.run_id == job.run_id,
+                Job.kind == job.kind,
+                Job.state.in_(("queued", WAITING)),
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+    return True
+
+
+def wake_waiting(db: Database, run_id: int, usable: int, needs: Mapping[str, int]) -> list[int]:
+    """Queue the run's waiting jobs whose lens needs at most ``usable`` checkpoints
+    (``needs``: lens -> checkpoints it needs); their ids."""
+    ready = [kind for kind, n in needs.items() if n <= usable]
+    if not ready:
+        return []
+    with db.session() as s:
+        rows = s.execute(
+            sa.update(Job)
+            .where(Job.run_id == run_id, Job.state == WAITING, Job.kind.in_(ready))
+            .values(state="queued", progress_msg="")
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    return sorted(int(r[0]) for r in rows)
+
+
 def release(db: Database, lease: Lease) -> bool:
     """Give an interrupted job back to the queue (worker stopping); False if not ours."""
     with db.session() as s:
@@ -256,12 +328,12 @@ def release(db: Database, lease: Lease) -> bool:
 
 
 def cancel(session: Session, job_id: int) -> Job:
-    """Cancel a queued or running job (a running one stops at its next heartbeat)."""
+    """Cancel a queued, waiting or running job (a running one stops at its next heartbeat)."""
     return _move(
         session,
         job_id,
-        ACTIVE,
-        "only queued or running jobs can be cancelled",
+        (*ACTIVE, WAITING),
+        "only queued, waiting or running jobs can be cancelled",
         state="cancelled",
         finished_at=utcnow(),
         progress_msg="cancelled",
@@ -269,12 +341,13 @@ def cancel(session: Session, job_id: int) -> Job:
 
 
 def retry(session: Session, job_id: int) -> Job:
-    """Queue a failed or cancelled job again, with a fresh attempt budget."""
+    """Queue a failed, cancelled or not-applicable job again (the last to check again, say
+    after the run's task changed), with a fresh attempt budget."""
     return _move(
         session,
         job_id,
-        ("failed", "cancelled"),
-        "only failed or cancelled jobs can be retried",
+        ("failed", "cancelled", "not_applicable"),
+        "only failed, cancelled or not-applicable jobs can be retried",
         state="queued",
         attempts=0,
         worker_id=None,

@@ -1,40 +1,29 @@
-"""Turn "analyse these checkpoints" into job rows, never the same work twice.
+"""Turn "run these lenses on these checkpoints" into job rows, never the same work twice.
 
-A job is identified by ``dedupe_key = "{run}:{checkpoint or -}:{kind}:{restriction}:{hash}"``
-where ``hash`` is the sha256 of the job's canonical-JSON config. Rows are inserted with
-``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` (SQLite and PostgreSQL both speak it), then
-read back by key, so planning the same work twice returns the existing job ids.
+What a lens is and needs comes from its declaration in the lens registry
+(``server.lenses``): its scope, config builder, checkpoint needs and rerun rule.
 
-Kinds:
-- ``metrics``: per checkpoint, ``analysis.metrics.checkpoint_metrics``; one result.
-- ``llc``: per checkpoint, the full-model LLC; one result (restriction ``""``).
-- ``llc_restricted``: per checkpoint, **one job for all restrictions** the task declares: every
-  weight group goes through ``estimate_llc_restricted`` together (vectorised), every data
-  subset through ``estimate_llc`` on that subset; one result per restriction, named
-  ``weights:<group>`` / ``data:<subset>``. ``config["restrictions"]`` may narrow the list.
-- ``phases``: per run, re-detects stage boundaries from the run's current results. Its key
-  carries a fingerprint of those results, so a new result means new work and the same
-  results are never analysed twice.
-- ``calibrate``: per run, the (lr x localization [x n_beta]) grid of LLC settings on a few
-  checkpoints in one vectorised batch (``analysis.llc.calibrate``); one result with every
-  setting's estimate, verdict and mean trace, and the recommended setting. Its config
-  carries the checkpoint ids (default: ``calibration_checkpoints``) and the grid.
-- ``essential_dynamics``: per run, the model's outputs on the task's probe set at every
-  checkpoint, PCA over checkpoints, turning points (``analysis.essential_dynamics``). Its key
-  carries a fingerprint of the run's checkpoints, so it reruns as checkpoints arrive; it is
-  cheap (one forward pass per checkpoint), so it is in the default automatic analyses.
-- ``learning_order``: per run, the loss of each probe example (default: the first 1024
-  training examples) at every checkpoint, kept as one float16 array in the blob store, and
-  each example's learned-at step (``analysis.learning_order``); rerun like
-  ``essential_dynamics``.
-- ``noop`` / ``sleep``: trivial kinds for tests and benchmarks (never auto-planned).
+A job is identified by ``dedupe_key = "{run}:{checkpoint or -}:{lens}:{tag}:{hash}"`` where
+``hash`` is the sha256 of the job's canonical-JSON config and ``tag`` says which state of the
+run a run-scope job reads: a fingerprint of the run's checkpoints (``rerun="checkpoints"``:
+it reruns as checkpoints arrive) or of the results of the lenses that feed stage boundaries
+(``rerun="results"``). Rows are inserted with ``INSERT ... ON CONFLICT (dedupe_key) DO
+NOTHING`` (SQLite and PostgreSQL both speak it), then read back by key, so planning the same
+work twice returns the existing job ids.
+
+A run-scope lens that needs more usable checkpoints than the run has is planned in state
+``waiting`` ("waiting for a 2nd checkpoint"); ``JobQueue.checkpoints_added`` queues it when
+they arrive. A lens whose newest job on the run ended ``not_applicable`` after the run and
+its datasets last changed is not planned again: planning returns that job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,14 +31,18 @@ from sqlalchemy.orm import Session
 
 from phaseboard.server.db import get_existing
 from phaseboard.server.errors import BadInput, NotFound
-from phaseboard.server.models import Checkpoint, Job, Result, Run, utcnow
-
-CHECKPOINT_KINDS = ("metrics", "llc", "llc_restricted")
-RUN_KINDS = ("phases", "calibrate", "essential_dynamics", "learning_order")
-# Run-level kinds that may be queued automatically as checkpoints arrive.
-AUTO_RUN_KINDS = ("essential_dynamics", "learning_order")
-TEST_KINDS = ("noop", "sleep")
-ALL_KINDS = CHECKPOINT_KINDS + RUN_KINDS + TEST_KINDS
+from phaseboard.server.jobs.handlers import usable_checkpoint_filter, waiting_message
+from phaseboard.server.lenses._registry import (
+    Lens,
+    UnknownLens,
+    all_lenses,
+    auto_lens_names,
+    get_lens,
+    lens_names,
+    phase_feeding_names,
+)
+from phaseboard.server.models import Checkpoint, Dataset, Job, Result, Run, utcnow
+from phaseboard.server.store.series_checks import duplicate_ids
 
 # Small SGLD defaults that finish in seconds on a CPU for the built-in toy tasks.
 DEFAULT_LLC: dict[str, Any] = {
@@ -63,13 +56,30 @@ DEFAULT_LLC: dict[str, Any] = {
     "batch_size": 64,
     "seed": 0,
 }
-LLC_KINDS = ("llc", "llc_restricted")
-# The calibration grid when a request names none (README "Calibration").
+# The calibration grid when a request names none (docs: "Calibration").
 DEFAULT_CALIBRATION: dict[str, Any] = {
     "lrs": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
     "localizations": [1.0, 10.0, 100.0, 1000.0],
     "n_betas": None,
 }
+
+
+@dataclass
+class PlanContext:
+    """What a lens's config builder sees: the run, the request, the checkpoints planned."""
+
+    session: Session
+    run: Run
+    override: Mapping[str, Any]  # the request's config (e.g. {"llc": {...}, "restrictions"})
+    checkpoint_ids: list[int]  # the checkpoints this plan covers, by step
+    requested_checkpoints: bool  # the request named them (else: all of the run's)
+
+    def run_config(self, key: str) -> dict[str, Any]:
+        """The run's ``analysis_config[key]`` as a dict ({} if absent)."""
+        return dict((self.run.analysis_config or {}).get(key) or {})
+
+    def run_config_value(self, key: str) -> Any:
+        return (self.run.analysis_config or {}).get(key)
 
 
 def llc_settings_hash(cfg: Mapping[str, Any]) -> str:
@@ -82,6 +92,11 @@ def llc_settings(run: Run) -> dict[str, Any]:
     cfg = {**DEFAULT_LLC, **((run.analysis_config or {}).get("llc") or {})}
     cfg.pop("device", None)
     return cfg
+
+
+def llc_lens_names() -> list[str]:
+    """Lenses whose config is the run's LLC settings (``Lens.uses_llc_settings``)."""
+    return [lens.name for lens in all_lenses() if lens.uses_llc_settings]
 
 
 def calibration_checkpoints(session: Session, run_id: int) -> list[int]:
@@ -100,11 +115,9 @@ def calibration_checkpoints(session: Session, run_id: int) -> list[int]:
     return [rows[i][0] for i in sorted(picks)]
 
 
-def _check_llc_keys(cfg: Mapping[str, Any]) -> None:
+def check_llc_keys(cfg: Mapping[str, Any]) -> None:
     """Refuse unknown LLC hyperparameters when planning, not hours later in a worker."""
     try:
-        import dataclasses
-
         from phaseboard.analysis.llc import LLCConfig
     except ImportError:  # analysis not installed here: the worker will check
         return
@@ -120,70 +133,40 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def job_config(kind: str, run: Run, override: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A job's config: kind defaults < the run's ``analysis_config`` < ``override``."""
-    run_cfg = run.analysis_config or {}
-    override = dict(override or {})
-    if kind in LLC_KINDS:
-        cfg = {**DEFAULT_LLC, **(run_cfg.get("llc") or {}), **(override.get("llc") or {})}
-        # Device is where a job runs, not what it computes: never part of the hash.
-        cfg.pop("device", None)
-        if kind == "llc_restricted":
-            wanted = override.get("restrictions", run_cfg.get("restrictions"))
-            if wanted is not None:
-                cfg["restrictions"] = sorted(str(r) for r in wanted)
-        _check_llc_keys(cfg)
-        return cfg
-    if kind == "calibrate":
-        grid = {**DEFAULT_CALIBRATION, **(override.get("calibrate") or {})}
-        cfg = {
-            "llc": {**job_config("llc", run, override)},
-            "lrs": [float(x) for x in grid["lrs"]],
-            "localizations": [float(x) for x in grid["localizations"]],
-            "n_betas": None if grid["n_betas"] is None else [float(x) for x in grid["n_betas"]],
-        }
-        if not cfg["lrs"] or not cfg["localizations"] or cfg["n_betas"] == []:
-            raise BadInput("calibrate: lrs, localizations (and n_betas if given) may not be empty")
-        unknown = sorted(set(grid) - set(DEFAULT_CALIBRATION))
-        if unknown:
-            raise BadInput(
-                f"calibrate: unknown key(s) {unknown}; known: lrs, localizations, n_betas"
-            )
-        return cfg
-    if kind == "metrics":
-        return dict(run_cfg.get("metrics") or {}) | dict(override.get("metrics") or {})
-    if kind == "sleep":
-        return {"seconds": float(override.get("seconds", 1.0)), "nonce": override.get("nonce")}
-    if kind == "essential_dynamics":
-        return {"probe_examples": 128, **dict(run_cfg.get("essential_dynamics") or {})}
-    if kind == "learning_order":
-        cfg = {"probe_examples": 1024, "split": "train", "relative_threshold": 0.1}
-        return {**cfg, **dict(run_cfg.get("learning_order") or {})}
-    if kind == "noop":
-        return {"nonce": override.get("nonce")}
-    return {}
+def _requested(run: Run, default: str | None) -> list[str]:
+    """The lenses a run asks for as checkpoints arrive: its ``analysis_config.analyses``,
+    else ``default`` (``settings.auto_analyses``: comma list), else the registry's
+    automatic lenses."""
+    names = (run.analysis_config or {}).get("analyses")
+    if names is None:
+        if default is None:
+            return auto_lens_names()
+        names = [k.strip() for k in default.split(",") if k.strip()]
+    known = set(lens_names())
+    return [k for k in names if k in known]
 
 
-def analyses_for_run(run: Run, default: str) -> list[str]:
-    """Kinds auto-queued for a new checkpoint: the run's ``analyses`` or settings' default."""
-    kinds = (run.analysis_config or {}).get("analyses")
-    if kinds is None:
-        kinds = [k.strip() for k in default.split(",") if k.strip()]
-    return [k for k in kinds if k in CHECKPOINT_KINDS]
+def auto_lenses(run: Run, default: str | None) -> list[Lens]:
+    """Lenses queued for a new checkpoint of the run (those it asks for that a new
+    checkpoint queues: per-checkpoint ones, and run-scope ones with ``rerun="checkpoints"``)."""
+    lenses = [get_lens(name) for name in _requested(run, default)]
+    return [lens for lens in lenses if lens.queued_on_checkpoint and not lens.internal]
 
 
-def run_analyses_for_run(run: Run, default: str) -> list[str]:
-    """Run-level kinds re-queued as checkpoints arrive (``AUTO_RUN_KINDS`` asked for)."""
-    kinds = (run.analysis_config or {}).get("analyses")
-    if kinds is None:
-        kinds = [k.strip() for k in default.split(",") if k.strip()]
-    return [k for k in kinds if k in AUTO_RUN_KINDS]
+def analyses_for_run(run: Run, default: str | None) -> list[str]:
+    """Per-checkpoint lenses auto-queued for a new checkpoint of the run."""
+    return [lens.name for lens in auto_lenses(run, default) if lens.scope == "checkpoint"]
+
+
+def run_analyses_for_run(run: Run, default: str | None) -> list[str]:
+    """Run-scope lenses re-queued as the run's checkpoints arrive."""
+    return [lens.name for lens in auto_lenses(run, default) if lens.scope == "run"]
 
 
 def _results_fingerprint(session: Session, run_id: int) -> str:
     row = session.execute(
         sa.select(sa.func.count(Result.id), sa.func.max(Result.id)).where(
-            Result.run_id == run_id, Result.kind.in_(("llc", "metrics", "essential_dynamics"))
+            Result.run_id == run_id, Result.kind.in_(phase_feeding_names())
         )
     ).one()
     return f"{row[0]}-{row[1] or 0}"
@@ -198,6 +181,46 @@ def _checkpoints_fingerprint(session: Session, run_id: int) -> str:
     return f"c{row[0]}-{row[1] or 0}"
 
 
+def _rerun_tag(session: Session, run_id: int, lens: Lens) -> str:
+    """The state of the run a run-scope job reads (part of its key): see the module doc."""
+    if lens.rerun == "results":
+        return _results_fingerprint(session, run_id)
+    if lens.rerun == "checkpoints":
+        return _checkpoints_fingerprint(session, run_id)
+    return ""
+
+
+def usable_checkpoint_count(session: Session, run_id: int) -> int:
+    """Checkpoints of the run a run-scope lens reads (``usable_checkpoint_filter``)."""
+    query = sa.select(sa.func.count(Checkpoint.id)).where(usable_checkpoint_filter(run_id))
+    return int(session.scalar(query) or 0)
+
+
+def _not_applicable_job(session: Session, run: Run, lens: str) -> int | None:
+    """The lens's newest job on the run if it ended ``not_applicable`` after the run and its
+    datasets last changed (a changed task or new data is checked again)."""
+    row = session.execute(
+        sa.select(Job.id, Job.state, Job.finished_at)
+        .where(Job.run_id == run.id, Job.kind == lens)
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    if row is None or row[1] != "not_applicable" or row[2] is None:
+        return None
+    newest_data = session.scalar(
+        sa.select(sa.func.max(Dataset.created_at)).where(Dataset.run_id == run.id)
+    )
+    decided = _aware(row[2])
+    changed = [_aware(t) for t in (run.updated_at, newest_data) if t is not None]
+    return int(row[0]) if all(decided > t for t in changed) else None
+
+
+def _aware(when: Any) -> Any:
+    from datetime import UTC
+
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -210,6 +233,18 @@ def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
     session.execute(stmt)
 
 
+def resolve_lenses(names: Iterable[str]) -> list[Lens]:
+    """The registered lenses named (in order, once each); ``BadInput`` names unknown ones."""
+    names = list(dict.fromkeys(names))
+    try:
+        return [get_lens(name) for name in names]
+    except UnknownLens:
+        unknown = [n for n in names if n not in set(lens_names())]
+        raise BadInput(
+            f"unknown lens(es): {', '.join(unknown)}; known: {', '.join(lens_names())}"
+        ) from None
+
+
 def plan_jobs(
     session: Session,
     run_id: int,
@@ -217,16 +252,15 @@ def plan_jobs(
     checkpoint_ids: Iterable[int] | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> list[int]:
-    """Insert (or find) the jobs for ``kinds`` on the given checkpoints; returns job ids.
+    """Insert (or find) the jobs of the lenses ``kinds`` on the given checkpoints; job ids.
 
-    ``checkpoint_ids=None`` means every checkpoint of the run. The caller commits.
+    ``checkpoint_ids=None`` means every checkpoint of the run. Checkpoints flagged as
+    duplicates of a later step's weights are skipped unless ``config["include_duplicates"]``.
+    The caller commits.
     """
     run = get_existing(session, Run, run_id, "run")
-    kinds = list(dict.fromkeys(kinds))
-    unknown = [k for k in kinds if k not in ALL_KINDS]
-    if unknown:
-        raise BadInput(f"unknown analysis kind(s): {', '.join(unknown)}; known: {ALL_KINDS}")
-    needs_task = [k for k in kinds if k in CHECKPOINT_KINDS + RUN_KINDS]
+    lenses = resolve_lenses(kinds)
+    needs_task = [lens.name for lens in lenses if lens.needs_task]
     if needs_task and not run.task:
         raise BadInput(f"run {run.name!r} has no task; cannot run {', '.join(needs_task)}")
 
@@ -241,48 +275,51 @@ def plan_jobs(
         ckpts = wanted
     else:
         ckpts = sorted(session.scalars(query.order_by(Checkpoint.step)))
+    if not (config or {}).get("include_duplicates"):  # the same weights as a later step
+        skip = duplicate_ids(session, run_id)
+        ckpts = [c for c in ckpts if c not in skip]
 
     device = str((config or {}).get("device") or "any")
     if device not in ("any", "cpu", "cuda"):
         raise BadInput("device must be any, cpu or cuda")
+    usable: int | None = None
     rows: list[dict[str, Any]] = []
-    for kind in kinds:
-        cfg = job_config(kind, run, config)
+    known: list[int] = []  # ids decided without a row to insert (not applicable)
+    for lens in lenses:
+        plan = PlanContext(
+            session, run, dict(config or {}), list(ckpts), checkpoint_ids is not None
+        )
+        cfg = lens.config(plan) if lens.config is not None else {}
         digest = config_hash(cfg)
-        if kind == "calibrate":
-            cfg["checkpoint_ids"] = (
-                list(ckpts)
-                if checkpoint_ids is not None
-                else calibration_checkpoints(session, run_id)
-            )
-            digest = config_hash(cfg)
-        if kind in RUN_KINDS or kind in TEST_KINDS:
+        if lens.needs_task and (na := _not_applicable_job(session, run, lens.name)) is not None:
+            known.append(na)
+            continue
+        state, message = "queued", ""
+        if lens.scope == "run":
             targets: list[int | None] = [None]
-            tag = (
-                _results_fingerprint(session, run_id)
-                if kind == "phases"
-                else _checkpoints_fingerprint(session, run_id)
-                if kind in ("essential_dynamics", "learning_order")
-                else ""
-            )
+            tag = _rerun_tag(session, run_id, lens)
+            if lens.min_checkpoints > 0:
+                usable = usable_checkpoint_count(session, run_id) if usable is None else usable
+                if usable < lens.min_checkpoints:
+                    state, message = "waiting", waiting_message(lens.min_checkpoints, usable)
         else:
             targets, tag = list(ckpts), ""
         for ckpt in targets:
-            key = f"{run_id}:{ckpt if ckpt is not None else '-'}:{kind}:{tag}:{digest}"
+            key = f"{run_id}:{ckpt if ckpt is not None else '-'}:{lens.name}:{tag}:{digest}"
             rows.append(
                 {
                     "run_id": run_id,
                     "checkpoint_id": ckpt,
-                    "kind": kind,
+                    "kind": lens.name,
                     "restriction": "",
                     "config": cfg,
                     "config_hash": digest,
                     "dedupe_key": key,
                     "device": device,
-                    "state": "queued",
+                    "state": state,
                     "attempts": 0,
                     "progress": 0.0,
-                    "progress_msg": "",
+                    "progress_msg": message,
                     "created_at": utcnow(),
                 }
             )
@@ -294,4 +331,18 @@ def plan_jobs(
         query = sa.select(Job.dedupe_key, Job.id).where(Job.dedupe_key.in_(chunk))
         found = {key: job_id for key, job_id in session.execute(query)}
         ids.extend(found[k] for k in chunk)
-    return ids
+    return ids + known
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """Lens-name lists derived from the registry when read: ``ALL_KINDS`` (every lens),
+    ``CHECKPOINT_KINDS`` / ``RUN_KINDS`` (by scope), ``LLC_KINDS`` (``llc_lens_names``)."""
+    if name == "ALL_KINDS":
+        return tuple(lens_names())
+    if name == "CHECKPOINT_KINDS":
+        return tuple(lens.name for lens in all_lenses() if lens.scope == "checkpoint")
+    if name == "RUN_KINDS":
+        return tuple(lens.name for lens in all_lenses() if lens.scope == "run")
+    if name == "LLC_KINDS":
+        return tuple(llc_lens_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

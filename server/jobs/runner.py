@@ -4,6 +4,12 @@
 already finished), claims queued companions for a batch, keeps heartbeats going from a side
 thread, writes progress at most every ``PROGRESS_EVERY_S``, and finishes each job with its
 results in one transaction. A job cancelled while running stops at its next progress call.
+
+The job's lens (``server.lenses``) says what runs: before its handler, a run-scope lens's
+checkpoint needs are checked (too few: the job goes back to ``waiting``) and its
+applicability to the run's task (not applicable: the job ends ``not_applicable`` with the
+reason). After a lens that feeds stage boundaries finishes, the lenses that rerun on
+results (phases) are queued through ``on_phases``.
 """
 
 from __future__ import annotations
@@ -20,15 +26,16 @@ from collections.abc import Callable
 from phaseboard.server.db import Database
 from phaseboard.server.jobs import lifecycle
 from phaseboard.server.jobs.handlers import (
-    BATCHED,
-    HANDLERS,
-    TRIGGERS_PHASES,
     JobContext,
     JobFailed,
     JobLost,
+    NotApplicable,
+    WaitForCheckpoints,
+    usable_checkpoints,
 )
 from phaseboard.server.jobs.lifecycle import Lease
 from phaseboard.server.jobs.throughput import chain_steps
+from phaseboard.server.lenses._registry import Lens, find_lens
 from phaseboard.server.models import Job
 from phaseboard.server.settings import Settings
 from phaseboard.server.storage import BlobStore
@@ -154,25 +161,9 @@ class JobRunner:
             ]
             if not ctxs:
                 return
-            kind = ctxs[0].kind
-            outcomes: dict[int, object]
+            lens = find_lens(ctxs[0].kind)
             started = time.monotonic()
-            try:
-                if kind in BATCHED and len(ctxs) > 1:
-                    outcomes = dict(BATCHED[kind](ctxs))
-                else:
-                    outcomes = {}
-                    for ctx in ctxs:
-                        handler = HANDLERS.get(ctx.kind)
-                        if handler is None:
-                            outcomes[ctx.job_id] = JobFailed(f"no handler for kind {ctx.kind!r}")
-                            continue
-                        try:
-                            outcomes[ctx.job_id] = handler(ctx)
-                        except Exception as exc:  # noqa: BLE001 - recorded on the job row
-                            outcomes[ctx.job_id] = exc
-            except Exception as exc:  # noqa: BLE001 - a batch failure fails the batch
-                outcomes = {ctx.job_id: exc for ctx in ctxs}
+            outcomes = _run_lens(lens, ctxs, ctxs[0].kind)
         wall_s = time.monotonic() - started
         steps = {
             job_id: chain_steps(out)  # type: ignore[arg-type]
@@ -190,6 +181,12 @@ class JobRunner:
                 if lifecycle.release(self.db, lease):
                     log.info("job %s interrupted (%s); queued again", ctx.job_id, out)
                 continue
+            if isinstance(out, WaitForCheckpoints):
+                lifecycle.wait(self.db, lease, str(out))
+                continue
+            if isinstance(out, NotApplicable):
+                lifecycle.not_applicable(self.db, lease, str(out))
+                continue
             if isinstance(out, BaseException):
                 if not isinstance(out, JobFailed):  # the traceback goes to the server log
                     log.error("job %s (%s) failed", ctx.job_id, ctx.kind, exc_info=out)
@@ -202,7 +199,7 @@ class JobRunner:
                 chain_steps=steps.get(ctx.job_id),
                 chain_steps_per_s=rate if steps.get(ctx.job_id) else None,
             )
-            if done and ctx.kind in TRIGGERS_PHASES:
+            if done and lens is not None and lens.feeds_phases:
                 phases_runs.add(ctx.run_id)
         if self.on_phases is not None:
             for run_id in sorted(phases_runs):
@@ -210,6 +207,41 @@ class JobRunner:
                     self.on_phases(run_id)
                 except Exception:  # noqa: BLE001 - the results are in; phases can be rerun
                     log.exception("could not queue phases for run %s", run_id)
+
+
+def _precheck(lens: Lens, ctx: JobContext) -> Exception | None:
+    """Why the lens cannot run on this job's run now: too few checkpoints (it waits) or a
+    task it does not apply to; None when it can."""
+    if lens.scope == "run" and lens.min_checkpoints > 0:
+        have = len(usable_checkpoints(ctx.db, ctx.run_id))
+        if have < lens.min_checkpoints:
+            return WaitForCheckpoints(lens.min_checkpoints, have)
+    if lens.needs_task and lens.applies is not None:
+        reason = lens.not_applicable(ctx.task())
+        if reason:
+            return NotApplicable(reason)
+    return None
+
+
+def _run_lens(lens: Lens | None, ctxs: list[JobContext], kind: str) -> dict[int, object]:
+    """Each job's outcome: its result rows, or the exception that ended it."""
+    if lens is None:
+        return {ctx.job_id: JobFailed(f"no lens named {kind!r} is registered") for ctx in ctxs}
+    try:
+        blocked = _precheck(lens, ctxs[0])  # one run and lens: the same answer for all
+        if blocked is not None:
+            return {ctx.job_id: blocked for ctx in ctxs}
+        if lens.batch_handler is not None and len(ctxs) > 1:
+            return dict(lens.batch_handler(ctxs))
+    except Exception as exc:  # noqa: BLE001 - a batch failure fails the batch
+        return {ctx.job_id: exc for ctx in ctxs}
+    outcomes: dict[int, object] = {}
+    for ctx in ctxs:
+        try:
+            outcomes[ctx.job_id] = lens.handler(ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job row
+            outcomes[ctx.job_id] = exc
+    return outcomes
 
 
 def _error_text(exc: BaseException) -> str:

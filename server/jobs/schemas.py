@@ -21,7 +21,10 @@ class JobOut(BaseModel):
     config: dict[str, Any]
     config_hash: str
     device: str
-    state: str
+    state: str = Field(
+        description="queued | running | waiting (for more checkpoints) | done | failed | "
+        "cancelled | not_applicable (the lens does not apply to the run's task)"
+    )
     attempts: int
     worker_id: str | None
     heartbeat_at: UtcDatetime | None
@@ -67,8 +70,13 @@ class CalibrationGrid(BaseModel):
 class AnalysesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    lenses: list[Text] | None = Field(
+        default=None,
+        description="Lenses to queue (GET /api/lenses lists them); default: the run's "
+        "automatic lenses.",
+    )
     kinds: list[Text] | None = Field(
-        default=None, description="Analyses to queue; default: the run's automatic analyses."
+        default=None, description="The same as lenses (the older name); give one of the two."
     )
     checkpoint_ids: list[DbId] | None = Field(
         default=None, description="Checkpoints to analyse; default: all of the run's."
@@ -95,7 +103,16 @@ class AnalysesRequest(BaseModel):
 class AnalysesResponse(BaseModel):
     run_id: int
     job_ids: list[int]
-    queued: int = Field(description="How many of job_ids are waiting to run.")
+    queued: int = Field(description="How many of job_ids are queued or running.")
+    waiting: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lenses that wait for more checkpoints, and for what (e.g. 'waiting for "
+        "a 2nd checkpoint'); they run when the checkpoints arrive.",
+    )
+    not_applicable: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lenses found not to apply to this run's task, and why.",
+    )
 
 
 class LLCValue(BaseModel):

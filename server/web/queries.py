@@ -227,7 +227,10 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
 
 
 def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]:
-    """Job counts by state plus the active and most recent failed jobs of a run."""
+    """Job counts by state plus the active and most recent failed jobs of a run, and each
+    lens's state on it (``server.lenses._states``)."""
+    from phaseboard.server.lenses._states import lens_states
+
     counts = dict(
         session.execute(
             select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)
@@ -267,6 +270,7 @@ def jobs_panel(session: Session, run_id: int, limit: int = 30) -> dict[str, Any]
         "jobs": jobs,
         "eta": eta_rows(session, run_id) if active else [],
         "by_kind": jobs_by_kind(session, run_id) if active else {},
+        "lenses": lens_states(session, run_id),  # waiting, not applicable, ... per lens
     }
 
 

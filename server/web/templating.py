@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.templating import Jinja2Templates
 
+from phaseboard.server.lenses._registry import page_views
 from phaseboard.server.settings import REPO_ROOT
 
 TEMPLATE_DIR = REPO_ROOT / "frontend" / "templates"
@@ -73,4 +74,5 @@ def make_templates() -> Jinja2Templates:
     env = templates.env
     env.filters.update(human_size=human_size, ago=ago, iso=iso, num=num, cell=cell)
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
+    env.globals["lens_views"] = page_views  # the run page's lens section (server.lenses)
     return templates

@@ -362,7 +362,8 @@ def test_phase_routes_404_and_token(client, token_client, seeded) -> None:
 
 def test_manual_boundaries_survive_when_detection_reruns(client, seeded) -> None:
     """The real ``phases`` job handler replaces detected boundaries and keeps manual ones."""
-    from phaseboard.server.jobs.handlers import JobContext, run_phases
+    from phaseboard.server.jobs.handlers import JobContext
+    from phaseboard.server.lenses.phases import run_phases
 
     rid = seeded.run_id
     manual = client.post(f"/api/runs/{rid}/phases", json={"step": 700, "label": "mine"}).json()
