@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import struct
 from pathlib import Path
 from typing import Any
@@ -37,25 +38,59 @@ def _shard_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-class MergedSafetensors(io.RawIOBase):
-    """The shards listed by an index file, as one safetensors file (see the module doc)."""
+def _remote_shard_header(fs: Any, path: str) -> tuple[dict[str, Any], int]:
+    """A shard's header read from an fsspec filesystem (two ranged reads), checked for shape."""
+    name = posixpath.basename(path)
+    try:
+        size = int(fs.size(path))
+        (n,) = struct.unpack("<Q", fs.cat_file(path, start=0, end=8))
+        if n > min(size - 8, 100 * 1024 * 1024):
+            raise ValueError(f"header length {n} does not fit the file")
+        header = json.loads(fs.cat_file(path, start=8, end=8 + n))
+        header.pop("__metadata__", None)
+        for meta in header.values():
+            begin, end = meta["data_offsets"]
+            if not 0 <= begin <= end <= size - 8 - n:
+                raise ValueError("a tensor lies outside the file")
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ShardError(f"{name}: {exc}") from exc
+    return header, 8 + n
 
-    def __init__(self, index_path: str | Path) -> None:
+
+class MergedSafetensors(io.RawIOBase):
+    """The shards listed by an index file, as one safetensors file (see the module doc).
+
+    ``fs``: an fsspec filesystem holding the index and shards (``phaseboard ingest s3://...``);
+    default the local disk.
+    """
+
+    def __init__(self, index_path: str | Path, fs: Any = None) -> None:
         super().__init__()
-        index_path = Path(index_path)
+        self._fs = fs
+        index_name = posixpath.basename(str(index_path))
         try:
-            weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+            text = Path(index_path).read_text() if fs is None else fs.cat_file(str(index_path))
+            weight_map: dict[str, str] = json.loads(text)["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ShardError(f"{index_path.name}: not a safetensors index ({exc})") from exc
+            raise ShardError(f"{index_name}: not a safetensors index ({exc})") from exc
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        pieces: list[tuple[Path, int, int]] = []  # (shard, start, length)
+        pieces: list[tuple[Any, int, int]] = []  # (shard path, start, length)
         offset = 0
         found: set[str] = set()
         for shard in sorted(set(weight_map.values())):
-            path = index_path.parent / shard
-            if path.parent != index_path.parent or not path.is_file():
-                raise ShardError(f"{index_path.name}: shard {shard!r} is missing")
-            entries, base = _shard_header(path)
+            if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+                raise ShardError(f"{index_name}: shard {shard!r} is missing")
+            path: Any
+            if fs is None:
+                path = Path(index_path).parent / shard
+                if not path.is_file():
+                    raise ShardError(f"{index_name}: shard {shard!r} is missing")
+                entries, base = _shard_header(path)
+            else:
+                path = posixpath.join(posixpath.dirname(str(index_path)), shard)
+                if not fs.isfile(path):
+                    raise ShardError(f"{index_name}: shard {shard!r} is missing")
+                entries, base = _remote_shard_header(fs, path)
             for name, meta in sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0]):
                 begin, end = meta["data_offsets"]
                 header[name] = {**meta, "data_offsets": [offset, offset + end - begin]}
@@ -64,7 +99,7 @@ class MergedSafetensors(io.RawIOBase):
                 found.add(name)
         missing = sorted(set(weight_map) - found)
         if missing:
-            raise ShardError(f"{index_path.name}: tensors not in their shards: {missing[:5]}")
+            raise ShardError(f"{index_name}: tensors not in their shards: {missing[:5]}")
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
         self._head = struct.pack("<Q", len(raw)) + raw
@@ -76,7 +111,7 @@ class MergedSafetensors(io.RawIOBase):
             pos += length
         self.size = pos
         self._pos = 0
-        self._open: tuple[Path, Any] | None = None
+        self._open: tuple[Any, Any] | None = None
         self.name = "model.safetensors"
 
     def readable(self) -> bool:
@@ -93,11 +128,12 @@ class MergedSafetensors(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def _shard(self, path: Path) -> Any:
+    def _shard(self, path: Any) -> Any:
         if self._open is None or self._open[0] != path:
             if self._open is not None:
                 self._open[1].close()
-            self._open = (path, open(path, "rb"))  # noqa: SIM115 - kept open across reads
+            opened = open(path, "rb") if self._fs is None else self._fs.open(path, "rb")  # noqa: SIM115 - kept open across reads
+            self._open = (path, opened)
         return self._open[1]
 
     def read(self, n: int = -1) -> bytes:
@@ -115,7 +151,8 @@ class MergedSafetensors(io.RawIOBase):
                 fh.seek(start + within)
                 chunk = fh.read(min(n, length - within))
                 if not chunk:
-                    raise ShardError(f"{path.name} is shorter than its header says")
+                    name = posixpath.basename(str(path))
+                    raise ShardError(f"{name} is shorter than its header says")
             out += chunk
             self._pos += len(chunk)
             n -= len(chunk)

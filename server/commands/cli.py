@@ -121,18 +121,36 @@ def _connected(url: str | None, token: str | None) -> Iterator[Phaseboard]:
 
 @app.command()
 def ingest(
-    path: str = typer.Argument(..., help="Directory of checkpoints (and TensorBoard events)."),
+    path: str = typer.Argument(
+        ...,
+        help="A directory of checkpoints (and TensorBoard events), any fsspec URL "
+        "(s3://bucket/prefix, gs://...), or hf://ORG/NAME (one Hub branch per step).",
+    ),
     run: str = typer.Option(..., "--run", help="Run name (created if it does not exist)."),
     task: str | None = typer.Option(None, help="Task name, e.g. modular_addition."),
     task_config: str | None = typer.Option(None, help="Task config as JSON."),
     url: str | None = typer.Option(None, help="Server URL (default: the local one)."),
     token: str | None = typer.Option(None, help="API token (default PHASEBOARD_API_TOKEN)."),
-    step_regex: str | None = typer.Option(None, help="Regex whose group 1 is the step."),
+    step_regex: str | None = typer.Option(
+        None, help="Regex whose group 1 is the step (of a path, or of an hf:// branch name)."
+    ),
     data: list[str] = typer.Option(
         [], "--data", help="NAME=FILE token data (train, test, or a subset); repeatable."
     ),
+    revisions: str | None = typer.Option(
+        None, help="hf:// only: branches to import, globs or names, comma separated ('step*')."
+    ),
+    every: int | None = typer.Option(
+        None, min=1, help="hf:// only: keep every K-th revision in step order (and the last)."
+    ),
+    max_revisions: int | None = typer.Option(
+        None, "--max", min=2, help="hf:// only: at most N revisions, log-spaced over the steps."
+    ),
+    hf_token: str | None = typer.Option(
+        None, help="hf:// only: Hub token for a private repo (default: HF_TOKEN, the Hub login)."
+    ),
 ) -> None:
-    """Import a directory of checkpoints into a run; resumable (uploaded steps are skipped)."""
+    """Import checkpoints into a run; resumable (steps the server has are skipped)."""
     import json
     from pathlib import Path
 
@@ -150,17 +168,38 @@ def ingest(
         if not Path(file).is_file():
             raise typer.BadParameter(f"{file} is not a file", param_hint="--data")
         datasets[name.strip()] = Path(file)
+    hub = path.startswith("hf://")
+    if not hub and (revisions or every or max_revisions or hf_token):
+        raise typer.BadParameter("--revisions, --every, --max and --hf-token need an hf:// path")
     with _connected(url, token) as client:
-        report = ingest_directory(
-            Path(path),
-            run,
-            client,
-            task=task,
-            task_config=config,
-            step_regex=step_regex,
-            console=console,
-            data=datasets,
-        )
+        if hub:
+            from phaseboard.server.commands.ingest_hub import ingest_hub
+
+            report = ingest_hub(
+                path,
+                run,
+                client,
+                revisions=revisions,
+                every=every,
+                max_n=max_revisions,
+                step_regex=step_regex,
+                hf_token=hf_token,
+                task=task,
+                task_config=config,
+                console=console,
+                data=datasets,
+            )
+        else:
+            report = ingest_directory(
+                path,
+                run,
+                client,
+                task=task,
+                task_config=config,
+                step_regex=step_regex,
+                console=console,
+                data=datasets,
+            )
     print_summary(report, console)
     if report.failed:
         raise typer.Exit(1)

@@ -1,5 +1,7 @@
 """``phaseboard ingest``: import a directory of checkpoints (and TensorBoard scalars) into a run.
 
+The directory may be local or any fsspec URL (``s3://bucket/prefix``, ``gs://...``): the walk
+is the same (``ingest_source.Source``) and weights stream from the store to the server.
 Recognised checkpoints, anywhere under the directory:
 
 - ``step_1000.pt`` / ``ckpt-1000.pth`` / ``1000.safetensors``: the step is read from the name;
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +48,7 @@ from rich.progress import (
 from rich.table import Table
 
 from phaseboard import Phaseboard, PhaseboardClientError, Run
+from phaseboard.server.commands.ingest_source import Source
 from phaseboard.server.shards import INDEX_NAME, MergedSafetensors, ShardError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -105,31 +109,34 @@ def step_from_path(rel: Path, step_regex: str | None = None) -> int | None:
     return None
 
 
-def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item]:
+def discover_checkpoints(root: Path | str | Source, step_regex: str | None = None) -> list[Item]:
     """Every checkpoint-looking file under ``root``, in step order; unusable ones marked."""
+    source = root if isinstance(root, Source) else Source(root)
+    files = source.files()
     items: list[Item] = []
-    hf_dirs: set[Path] = set()
+    hf_dirs: set[str] = set()
     for model_name in HF_MODEL_FILES:  # HF folders: one weights file per folder, safetensors first
-        for path in sorted(root.rglob(model_name)):
-            if path.parent in hf_dirs:
+        for rel in sorted(r for r in files if posixpath.basename(r) == model_name):
+            folder = posixpath.dirname(rel)
+            if folder in hf_dirs:
                 continue
-            hf_dirs.add(path.parent)
-            item = Item("checkpoint", str(path.relative_to(root)), size=path.stat().st_size)
+            hf_dirs.add(folder)
+            item = Item("checkpoint", rel, size=files[rel])
             if model_name == INDEX_NAME:
                 try:
-                    with MergedSafetensors(path) as merged:
+                    with _merged(source, rel) as merged:
                         item.size = merged.size
                 except ShardError as exc:
                     item.status, item.detail = "skipped", f"cannot merge shards: {exc}"
             items.append(item)
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.suffix not in CHECKPOINT_SUFFIXES:
+    for rel in sorted(files):
+        name = posixpath.basename(rel)
+        if not name.endswith(CHECKPOINT_SUFFIXES):
             continue
-        if path.parent in hf_dirs or NOT_WEIGHTS.match(path.name):
+        if posixpath.dirname(rel) in hf_dirs or NOT_WEIGHTS.match(name):
             continue
-        rel = str(path.relative_to(root))
-        item = Item("checkpoint", rel, size=path.stat().st_size)
-        if SHARDED.search(path.name):
+        item = Item("checkpoint", rel, size=files[rel])
+        if SHARDED.search(name):
             item.status, item.detail = "skipped", "sharded weights are not supported; merge first"
         items.append(item)
     seen: dict[int, str] = {}
@@ -148,13 +155,22 @@ def discover_checkpoints(root: Path, step_regex: str | None = None) -> list[Item
     return items
 
 
-def find_hf_config(root: Path, items: list[Item]) -> dict[str, Any] | None:
+def _merged(source: Source, rel: str) -> MergedSafetensors:
+    """A sharded checkpoint's index opened as the merged shards (local or remote)."""
+    if source.is_local:
+        return MergedSafetensors(Path(source.full(rel)))
+    return MergedSafetensors(source.full(rel), fs=source.fs)
+
+
+def find_hf_config(root: Path | str | Source, items: list[Item]) -> dict[str, Any] | None:
     """The ``config.json`` beside the newest Hugging Face checkpoint's weights, if any."""
+    source = root if isinstance(root, Source) else Source(root)
+    files = source.files()
     for item in sorted(items, key=lambda i: i.step or -1, reverse=True):
-        path = (root / item.path).parent / "config.json"
-        if Path(item.path).name in HF_MODEL_FILES and path.is_file():
+        rel = posixpath.join(posixpath.dirname(item.path), "config.json")
+        if posixpath.basename(item.path) in HF_MODEL_FILES and rel in files:
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(source.read_text(rel))
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and data.get("model_type"):
@@ -279,7 +295,7 @@ def _series_steps(run: Run, name: str) -> set[int]:
 
 
 def ingest_directory(
-    root: Path,
+    root: Path | str,
     run_name: str,
     client: Phaseboard,
     *,
@@ -289,38 +305,63 @@ def ingest_directory(
     console: Console | None = None,
     data: Mapping[str, Path] | None = None,
 ) -> IngestReport:
-    """Import ``root`` into the run ``run_name`` (created if needed); see the module docstring.
+    """Import ``root`` (a directory or an fsspec URL) into the run ``run_name`` (created if
+    needed); see the module docstring.
 
     ``data`` maps dataset names (``train``, ``test``, subsets) to token files to upload.
     """
     console = console or Console()
-    root = Path(root)
-    if not root.is_dir():
-        raise PhaseboardClientError(f"{root} is not a directory")
+    check_step_regex(step_regex)
+    try:
+        source = Source(root)
+        found = source.exists()
+    except OSError as exc:
+        raise PhaseboardClientError(str(exc)) from exc
+    if not found:
+        raise PhaseboardClientError(f"{root} is not a directory (or holds no files)")
+
+    from phaseboard.server.commands.ingest_hparams import read_hparams
+
+    with source.metadata_dir() as meta:
+        hparams = read_hparams(meta)  # TensorBoard hparams, trainer_state.json settings -> config
+        items = discover_checkpoints(source, step_regex)
+        hf_config = find_hf_config(source, items)
+        if hf_config is not None and (
+            task == "hf_causal_lm" or (task is None and _is_causal_lm(hf_config))
+        ):
+            if task is None:
+                console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
+            task = "hf_causal_lm"
+            task_config = {"hf_config": hf_config, **(task_config or {})}
+        run = client.run(
+            run_name, task=task, task_config=task_config, config=hparams or None, status="imported"
+        )
+        report = IngestReport(run.id, run.url)
+        _ingest_datasets(run, data or {}, report)
+        report.items.extend(items)
+        upload_items(run, items, lambda item: _open_weights(source, item.path), console)
+        _ingest_scalars(meta, run, report, console)
+    return report
+
+
+def check_step_regex(step_regex: str | None) -> None:
     if step_regex:
         try:
             re.compile(step_regex)
         except re.error as exc:
             raise PhaseboardClientError(f"--step-regex {step_regex!r}: {exc}") from exc
 
-    from phaseboard.server.commands.ingest_hparams import read_hparams
 
-    hparams = read_hparams(root)  # TensorBoard hparams, trainer_state.json settings -> config
-    items = discover_checkpoints(root, step_regex)
-    hf_config = find_hf_config(root, items)
-    if hf_config is not None and (
-        task == "hf_causal_lm" or (task is None and _is_causal_lm(hf_config))
-    ):
-        if task is None:
-            console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
-        task = "hf_causal_lm"
-        task_config = {"hf_config": hf_config, **(task_config or {})}
-    run = client.run(
-        run_name, task=task, task_config=task_config, config=hparams or None, status="imported"
-    )
-    report = IngestReport(run.id, run.url)
-    _ingest_datasets(run, data or {}, report)
-    report.items.extend(items)
+def upload_items(
+    run: Run,
+    items: list[Item],
+    open_item: Callable[[Item], IO[bytes]],
+    console: Console,
+    on_done: Callable[[Item], None] | None = None,
+) -> None:
+    """Upload every pending item (``open_item`` gives its bytes), skipping steps the server
+    has; a server that goes away stops the loop (a rerun resumes). ``on_done`` is called
+    after each item (progress reports)."""
     on_server = _server_steps(run)
     for item in items:
         if item.status == "pending" and item.step in on_server:
@@ -340,41 +381,65 @@ def ingest_directory(
         )
         for item in todo:
             current = progress.add_task(f"step {item.step}", total=item.size)
+            stop = False
             try:
-                with _open_weights(root / item.path) as f:
+                with open_item(item) as f:
                     record = run.upload_file(
                         int(item.step or 0),
                         _ProgressFile(f, progress, current),  # type: ignore[arg-type]
-                        filename=Path(getattr(f, "name", item.path)).name,
+                        filename=posixpath.basename(str(getattr(f, "name", item.path))),
                     )
                 if record is None:
                     item.status, item.detail = "skipped", "already on the server"
                 else:
                     item.status = "imported"
-                    flagged = record.get("status") == "flagged"
-                    item.detail = f"flagged: {record.get('error')}" if flagged else ""
+                    item.detail = _record_detail(record)
             except PhaseboardClientError as exc:
                 item.status, item.detail = "failed", exc.short
-                if exc.status_code is None:  # server gone: stop, a rerun resumes here
-                    progress.remove_task(current)
-                    break
+                stop = exc.status_code is None  # server gone: stop, a rerun resumes here
             except (OSError, ShardError) as exc:
                 item.status, item.detail = "failed", f"cannot read: {exc}"
             progress.remove_task(current)
             progress.advance(overall, item.size)
+            if on_done is not None:
+                on_done(item)
+            if stop:
+                break
     for item in todo:
         if item.status == "pending":
             item.status, item.detail = "skipped", "not reached (import stopped early)"
-
-    _ingest_scalars(root, run, report, console)
-    return report
+    _note_duplicates(run, items)
 
 
-def _open_weights(path: Path) -> IO[bytes]:
+def _note_duplicates(run: Run, items: list[Item]) -> None:
+    """Name, on each imported step, a later step the server found with the same weights
+    (an upload is only compared with what arrived before it)."""
+    try:
+        dup = {int(c["step"]): c.get("duplicate_of_step") for c in run.checkpoints()}
+    except PhaseboardClientError:
+        return
+    for item in items:
+        of = dup.get(item.step) if item.step is not None else None
+        if of is not None and item.status != "failed" and f"step {of}" not in item.detail:
+            note = f"same weights as step {of}"
+            item.detail = f"{item.detail}; {note}" if item.detail else note
+
+
+def _record_detail(record: Mapping[str, Any]) -> str:
+    """What the server said about a stored checkpoint worth a line in the summary."""
+    notes = []
+    if record.get("status") == "flagged":
+        notes.append(f"flagged: {record.get('error')}")
+    if record.get("duplicate_of_step") is not None:
+        notes.append(f"same weights as step {record['duplicate_of_step']}")
+    return "; ".join(notes)
+
+
+def _open_weights(source: Source, rel: str) -> IO[bytes]:
     """The file to upload: a sharded checkpoint's index opens as the merged shards."""
-    if path.name == INDEX_NAME:
-        return MergedSafetensors(path)  # type: ignore[return-value]
-    return path.open("rb")
+    if posixpath.basename(rel) == INDEX_NAME:
+        return _merged(source, rel)  # type: ignore[return-value]
+    return source.open(rel)
 
 
 def _ingest_datasets(run: Run, data: Mapping[str, Path], report: IngestReport) -> None:
