@@ -4,7 +4,9 @@ A token file holds one integer tensor: a 1-D stream of token ids or (N, T) seque
 Accepted formats, detected from the content (never the file name), all loaded without
 executing code: ``.npy`` (``numpy.load(allow_pickle=False)``), safetensors (one tensor,
 or one named ``input_ids`` / ``tokens``) and weights-only ``torch.save`` files (a tensor,
-or a dict holding one as above).
+or a dict holding one as above). Every check a checkpoint gets applies here too
+(``analysis.checkpoints``: archive inflation and entry counts, the pickle budget, header
+bounds, tensors no larger than the file, dense CPU tensors only), under ``limits``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from .checkpoints.errors import CheckpointError
+from .checkpoints.formats import LoadLimits
 
 __all__ = [
     "TokenDataError",
@@ -71,7 +76,17 @@ def _detect(path: Path) -> str:
     )
 
 
-def _load_any(path: Path) -> tuple[Tensor | np.ndarray, str]:
+def _load_any(path: Path, limits: LoadLimits | None = None) -> tuple[Tensor | np.ndarray, str]:
+    try:
+        return _load_checked(path, limits or LoadLimits())
+    except CheckpointError as exc:  # the checkpoint loader's refusals, same words
+        raise TokenDataError(str(exc)) from exc
+
+
+def _load_checked(path: Path, limits: LoadLimits) -> tuple[Tensor | np.ndarray, str]:
+    from .checkpoints.loading import _check_safetensors_header, _torch_load
+    from .checkpoints.tensors import check_tensors
+
     fmt = _detect(path)
     if fmt == "npy":
         try:
@@ -84,20 +99,17 @@ def _load_any(path: Path) -> tuple[Tensor | np.ndarray, str]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        _check_safetensors_header(path, limits)
         try:
             return _pick(load_file(str(path), device="cpu"), "the safetensors file"), fmt
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise TokenDataError(f"corrupt safetensors file: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
-        raise TokenDataError(
-            f"not a weights-only torch file (refused, nothing ran): {exc}"
-        ) from exc
+    obj = _torch_load(path, limits)  # refusals name what the pickle would have run
     if isinstance(obj, dict):
         obj = _pick({str(k): v for k, v in obj.items() if isinstance(v, Tensor)}, "the torch file")
     if not isinstance(obj, Tensor):
         raise TokenDataError(f"the torch file holds a {type(obj).__name__}, not a tensor")
+    check_tensors({"tokens": obj}, path.stat().st_size, limits)  # before reading an element
     return obj, fmt
 
 
@@ -121,16 +133,16 @@ def _check(data: Tensor | np.ndarray) -> TokenInfo:
     return TokenInfo(shape, dtype, n, hi, "")
 
 
-def scan_token_file(path: str | Path) -> TokenInfo:
+def scan_token_file(path: str | Path, limits: LoadLimits | None = None) -> TokenInfo:
     """Validate a token file; raise ``TokenDataError`` naming the problem."""
-    data, fmt = _load_any(Path(path))
+    data, fmt = _load_any(Path(path), limits)
     info = _check(data)
     return TokenInfo(info.shape, info.dtype, info.n_tokens, info.max_token, fmt)
 
 
-def load_token_file(path: str | Path) -> Tensor:
+def load_token_file(path: str | Path, limits: LoadLimits | None = None) -> Tensor:
     """The token ids of a file as an int64 tensor (1-D or (N, T)), validated."""
-    data, _ = _load_any(Path(path))
+    data, _ = _load_any(Path(path), limits)
     _check(data)
     if isinstance(data, np.ndarray):
         return torch.from_numpy(np.array(data, dtype=np.int64))  # a writable copy

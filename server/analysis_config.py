@@ -90,7 +90,16 @@ def check_llc(settings: Settings, *layers: Mapping[str, Any] | None, prefix: str
     _check_bounds(settings, config, prefix)
 
 
+MAX_SGLD_LR = 1.0
+"""Largest SGLD step size accepted: a step above 1 moves weights by more than their own
+scale per step (every chain diverges); finite but absurd values such as 1e308 are refused."""
+
+
 def _check_bounds(settings: Settings, config: LLCConfig, prefix: str) -> None:
+    if config.lr > MAX_SGLD_LR:
+        raise BadInput(
+            f"{prefix}.lr: {config.lr:g} is over the largest SGLD step size of {MAX_SGLD_LR:g}"
+        )
     limits = (
         ("num_chains", config.num_chains, settings.max_llc_chains, "MAX_LLC_CHAINS"),
         ("num_draws", config.num_draws, settings.max_llc_draws, "MAX_LLC_DRAWS"),

@@ -18,6 +18,7 @@ from phaseboard.server.jobs import make_queue
 from phaseboard.server.security import install as install_security
 from phaseboard.server.settings import Settings
 from phaseboard.server.store.blobs import open_blob_store
+from phaseboard.server.task_checks import check_factory_patterns
 from phaseboard.server.web import mount_web
 
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     ``start_workers`` starts the in-process worker pool when ``settings.queue == "local"``.
     """
     settings = settings or Settings()
+    check_factory_patterns(settings)  # a PHASEBOARD_MODEL_FACTORIES that allows too much
     settings.ensure_dirs()
     db = Database(settings)
     store = open_blob_store(settings)  # PHASEBOARD_BLOB_URL: local directory or S3

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, Engine, create_engine, event, func
 from sqlalchemy.orm import Session, sessionmaker
 
 from phaseboard.server.errors import NotFound
+from phaseboard.server.json_values import loads_stored
 from phaseboard.server.settings import Settings
 
 Row = TypeVar("Row")
@@ -32,7 +33,11 @@ def get_existing(session: Session, model: type[Row], row_id: int, what: str) -> 
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for worker threads."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_deserializer=loads_stored,  # rows an older version stored unchecked
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

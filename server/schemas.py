@@ -12,8 +12,10 @@ from typing import Annotated, Any, ClassVar, Literal, NotRequired
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from phaseboard.server.json_values import json_problem
 from phaseboard.server.series import MAX_STEP
 
 # ------------------------------------------------------------------ shared input types
@@ -48,6 +50,17 @@ StepInt = Annotated[int, BeforeValidator(_ascii_digits), Field(ge=0, le=MAX_STEP
 """A training step: non-negative, exact as a double (``server.series.MAX_STEP``)."""
 Text = Annotated[str, Field(pattern=NO_NUL)]
 """Any string that is stored or searched: no NUL characters."""
+
+
+def _check_json(value: Any) -> Any:
+    problem = json_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("json_value", "{problem}", {"problem": problem})
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+"""A free-form JSON object that both SQLite and PostgreSQL store and read back unchanged."""
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -97,14 +110,14 @@ class RunCreate(BaseModel):
 
     name: Name
     task: TaskName = Field(default=None, description="A task name from the registry.")
-    task_config: dict[str, Any] = Field(default_factory=dict)
+    task_config: JsonObject = Field(default_factory=dict)
     tags: list[Tag] = Field(default_factory=list, max_length=50)
     notes: Text = Field(default="", max_length=100_000)
-    analysis_config: dict[str, Any] = Field(
+    analysis_config: JsonObject = Field(
         default_factory=dict,
         description='Analyses for new checkpoints, e.g. {"analyses": ["metrics", "llc"]}.',
     )
-    config: dict[str, Any] = Field(
+    config: JsonObject = Field(
         default_factory=dict,
         description="Hyperparameters (free-form JSON), kept apart from task_config.",
     )
@@ -136,11 +149,11 @@ class RunUpdate(BaseModel):
 
     name: Name | SkipJsonSchema[None] = None
     task: TaskName = None
-    task_config: dict[str, Any] | None = None
+    task_config: JsonObject | None = None
     tags: list[Tag] | None = Field(default=None, max_length=50)
     notes: Text | None = Field(default=None, max_length=100_000)
-    analysis_config: dict[str, Any] | None = None
-    config: dict[str, Any] | None = Field(
+    analysis_config: JsonObject | None = None
+    config: JsonObject | None = Field(
         default=None, description="Replaces the run's hyperparameters."
     )
 

@@ -34,7 +34,10 @@ def downsample_minmax(
     values = np.asarray(values, dtype=np.float64)
     nb = n_buckets(max_points)
     lo, span = int(steps[0]), int(steps[-1]) - int(steps[0]) + 1
-    bucket = (steps - lo) * nb // span  # non-decreasing, since steps are sorted
+    if (span - 1) * nb <= np.iinfo(np.int64).max:
+        bucket = (steps - lo) * nb // span  # non-decreasing, since steps are sorted
+    else:  # steps near 2^53 times many buckets overflow int64: Python integers, exact
+        bucket = np.array([(int(s) - lo) * nb // span for s in steps], dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     counts = np.diff(np.r_[starts, n])
     keep = [np.array([0, n - 1])]

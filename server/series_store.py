@@ -134,6 +134,13 @@ _PG_BUCKETS = text(
     "SELECT count(*), min(ARRAY[value, step::float8]), max(ARRAY[value, -step::float8]) "
     f"{_WHERE} GROUP BY (step - :lo) * :nb / :span"
 )
+# The same buckets in numeric, for a span so wide that (step - lo) * nb would overflow bigint
+# (steps go up to 2^53 - 1, nb to 10^5): exact integer division, a little slower.
+_PG_BUCKETS_WIDE = text(
+    "SELECT count(*), min(ARRAY[value, step::float8]), max(ARRAY[value, -step::float8]) "
+    f"{_WHERE} GROUP BY div((step - :lo)::numeric * :nb, :span)"
+)
+_INT64_MAX = 2**63 - 1
 
 
 def read_series(
@@ -175,7 +182,8 @@ def _buckets_postgresql(
     # picks when its statistics lag a bulk load; and JIT compiling costs more than it saves.
     conn.exec_driver_sql("SET LOCAL enable_sort = off; SET LOCAL jit = off")
     try:
-        rows = conn.execute(_PG_BUCKETS, {**key, "lo": lo, "nb": nb, "span": span}).all()
+        query = _PG_BUCKETS if span * nb <= _INT64_MAX else _PG_BUCKETS_WIDE
+        rows = conn.execute(query, {**key, "lo": lo, "nb": nb, "span": span}).all()
     finally:
         conn.exec_driver_sql("RESET enable_sort; RESET jit")
     for _, low, high in rows:

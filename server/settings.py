@@ -66,9 +66,32 @@ class Settings(BaseSettings):
     checkpoint_max_inspect_s: float = Field(
         default=30.0, gt=0, description="Wall time of walking one unpickled checkpoint."
     )
+    checkpoint_max_tensors: int = Field(
+        default=100_000, ge=1, description="Tensors in one checkpoint or dataset file."
+    )
     host: str = "127.0.0.1"
     port: int = 8765
     public_url: str | None = Field(default=None, description="Base URL used in share links.")
+    # What a request may name or reach (docs/limits-and-security.md).
+    model_factories: str = Field(
+        default="",
+        description="Comma list of 'package.module:function' names or patterns (my_pkg.*:make_*) "
+        "a torch_module task config may name, besides entry points of group phaseboard.models.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma list of extra Host names this server answers (besides loopback names "
+        "and the host of public_url / host); others get 400. '*' turns the check off.",
+    )
+    private: bool = Field(
+        default=False, description="Reads need the API token too (API and pages; needs api_token)."
+    )
+    upload_idle_s: float = Field(
+        default=60.0, gt=0, description="An upload that sends nothing for this long is cut (408)."
+    )
+    upload_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest time one upload may take in all (408)."
+    )
 
     queue: Literal["local", "celery", "none"] = Field(
         default="local", description="local: in-process worker pool; celery: Redis broker."
@@ -165,7 +188,17 @@ class Settings(BaseSettings):
         self.storage_dir = Path(self.storage_dir).expanduser()
         if self.api_token == "":
             self.api_token = None
+        if self.private and not self.api_token:
+            raise ValueError("PHASEBOARD_PRIVATE=true needs PHASEBOARD_API_TOKEN (the read token)")
         return self
+
+    @property
+    def model_factory_patterns(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.model_factories.split(",") if p.strip())
+
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def max_upload_bytes(self) -> int:

@@ -12,12 +12,16 @@ strip (``module.``, ``_orig_mod.``, Lightning's ``model.``) as a ``KeyMapping``,
 names and shapes against the model a task expects.
 
 Every inspection is bounded (``LoadLimits``): archive members are size-checked before they
-are inflated, safetensors headers go through the real (Rust) parser first, and walking the
-unpickled object visits each container once, up to a count, a depth and a time.
+are inflated, a pickle's opcodes are read under a budget before torch unpickles it
+(``pickle_scan``: no call allocating from a count, no tensor claiming more than its storage),
+safetensors headers are bounded in bytes and entries and go through the real (Rust) parser
+first, loaded tensors must be dense CPU data no larger than the file (``tensors``), and
+walking the unpickled object visits each container once, up to a count, a depth and a time.
 
 The package by role: ``formats`` (detection, limits), ``errors``, ``mapping`` (names; imports
-no torch, so the API can read a mapping without it), ``loading``, ``weights`` (finding and
-checking them), ``scan`` and ``writing``. Names are imported lazily from here.
+no torch, so the API can read a mapping without it), ``pickle_scan``, ``loading``,
+``tensors`` (what a loaded tensor may be), ``weights`` (finding and checking them), ``scan``
+and ``writing``. Names are imported lazily from here.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .errors import (
     ModelMismatch,
     NotAStateDict,
     UnsafeCheckpoint,
+    UnsupportedTensor,
 )
 from .mapping import (
     EMA_KEYS,
@@ -49,6 +54,7 @@ _LAZY = {
     "LoadLimits": "formats",
     "PreparedCheckpoint": "weights",
     "check_shapes": "weights",
+    "check_tensors": "tensors",
     "detect_format": "formats",
     "extract_weights": "weights",
     "inspect_state_dict": "scan",
@@ -74,10 +80,12 @@ __all__ = [
     "NotAStateDict",
     "PreparedCheckpoint",
     "UnsafeCheckpoint",
+    "UnsupportedTensor",
     "WRAPPER_KEYS",
     "WRAPPER_PREFIXES",
     "apply_key_mapping",
     "check_shapes",
+    "check_tensors",
     "detect_format",
     "extract_weights",
     "inspect_state_dict",

@@ -19,6 +19,11 @@ class NotAStateDict(CheckpointError):
     """A valid file whose content is not a (nested) dict of tensors."""
 
 
+class UnsupportedTensor(CheckpointError):
+    """A tensor we do not load: sparse, nested, quantized, meta, an unstored dtype, or a view
+    claiming more elements than its storage holds. Named before any element is read."""
+
+
 class CheckpointTooComplex(CheckpointError):
     """Inspecting the file would take more work than ``LoadLimits`` allow; it was stopped.
 

@@ -21,9 +21,14 @@ class LoadLimits:
 
     max_objects: int = 1_000_000  # dict entries / containers looked at, in all
     max_depth: int = 64  # nesting of dicts inside the unpickled object
-    # decompressed size of compressed zip members in all, and of the pickle itself
+    # decompressed size of compressed zip members in all
     max_inflated_bytes: int = 256 * 1024 * 1024
     max_seconds: float = 30.0  # wall time of the walk over the unpickled object
+    max_tensors: int = 100_000  # tensors in one file (safetensors header entries included)
+    max_pickle_bytes: int = 64 * 1024 * 1024  # the pickle itself (torch keeps data apart)
+    # estimated memory of the objects unpickling builds (``pickle_scan``), before it runs
+    max_pickle_memory: int = 128 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024 * 1024  # a safetensors file's JSON header
 
 
 @dataclass(frozen=True)

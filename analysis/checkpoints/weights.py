@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from .formats import CheckpointInfo, LoadLimits, detect_format
 from .loading import _check_safetensors_header, _load_safetensors, _torch_load
 from .mapping import EMA_KEYS, WRAPPER_KEYS, KeyMapping, resolve_prefix
 from .scan import _scan_safetensors, inspect_state_dict
+from .tensors import check_tensors
 
 
 @dataclass
@@ -218,7 +220,7 @@ def prepare_checkpoint(
     limits = limits or LoadLimits()
     fmt = detect_format(path)
     if fmt == "safetensors":
-        file_shapes = _check_safetensors_header(path)
+        file_shapes = _check_safetensors_header(path, limits)
         prefix = resolve_prefix(file_shapes, expected)
         mapping = KeyMapping(strip_prefix=prefix)
         shapes = {k[len(prefix) :]: s for k, s in file_shapes.items()}
@@ -229,6 +231,7 @@ def prepare_checkpoint(
             CheckpointInfo(info.n_tensors, info.n_params, info.non_finite, fmt), mapping, shapes
         )
     weights, mapping = extract_weights(_torch_load(path, limits), expected, limits=limits)
+    check_tensors(weights, os.path.getsize(path), limits)  # before any element is read
     shapes = {k[len(mapping.strip_prefix) :]: tuple(v.shape) for k, v in weights.items()}
     if expected is not None:
         check_shapes(shapes, expected)
@@ -252,9 +255,10 @@ def load_state_dict_file(path: str | Path, limits: LoadLimits | None = None) -> 
     limits = limits or LoadLimits()
     fmt = detect_format(path)
     if fmt == "safetensors":
-        _check_safetensors_header(path)
+        _check_safetensors_header(path, limits)
         return _load_safetensors(path)
     weights, _ = extract_weights(_torch_load(path, limits), limits=limits)
+    check_tensors(weights, os.path.getsize(path), limits)
     return weights
 
 

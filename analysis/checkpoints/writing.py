@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .errors import NotAStateDict
+from .tensors import ST_NAMES as _ST_NAMES
 from .weights import state_dict_from_object
 
 # --- writing ------------------------------------------------------------------------------
@@ -22,15 +23,6 @@ def save_safetensors_bytes(state_dict: Mapping[str, Tensor]) -> bytes:
 
     flat = state_dict_from_object(dict(state_dict))
     return save({k: v.detach().cpu().contiguous().clone() for k, v in flat.items()})
-
-
-_ST_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL", torch.complex64: "C64",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
-}  # fmt: skip
 
 
 def write_safetensors(state_dict: Mapping[str, Tensor], fh: Any) -> int:

@@ -6,13 +6,16 @@ A third-party package registers a task in its ``pyproject.toml``::
     my_task = "my_pkg.tasks:MyTask"    # a Task subclass, or a factory(config) -> Task
 
 Entry points are discovered lazily (the first time a name is not a built-in, or on
-``list_tasks()``), so importing this package never imports user code.
+``list_tasks()``), so importing this package never imports user code. Task names are a closed
+list (built-ins and installed entry points); ``torch_module``'s model factories come only
+from the ``phaseboard.models`` entry points or the caller's ``allowed_factories``
+(``analysis.tasks.factories``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -25,6 +28,7 @@ from .base import (
     log_spaced_steps,
     to_device,
 )
+from .factories import MODELS_ENTRY_POINT_GROUP, FactoryNotAllowed
 
 ENTRY_POINT_GROUP = "phaseboard.tasks"
 
@@ -72,10 +76,22 @@ def _load(name: str) -> Callable[..., Task]:
     return eps[name].load()
 
 
-def get_task(name: str, config: Mapping[str, Any] | None = None) -> Task:
-    """Instantiate task ``name`` with ``config`` merged over its defaults."""
+def get_task(
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    allowed_factories: Iterable[str] = (),
+) -> Task:
+    """Instantiate task ``name`` with ``config`` merged over its defaults.
+
+    ``allowed_factories``: patterns of ``package.module:function`` model factories a
+    ``torch_module`` config may name besides the installed ``phaseboard.models`` entry points.
+    """
     factory = _load(name)
-    task = factory(dict(config or {}))
+    if getattr(factory, "takes_allowed_factories", False):
+        task = factory(dict(config or {}), allowed_factories=tuple(allowed_factories))
+    else:
+        task = factory(dict(config or {}))
     if not isinstance(task, Task):
         raise TypeError(f"entry point {name!r} returned {type(task).__name__}, not a Task")
     return task
@@ -83,7 +99,9 @@ def get_task(name: str, config: Mapping[str, Any] | None = None) -> Task:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "MODELS_ENTRY_POINT_GROUP",
     "CheckpointMismatch",
+    "FactoryNotAllowed",
     "ParamMask",
     "Task",
     "TensorDataset",

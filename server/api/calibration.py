@@ -3,16 +3,15 @@ and "use these settings for this run" (sets the run's LLC settings, queues LLC j
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from phaseboard.server.analysis_config import SAMPLERS, check_llc
 from phaseboard.server.api.deps import DatabaseDep, SessionDep, WriteAuth
 from phaseboard.server.db import get_existing
-from phaseboard.server.errors import BadInput
 from phaseboard.server.jobs.planning import (
     LLC_KINDS,
     analyses_for_run,
@@ -27,14 +26,17 @@ router = APIRouter(tags=["llc"])
 
 
 class LLCSettingsUpdate(BaseModel):
-    """SGLD settings to use for a run from now on (the rest of its LLC settings stay)."""
+    """SGLD settings to use for a run from now on (the rest of its LLC settings stay).
+
+    Checked like every LLC config (``server.analysis_config.check_llc``: ``LLCConfig``'s
+    rules and the server's bounds), merged over the run's current ones."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(gt=0)
-    localization: float = Field(ge=0)
-    n_beta: float | None = Field(default=None, gt=0)
-    sampler: str | None = None
+    lr: float = Field(gt=0, allow_inf_nan=False)
+    localization: float = Field(ge=0, allow_inf_nan=False)
+    n_beta: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    sampler: Literal[SAMPLERS] | None = None  # type: ignore[valid-type]
 
 
 class LLCSettingsOut(BaseModel):
@@ -95,14 +97,14 @@ def use_llc_settings(
 
     Results of the old settings are kept: they are another series on the run page.
     """
-    if not math.isfinite(body.lr) or not math.isfinite(body.localization):
-        raise BadInput("lr and localization must be finite")
     changes = body.model_dump(exclude_unset=True)
     if changes.get("sampler") is None:
         changes.pop("sampler", None)
     with db.session() as s:
         run = get_existing(s, Run, run_id, "run")
         cfg = dict(run.analysis_config or {})
+        current = cfg.get("llc") if isinstance(cfg.get("llc"), dict) else None
+        check_llc(request.app.state.settings, current, changes, prefix="llc")
         cfg["llc"] = {**(cfg.get("llc") or {}), **changes}
         run.analysis_config = cfg
         s.flush()

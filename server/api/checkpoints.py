@@ -47,6 +47,7 @@ from phaseboard.server.settings import Settings
 from phaseboard.server.store.blobs import BlobStore, StagedBlob
 from phaseboard.server.store.commit import commit_blob_with_row
 from phaseboard.server.store.series_checks import reflag_duplicates
+from phaseboard.server.task_checks import check_task_config
 from phaseboard.server.uploads import check_content_length, receive_upload
 
 log = logging.getLogger(__name__)
@@ -120,25 +121,35 @@ def load_limits(settings: Settings) -> LoadLimits:
         max_depth=settings.checkpoint_max_depth,
         max_inflated_bytes=settings.checkpoint_max_inflated_mb * 1024 * 1024,
         max_seconds=settings.checkpoint_max_inspect_s,
+        max_tensors=settings.checkpoint_max_tensors,
     )
 
 
 @lru_cache(maxsize=64)
-def _expected_shapes(task: str, config_json: str) -> dict[str, tuple[int, ...]] | None:
-    from phaseboard.analysis.tasks import get_task
+def _expected_shapes(
+    task: str, config_json: str, allowed: tuple[str, ...]
+) -> dict[str, tuple[int, ...]] | None:
+    from phaseboard.analysis.tasks import FactoryNotAllowed, get_task
 
     try:
-        return get_task(task, json.loads(config_json)).expected_shapes()
+        return get_task(task, json.loads(config_json), allowed_factories=allowed).expected_shapes()
+    except FactoryNotAllowed as exc:  # stored before the allow-list, or the list changed
+        raise BadInput(f"the run's task_config: {exc}; nothing was stored") from None
     except Exception:  # noqa: BLE001 - e.g. a factory installed on the workers only
         log.warning("cannot build task %r here; uploads are not checked against it", task)
         return None
 
 
-def expected_shapes(run: Run) -> dict[str, tuple[int, ...]] | None:
-    """The run's model ``{name: shape}`` (cached per task config), or None without a task."""
+def expected_shapes(run: Run, settings: Settings) -> dict[str, tuple[int, ...]] | None:
+    """The run's model ``{name: shape}`` (cached per task config), or None without a task.
+
+    The model is built here (on the meta device, else for real), so a ``torch_module``
+    factory must pass the same allow-list as at run creation (``server.task_checks``)."""
     if not run.task:
         return None
-    return _expected_shapes(run.task, json.dumps(run.task_config or {}, sort_keys=True))
+    check_task_config(settings, run.task, run.task_config or {})
+    config_json = json.dumps(run.task_config or {}, sort_keys=True)
+    return _expected_shapes(run.task, config_json, settings.model_factory_patterns)
 
 
 def _validate(
@@ -239,7 +250,7 @@ async def upload_checkpoint(run_id: DbId, request: Request) -> CheckpointOut:
         step = _parse_step(raw_step)
         if await run_in_threadpool(_step_taken, db, run_id, step):
             raise _duplicate_step(run_id, step)
-        expected = await run_in_threadpool(expected_shapes, run)
+        expected = await run_in_threadpool(expected_shapes, run, settings)
         limits = load_limits(settings)
         prepared = await run_in_threadpool(_validate, staged.path, expected, limits)
         if prepared.weights is not None:

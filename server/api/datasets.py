@@ -18,7 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from phaseboard.analysis.checkpoints import LoadLimits
 from phaseboard.analysis.tokens import TokenDataError, TokenInfo, scan_token_file
+from phaseboard.server.api.checkpoints import load_limits
 from phaseboard.server.api.deps import SessionDep, WriteAuth
 from phaseboard.server.api.runs import get_run_or_404
 from phaseboard.server.db import Database
@@ -88,9 +90,9 @@ def _taken(run_id: int, name: str) -> Conflict:
     return Conflict(f"run {run_id} already has a dataset named {name!r}; nothing was stored")
 
 
-def _validate(path: Path, vocab: int | None) -> TokenInfo:
+def _validate(path: Path, vocab: int | None, limits: LoadLimits) -> TokenInfo:
     try:
-        info = scan_token_file(path)
+        info = scan_token_file(path, limits)  # every bound a checkpoint upload gets
     except TokenDataError as exc:
         raise BadInput(f"{exc}; nothing was stored") from exc
     if vocab is not None and info.max_token >= vocab:
@@ -148,7 +150,8 @@ async def upload_dataset(run_id: DbId, request: Request) -> DatasetOut:
         run, taken = await run_in_threadpool(_run_and_taken, db, run_id, name)
         if taken:
             raise _taken(run_id, name)
-        info = await run_in_threadpool(_validate, staged.path, vocab_of(run.task_config))
+        limits = load_limits(settings)
+        info = await run_in_threadpool(_validate, staged.path, vocab_of(run.task_config), limits)
         row = await run_in_threadpool(_store, db, store, staged, run_id, name, info)
     finally:
         store.discard(staged)

@@ -17,6 +17,7 @@ from phaseboard.server.errors import BadInput, Conflict
 from phaseboard.server.models import Checkpoint, Job, Run
 from phaseboard.server.runs_table import matching_ids
 from phaseboard.server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
+from phaseboard.server.task_checks import check_task_config
 from phaseboard.server.tracking import STATUSES, effective_status, status_clause
 
 router = APIRouter(tags=["runs"])
@@ -102,6 +103,7 @@ def _commit_or_conflict(session: Session, name: str) -> None:
 def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> RunOut:
     """Create a run; its ``name`` is unique (409 otherwise)."""
     check_analysis_config(settings, body.analysis_config)
+    check_task_config(settings, body.task, body.task_config)
     if _name_taken(session, body.name):
         raise Conflict(f"a run named {body.name!r} already exists")
     run = Run(**body.model_dump())
@@ -182,6 +184,9 @@ def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: Set
         if key in changes and changes[key] is None:
             changes[key] = empty()
     check_analysis_config(settings, changes.get("analysis_config"))
+    check_task_config(
+        settings, changes.get("task", run.task), changes.get("task_config", run.task_config or {})
+    )
     if "name" in changes and _name_taken(session, changes["name"], exclude_id=run_id):
         raise Conflict(f"a run named {changes['name']!r} already exists")
     for key, value in changes.items():

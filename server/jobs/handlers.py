@@ -80,6 +80,9 @@ class JobContext:
     progress: Progress
     # Memory budget of one vectorised LLC batch (None: the device's default).
     memory_mb: int | None = None
+    # ``package.module:function`` patterns a torch_module task's factory may match besides
+    # the installed entry points (``settings.model_factories``).
+    allowed_factories: tuple[str, ...] = ()
     # Filled lazily by the helpers below.
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -101,7 +104,9 @@ class JobContext:
             if not run.task:
                 raise JobFailed(f"run {run.name!r} has no task")
             try:
-                task = get_task(run.task, run.task_config or {})
+                task = get_task(
+                    run.task, run.task_config or {}, allowed_factories=self.allowed_factories
+                )
                 attach_token_data(task, self.db, self.store, self.run_id)  # generic tasks
                 self._cache["task"] = task
             except (KeyError, ValueError, TypeError) as exc:

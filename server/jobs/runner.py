@@ -156,6 +156,7 @@ class JobRunner:
                     store=self.store,
                     progress=beat.progress_for(by_id[j.id]),
                     memory_mb=self.settings.llc_memory_mb,
+                    allowed_factories=self.settings.model_factory_patterns,
                 )
                 for j in jobs.values()
             ]

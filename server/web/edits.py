@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 from phaseboard.server.errors import BadInput
 from phaseboard.server.models import Run, utcnow
 from phaseboard.server.schemas import RunUpdate
+from phaseboard.server.settings import Settings
+from phaseboard.server.task_checks import check_task_config
 from phaseboard.server.web.queries import get_run
 
 
@@ -25,9 +27,17 @@ def parse_tags(text: str) -> list[str]:
 
 
 def update_run_header(
-    session: Session, run_id: int, *, task: str, task_config: str, tags: str, notes: str
+    session: Session,
+    run_id: int,
+    *,
+    settings: Settings,
+    task: str,
+    task_config: str,
+    tags: str,
+    notes: str,
 ) -> Run:
-    """Apply the header form to a run; a config that is not a JSON object is refused."""
+    """Apply the header form to a run; a config that is not a JSON object, or one naming
+    code the operator did not install (``server.task_checks``), is refused."""
     run = get_run(session, run_id)
     try:
         config = json.loads(task_config) if task_config.strip() else {}
@@ -41,8 +51,9 @@ def update_run_header(
         )
     except ValidationError as exc:
         raise BadInput("; ".join(_field_message(e) for e in exc.errors())) from exc
+    check_task_config(settings, update.task, update.task_config or {})
     run.task = update.task
-    run.task_config = config
+    run.task_config = update.task_config or {}
     run.tags = update.tags or []
     run.notes = notes
     run.updated_at = utcnow()

@@ -135,7 +135,13 @@ def edit_run_header(
     notes: Annotated[Text, Form()] = "",
 ) -> HTMLResponse:
     run = update_run_header(
-        session, run_id, task=task, task_config=task_config, tags=tags, notes=notes
+        session,
+        run_id,
+        settings=request.app.state.settings,
+        task=task,
+        task_config=task_config,
+        tags=tags,
+        notes=notes,
     )
     crashed_after_s = request.app.state.settings.run_crashed_after_s
     context = {"run": queries.run_dict(run, crashed_after_s), "edit": False}

@@ -151,8 +151,15 @@ def test_transformer_lens_task_has_per_head_groups_and_an_llc() -> None:
     assert np.isfinite(res["l1.h2"].mean)
 
 
+ALLOW_TESTS = ["tests.generic_models:make_*"]  # what an operator would list
+
+
 def test_torch_module_builds_an_installed_factory_on_tokens_or_its_own_data() -> None:
-    lm = get_task("torch_module", {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 8}})
+    lm = get_task(
+        "torch_module",
+        {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 8}},
+        allowed_factories=ALLOW_TESTS,
+    )
     lm.set_token_data({"train": token_stream(600), "test": token_stream(200, seed=2)})
     model = lm.build_model()
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -163,6 +170,7 @@ def test_torch_module_builds_an_installed_factory_on_tokens_or_its_own_data() ->
         "torch_module",
         {"factory": "tests.generic_models:make_regressor", "loss": "mse",
          "data_factory": "tests.generic_models:make_regression_data"},
+        allowed_factories=ALLOW_TESTS,
     )  # fmt: skip
     assert not reg.uses_token_data and reg.data_subsets() == ["positive"]
     model = reg.build_model()
@@ -172,12 +180,17 @@ def test_torch_module_builds_an_installed_factory_on_tokens_or_its_own_data() ->
 
 
 def test_torch_module_names_what_it_cannot_import() -> None:
+    allow = ["no_such_pkg.models:*", "tests.generic_models:*"]
     with pytest.raises(ValueError, match="cannot import 'no_such_pkg.models'"):
-        get_task("torch_module", {"factory": "no_such_pkg.models:make"})
+        get_task("torch_module", {"factory": "no_such_pkg.models:make"}, allowed_factories=allow)
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
-        get_task("torch_module", {"factory": "tests.generic_models:nope"})
+        get_task("torch_module", {"factory": "tests.generic_models:nope"}, allowed_factories=allow)
     with pytest.raises(ValueError, match="loss 'mse' needs a data_factory"):
-        get_task("torch_module", {"factory": "tests.generic_models:make_lm", "loss": "mse"})
+        get_task(
+            "torch_module",
+            {"factory": "tests.generic_models:make_lm", "loss": "mse"},
+            allowed_factories=allow,
+        )
 
 
 # --- token files ----------------------------------------------------------------------------
@@ -233,7 +246,7 @@ def test_pickled_torch_token_file_is_refused_and_nothing_runs(tmp_path) -> None:
     torch.save({"tokens": torch.arange(4), "fn": print}, buf)
     path = tmp_path / "evil.pt"
     path.write_bytes(buf.getvalue())
-    with pytest.raises(TokenDataError, match="weights-only"):
+    with pytest.raises(TokenDataError, match="refused.*builtins.print"):
         scan_token_file(path)
 
 
@@ -305,7 +318,11 @@ def test_training_on_repeated_sequences_gives_a_prefix_matching_head_and_negativ
     data = repeated_random_tokens(VOCAB, CTX, 1000, seed=5)
     split = {"train": data[:800], "test": data[800:]}
     hf = get_task("hf_causal_lm", {"hf_config": HF_CONFIGS["gpt2"], "seq_len": CTX})
-    lm = get_task("torch_module", {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 16}})
+    lm = get_task(
+        "torch_module",
+        {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 16}},
+        allowed_factories=ALLOW_TESTS,
+    )
     measures = []
     for task in (hf, lm):
         task.set_token_data(split)
@@ -348,7 +365,11 @@ def test_transformer_lens_progress_measures_read_every_heads_pattern() -> None:
 
 
 def test_torch_module_has_an_icl_score_on_tokens_and_nothing_on_its_own_data() -> None:
-    lm = get_task("torch_module", {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 8}})
+    lm = get_task(
+        "torch_module",
+        {"factory": "tests.generic_models:make_lm", "kwargs": {"d": 8}},
+        allowed_factories=ALLOW_TESTS,
+    )
     lm.set_token_data({"train": token_stream(600), "test": token_stream(200, seed=2)})
     out = lm.progress_measures(lm.build_model())
     assert set(out) == {"icl_score"} and np.isfinite(out["icl_score"])
@@ -356,5 +377,6 @@ def test_torch_module_has_an_icl_score_on_tokens_and_nothing_on_its_own_data() -
         "torch_module",
         {"factory": "tests.generic_models:make_regressor", "loss": "mse",
          "data_factory": "tests.generic_models:make_regression_data"},
+        allowed_factories=ALLOW_TESTS,
     )  # fmt: skip
     assert reg.progress_measures(reg.build_model()) == {}
