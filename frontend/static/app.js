@@ -501,6 +501,18 @@
             showlegend: true,
           });
         }
+        // Steps whose weights equal a later step's (server/store/series_checks.py).
+        const dups = (d.checks && d.checks.duplicates) || [];
+        if (withHover && dups.length) {
+          traces.push({
+            _run: r, x: dups.map((c) => c.step), y: dups.map(() => 0.03), yaxis: "y9", type: "scatter", mode: "markers",
+            name: this.mode === "compare" ? d.run.name + " · same weights" : "same weights as a later step",
+            marker: { symbol: "x-thin-open", size: 10, line: { width: 2, color: "#d97706" } },
+            hovertemplate: dups.map((c) => "step " + fmt(c.step) + " has the same weights as step " + fmt(c.of) +
+              "<br>not analysed<extra></extra>"),
+            showlegend: true,
+          });
+        }
       });
       // An open-ended last stage (x1 null) is closed at the largest step seen.
       const maxStep = this.maxStep();

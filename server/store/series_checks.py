@@ -93,11 +93,11 @@ class ScheduleGaps:
 def schedule_gaps(steps: list[int], min_regular: float = 0.8) -> ScheduleGaps | None:
     """Missing steps, when most gaps between consecutive steps share one spacing.
 
-    Linear: the most common difference ``d`` covers at least ``min_regular`` of the gaps;
-    steps off that grid (Pythia's log-spaced 1, 2, 4, ... 512 before its every-1000 steps)
-    are set aside, and grid points between the first and last step that hold no checkpoint
-    are missing. Log-spaced: the same on the ratios of positive steps. A series with at most
-    three steps, or no common spacing, has no gaps to name.
+    Linear: the most common difference ``d`` defines a grid; steps off it (Pythia's
+    log-spaced 1, 2, 4, ... 512 before its every-1000 steps) are set aside; if most steps are
+    on it and at least ``min_regular`` of its gaps are ``d``, grid points between the first
+    and last step that hold no checkpoint are missing. Log-spaced: the same on the ratios of
+    positive steps. A series with at most three steps, or no common spacing, has no gaps.
     """
     s = sorted(set(steps))
     if len(s) < 4:
@@ -110,11 +110,16 @@ def schedule_gaps(steps: list[int], min_regular: float = 0.8) -> ScheduleGaps | 
 
 def _linear_gaps(s: list[int], min_regular: float) -> ScheduleGaps | None:
     diffs = [b - a for a, b in zip(s, s[1:], strict=False)]
-    d, n = Counter(diffs).most_common(1)[0]
-    if d <= 0 or n / len(diffs) < min_regular:
+    d = Counter(diffs).most_common(1)[0][0]
+    if d <= 0:
         return None
     offset = next(a % d for a, g in zip(s, diffs, strict=False) if g == d)
     grid = [x for x in s if x % d == offset]  # off-grid steps (a log-spaced start) aside
+    if len(grid) < max(4, len(s) / 2):
+        return None
+    grid_diffs = [b - a for a, b in zip(grid, grid[1:], strict=False)]
+    if sum(g == d for g in grid_diffs) / len(grid_diffs) < min_regular:
+        return None
     missing: list[int] = []
     count = 0
     for a, b in zip(grid, grid[1:], strict=False):

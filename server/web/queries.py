@@ -18,6 +18,7 @@ from phaseboard.server.db import get_existing
 from phaseboard.server.jobs.lifecycle import ACTIVE, split_error
 from phaseboard.server.models import Checkpoint, Job, PhaseBoundary, Result, Run
 from phaseboard.server.series_store import read_series, read_wall_times, series_names
+from phaseboard.server.store.series_checks import series_checks
 
 RUN_SORTS = {
     "activity": "last activity",
@@ -214,10 +215,12 @@ def checkpoint_page(session: Session, run_id: int, page: int = 0) -> dict[str, A
             "llc": llc.get(c.id),
             "failed_jobs": failed.get(c.id, []),
             "llc_info": llc_info.get(c.id),
+            "duplicate_of_step": c.duplicate_of_step,
         }
         for c in ckpts
     ]
     return {
+        "checks": series_checks(session, run_id),  # equal weights, missing steps
         "checkpoints": rows,
         "metric_columns": columns,
         "total": total,
@@ -377,6 +380,7 @@ def plot_data(
         "series": dict(sorted(series.items())),
         **llc_part,
         "boundaries": boundaries(session, run_id),
+        "checks": series_checks(session, run_id),  # duplicate steps are marked on the plots
     }
 
 
