@@ -182,6 +182,36 @@ class Task:
 
         return torch.func.vmap(one)(*tensors)
 
+    # True where examples are token sequences with a loss per position (``per_token_loss``):
+    # the influence lenses then work per token.
+    has_tokens: bool = False
+
+    def per_token_loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """(n, T) loss of each example at each position, NaN where a position has no target
+        (token tasks only, ``has_tokens``); vmap-friendly like ``loss``."""
+        raise NotImplementedError(f"task {self.name!r} has no per-token loss")
+
+    def describe_examples(self, batch: Batch) -> list[str]:
+        """A short text per example of ``batch`` (influence views list examples by it).
+
+        Default: the first tensor's row as numbers (token ids for token tasks), and the
+        second tensor's row after an arrow where there is one (a label or target).
+        """
+        tensors = tuple(batch) if isinstance(batch, list | tuple) else (batch,)
+
+        def text(row: Tensor) -> str:
+            values = row.flatten().tolist()
+            shown = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in values[:48]]
+            return " ".join(shown) + (" …" if len(values) > 48 else "")
+
+        out = []
+        for i in range(len(tensors[0])):
+            s = text(tensors[0][i])
+            if len(tensors) > 1 and tensors[1].dim() <= 2:
+                s += " → " + text(tensors[1][i])
+            out.append(s)
+        return out
+
     def progress_measures(self, model: nn.Module) -> dict[str, float]:
         """Named per-checkpoint measures of what the model has learned (default none).
 
