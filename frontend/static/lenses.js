@@ -14,7 +14,7 @@
 
   const $ = (sel, root) => (root || document).querySelector(sel);
   const SOURCE_COLORS = { llc: "#d62728", loss: "#1f77b4", essential_dynamics: "#2ca02c",
-    progress: "#ff7f0e", manual: "#7c3aed" };
+    progress: "#ff7f0e", manual: "#7c3aed", influence: "#0d9488", susceptibilities: "#a16207" };
   const views = {};
 
   function fmt(v) {
@@ -70,7 +70,8 @@
   function register(name, view) { views[name] = view; }
 
   const BOUNDARY_SOURCES = [["", "all sources"], ["agreed", "sources agree"], ["llc", "LLC critical points"],
-    ["loss", "loss change points"], ["essential_dynamics", "essential-dynamics turns"], ["progress", "progress-measure jumps"]];
+    ["loss", "loss change points"], ["essential_dynamics", "essential-dynamics turns"], ["progress", "progress-measure jumps"],
+    ["influence", "influence sign changes"], ["susceptibilities", "susceptibility sign changes"]];
 
   /** Boundaries the view shows (app.js's ``bsrc`` filter; all without app.js). */
   function shown(bs) {

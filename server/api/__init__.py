@@ -10,6 +10,7 @@ from phaseboard.server.api import (
     datasets,
     groups,
     health,
+    influence,
     jobs,
     lenses,
     metrics,
@@ -35,6 +36,7 @@ def build_api_router() -> APIRouter:
         shares,
         calibration,
         lenses,
+        influence,
         groups,
     ):
         api.include_router(module.router)
