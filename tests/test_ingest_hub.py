@@ -173,3 +173,87 @@ def test_config_json_of_a_repo_is_the_run_task_config(hf_home: Path) -> None:
     commit = (repo / "refs" / "step300").read_text()
     config = json.loads((repo / "snapshots" / commit / "config.json").read_text())
     assert config["architectures"] == ["GPT2LMHeadModel"]
+
+
+@pytest.fixture(scope="module")
+def hub_server(hf_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real server (subprocess) whose Hub cache is ``hf_home``, offline, Hub unreachable."""
+    from phaseboard.server.migrate import upgrade
+    from phaseboard.server.settings import Settings
+    from tests.server.live import live_server, settings_env
+
+    root = tmp_path_factory.mktemp("hub-import")
+    settings = Settings(home=root / "home", database_url=f"sqlite:///{root / 'pb.db'}",
+                        storage_dir=root / "blobs", queue="none")  # fmt: skip
+    upgrade(settings)
+    env = {
+        **settings_env(settings),
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+    }
+    with live_server(env) as server:
+        yield server.url
+
+
+def wait_import(url: str, status_url: str, timeout: float = 120.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(url + status_url).json()
+        if body["state"] != "running":
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"import still running: {body}")
+
+
+def test_hub_import_runs_in_the_background_with_progress(hub_server: str, hf_home: Path) -> None:
+    before = _tree(hf_home)
+    rid = httpx.post(f"{hub_server}/api/runs", json={"name": "from-the-card"}).json()["id"]
+    resp = httpx.post(
+        f"{hub_server}/api/runs/{rid}/imports", json={"source": REPO, "revisions": "step*"}
+    )
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["state"] == "running" and resp.json()["source"] == f"hf://{REPO}"
+    done = wait_import(hub_server, resp.json()["status_url"])
+    assert done["state"] == "done", done
+    assert (done["done"], done["total"]) == (4, 4)
+    assert sorted(done["imported"]) == [0, 100, 200, 300]
+    assert done["duplicates"] == [{"step": 100, "of": 300}]
+    steps = {c["step"]: c["duplicate_of_step"] for c in
+             httpx.get(f"{hub_server}/api/runs/{rid}/checkpoints").json()}  # fmt: skip
+    assert steps == {0: None, 100: 300, 200: None, 300: None}
+    run = httpx.get(f"{hub_server}/api/runs/{rid}").json()
+    assert run["task"] == "hf_causal_lm"
+    assert _tree(hf_home) == before
+
+    again = httpx.post(f"{hub_server}/api/runs/{rid}/imports", json={"source": f"hf://{REPO}"})
+    second = wait_import(hub_server, again.json()["status_url"])
+    assert second["state"] == "done" and second["imported"] == []  # resumable: all skipped
+    listed = httpx.get(f"{hub_server}/api/runs/{rid}/imports").json()
+    assert [i["id"] for i in listed] == [again.json()["id"], resp.json()["id"]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"source": "not a repo"},
+        {"source": "a/b/c"},
+        {"source": "x/y", "max": 1},
+        {"revisions": "*"},
+    ],
+)
+def test_hub_import_refuses_bad_requests(hub_server: str, body: dict) -> None:
+    rid = httpx.post(f"{hub_server}/api/runs", json={"name": f"bad-{len(str(body))}"}).json()
+    rid = rid.get("id") or httpx.get(f"{hub_server}/api/runs").json()[0]["id"]
+    resp = httpx.post(f"{hub_server}/api/runs/{rid}/imports", json=body)
+    assert resp.status_code == 422 and resp.json()["error"] == "bad_input"
+
+
+def test_hub_import_of_a_missing_series_fails_as_a_state(hub_server: str) -> None:
+    rid = httpx.post(f"{hub_server}/api/runs", json={"name": "missing"}).json()["id"]
+    resp = httpx.post(f"{hub_server}/api/runs/{rid}/imports", json={"source": "nobody/nothing"})
+    done = wait_import(hub_server, resp.json()["status_url"])
+    assert done["state"] == "failed" and "no branch" in done["message"]
+    assert httpx.get(f"{hub_server}/api/imports/999").status_code == 404

@@ -113,6 +113,71 @@
     zone.addEventListener("drop", (e) => { if (e.dataTransfer) addFiles(e.dataTransfer.files); });
   }
 
+  /** "Import from the Hub": POST /api/runs/{id}/imports, then follow its progress. */
+  function initHubImport() {
+    const form = document.getElementById("hub-import");
+    const section = document.getElementById("upload");
+    if (!form || !section) return;
+    const list = document.getElementById("hub-import-list");
+
+    function row(text) {
+      const li = document.createElement("li");
+      li.className = "upload-item";
+      const name = document.createElement("span");
+      name.className = "upload-name";
+      name.textContent = text;
+      const bar = document.createElement("progress");
+      bar.setAttribute("aria-label", "import of " + text);
+      const msg = document.createElement("span");
+      msg.className = "upload-msg";
+      li.append(name, bar, msg);
+      list.prepend(li);
+      return { li, bar, msg };
+    }
+
+    function follow(url, item) {
+      fetch(url, { headers: window.Phaseboard.authHeaders({ Accept: "application/json" }) }).then((r) => r.json()).then((t) => {
+        if (t.total) { item.bar.max = t.total; item.bar.value = t.done; }
+        let text = t.total ? t.done + " of " + t.total + " revisions · " + t.message : t.message;
+        if (t.duplicates && t.duplicates.length) {
+          text += " · " + t.duplicates.length + " with the same weights as a later step";
+        }
+        item.msg.textContent = text;
+        if (t.done) window.Phaseboard.refreshPartial("checkpoints");
+        if (t.state === "running") { setTimeout(() => follow(url, item), 1500); return; }
+        item.li.classList.add(t.state === "done" ? "ok" : "error");
+        if (t.state === "done") { item.bar.max = 1; item.bar.value = 1; }
+        window.Phaseboard.refreshPartial("checkpoints");
+        window.Phaseboard.refreshPartial("jobs");
+      }).catch(() => { item.msg.textContent = "lost track of the import; reload the page"; });
+    }
+
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const data = new FormData(form);
+      const body = { source: String(data.get("source")).trim(), revisions: String(data.get("revisions")).trim() || null };
+      if (data.get("max")) body.max = parseInt(String(data.get("max")), 10);
+      const item = row(body.source + (body.revisions ? " @ " + body.revisions : ""));
+      item.msg.textContent = "starting";
+      fetch("/api/runs/" + section.dataset.run + "/imports", {
+        method: "POST",
+        headers: window.Phaseboard.authHeaders({ Accept: "application/json", "Content-Type": "application/json" }),
+        body: JSON.stringify(body),
+      }).then((r) => r.text().then((text) => {
+        if (!r.ok) {
+          item.li.classList.add("error");
+          item.msg.textContent = window.Phaseboard.errorText(r.status, r.statusText, text);
+          return;
+        }
+        follow(JSON.parse(text).status_url, item);
+      })).catch(() => {
+        item.li.classList.add("error");
+        item.msg.textContent = "network error: the import was not started";
+      });
+    });
+  }
+
   window.PhaseboardUpload = { stepFromName };
   document.addEventListener("DOMContentLoaded", init);
+  document.addEventListener("DOMContentLoaded", initHubImport);
 })();
