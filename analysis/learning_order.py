@@ -2,12 +2,18 @@
 
 Per example of a probe set, the loss at every checkpoint (a checkpoints x examples
 matrix, stored compactly as float16 by the server). An example is **learned at** the
-step from which its loss stays at or below a threshold at every later checkpoint: where
+step from which its loss stays at or below its threshold at every later checkpoint: where
 it last crosses below, interpolated in log-step between the checkpoints either side (an
-example learned, forgotten and learned again counts from the last time). The threshold
-is ``relative_threshold`` times the median loss at the first checkpoint unless given
-absolutely: for cross-entropy from a uniform start (log p) the default 0.1 means "the
-right answer has most of the probability".
+example learned, forgotten and learned again counts from the last time).
+
+The threshold is relative to the run's own losses, per example: its loss at the last
+checkpoint plus ``relative_threshold`` (default 0.1) of its drop from the first
+checkpoint, i.e. the step by which the example has made 90 % of the progress it makes
+over the run. That means the same for a grokking network, whose losses fall to ~0, and a
+language model, whose per-sequence losses fall from ln(vocab) to a few nats and never
+near a tenth of where they started. An example whose loss fell by less than
+``MIN_DROP`` of its first-checkpoint loss is not learned (NaN). An absolute
+``threshold`` (one value for every example) is still accepted.
 
 Agreement between two runs on the same examples is the Spearman rank correlation of
 their learned-at steps over the examples both runs learn ("Let's Agree to Agree";
@@ -16,7 +22,6 @@ their learned-at steps over the examples both runs learn ("Let's Agree to Agree"
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +31,10 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from .tasks.base import Batch, Task, to_device
+
+# An example whose loss drops by less than this fraction of its first-checkpoint loss over
+# the run has not been learned (relative thresholds only).
+MIN_DROP = 0.1
 
 
 @torch.no_grad()
@@ -37,6 +46,18 @@ def per_example_losses(
     return task.per_example_loss(model, to_device(batch, device)).float().cpu().numpy()
 
 
+def thresholds(losses: np.ndarray, relative_threshold: float = 0.1) -> np.ndarray:
+    """Per-example thresholds of a (checkpoints, examples) matrix in step order: the last
+    checkpoint's loss plus ``relative_threshold`` x the drop from the first; NaN where the
+    drop is under ``MIN_DROP`` of the first loss (not learned). See the module doc."""
+    loss = np.asarray(losses, dtype=np.float64)
+    first, last = loss[0], loss[-1]
+    drop = first - last
+    out = last + relative_threshold * drop
+    learned = np.isfinite(drop) & (drop > MIN_DROP * np.abs(first))
+    return np.where(learned, out, np.nan)
+
+
 def learned_at(
     steps: Sequence[float],
     losses: np.ndarray,
@@ -45,23 +66,30 @@ def learned_at(
     relative_threshold: float = 0.1,
 ) -> tuple[np.ndarray, float]:
     """Learned-at step per example (NaN: not learned by the last checkpoint), and the
-    threshold used. ``losses`` is (checkpoints, examples), rows in the order of ``steps``.
+    threshold used (with per-example thresholds, their median; NaN if none is learned).
+    ``losses`` is (checkpoints, examples), rows in the order of ``steps``.
 
-    The step is where the loss last crosses below the threshold, interpolated linearly in
-    (log10 step, log loss) between the checkpoints either side of the crossing (steps
-    below 1 count as 1), so examples learned between the same two checkpoints are still
-    ranked; an example below the threshold at every checkpoint is learned at the first.
+    The step is where the loss last crosses below the example's threshold (``thresholds``,
+    or ``threshold`` for all), interpolated linearly in (log10 step, log loss) between
+    the checkpoints either side of the crossing (steps below 1 count as 1), so examples
+    learned between the same two checkpoints are still ranked; an example below its
+    threshold at every checkpoint is learned at the first.
     """
     s = np.asarray(steps, dtype=float)
     order = np.argsort(s)
     s, loss = s[order], np.asarray(losses, dtype=np.float64)[order]
+    n_ckpt, n_ex = loss.shape
     if threshold is None:
-        threshold = relative_threshold * float(np.median(loss[0]))
+        thr = thresholds(loss, relative_threshold)
+        finite = thr[np.isfinite(thr)]
+        used = float(np.median(finite)) if finite.size else float("nan")
+    else:
+        thr = np.full(n_ex, float(threshold))
+        used = float(threshold)
     x = np.log10(np.maximum(s, 1.0))
     log_loss = np.log(np.maximum(loss, 1e-30))
-    log_thr = math.log(max(threshold, 1e-30))
-    above = ~(loss <= threshold)  # NaN counts as not learned
-    n_ckpt, n_ex = loss.shape
+    log_thr = np.log(np.maximum(np.nan_to_num(thr, nan=1e-30), 1e-30))
+    above = ~(loss <= thr)  # NaN (loss or threshold) counts as not learned
     # index of the last checkpoint above the threshold (-1: never above)
     last = np.where(above.any(0), n_ckpt - 1 - np.argmax(above[::-1], axis=0), -1)
     out = np.full(n_ex, np.nan)
@@ -69,10 +97,10 @@ def learned_at(
     mid = (last >= 0) & (last < n_ckpt - 1)
     i, j = last[mid], np.nonzero(mid)[0]
     hi, lo = log_loss[i, j], log_loss[i + 1, j]
-    frac = np.where(np.isfinite(hi) & (hi > lo), (hi - log_thr) / (hi - lo), 1.0)
+    frac = np.where(np.isfinite(hi) & (hi > lo), (hi - log_thr[j]) / (hi - lo), 1.0)
     frac = np.clip(frac, 0.0, 1.0)
     out[mid] = 10 ** (x[i] + frac * (x[i + 1] - x[i]))
-    return out, float(threshold)
+    return out, used
 
 
 @dataclass
@@ -103,4 +131,5 @@ __all__ = [
     "order_by_learned_at",
     "per_example_losses",
     "rank_agreement",
+    "thresholds",
 ]

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
+from ..verdict import shift_test
 from .config import LLCConfig, LossFn, ParamMask, Progress
 from .result import _json_float
-from .sampler import _run_sgld, _summarise
+from .sampler import _run_sgld
+from .summary import companion_settings, summarise, with_companions
 
 # ---------------------------------------------------------------------------- calibration
+
+# calibration_points: the trajectory starts where the loss has made this much of its fall.
+START_DROP = 0.1
 
 
 @dataclass
@@ -36,6 +43,8 @@ class CalibrationEntry:
     verdict: str = "ok"  # the first non-ok verdict over the checkpoints, else "ok"
     ok: bool = True  # verdict ok on every calibrated checkpoint
     per_checkpoint: list[dict[str, Any]] = field(default_factory=list)
+    # ok, and agrees with the next smaller lr of the grid on every checkpoint (``mark_plateaus``)
+    plateau: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -83,11 +92,107 @@ class CalibrationReport:
         return "\n".join(lines)
 
 
+def calibration_points(
+    steps: Sequence[float], losses: Sequence[float | None] | None = None, count: int = 3
+) -> list[int]:
+    """Indices of ``count`` checkpoints to calibrate on, spread over the whole trajectory
+    and including its sharpest part.
+
+    The trajectory starts past the initial weights (no local minimum there): at the
+    first checkpoint whose loss has fallen by ``START_DROP`` of the run's whole fall
+    (first loss - lowest loss), or without losses at the first non-zero step. The
+    sharpest part is the checkpoint that ends the segment where the loss moves fastest
+    per log-step (|change in loss| / change in log10(step + 1) between consecutive
+    checkpoints); the others are the last checkpoint and checkpoints nearest to evenly
+    spaced points in log-step from the start to the last. ``losses``: the training loss at
+    each step (None/NaN where unknown). Returns sorted indices into ``steps``, fewer than
+    ``count`` only when there are fewer usable checkpoints.
+    """
+    order = sorted(range(len(steps)), key=lambda i: steps[i])
+    known = [
+        i for i in order if losses is not None and losses[i] is not None
+        and math.isfinite(float(losses[i]))
+    ]  # fmt: skip
+    usable = [i for i in order if steps[i] > 0]
+    if len(known) >= 2:
+        values = [float(losses[i]) for i in known]  # type: ignore[index, arg-type]
+        fall = values[0] - min(values)
+        if fall > 0:
+            moved = (
+                i for i, v in zip(known, values, strict=True) if values[0] - v >= START_DROP * fall
+            )
+            start = next(moved)
+            usable = [i for i in usable if steps[i] >= steps[start]]
+    if not usable:
+        usable = order[-1:]
+    if len(usable) <= count:
+        return sorted(usable, key=lambda i: steps[i])
+    x = {i: math.log10(float(steps[i]) + 1.0) for i in usable}
+    picks: list[int] = [usable[-1]]
+    if known:
+        best, sharpest = 0.0, None
+        for a, b in itertools.pairwise(known):
+            dx = math.log10(float(steps[b]) + 1.0) - math.log10(float(steps[a]) + 1.0)
+            rate = abs(float(losses[b]) - float(losses[a])) / dx if dx > 0 else 0.0
+            if rate > best and b in x:
+                best, sharpest = rate, b
+        if sharpest is not None and sharpest not in picks:
+            picks.append(sharpest)
+    lo, hi = x[usable[0]], x[usable[-1]]
+    slots = max(count - len(picks), 0)
+    for j in range(slots):
+        target = lo + (hi - lo) * j / max(count - 1, 1)
+        free = [i for i in usable if i not in picks]
+        picks.append(min(free, key=lambda i: (abs(x[i] - target), steps[i])))
+    return sorted(picks, key=lambda i: steps[i])
+
+
+def _paired_shift(a: CalibrationEntry, b: CalibrationEntry) -> list[dict[str, Any]]:
+    """Per checkpoint, ``shift_test`` of b's per-chain LLCs against a's (the grid's settings
+    share minibatches and noise, so chain c of one pairs with chain c of the other)."""
+    out = []
+    for pa, pb in zip(a.per_checkpoint, b.per_checkpoint, strict=True):
+        base = np.array([np.nan if x is None else x for x in pa["per_chain"]], dtype=float)
+        other = np.array([np.nan if x is None else x for x in pb["per_chain"]], dtype=float)
+        scale = pa["mean"] if pa["mean"] is not None else float("nan")
+        out.append(shift_test(base, other, scale))
+    return out
+
+
+def mark_plateaus(entries: Sequence[CalibrationEntry]) -> None:
+    """Set ``plateau`` on every ok entry whose next smaller lr in the grid (same
+    localization and n_beta) is ok too and agrees with it on every checkpoint (no paired
+    ``shift_test`` shift): the estimate is stable across that step in lr."""
+    by_line: dict[tuple[float, float], list[CalibrationEntry]] = {}
+    for e in entries:
+        e.plateau = False
+        by_line.setdefault((e.localization, e.n_beta), []).append(e)
+    for line in by_line.values():
+        line.sort(key=lambda e: e.lr)
+        for lower, upper in itertools.pairwise(line):
+            if lower.ok and upper.ok:
+                upper.plateau = not any(s["shifted"] for s in _paired_shift(upper, lower))
+
+
 def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | None, str]:
-    """The rule (README "Calibration"): among settings whose verdict is ``ok`` on every
-    calibrated checkpoint (d/2 bound, basin, divergence, sign and trend all pass), the
-    largest lr (fastest mixing); ties go to the smallest localization (least pull to w*),
-    then to the smallest n_beta."""
+    """The setting to use (docs/trusting-the-llc.md, "Calibration").
+
+    Only settings whose verdict is ``ok`` on every calibrated checkpoint count: d/2 bound,
+    basin, divergence, sign, trend, burn-in halves, and their own step-size and
+    localization checks (the estimate stable when lr halves and when localization
+    halves). Among those:
+
+    1. the weakest localization: a strong pull to w* shrinks the estimate, so the weakest
+       pull that still keeps every chain in the basin is the least biased;
+    2. at that localization, the largest lr on a plateau (``mark_plateaus``: it agrees
+       with the next smaller lr of the grid on every checkpoint), the fastest-mixing
+       setting whose estimate does not depend on the step size; with no plateau there,
+       the smallest ok lr (the least step-size bias);
+    3. ties: the smallest n_beta.
+
+    A plateau at a stronger localization is not preferred to the weakest ok one: the
+    pull biases every lr alike, so a plateau there is a plateau of biased estimates.
+    """
     ok = [e for e in entries if e.ok]
     if not ok:
         counts: dict[str, int] = {}
@@ -95,13 +200,29 @@ def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | N
             counts[e.verdict] = counts.get(e.verdict, 0) + 1
         why = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
         return None, f"no setting was ok on every checkpoint ({why}): try smaller lrs, " + (
-            "larger localizations or more draws"
+            "more draws and burn-in, or more chains"
         )
-    best = max(ok, key=lambda e: (e.lr, -e.localization, -e.n_beta))
+    if not any(e.plateau for e in entries):
+        mark_plateaus(entries)
+    weakest = min(e.localization for e in ok)
+    at = [e for e in ok if e.localization == weakest]
+    flat = [e for e in at if e.plateau]
+    n = len(ok[0].per_checkpoint)
+    if flat:
+        best = max(flat, key=lambda e: (e.lr, -e.n_beta))
+        why = (
+            f"the weakest localization with an ok setting, and there the largest lr whose "
+            f"estimate agrees with the next smaller lr's on all {n} calibrated checkpoint(s)"
+        )
+    else:
+        best = min(at, key=lambda e: (e.lr, e.n_beta))
+        why = (
+            "the weakest localization with an ok setting, and there the smallest ok lr (no "
+            "two neighbouring lrs agree there: consider a finer lr grid or more draws)"
+        )
     return best, (
         f"recommended lr={best.lr:g}, localization={best.localization:g}, "
-        f"n_beta={best.n_beta:.4g}: the largest lr whose verdict is ok on all "
-        f"{len(best.per_checkpoint)} calibrated checkpoint(s)"
+        f"n_beta={best.n_beta:.4g}: {why}"
     )
 
 
@@ -122,29 +243,39 @@ def calibrate(
     """Run the (lr x localization x n_beta) grid on every checkpoint in one vmap batch.
 
     ``checkpoints``: state_dicts of the same architecture to calibrate on together (e.g.
-    the first settled, a middle and the last checkpoint); None: ``model``'s own weights.
-    A setting is recommended only if its verdict (``analysis.verdict``) is ``ok`` on all
-    of them: a setting fine at the end of training can diverge earlier on. See
+    ``calibration_points`` of the trajectory); None: ``model``'s own weights. Every
+    setting runs with its bias checks (``config.bias_checks``: chains at lr / 2 and at
+    localization / 2) in the same call, and is recommended only if its verdict is ``ok``
+    on all checkpoints: a setting fine at the end of training can fail earlier on. See
     ``recommend`` for the rule.
     """
     n_betas = [config.effective_n_beta] if n_betas is None else [float(b) for b in n_betas]
     grid = [(float(lr), float(g), b) for lr in lrs for g in localizations for b in n_betas]
     if checkpoints is None:
         checkpoints = [{**dict(model.named_parameters()), **dict(model.named_buffers())}]
+    settings = [(lr, g) for lr, g, _ in grid]
+    group_lrs, group_gammas, own, where = with_companions(settings, config)
+    # A check group takes its setting's n_beta.
+    nbetas = [b for _, _, b in grid]
+    for lr, g, b in grid:
+        nbetas += [b] * len(companion_settings(config, lr, g))
     out = _run_sgld(
-        model, loss_fn, batches, config, list(checkpoints), [param_mask] * len(grid),
-        [lr for lr, _, _ in grid], [g for _, g, _ in grid], progress,
-        group_nbeta=[b for _, _, b in grid],
+        model, loss_fn, batches, config, list(checkpoints), [param_mask] * len(group_lrs),
+        group_lrs, group_gammas, progress, group_nbeta=nbetas,
     )  # fmt: skip
     K = len(checkpoints)
+    share = out.elapsed_s / (len(grid) * K)
     entries = []
     for g, (lr, gamma, nb) in enumerate(grid):
         cfg = dataclasses.replace(config, lr=lr, localization=gamma, n_beta=nb)
         per_ckpt = []
         for k in range(K):
-            res = _summarise(out, k, g, cfg, out.elapsed_s / (len(grid) * K), chance_loss)
+            res = summarise(
+                out, k, own[g], cfg, share, chance_loss, companions=where[g],
+                group_lrs=group_lrs, group_localizations=group_gammas,
+            )  # fmt: skip
             good = [c for c in range(config.num_chains) if c not in res.diverged]
-            trace = out.traces[k, g, good].double().mean(dim=0).tolist() if good else []
+            trace = out.traces[k, own[g], good].double().mean(dim=0).tolist() if good else []
             per_ckpt.append((res, trace))
         res, trace = per_ckpt[-1]
         bad = [r.verdict for r, _ in per_ckpt if r.verdict != "ok"]
@@ -170,16 +301,21 @@ def calibrate(
                         "index": k,
                         "mean": _json_float(r.mean),
                         "std": _json_float(r.std),
+                        "per_chain": [_json_float(x) for x in r.per_chain],
                         "verdict": r.verdict,
                         "verdict_detail": r.verdict_detail,
                         "diverged": r.diverged,
                         "init_loss": _json_float(r.init_loss),
                         "num_params_free": r.num_params_free,
                         "mean_trace": [_json_float(x) for x in t],
+                        "bias_checks": {
+                            name: check["mean"] for name, check in r.bias_checks.items()
+                        },
                     }
                     for k, (r, t) in enumerate(per_ckpt)
                 ],
             )
         )
+    mark_plateaus(entries)
     best, reason = recommend(entries)
     return CalibrationReport(entries, best, reason, config.to_dict())

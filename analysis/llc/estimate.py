@@ -19,7 +19,8 @@ from .budgets import (
 )
 from .config import LLCConfig, LossFn, ParamMask, Progress
 from .result import LLCResult
-from .sampler import _run_sgld, _summarise
+from .sampler import _run_sgld
+from .summary import summarise, with_companions
 
 # ---------------------------------------------------------------------------- public API
 
@@ -39,6 +40,8 @@ def estimate_llc(
     ``chance_loss``: the task's loss at chance level (e.g. ln(classes)), used by the
     verdict (``analysis.verdict``) to tell chains that left the basin. The model is only
     read: sampling runs in eval mode on a structural copy (see ``_structure_copy``).
+    With ``config.bias_checks`` the same call also runs the chains at lr / 2 and at
+    localization / 2 (``analysis.llc.summary``); the verdict compares them.
 
     ``loss_fn(model, batch)`` must be vmap-friendly (no ``.item()``, no data-dependent
     Python control flow). ``param_mask``: None frees every parameter; otherwise absent
@@ -46,11 +49,38 @@ def estimate_llc(
     its True entries (gradient, localization and noise are all masked).
     """
     sd = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return _estimate(model, loss_fn, batches, config, [sd], param_mask, progress, chance_loss)[0]
+
+
+def _estimate(
+    template: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    config: LLCConfig,
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    param_mask: ParamMask | None,
+    progress: Progress | None,
+    chance_loss: float | None,
+) -> list[LLCResult]:
+    """One sampler call for these checkpoints: the estimate's group and its checks."""
+    lrs, gammas, (own,), (checks,) = with_companions([(config.lr, config.localization)], config)
     out = _run_sgld(
-        model, loss_fn, batches, config, [sd], [param_mask],
-        [config.lr], [config.localization], progress,
+        template, loss_fn, batches, config, state_dicts, [param_mask] * len(lrs), lrs, gammas,
+        progress,
     )  # fmt: skip
-    return _summarise(out, 0, 0, config, out.elapsed_s, chance_loss)
+    share = out.elapsed_s / len(state_dicts)
+    kwargs = {"companions": checks, "group_lrs": lrs, "group_localizations": gammas}
+    return [
+        summarise(out, k, own, config, share, chance_loss, **kwargs)
+        for k in range(len(state_dicts))
+    ]
+
+
+def rows_per_checkpoint(config: LLCConfig) -> int:
+    """Chain rows one checkpoint takes in a full-model estimate: its chains and, with
+    ``bias_checks``, the checks' (not counting the reference row)."""
+    groups = len(with_companions([(config.lr, config.localization)], config)[0])
+    return groups * config.num_chains
 
 
 # One vectorised batch's memory on a CPU. Not a memory limit but a cache one: past a few
@@ -104,7 +134,7 @@ def estimate_llc_many(
     of the architecture). ``max_batch`` caps the rows (checkpoints x (chains + 1)) per
     vmap call; checkpoints are chunked to fit (None: ``default_max_rows``). Every chunk
     replays the same seed and batch sequence, so a checkpoint's result is the same as from
-    ``estimate_llc`` on it alone.
+    ``estimate_llc`` on it alone (bias checks included).
     """
     if not models_or_state_dicts:
         return []
@@ -112,22 +142,18 @@ def estimate_llc_many(
     if max_batch is None:
         max_batch = default_max_rows(template, config)
     first, batches = first_batch(batches)
-    per_ckpt = max(1, max_batch // (config.num_chains + 1))
-    per_ckpt = checkpoints_per_call(template, loss_fn, first, config, config.num_chains, per_ckpt)
+    rows = rows_per_checkpoint(config)
+    per_ckpt = max(1, max_batch // (rows + 1))
+    per_ckpt = checkpoints_per_call(template, loss_fn, first, config, rows, per_ckpt)
     chunks = chunk_checkpoints(state_dicts, per_ckpt)
     if len(chunks) > 1:
         batches = replayable(batches, config)
     results: list[LLCResult] = []
     for ci, chunk in enumerate(chunks):
         chunk_progress = _chunk_progress(progress, ci, len(chunks))
-        out = _run_sgld(
-            template, loss_fn, batches, config, chunk, [param_mask] * 1,
-            [config.lr], [config.localization], chunk_progress,
-        )  # fmt: skip
-        results += [
-            _summarise(out, k, 0, config, out.elapsed_s / len(chunk), chance_loss)
-            for k in range(len(chunk))
-        ]
+        results += _estimate(
+            template, loss_fn, batches, config, chunk, param_mask, chunk_progress, chance_loss
+        )
     return results
 
 

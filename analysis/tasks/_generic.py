@@ -10,6 +10,7 @@ data-restricted LLC. The loss is next-token cross-entropy on (B, T) token ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -109,6 +110,24 @@ class TokenDataTask(Task):
         """The model's vocabulary size, to refuse out-of-range token ids (override)."""
         return None
 
+    def chance_loss(self) -> float | None:
+        """The loss of a model that ignores context: the unigram entropy of the training
+        windows' next-token targets (in nats; the best such a model can do on them, so
+        tighter than ln(vocab)). Before any token data is set: ln(vocab) where the vocabulary
+        is known, else None. A ``ChanceLoss``, whose ``source`` the LLC verdict names."""
+        from ..verdict import ChanceLoss
+
+        if not self._token_data:
+            vocab = self.vocab_size()
+            return None if not vocab else ChanceLoss(math.log(vocab), f"ln(vocab {vocab})")
+        data = self.datasets()
+        cached = getattr(self, "_chance", None)
+        if cached is None or cached[0] is not data:
+            targets = self.full_batch("train")[0][:, 1:].reshape(-1)
+            cached = (data, unigram_chance(targets, "training tokens"))
+            self._chance = cached
+        return cached[1]
+
     # --- loss ----------------------------------------------------------------------
 
     def logits(self, model: nn.Module, tokens: Tensor) -> Tensor:
@@ -132,22 +151,6 @@ class TokenDataTask(Task):
         tokens = batch[0]
         logits = self.logits(model, tokens)[:, :-1].float()  # (n, T - 1, V)
         return -F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-
-    @property
-    def has_tokens(self) -> bool:  # type: ignore[override]
-        return self.uses_token_data
-
-    def per_token_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        """(n, T - 1) next-token loss at each predicted position (token data only)."""
-        if not self.uses_token_data:
-            return super().per_token_loss(model, batch)
-        tokens = batch[0]
-        logits = self.logits(model, tokens)[:, :-1].float()  # (B, T - 1, V)
-        return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-
-    def describe_examples(self, batch: tuple[Tensor, ...]) -> list[str]:
-        """Token ids of each window (no tokenizer is loaded: nothing is downloaded)."""
-        return [" ".join(str(t) for t in row.tolist()) for row in batch[0]]
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
@@ -246,4 +249,15 @@ class TokenDataTask(Task):
         )
 
 
-__all__ = ["TOKEN_DATA_DEFAULTS", "TokenDataTask"]
+def unigram_chance(targets: Tensor, what: str) -> float:
+    """The entropy (nats) of the empirical distribution of ``targets`` (integer ids): the
+    cross-entropy of always predicting their frequencies, as a ``ChanceLoss``."""
+    from ..verdict import ChanceLoss
+
+    counts = torch.bincount(targets.reshape(-1).long()).double()
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * p.log()).sum())
+    return ChanceLoss(entropy, f"unigram entropy of {int(counts.sum()):,} {what}")
+
+
+__all__ = ["TOKEN_DATA_DEFAULTS", "TokenDataTask", "unigram_chance"]

@@ -132,7 +132,10 @@ class ModularAddition(Task):
         return F.cross_entropy(model(tokens).float(), labels)
 
     def chance_loss(self) -> float | None:
-        return math.log(self.config["p"])  # cross-entropy of a uniform guess over p classes
+        from ..verdict import ChanceLoss
+
+        p = self.config["p"]
+        return ChanceLoss(math.log(p), f"ln({p} classes)")  # a uniform guess over p classes
 
     def per_example_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         tokens, labels = batch
@@ -140,10 +143,6 @@ class ModularAddition(Task):
 
     def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         return F.log_softmax(model(batch[0]).float(), dim=-1)
-
-    def describe_examples(self, batch: tuple[Tensor, ...]) -> list[str]:
-        tokens, labels = batch[0].tolist(), batch[1].tolist()
-        return [f"{t[0]} + {t[1]} = {y}" for t, y in zip(tokens, labels, strict=True)]
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:

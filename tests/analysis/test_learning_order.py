@@ -13,6 +13,7 @@ from phaseboard.analysis.learning_order import (
     order_by_learned_at,
     per_example_losses,
     rank_agreement,
+    thresholds,
 )
 from phaseboard.analysis.tasks import get_task
 
@@ -40,11 +41,65 @@ def test_learned_at_is_where_the_loss_last_crosses_below_the_threshold() -> None
     assert math.isnan(out[2]) and out[3] == 0
 
 
-def test_default_threshold_is_a_tenth_of_the_median_first_loss() -> None:
-    losses = np.array([[4.0, 2.0, 6.0], [0.1, 0.3, 0.5]])
-    out, threshold = learned_at([1, 10], losses)
-    assert threshold == pytest.approx(0.4)
-    assert 1 < out[0] < out[1] <= 10 and math.isnan(out[2])
+def test_default_threshold_is_per_example_relative_to_its_own_final_loss() -> None:
+    """Threshold = last loss + 0.1 x (first - last): the step by which 90 % of the
+    example's drop is done. Example 2 barely moves (under 10 % of its first loss)."""
+    losses = np.array([[4.0, 2.0, 6.0], [1.0, 0.2, 5.8], [0.4, 0.1, 5.7]])
+    thr = thresholds(losses)
+    assert thr[:2] == pytest.approx([0.4 + 0.36, 0.1 + 0.19]) and np.isnan(thr[2])
+    out, median = learned_at([1, 10, 100], losses)
+    assert median == pytest.approx(np.median(thr[:2]))
+    assert 10 < out[0] < 100 and 1 < out[1] < 10 and math.isnan(out[2])
+
+
+def _grokking_like(rng: np.random.Generator) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """500 examples from ln(31) to ~0: memorised ones early, the rest at a grokking step."""
+    steps = [0, *np.unique(np.logspace(0, 4, 30).astype(int)).tolist()]
+    x = np.log10(np.maximum(steps, 1))
+    true = np.where(rng.random(500) < 0.5, rng.uniform(1.5, 2.0, 500), rng.uniform(3.0, 3.3, 500))
+    # sigmoid drop in log-step from ln 31 to 1e-3
+    frac = 1 / (1 + np.exp(-(x[:, None] - true[None, :]) * 12))
+    losses = np.log(31) * (1 - frac) + 1e-3
+    return steps, losses, 10**true
+
+
+def _language_model_like(rng: np.random.Generator) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """512 sequences from ln(500) = 6.2 down to 3-4.5 nats (never near a tenth of 6.2),
+    each dropping around its own step, with checkpoint-to-checkpoint noise."""
+    steps = [0, *np.unique(np.logspace(0, 4, 26).astype(int)).tolist()]
+    x = np.log10(np.maximum(steps, 1))
+    true = rng.uniform(1.0, 3.5, 512)
+    final = rng.uniform(3.0, 4.5, 512)
+    frac = 1 / (1 + np.exp(-(x[:, None] - true[None, :]) * 6))
+    losses = np.log(500) - (np.log(500) - final) * frac + rng.normal(0, 0.02, (len(steps), 512))
+    return steps, losses, 10**true
+
+
+@pytest.mark.parametrize("make", [_grokking_like, _language_model_like])
+def test_relative_threshold_orders_examples_by_when_they_drop(make) -> None:  # type: ignore[no-untyped-def]
+    """Tolerance: every example is learned, and the learned-at ranks agree with the
+    drop steps the matrix was built from (Spearman > 0.9; checkpoints are ~0.15 decades
+    apart and a 90 %-done step sits a fixed distance after each midpoint)."""
+    steps, losses, dropped_at = make(np.random.default_rng(0))
+    learned, _ = learned_at(steps, losses)
+    assert np.isfinite(learned).all()
+    assert rank_agreement(learned, dropped_at).rho > 0.9
+    assert np.all(learned >= dropped_at / 2)  # never well before its drop
+
+
+def test_an_absolute_threshold_learns_nothing_on_a_language_model_but_the_default_does() -> None:
+    """The old rule (0.1 x the first checkpoint's median, ~0.62 nats here) is below every
+    final loss of a language model: zero examples learned, by construction."""
+    steps, losses, _ = _language_model_like(np.random.default_rng(1))
+    old, _ = learned_at(steps, losses, threshold=0.1 * float(np.median(losses[0])))
+    new, _ = learned_at(steps, losses)
+    assert np.isfinite(old).sum() == 0 and np.isfinite(new).sum() == losses.shape[1]
+
+
+def test_an_example_that_is_forgotten_by_the_end_is_not_learned() -> None:
+    losses = np.array([[3.0, 3.0], [0.1, 0.1], [2.9, 0.1]])  # ex0 learned, then forgotten
+    out, _ = learned_at([1, 10, 100], losses)
+    assert math.isnan(out[0]) and 1 < out[1] <= 10
 
 
 def test_rows_are_taken_in_step_order_whatever_order_they_come_in() -> None:

@@ -43,7 +43,10 @@ CFG = dict(lr=1e-4, num_samples=256, localization=100.0, num_chains=4, num_draws
 
 def test_result_carries_verdict_and_downsampled_diagnostics() -> None:
     res = estimate_llc(_trained(), _mse, _data(), LLCConfig(**CFG))
-    assert res.verdict == "ok", res.verdict_detail
+    # 60 draws at lr 1e-4 have not mixed: the trace still rises, and the lr / 2 chains
+    # disagree (measured 40 %).
+    assert res.verdict in ("not converged", "step-size bias"), res.verdict_detail
+    assert res.checks["half_lr_shifted"] is True
     diag = res.diagnostics
     assert len(diag["draw"]) == 50 and diag["draw"][0] == 0 and diag["draw"][-1] == 59
     assert len(diag["distance"]) == 4 and len(diag["distance"][0]) == 50
@@ -51,7 +54,7 @@ def test_result_carries_verdict_and_downsampled_diagnostics() -> None:
     assert all(x > 0 for x in diag["distance"][0][1:])
     assert all(x > 0 for x in diag["grad_norm"][1])
     d = res.to_dict()
-    assert d["verdict"] == "ok" and d["verdict_advice"] and d["sampler"] == "sgld"
+    assert d["verdict"] == res.verdict and d["verdict_advice"] and d["sampler"] == "sgld"
     assert len(d["init_loss_per_chain"]) == 4
 
 
@@ -113,7 +116,7 @@ def test_rmsprop_sgld_runs_vectorised_and_is_recorded() -> None:
     cfg = LLCConfig(**{**CFG, "sampler": "rmsprop_sgld", "lr": 1e-4})
     res = estimate_llc(_trained(), _mse, _data(), cfg)
     sgld = estimate_llc(_trained(), _mse, _data(), LLCConfig(**CFG))
-    assert res.verdict in ("ok", "not converged"), res.verdict_detail
+    assert not res.diverged and math.isfinite(res.mean), res.verdict_detail
     assert res.per_chain != sgld.per_chain
     assert res.to_dict()["sampler"] == "rmsprop_sgld"
     with pytest.raises(ValueError, match="sampler"):
@@ -129,6 +132,13 @@ def test_calibrate_never_recommends_an_estimate_above_d_over_2() -> None:
     by = {(e.lr, e.localization): e for e in rep.entries}
     wild = by[(0.05, 1.0)]
     assert not wild.ok and wild.verdict in ("diverged chains", "impossible", "left the basin")
+    # Pinned without the bias checks (their own tests are elsewhere): at 40 draws every
+    # setting of this model moves when lr halves.
+    assert rep.recommended is None
+    quiet = {**CFG, "num_draws": 40, "num_burnin_steps": 20, "bias_checks": False}
+    rep = calibrate(
+        model, _mse, _data(), LLCConfig(**quiet), lrs=(1e-4, 0.05), localizations=(1.0, 100.0)
+    )
     assert rep.recommended is not None and rep.recommended.lr == 1e-4
     d = 41
     assert 0 < rep.recommended.mean <= d / 2
@@ -138,7 +148,8 @@ def test_calibrate_requires_ok_on_every_checkpoint() -> None:
     """A setting fine at the last checkpoint but not at an early one is not recommended."""
     early = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))  # untrained
     late = _trained()
-    cfg = LLCConfig(**{**CFG, "num_draws": 40})
+    # Without the bias checks, so that the late checkpoint alone has an ok setting.
+    cfg = LLCConfig(**{**CFG, "num_draws": 40, "num_burnin_steps": 20, "bias_checks": False})
     kwargs = dict(lrs=(1e-4, 1e-3), localizations=(100.0,))
     alone = calibrate(late, _mse, _data(), cfg, **kwargs)
     both = calibrate(

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from phaseboard.analysis.metrics import checkpoint_metrics, distance, hessian_trace, weight_norms
+from phaseboard.analysis.metrics import (
+    checkpoint_metrics,
+    distance,
+    hessian_trace,
+    probe,
+    weight_norms,
+)
 from phaseboard.analysis.tasks import get_task
 
 
@@ -34,16 +40,16 @@ def random_spd(n: int, seed: int) -> torch.Tensor:
 def test_hutchinson_matches_exact_trace_within_its_standard_error(seed: int) -> None:
     a = random_spd(20, seed)
     model = Quadratic(a)
-    trace, se = hessian_trace(model, lambda m, _: m(), None, samples=200, seed=seed)
+    trace, se, n = hessian_trace(model, lambda m, _: m(), None, samples=200, seed=seed)
     exact = float(torch.trace(a))
-    assert se > 0
+    assert se > 0 and n == 200
     assert abs(trace - exact) <= 4 * se, (trace, exact, se)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian() -> None:
     # Rademacher v: v^T D v = tr(D) for every v, so the SE is zero.
     a = torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64))
-    trace, se = hessian_trace(Quadratic(a), lambda m, _: m(), None, samples=8)
+    trace, se, _ = hessian_trace(Quadratic(a), lambda m, _: m(), None, samples=8)
     assert trace == pytest.approx(15.0) and se == pytest.approx(0.0, abs=1e-12)
 
 
@@ -80,3 +86,48 @@ def test_checkpoint_metrics_on_a_task() -> None:
     again = checkpoint_metrics(task, model, hutchinson_samples=4, seed=0)
     assert again["hessian_trace"] == out["hessian_trace"]
     assert "distance_from_init" not in again
+
+
+def test_hutchinson_stops_at_its_time_budget_and_reports_each_sample() -> None:
+    a = random_spd(10, 0)
+    calls: list[tuple[int, int, str]] = []
+    trace, se, n = hessian_trace(
+        Quadratic(a), lambda m, _: m(), None, samples=50, budget_s=0.0,
+        progress=lambda d, t, m: calls.append((d, t, m)),
+    )  # fmt: skip
+    assert n == 1 and math.isnan(se) and math.isfinite(trace)  # one sample always runs
+    assert calls == [(1, 50, "Hessian trace sample 1/50")]
+
+
+def test_metrics_are_computed_on_a_bounded_probe_of_each_split() -> None:
+    task = get_task("dln")  # 1024 training examples
+    torch.manual_seed(0)
+    model = task.build_model()
+    out = checkpoint_metrics(task, model, max_examples=100, hutchinson_samples=0)
+    x, y = task.full_batch("train")
+    with torch.no_grad():
+        expected = float(task.loss(model, (x[:100], y[:100])))
+    assert out["train_loss"] == pytest.approx(expected, rel=1e-6)
+    assert out["probe_examples"] == 100 and "hessian_trace" not in out
+    # max_tokens bounds the input elements: 8 inputs per example -> 16 examples
+    out = checkpoint_metrics(task, model, max_tokens=128, hutchinson_samples=0)
+    assert out["probe_examples"] == 16
+    assert probe((x, y), None, None)[0].shape == x.shape  # no bound: everything
+
+
+def test_token_tasks_skip_the_hessian_by_default_and_bound_their_tokens() -> None:
+    from tests.generic_models import CTX, HF_CONFIGS, token_stream
+
+    task = get_task("hf_causal_lm", {"hf_config": HF_CONFIGS["gpt2"], "seq_len": CTX})
+    task.set_token_data({"train": token_stream(4000)})
+    torch.manual_seed(0)
+    model = task.build_model()
+    calls: list[tuple[int, int, str]] = []
+    out = checkpoint_metrics(
+        task, model, max_tokens=10 * CTX, progress=lambda d, t, m: calls.append((d, t, m))
+    )
+    assert "hessian_trace" not in out and out["probe_examples"] == 10
+    assert calls[-1][0] == calls[-1][1] and [c[0] for c in calls] == sorted(c[0] for c in calls)
+    on = checkpoint_metrics(task, model, max_tokens=10 * CTX, hessian=True, hutchinson_samples=2)
+    assert on["hessian_trace_samples"] == 2 and math.isfinite(on["hessian_trace"])
+    assert on["train_loss"] == out["train_loss"]
