@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -81,13 +82,16 @@ def _out(task: Any) -> ImportOut:
 
 def _server_url(request: Request) -> str:
     """This server on loopback, where the import thread uploads (the socket it listens on)."""
-    server = request.scope.get("server")
-    if not server or server[1] is None:
+    host, port = request.scope.get("server") or (None, None)
+    try:
+        address = ipaddress.ip_address(str(host))
+    except ValueError:
+        address = None
+    if address is None or port is None:  # an in-process test client has no socket
         raise BadInput("imports need a server listening on a socket (phaseboard up)")
-    host, port = server
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    if address.is_unspecified:
+        address = ipaddress.ip_address("127.0.0.1")
+    return f"http://[{address}]:{port}" if address.version == 6 else f"http://{address}:{port}"
 
 
 @router.post(
