@@ -197,8 +197,9 @@ def finish(
 ) -> bool:
     """Mark done and insert results in one transaction; False (nothing written) if lost.
 
-    Each result mapping has ``restriction`` and ``values``; run, checkpoint, step and kind
-    come from the job. ``chain_steps``/``chain_steps_per_s``: the measured SGLD throughput
+    Each result mapping has ``restriction`` and ``values`` (non-finite floats stored as
+    null, ``json_safe``); run, checkpoint, step and kind come from the job.
+    ``chain_steps``/``chain_steps_per_s``: the measured SGLD throughput
     (``server.jobs.throughput``).
     """
     with db.session() as s:
@@ -232,10 +233,22 @@ def finish(
                     step=step,
                     kind=job.kind,
                     restriction=str(r.get("restriction", "")),
-                    values=dict(r.get("values") or {}),
+                    values=json_safe(dict(r.get("values") or {})),
                 )
             )
     return True
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) as None: JSON has no NaN, PostgreSQL
+    refuses it and SQLite would store what no reader parses."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def fail(db: Database, lease: Lease, error: str) -> bool:

@@ -193,13 +193,18 @@ class JobRunner:
                     log.error("job %s (%s) failed", ctx.job_id, ctx.kind, exc_info=out)
                 lifecycle.fail(self.db, lease, _error_text(out))
                 continue
-            done = lifecycle.finish(
-                self.db,
-                lease,
-                out,  # type: ignore[arg-type]
-                chain_steps=steps.get(ctx.job_id),
-                chain_steps_per_s=rate if steps.get(ctx.job_id) else None,
-            )
+            try:
+                done = lifecycle.finish(
+                    self.db,
+                    lease,
+                    out,  # type: ignore[arg-type]
+                    chain_steps=steps.get(ctx.job_id),
+                    chain_steps_per_s=rate if steps.get(ctx.job_id) else None,
+                )
+            except Exception as exc:  # noqa: BLE001 - results the store refuses fail the job
+                log.error("job %s (%s): results not stored", ctx.job_id, ctx.kind, exc_info=exc)
+                lifecycle.fail(self.db, lease, f"could not store the results: {exc}"[:2000])
+                continue
             if done and lens is not None and lens.feeds_phases:
                 phases_runs.add(ctx.run_id)
         if self.on_phases is not None:

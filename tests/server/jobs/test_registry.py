@@ -294,3 +294,32 @@ def test_analyses_take_lenses_or_kinds_and_name_unknown_lenses(make_settings) ->
         assert unknown.status_code == 422
         assert "telepathy" in unknown.text and "essential_dynamics" in unknown.text
         assert "noop" not in unknown.text  # internal lenses are not advertised
+
+
+NOT_FINITE = Lens(
+    name="toy_not_finite",
+    title="toy (not finite)",
+    scope="run",
+    description="Returns NaN and infinities (a test lens).",
+    handler=lambda ctx: [
+        {"restriction": "", "values": {"nan": float("nan"), "xs": [1.0, float("inf")], "ok": 2}}
+    ],
+    min_checkpoints=0,
+)
+
+
+def test_non_finite_result_values_are_stored_as_null_on_either_database(make_settings) -> None:
+    from phaseboard.server.jobs.runner import JobRunner
+
+    settings = fast_settings(make_settings, queue="local")
+    app = create_app(settings, start_workers=False)
+    with registered(NOT_FINITE), TestClient(app) as client:
+        body = {"name": "nan", "task": "dln", "task_config": TINY_TASK}
+        run_id = client.post("/api/runs", json=body).json()["id"]
+        (job_id,) = client.post(
+            f"/api/runs/{run_id}/analyses", json={"lenses": ["toy_not_finite"]}
+        ).json()["job_ids"]
+        assert JobRunner(settings, app.state.db, app.state.store, "cpu").run_job(job_id)
+        assert client.get(f"/api/jobs/{job_id}").json()["state"] == "done"
+        (result,) = client.get(f"/api/runs/{run_id}/results").json()["results"]
+    assert result["values"] == {"nan": None, "xs": [1.0, None], "ok": 2}
