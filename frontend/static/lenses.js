@@ -43,9 +43,11 @@
     });
   }
 
-  function sentence(text) {
+  /** ``text`` ending in a full stop; capitalised when it starts a sentence. */
+  function sentence(text, start) {
     const s = String(text || "").trim();
-    return s ? s.charAt(0).toUpperCase() + s.slice(1) + (/[.!?)]$/.test(s) ? "" : ".") : "";
+    if (!s) return "";
+    return (start ? s.charAt(0).toUpperCase() + s.slice(1) : s) + (/[.!?)]$/.test(s) ? "" : ".");
   }
 
   /** What to say for a lens without a result, from its state on the run (``idle``: the
@@ -53,7 +55,7 @@
   function stateText(state, empty) {
     const st = state && state.state;
     const msg = state && state.message;
-    if (st === "waiting") return sentence(msg) + " It runs when it arrives.";
+    if (st === "waiting") return sentence(msg, true) + " It runs on its own once the run has enough checkpoints.";
     if (st === "not_applicable") return "Does not apply to this run's task: " + sentence(msg);
     if (st === "queued" || st === "running") return "Computing…" + (msg ? " (" + msg + ")" : "");
     if (st === "failed") return "Failed: " + sentence(msg);
