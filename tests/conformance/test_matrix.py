@@ -22,6 +22,8 @@ from phaseboard.server.lenses import all_lenses, get_lens
 from tests.conformance.cases import STEPS, case_ids, get_case
 from tests.conformance.growing_run import Outcome, grow
 
+pytestmark = pytest.mark.slow  # minutes on two cores; the suite runs it (make test, CI)
+
 LENSES = [lens.name for lens in all_lenses(internal=False)]
 _grown: dict[str, Outcome | BaseException] = {}
 
