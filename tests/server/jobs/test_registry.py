@@ -45,8 +45,9 @@ def test_every_lens_declares_a_handler_a_lane_a_view_and_a_title() -> None:
         assert (TEMPLATES / lens.view.template).is_file(), lens.view.template
         if lens.view.script is not None:
             assert (STATIC / lens.view.script).is_file(), lens.view.script
-        if lens.view.placement == "lenses":  # the lens section includes it by name
-            assert lens.view.template.startswith("_lens_"), lens.view.template
+        if lens.view.placement == "lenses" and lens.view.script is not None:  # it loads it
+            partial = (TEMPLATES / lens.view.template).read_text()
+            assert f"/static/{lens.view.script}" in partial, lens.view.template
 
 
 def test_every_public_lens_module_declares_its_lenses() -> None:
