@@ -62,6 +62,27 @@ class StorageUnavailable(PhaseboardError):
     code = "storage_unavailable"
 
 
+class InsufficientStorage(PhaseboardError):
+    """The disk (or the database's) is full; what the request wrote was removed."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
+class RequestTimeout(PhaseboardError):
+    """A client sent its body too slowly (``PHASEBOARD_UPLOAD_IDLE_S`` / ``_MAX_S``)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class MisdirectedRequest(PhaseboardError):
+    """A ``Host`` this server does not answer to (a DNS-rebinding page, a wrong name)."""
+
+    status_code = 421
+    code = "misdirected_request"
+
+
 class ErrorOut(BaseModel):
     """The body of every error response: ``{"error": code, "detail": message}``."""
 
@@ -78,10 +99,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _error("A write without the bearer token this server requires."),
     403: _error("A cross-site write from a browser (see ``server.security``)."),
     404: _error("No such run, checkpoint, job, boundary, share or route."),
+    408: _error("The client sent its upload too slowly; nothing was stored."),
     409: _error("Conflicts with what is stored (duplicate name or step, job state)."),
     413: _error("Over a size limit: upload bytes, request body, metric points."),
     415: _error("Not the content type this route takes (an upload wants multipart)."),
+    421: _error("A Host header this server does not answer to (PHASEBOARD_ALLOWED_HOSTS)."),
     422: _error("Bad input; the detail names the field and the problem."),
+    500: _error("A fault of the server; the detail says what failed, nothing half-stored."),
     503: _error("The blob store (object storage) did not answer; nothing was stored."),
+    507: _error("The server's disk or database is full; nothing was stored."),
 }
 """Declared once on the API routers, so the OpenAPI spec shows what the app really sends."""

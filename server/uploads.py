@@ -8,6 +8,7 @@ push parser and the bytes of the one file part are written (and hashed) by
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -15,12 +16,44 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from phaseboard.server.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from phaseboard.server.errors import (
+    BadInput,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from phaseboard.server.store.blobs import BlobStore, StagedBlob
 
 MAX_FIELD_BYTES = 64 * 1024  # small text fields (step, ...); more is not a form we expect
 MAX_FIELDS = 20
 ENVELOPE_SLACK = 1024 * 1024  # multipart boundaries and headers on top of the file itself
+MAX_BOUNDARY = 256  # python-multipart's own limit; past it the parser refuses to start
+
+
+async def timed_stream(request: Request) -> AsyncIterator[bytes]:
+    """The request body, cut with a 408 when the client sends nothing for
+    ``upload_idle_s`` or takes longer than ``upload_max_s`` in all (a trickling client
+    would otherwise hold a socket and a temp file for as long as it likes)."""
+    settings = request.app.state.settings
+    idle_s, max_s = settings.upload_idle_s, settings.upload_max_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_s
+    chunks = request.stream().__aiter__()
+    while True:
+        left = deadline - loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout=min(idle_s, left))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if loop.time() >= deadline:
+                why = f"took longer than {max_s:g} s in all (PHASEBOARD_UPLOAD_MAX_S)"
+            else:
+                why = f"sent nothing for {idle_s:g} s (PHASEBOARD_UPLOAD_IDLE_S)"
+            raise RequestTimeout(f"the upload {why}; nothing was stored") from None
+        yield chunk
 
 
 @dataclass
@@ -69,6 +102,11 @@ async def receive_upload(
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadInput("multipart/form-data without a boundary parameter")
+    if len(boundary) > MAX_BOUNDARY:
+        raise PayloadTooLarge(
+            f"the multipart boundary is {len(boundary)} characters long; at most "
+            f"{MAX_BOUNDARY} are accepted (RFC 2046 asks for 70)"
+        )
 
     upload = Upload(staged=None)
     current = _Part()
@@ -141,7 +179,7 @@ async def receive_upload(
 
     async def file_bytes() -> AsyncIterator[bytes]:
         try:
-            async for chunk in request.stream():
+            async for chunk in timed_stream(request):
                 parser.write(chunk)
                 for piece in pending:
                     yield piece

@@ -114,6 +114,9 @@ def make_settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped
             "storage_dir": tmp_path / "blobs",
             "queue": "none",
             "redis_url": REDIS_URL,
+            # Starlette's TestClient sends ``Host: testserver``; the default answers only to
+            # loopback names and the configured URL, so tests name it like an operator would.
+            "allowed_hosts": "testserver",
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

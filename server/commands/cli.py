@@ -254,7 +254,11 @@ def demo(
 
 @app.command()
 def gc(
-    min_age_hours: float = typer.Option(1.0, help="Spare blobs written more recently."),
+    min_age_hours: float = typer.Option(
+        1.0,
+        help="Spare lens results written more recently (on S3: every blob). Uploads in "
+        "flight are always spared; other unreferenced blobs go whatever their age.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report, remove nothing."),
 ) -> None:
     """Free space: remove blobs nothing references (left by deleted runs), on any backend."""
@@ -273,7 +277,7 @@ def gc(
     console.print(
         f"{verb} {len(report.removed)} unreferenced blob(s), "
         f"{report.bytes_freed / 1e6:.1f} MB; kept {report.referenced} referenced, "
-        f"{report.kept_recent} younger than {min_age_hours:g} h; "
+        f"{report.kept_recent} in flight or younger than {min_age_hours:g} h; "
         f"{report.temp_files_removed} stale upload temp file(s) removed"
     )
 

@@ -37,20 +37,21 @@ def commit_blob_with_row(
     transaction. If the insert fails, a blob this call added is removed unless referenced;
     a unique-constraint failure becomes ``conflict()`` (e.g. the step was taken meanwhile).
     """
-    existed = store.exists(staged.sha256)
-    store.commit(staged)
-    try:
-        with db.session() as session:
-            row = insert(session)
-            session.flush()
-            session.refresh(row)
-        return row
-    except BaseException as exc:
-        if not existed:
-            drop_if_unreferenced(db, store, staged.sha256)
-        if isinstance(exc, IntegrityError):
-            raise conflict() from exc
-        raise
+    with store.inflight.hold(staged.sha256):  # garbage collection spares it until the row
+        existed = store.exists(staged.sha256)
+        store.commit(staged)
+        try:
+            with db.session() as session:
+                row = insert(session)
+                session.flush()
+                session.refresh(row)
+            return row
+        except BaseException as exc:
+            if not existed:
+                drop_if_unreferenced(db, store, staged.sha256)
+            if isinstance(exc, IntegrityError):
+                raise conflict() from exc
+            raise
 
 
 def drop_if_unreferenced(db: Database, store: BlobStore, sha256: str) -> bool:

@@ -11,6 +11,7 @@ from phaseboard.server.blob_gc import collect_garbage
 from phaseboard.server.commands.cli import app as cli
 from phaseboard.server.db import Database
 from phaseboard.server.storage import BlobStore
+from phaseboard.server.store.inflight import process_token
 from tests.server.conftest import safetensors_bytes
 
 
@@ -51,25 +52,41 @@ def test_deleting_a_run_then_gc_frees_only_its_unshared_blobs(client, settings) 
         assert client.get(f"/api/checkpoints/{c['id']}/download").status_code == 200
 
 
-def test_recent_blobs_are_spared_and_a_duplicate_upload_makes_a_blob_recent(
-    client, settings
-) -> None:
+def test_gc_right_after_deleting_fresh_uploads_frees_them(client, settings) -> None:
+    """After a disk-full the researcher deletes the run that filled it: its blobs are minutes
+    old, and gc frees them (it used to spare everything written in the last hour)."""
+    run = client.post("/api/runs", json={"name": "r"}).json()["id"]
+    shas = [_upload(client, run, step, safetensors_bytes(10 + step)) for step in range(3)]
+    client.delete(f"/api/runs/{run}")
+    store = BlobStore(settings.storage_dir)
+    db = Database(settings)
+    try:
+        report = collect_garbage(db, store, min_age_s=3600)
+    finally:
+        db.dispose()
+    assert sorted(report.removed) == sorted(shas) and report.kept_recent == 0
+    assert store.blobs() == []
+
+
+def test_a_blob_held_in_flight_is_spared_until_its_holder_lets_go_or_dies(client, settings) -> None:
+    """An upload holds its blob from the commit to its row; gc spares exactly that window,
+    and a holder that died holds nothing."""
     run = client.post("/api/runs", json={"name": "r"}).json()["id"]
     sha = _upload(client, run, 1, safetensors_bytes(5))
     client.delete(f"/api/runs/{run}")
     store = BlobStore(settings.storage_dir)
     db = Database(settings)
     try:
-        assert collect_garbage(db, store, min_age_s=3600).kept_recent == 1
-        _age(store, sha, 7200)
-        again = client.post("/api/runs", json={"name": "r2"}).json()["id"]
-        _upload(client, again, 1, safetensors_bytes(5))  # same bytes: the blob is reused
-        assert time.time() - store.path_for(sha).stat().st_mtime < 600
-        client.delete(f"/api/runs/{again}")
+        with client.app.state.store.inflight.hold(sha):  # the server's upload, mid-way
+            report = collect_garbage(db, store, min_age_s=0)
+            assert report.removed == [] and report.kept_recent == 1 and store.exists(sha)
+        token = process_token(os.getpid()).rsplit("-", 1)[0] + "-1"  # this pid, another start
+        dead = store.inflight.dir / f"hold-{token}-{sha}"  # a holder that was killed
+        dead.touch()
         report = collect_garbage(db, store, min_age_s=3600)
     finally:
         db.dispose()
-    assert report.removed == [] and store.exists(sha)
+    assert report.removed == [sha] and not dead.exists()
 
 
 def test_gc_command_reports_what_it_removed(client, settings, monkeypatch) -> None:

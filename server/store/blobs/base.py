@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from phaseboard.server.errors import BadInput, PayloadTooLarge
+from phaseboard.server.store.inflight import Inflight
 
 __all__ = ["CHUNK", "BlobInfo", "BlobStore", "StagedBlob", "check_sha256", "fanout_key"]
 
@@ -78,6 +79,7 @@ class BlobStore(ABC):
     def __init__(self, tmp_dir: Path) -> None:
         self.tmp_dir = Path(tmp_dir)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.inflight = Inflight(self.tmp_dir.parent / "inflight")  # what a process still needs
 
     # --- backend operations -------------------------------------------------------------
 
@@ -123,7 +125,8 @@ class BlobStore(ABC):
     # --- shared: staging to local temp files --------------------------------------------
 
     def _new_temp(self) -> tuple[int, Path]:
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
+        prefix = self.inflight.temp_prefix  # owned: removed at once if this process dies
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=prefix, suffix=".part")
         return fd, Path(name)
 
     def stage(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> StagedBlob:
@@ -179,6 +182,7 @@ class BlobStore(ABC):
     def put(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> str:
         """Stage and commit a stream of bytes; returns its sha256."""
         staged = self.stage(chunks, max_bytes)
+        self.inflight.pin(staged.sha256)  # its row (a lens result) is written later
         try:
             self.commit(staged)
         finally:
@@ -190,14 +194,19 @@ class BlobStore(ABC):
         return self.put(data[i : i + CHUNK] for i in range(0, len(data), CHUNK))
 
     def clean_tmp(self, max_age_s: float = 3600.0) -> int:
-        """Remove temp files left by crashed uploads (older than ``max_age_s``); returns count.
-
-        Temp files never count as blobs, so leaving them is harmless; this only frees space.
-        """
+        """Remove temp files of uploads whose process is gone, whatever their age (their
+        name says whose they are: ``store.inflight``); another machine's, and those named by
+        older versions, once older than ``max_age_s``. Returns the count. Files of live
+        processes stay."""
         cutoff, removed = time.time() - max_age_s, 0
         for p in self.tmp_dir.glob("upload-*.part"):
+            owner = self.inflight.owner_of(p)
             try:
-                if p.stat().st_mtime <= cutoff:
+                if owner is not None and self.inflight.is_here(owner):
+                    dead = not self.inflight.is_live(owner)
+                else:  # another machine's, or named by an older version
+                    dead = p.stat().st_mtime <= cutoff
+                if dead:
                     p.unlink()
                     removed += 1
             except FileNotFoundError:
