@@ -105,3 +105,32 @@ def test_run_page_and_plots_say_which_steps_share_weights_and_which_are_missing(
     clean = client.post("/api/runs", json={"name": "clean"}).json()["id"]
     _upload(client, clean, safetensors_bytes(1), 1)
     assert "data-series-duplicates" not in client.get(f"/runs/{clean}").text
+
+
+def test_migration_flags_duplicates_stored_before_it(settings) -> None:  # type: ignore[no-untyped-def]
+    """Checkpoints uploaded before ``duplicate_of_step`` existed get flagged by the upgrade."""
+    from phaseboard.server.migrate import downgrade, upgrade
+
+    downgrade(settings, "0006")
+    engine = sa.create_engine(
+        settings.database_url.replace("postgresql://", "postgresql+psycopg://")
+    )
+    a, b = "a" * 64, "b" * 64
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO runs (id, name, task_config, tags, notes, analysis_config, created_at,"
+            " updated_at) VALUES (1, 'old', '{}', '[]', '', '{}', CURRENT_TIMESTAMP,"
+            " CURRENT_TIMESTAMP)"
+        ))  # fmt: skip
+        for step, sha in ((3000, a), (1000, b), (143000, a), (5000, a)):
+            conn.execute(
+                sa.text("INSERT INTO checkpoints (run_id, step, sha256, size, format, n_params,"
+                        " n_tensors, status, created_at) VALUES (1, :step, :sha, 1, 'safetensors',"
+                        " 0, 0, 'ok', CURRENT_TIMESTAMP)"),
+                {"step": step, "sha": sha},
+            )  # fmt: skip
+    upgrade(settings)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT step, duplicate_of_step FROM checkpoints")).all())
+    engine.dispose()
+    assert rows == {3000: 143000, 1000: None, 143000: None, 5000: 143000}
