@@ -203,3 +203,27 @@ def test_api_killed_mid_multipart_upload_leaves_no_object_and_no_row(
         sender.join(timeout=30)
     assert s3_endpoint.keys(bucket) == []  # an unfinished multipart upload is no object
     assert store_state(s3_settings).rows == before
+
+
+def test_gc_command_works_on_the_bucket(
+    s3_client: TestClient, s3_settings: Settings, s3_endpoint: S3Endpoint, bucket: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from phaseboard.server.commands.cli import app as cli
+
+    rid = _run(s3_client, "gone")
+    sha = _upload(s3_client, rid, safetensors_bytes(4), 1).json()["sha256"]
+    assert s3_client.delete(f"/api/runs/{rid}").status_code == 204
+    env = {
+        "PHASEBOARD_HOME": str(s3_settings.home),
+        "PHASEBOARD_DATABASE_URL": s3_settings.database_url,
+        "PHASEBOARD_STORAGE_DIR": str(s3_settings.storage_dir),
+        "PHASEBOARD_BLOB_URL": s3_settings.blob_url,
+    }
+    dry = CliRunner().invoke(cli, ["gc", "--min-age-hours", "0", "--dry-run"], env=env)
+    assert dry.exit_code == 0 and "would remove 1 unreferenced blob" in dry.output, dry.output
+    assert s3_endpoint.blob_keys(bucket) == [f"blobs/{sha[:2]}/{sha[2:4]}/{sha}"]
+    done = CliRunner().invoke(cli, ["gc", "--min-age-hours", "0"], env=env)
+    assert done.exit_code == 0 and "removed 1 unreferenced blob" in done.output, done.output
+    assert s3_endpoint.keys(bucket) == []
