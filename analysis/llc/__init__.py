@@ -28,9 +28,13 @@ Noise is drawn outside vmap from seeded ``torch.Generator``s (one per parameter)
 (common random numbers): the result for a checkpoint does not depend on what else is
 in the batch, so ``estimate_llc_many`` reproduces ``estimate_llc`` per checkpoint.
 
+Every full-model estimate also runs its chains at lr / 2 and at localization / 2 in the
+same call (``LLCConfig.bias_checks``); its verdict says when they disagree.
+
 The package by role: ``config`` (hyperparameters), ``result`` (what an estimate returns),
 ``sampler`` (the vectorised SGLD kernel), ``budgets`` (rows and checkpoints per call),
-``estimate`` (the public estimators), ``calibration`` and ``devinterp`` (compatibility).
+``summary`` (a sampler run into results, with their bias checks), ``estimate`` (the
+public estimators), ``calibration`` and ``devinterp`` (compatibility).
 """
 
 from .budgets import (
@@ -44,7 +48,13 @@ from .budgets import (
     replayable,
     rows_for_budget,
 )
-from .calibration import CalibrationEntry, CalibrationReport, calibrate, recommend
+from .calibration import (
+    CalibrationEntry,
+    CalibrationReport,
+    calibrate,
+    calibration_points,
+    recommend,
+)
 from .config import DIAGNOSTIC_POINTS, SAMPLERS, LLCConfig, LossFn, ParamMask, Progress
 from .devinterp import devinterp_init_loss
 from .estimate import checkpoint_tensors, estimate_llc, estimate_llc_many, warm_up
@@ -65,6 +75,7 @@ __all__ = [
     "SAMPLERS",
     "activation_bytes",
     "calibrate",
+    "calibration_points",
     "checkpoint_tensors",
     "checkpoints_per_call",
     "chunk_checkpoints",

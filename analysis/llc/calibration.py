@@ -9,10 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from torch import Tensor, nn
 
-from ..verdict import shift_test
 from .config import LLCConfig, LossFn, ParamMask, Progress
 from .result import _json_float
 from .sampler import _run_sgld
@@ -43,12 +41,12 @@ class CalibrationEntry:
     verdict: str = "ok"  # the first non-ok verdict over the checkpoints, else "ok"
     ok: bool = True  # verdict ok on every calibrated checkpoint
     per_checkpoint: list[dict[str, Any]] = field(default_factory=list)
-    # ok, and agrees with the next smaller lr of the grid on every checkpoint (``mark_plateaus``)
-    plateau: bool = False
+    # how much the estimate moves when lr halves, at most over the checkpoints (``lr_shift``)
+    lr_shift: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for key in ("mean", "std", "drift", "spread"):
+        for key in ("mean", "std", "drift", "spread", "lr_shift"):
             d[key] = _json_float(d[key])
         d["mean_trace"] = [_json_float(x) for x in self.mean_trace]
         return d
@@ -80,13 +78,13 @@ class CalibrationReport:
         """A fixed-width table, one line per setting, the recommended one starred."""
         lines = [
             f"{'':2}{'lr':>10} {'gamma':>10} {'n_beta':>8} {'llc':>10} {'std':>9} {'div':>4} "
-            "verdict"
+            f"{'lr/2':>6} verdict"
         ]
         for e in self.entries:
             star = "* " if e is self.recommended else "  "
             lines.append(
                 f"{star}{e.lr:>10.3g} {e.localization:>10.3g} {e.n_beta:>8.4g} {e.mean:>10.4g} "
-                f"{e.std:>9.3g} {len(e.diverged):>4} {e.verdict}"
+                f"{e.std:>9.3g} {len(e.diverged):>4} {e.lr_shift:>6.1%} {e.verdict}"
             )
         lines.append(self.reason)
         return "\n".join(lines)
@@ -147,31 +145,17 @@ def calibration_points(
     return sorted(picks, key=lambda i: steps[i])
 
 
-def _paired_shift(a: CalibrationEntry, b: CalibrationEntry) -> list[dict[str, Any]]:
-    """Per checkpoint, ``shift_test`` of b's per-chain LLCs against a's (the grid's settings
-    share minibatches and noise, so chain c of one pairs with chain c of the other)."""
-    out = []
-    for pa, pb in zip(a.per_checkpoint, b.per_checkpoint, strict=True):
-        base = np.array([np.nan if x is None else x for x in pa["per_chain"]], dtype=float)
-        other = np.array([np.nan if x is None else x for x in pb["per_chain"]], dtype=float)
-        scale = pa["mean"] if pa["mean"] is not None else float("nan")
-        out.append(shift_test(base, other, scale))
-    return out
-
-
-def mark_plateaus(entries: Sequence[CalibrationEntry]) -> None:
-    """Set ``plateau`` on every ok entry whose next smaller lr in the grid (same
-    localization and n_beta) is ok too and agrees with it on every checkpoint (no paired
-    ``shift_test`` shift): the estimate is stable across that step in lr."""
-    by_line: dict[tuple[float, float], list[CalibrationEntry]] = {}
-    for e in entries:
-        e.plateau = False
-        by_line.setdefault((e.localization, e.n_beta), []).append(e)
-    for line in by_line.values():
-        line.sort(key=lambda e: e.lr)
-        for lower, upper in itertools.pairwise(line):
-            if lower.ok and upper.ok:
-                upper.plateau = not any(s["shifted"] for s in _paired_shift(upper, lower))
+def lr_shift(entry: CalibrationEntry) -> float:
+    """How much the setting's estimate moves when lr halves: the largest |LLC at lr / 2 -
+    LLC| / |LLC| over its calibrated checkpoints (its own step-size check); NaN without
+    that check (``bias_checks`` off) or where an estimate is undefined."""
+    shifts = []
+    for c in entry.per_checkpoint:
+        half = c.get("bias_checks", {}).get("half_lr")
+        if half is None or c["mean"] is None or c["mean"] == 0:
+            return float("nan")
+        shifts.append(abs(half - c["mean"]) / abs(c["mean"]))
+    return max(shifts) if shifts else float("nan")
 
 
 def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | None, str]:
@@ -184,14 +168,15 @@ def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | N
 
     1. the weakest localization: a strong pull to w* shrinks the estimate, so the weakest
        pull that still keeps every chain in the basin is the least biased;
-    2. at that localization, the largest lr on a plateau (``mark_plateaus``: it agrees
-       with the next smaller lr of the grid on every checkpoint), the fastest-mixing
-       setting whose estimate does not depend on the step size; with no plateau there,
-       the smallest ok lr (the least step-size bias);
-    3. ties: the smallest n_beta.
+    2. at that localization, the lr on the plateau: the one whose estimate moves least
+       when lr halves (``lr_shift``, over every checkpoint). Against lr the estimate rises
+       at both ends (too few steps to mix at small lrs, discretisation bias at large ones);
+       where it is flattest it depends least on either. Without step-size checks, the
+       smallest ok lr (the least discretisation bias);
+    3. ties: the larger lr (faster mixing), then the smallest n_beta.
 
-    A plateau at a stronger localization is not preferred to the weakest ok one: the
-    pull biases every lr alike, so a plateau there is a plateau of biased estimates.
+    A stable setting at a stronger localization is not preferred to the weakest ok one:
+    the pull biases every lr alike, so stability there is stability of a biased estimate.
     """
     ok = [e for e in entries if e.ok]
     if not ok:
@@ -202,24 +187,20 @@ def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | N
         return None, f"no setting was ok on every checkpoint ({why}): try smaller lrs, " + (
             "more draws and burn-in, or more chains"
         )
-    if not any(e.plateau for e in entries):
-        mark_plateaus(entries)
     weakest = min(e.localization for e in ok)
     at = [e for e in ok if e.localization == weakest]
-    flat = [e for e in at if e.plateau]
     n = len(ok[0].per_checkpoint)
-    if flat:
-        best = max(flat, key=lambda e: (e.lr, -e.n_beta))
+    measured = [e for e in at if math.isfinite(e.lr_shift)]
+    if measured:
+        best = min(measured, key=lambda e: (e.lr_shift, -e.lr, e.n_beta))
         why = (
-            f"the weakest localization with an ok setting, and there the largest lr whose "
-            f"estimate agrees with the next smaller lr's on all {n} calibrated checkpoint(s)"
+            f"the weakest localization with an ok setting, and there the lr whose estimate "
+            f"moves least when lr halves ({best.lr_shift:.1%} at most over {n} calibrated "
+            "checkpoint(s))"
         )
     else:
         best = min(at, key=lambda e: (e.lr, e.n_beta))
-        why = (
-            "the weakest localization with an ok setting, and there the smallest ok lr (no "
-            "two neighbouring lrs agree there: consider a finer lr grid or more draws)"
-        )
+        why = "the weakest localization with an ok setting, and there the smallest ok lr"
     return best, (
         f"recommended lr={best.lr:g}, localization={best.localization:g}, "
         f"n_beta={best.n_beta:.4g}: {why}"
@@ -316,6 +297,7 @@ def calibrate(
                 ],
             )
         )
-    mark_plateaus(entries)
+    for e in entries:
+        e.lr_shift = lr_shift(e)
     best, reason = recommend(entries)
     return CalibrationReport(entries, best, reason, config.to_dict())
