@@ -67,6 +67,7 @@ def settings_for(home: Path, database_url: str | None = None) -> Settings:
         local_fast_workers=1,
         heartbeat_s=0.5,
         model_factories=MODEL_FACTORIES,
+        allowed_hosts="testserver",  # the Host header Starlette's TestClient sends
     )  # type: ignore[call-arg]
 
 
