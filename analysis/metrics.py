@@ -25,7 +25,7 @@ Progress = Callable[[int, int, str], None]
 
 # Probe bounds of checkpoint_metrics (per split).
 MAX_EXAMPLES = 1024
-MAX_TOKENS = 16384
+MAX_TOKENS = 8192
 
 
 def weight_norms(model: nn.Module) -> dict[str, float]:

@@ -39,8 +39,9 @@ def run_metrics(ctx: JobContext) -> ResultRows:
     ctx.progress(0, 1, "metrics")
     kwargs = {k: v for k, v in ctx.config.items() if k != "device"}
     values = checkpoint_metrics(
-        ctx.task(), model, reference_state=reference, device=ctx.device, **kwargs
-    )
+        ctx.task(), model, reference_state=reference, device=ctx.device, progress=ctx.progress,
+        **kwargs,
+    )  # fmt: skip
     return [{"restriction": "", "values": {k: finite(v) for k, v in values.items()}}]
 
 
