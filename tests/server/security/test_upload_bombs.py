@@ -139,6 +139,7 @@ def test_a_bomb_costs_the_server_little_memory_and_time(server: tuple[str, int],
             started = time.monotonic()
             resp = _upload(http, f"{url}/api/runs/{run_id}/checkpoints", data, 1)
             elapsed = time.monotonic() - started
+    print(f"\n{name}: {len(data)} bytes, +{rss.growth_mb:.1f} MB peak RSS, {elapsed:.3f} s")
     assert resp.status_code == 422, resp.text
     assert rss.growth_mb < RSS_BOUND_MB, f"{name}: +{rss.growth_mb:.0f} MB"
     assert elapsed < TIME_BOUND_S, f"{name}: {elapsed:.1f} s"
@@ -151,6 +152,9 @@ def test_a_deflated_dataset_costs_the_server_little(server: tuple[str, int]) -> 
     with httpx.Client(timeout=60) as http:
         run_id = http.post(f"{url}/api/runs", json={"name": "tokens bomb"}).json()["id"]
         with _PeakRSS(pid) as rss:
+            started = time.monotonic()
             resp = _upload(http, f"{url}/api/runs/{run_id}/datasets", data, 1)
+            elapsed = time.monotonic() - started
+    print(f"\ndeflated tokens: {len(data)} bytes, +{rss.growth_mb:.1f} MB, {elapsed:.3f} s")
     assert resp.status_code == 422, resp.text
     assert rss.growth_mb < RSS_BOUND_MB, f"+{rss.growth_mb:.0f} MB"
