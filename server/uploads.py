@@ -3,7 +3,9 @@
 Starlette's ``request.form()`` spools each file into a ``SpooledTemporaryFile`` which we
 would then copy again; here the request body is fed chunk by chunk to ``python_multipart``'s
 push parser and the bytes of the one file part are written (and hashed) by
-``BlobStore.stage_async`` as they arrive, under the upload limit. Memory stays flat.
+``BlobStore.stage_async`` as they arrive, under the upload limit. Memory stays flat, and
+time is bounded too: a client that sends nothing for ``upload_idle_s``, or takes longer than
+``upload_max_s`` in all, gets a 408 and its temp file is removed (``timed_stream``).
 """
 
 from __future__ import annotations
