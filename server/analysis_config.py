@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -27,15 +27,26 @@ SAMPLERS = ("sgld", "rmsprop_sgld")
 _LLC_FIELDS = {f.name for f in dataclasses.fields(LLCConfig)}
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _finite(hint: Any) -> Any:
+    """``float`` (alone or in a union) as a finite float."""
+    if hint is float or float in typing.get_args(hint):
+        return FiniteFloat
+    return hint
+
+
 def _derive_llc_params() -> type[BaseModel]:
     """A pydantic model with every ``LLCConfig`` field, each optional (a partial override).
 
     Strict: ``"abc"`` or ``"3"`` is not a number and ``true`` is not an integer, as in
-    ``LLCConfig.validate``; extra fields are refused (as ``LLCConfig.from_dict`` does).
+    ``LLCConfig.validate``; extra fields are refused (as ``LLCConfig.from_dict`` does);
+    numbers are finite (``NaN``/``Infinity`` would reach a job row, which PostgreSQL refuses).
     """
     hints = typing.get_type_hints(LLCConfig)
     fields: dict[str, Any] = {
-        name: (hints[name] | None, Field(default=None)) for name in sorted(_LLC_FIELDS)
+        name: (_finite(hints[name]) | None, Field(default=None)) for name in sorted(_LLC_FIELDS)
     }
     fields["sampler"] = (
         Literal[SAMPLERS] | None,  # type: ignore[valid-type]

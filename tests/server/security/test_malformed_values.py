@@ -137,6 +137,21 @@ def test_llc_settings_go_through_the_llc_limits(
     assert full_state(settings) == before
 
 
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "1e400"])
+def test_llc_overrides_of_any_analysis_are_finite(
+    client: TestClient, settings: Settings, value: str
+) -> None:
+    """``llc`` is stored in every job's config, even one of a lens that does not read it."""
+    run_id = client.post("/api/runs", json={"name": "r", "task": "dln"}).json()["id"]
+    before = full_state(settings)
+    for llc in (f'{{"rmsprop_eps": {value}}}', f'{{"n_beta": {value}}}'):
+        raw = f'{{"kinds": ["metrics"], "llc": {llc}}}'
+        resp = _post(client, f"/api/runs/{run_id}/analyses", raw)
+        assert resp.status_code == 422, resp.text
+        assert "finite" in resp.json()["detail"]
+    assert full_state(settings) == before
+
+
 def test_a_series_spanning_the_largest_step_reads_on_both_stores(client: TestClient) -> None:
     run_id = client.post("/api/runs", json={"name": "r"}).json()["id"]
     top = 2**53 - 1
