@@ -137,7 +137,8 @@ def allowed_hosts(settings: Settings) -> frozenset[str] | None:
 
 
 class SecurityMiddleware:
-    """ASGI middleware: refuse cross-site writes, cap non-multipart bodies, add headers."""
+    """ASGI middleware: refuse foreign Hosts, private reads without the token and cross-site
+    writes; cap non-multipart bodies in bytes and time; add the security headers."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -231,7 +232,7 @@ class SecurityMiddleware:
             db = scope["app"].state.db
             if slugs and await run_in_threadpool(private.share_allows, db, slugs, path, query):
                 return None
-            if not path.startswith("/api/") and path not in ("/docs", "/openapi.json"):
+            if not path.startswith("/api/") and path != "/openapi.json":  # a page: sign in
                 target = path + (f"?{query}" if query else "")
                 location = f"/login?next={quote(target, safe='')}".encode()
                 start: Message = {
