@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,13 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..verdict import diverged_chains, judge
 from .config import DIAGNOSTIC_POINTS, LLCConfig, LossFn, ParamMask, Progress
+from .layout import NoiseLayout, Pass, _free_names, build_passes
+from .layout import largest_pass_rows as largest_pass_rows  # callers import these from here
+from .layout import row_equivalents as row_equivalents
 from .result import LLCResult, _json_float
+
+# A quantity recorded at draw steps (``_run_sgld(observables=...)``): f(model) -> Tensor.
+Observable = Callable[[nn.Module], Tensor]
 
 # ---------------------------------------------------------------------------- batches
 
@@ -90,27 +96,8 @@ class _SamplerOutput:
     n_betas: list[float]  # per group
     diagnostics: dict[str, Tensor]  # name -> (K, G, C, P), at the draws ``diagnostic_draws``
     diagnostic_draws: list[int]
-
-
-def _group_mask_tensor(masks: Sequence[ParamMask | None], name: str, p: Tensor) -> Tensor | None:
-    """(G, *shape) float mask for one parameter across groups, or None if all-free."""
-    if all(m is None or (name in m and m[name] is None) for m in masks):
-        return None
-    rows = []
-    for m in masks:
-        if m is None or (name in m and m[name] is None):
-            rows.append(torch.ones_like(p))
-        elif name in m:
-            mask = torch.as_tensor(m[name], device=p.device)
-            if mask.shape != p.shape or mask.dtype != torch.bool:
-                raise ValueError(
-                    f"mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
-                    f"got {mask.dtype} {tuple(mask.shape)}"
-                )
-            rows.append(mask.to(p.dtype))
-        else:
-            rows.append(torch.zeros_like(p))
-    return torch.stack(rows)
+    # Observables at draw steps: one (K, G, C, D, *shape) tensor per observable given.
+    observed: list[Tensor] = dataclasses.field(default_factory=list)
 
 
 def _structure_copy(model: nn.Module) -> nn.Module:
@@ -171,81 +158,6 @@ def _concat_rows(batches: list[Any]) -> Any:
     return type(first)(_concat_rows([b[i] for b in batches]) for i in range(len(first)))
 
 
-def _free_names(named: Mapping[str, Tensor], group_masks: Sequence[ParamMask | None]) -> list[str]:
-    """Parameters some group frees (part of), in module order; everything else is fixed."""
-    return [n for n in named if any(m is None or n in m for m in group_masks)]
-
-
-@dataclass
-class _Pass:
-    """One vmap-ed pass of ``_run_sgld``: its groups' rows, (K, G_p * C, *shape) copies of
-    only the tensors they free, the frozen rest at w*, and per tensor the update's
-    coefficients shaped (1, G_p, 1, ...) to broadcast against the (K, G_p, C, *shape) view
-    of a row, each with the group's mask folded in (0 where a coordinate is frozen)."""
-
-    groups: list[int]
-    index: Tensor  # the groups as a tensor, to scatter this pass's rows into (K, G, C)
-    params: dict[str, Tensor]
-    fixed: dict[str, Tensor]
-    masks: dict[str, Tensor | None]  # (1, G_p, 1, *shape) or None (all free)
-    drift: dict[str, Tensor]  # -eps / 2 * n_beta: multiplies grad L_m(w)
-    pull: dict[str, Tensor]  # -eps / 2 * gamma: multiplies w - w*
-    noise: dict[str, Tensor]  # sqrt(eps): multiplies N(0, 1)
-    square_avg: dict[str, Tensor]  # RMSprop's running mean of squared gradients, if used
-
-
-def _with_masks(coef: dict[str, Tensor], masks: dict[str, Tensor | None]) -> dict[str, Tensor]:
-    """Per-group coefficients times the groups' masks: 0 on frozen coordinates."""
-    return {n: c if masks[n] is None else c * masks[n] for n, c in coef.items()}
-
-
-def _masked_square_sum(t: Tensor, mask: Tensor | None) -> Tensor:
-    """(K, G_p, C, *shape) -> (K, G_p, C): the squared norm over the free coordinates."""
-    sq = t.square() if mask is None else t.square() * mask
-    return sq.sum(tuple(range(3, t.dim())))
-
-
-def _passes(
-    group_masks: Sequence[ParamMask | None], free_names: Sequence[str]
-) -> list[tuple[list[int], list[str]]]:
-    """Groups that free the same tensors share a pass: ``[(groups, tensor names)]``.
-
-    A pass carries per-row copies of only its own tensors; the rest stay at w*, one copy
-    per checkpoint, so the forward up to the first free tensor is one matmul for all of a
-    checkpoint's rows and the backward stops there (see ``_run_sgld``).
-    """
-    by_names: dict[tuple[str, ...], list[int]] = {}
-    for g, m in enumerate(group_masks):
-        names = tuple(free_names) if m is None else tuple(n for n in free_names if n in m)
-        by_names.setdefault(names, []).append(g)
-    return [(groups, list(names)) for names, groups in by_names.items()]
-
-
-def row_equivalents(
-    model: nn.Module, group_masks: Sequence[ParamMask | None], num_chains: int
-) -> float:
-    """One checkpoint's memory in a restricted run, in whole-model rows: its largest pass's
-    per-row copies (groups x chains x that pass's tensors) plus its frozen w* and its
-    reference row. Chunking by this instead of groups x chains fits more checkpoints in a
-    batch when groups free only part of the model."""
-    named = dict(model.named_parameters())
-    free_names = _free_names(named, group_masks)
-    total = max(1, sum(p.numel() for p in named.values()))
-    largest = max(
-        len(groups) * num_chains * sum(named[n].numel() for n in names)
-        for groups, names in _passes(group_masks, free_names)
-    )
-    return largest / total + 2
-
-
-def largest_pass_rows(
-    model: nn.Module, group_masks: Sequence[ParamMask | None], config: LLCConfig
-) -> int:
-    """A checkpoint's rows in its largest pass (groups x chains): those step together."""
-    free_names = _free_names(dict(model.named_parameters()), group_masks)
-    return max(len(g) for g, _ in _passes(group_masks, free_names)) * config.num_chains
-
-
 def _run_sgld(
     model: nn.Module,
     loss_fn: LossFn,
@@ -258,6 +170,8 @@ def _run_sgld(
     progress: Progress | None,
     group_nbeta: Sequence[float] | None = None,
     group_batches: Sequence[Iterable[Any]] | None = None,
+    observables: Sequence[Observable] = (),
+    observe_every: int = 1,
 ) -> _SamplerOutput:
     """Run K checkpoints x G groups x C chains (+ reference rows), vectorised.
 
@@ -267,15 +181,30 @@ def _run_sgld(
     per group, ``batches`` unused) each group draws from its own, as a data-restricted
     estimate on that data alone would, and has its own reference rows.
 
-    Groups that free the same tensors run as one pass: a vmap over checkpoints (the
-    frozen tensors at that checkpoint's w*) of a vmap over the pass's group x chain rows
-    (its free tensors, one copy per row). Frozen tensors are never copied per row, so a
-    layer none of the pass's tensors touch is one matmul over all rows of a checkpoint
-    rather than a batched matmul per row, and gradients are taken only for the pass's own
-    tensors. Each step draws the minibatches and the noise once for all passes.
+    Groups that free the same tensors run as one pass (``analysis.llc.layout``): a vmap over
+    checkpoints (the frozen tensors at that checkpoint's w*) of a vmap over the pass's
+    group x chain rows (its free tensors, one flat buffer per pass). Frozen tensors are
+    never copied per row, so a layer none of the pass's tensors touch is one matmul over
+    all rows of a checkpoint rather than a batched matmul per row, and gradients are taken
+    only for the pass's own tensors. Each step draws the minibatches and the noise once
+    for all passes, and updates each pass's buffer in four whole-buffer operations.
+
+    Sampling in bfloat16 computes the loss and its gradient in bfloat16 and keeps the
+    weights and the update in float32 (master weights): an SGLD step can be below
+    bfloat16's resolution of a weight, and updating bfloat16 weights would lose it. Losses
+    are recorded in float32 (float64 when sampling in float64) whatever dtype the loss
+    function returns; the noise is drawn in float32 for every dtype, so a float64 run
+    follows the float32 run's chains without their rounding.
+
+    ``observables``: callables ``f(model) -> Tensor`` evaluated at every draw step with each
+    row's current weights swapped in (the weights its draw-step loss is taken at), vmapped
+    over the rows like the step; ``observed[i]`` stacks observable i per row and draw.
+    ``observe_every``: only every k-th draw (0, k, 2k, ...) is observed.
     """
     t0 = time.perf_counter()
     device, dtype = torch.device(config.device), config.torch_dtype
+    master = torch.float64 if dtype == torch.float64 else torch.float32
+    record = master  # losses are kept in float32 (float64 when sampling in float64)
     K, G, C, D = len(state_dicts), len(group_masks), config.num_chains, config.num_draws
     if group_batches is not None and len(group_batches) != G:
         raise ValueError(f"group_batches: {len(group_batches)} iterables for {G} groups")
@@ -290,98 +219,48 @@ def _run_sgld(
         for n in m or {}:
             if n not in named:
                 raise ValueError(f"param_mask names unknown parameter {n!r}")
-    free_names = _free_names(named, group_masks)
-    if not free_names:
+    if not _free_names(named, group_masks):
         raise ValueError("param_mask leaves no parameter free")
     all_names = list(named) + list(named_buffers)
 
-    def on_device(t: Tensor) -> Tensor:  # floating tensors in the sampling dtype, others kept
-        return t.detach().to(device, dtype if t.is_floating_point() else None)
+    def stacked(n: str, to: torch.dtype) -> Tensor:  # (K, *shape); floating tensors in ``to``
+        ts = [sd[n].detach() for sd in state_dicts]
+        return torch.stack([t.to(device, to if t.is_floating_point() else None) for t in ts])
 
-    # Every tensor at every checkpoint's w*: (K, *shape).
-    w_star = {n: torch.stack([on_device(sd[n]) for sd in state_dicts]) for n in all_names}
-
-    def per_group(
-        values: Sequence[float], groups: list[int], params: dict[str, Tensor]
-    ) -> dict[str, Tensor]:
-        """Per tensor, the groups' values shaped (1, G_p, 1, 1, ...) to broadcast against
-        the (K, G_p, C, *shape) view of the pass's rows."""
-        picked = torch.tensor([values[g] for g in groups], device=device, dtype=dtype)
-        return {n: picked.view(1, len(groups), 1, *[1] * (w.dim() - 2)) for n, w in params.items()}
-
+    # Every tensor at every checkpoint's w* in the compute dtype (the frozen tensors and the
+    # reference rows), and the parameters in the master dtype (anchors and first weights).
+    w_star = {n: stacked(n, dtype) for n in all_names}
+    w_master = w_star if master == dtype else {n: stacked(n, master) for n in named}
     rmsprop = config.sampler == "rmsprop_sgld"
-    num_free = [0] * G
-    passes: list[_Pass] = []
-    for groups, names in _passes(group_masks, free_names):
-        Gp = len(groups)
-        masks: dict[str, Tensor | None] = {}
-        for n in names:
-            p = named[n].detach().to(device, dtype)
-            gm = _group_mask_tensor([group_masks[g] for g in groups], n, p)
-            masks[n] = None if gm is None else gm.view(1, Gp, 1, *p.shape)
-            for i, g in enumerate(groups):
-                num_free[g] += p.numel() if gm is None else int(gm[i].sum().item())
-        # Rows (K, G_p * C): row r of checkpoint k is group r // C, chain r % C.
-        params = {
-            n: w_star[n].unsqueeze(1).expand(K, Gp * C, *w_star[n].shape[1:]).clone() for n in names
-        }
-        eps = per_group(group_lr, groups, params)
-        gamma, nbeta = per_group(group_gamma, groups, params), per_group(nbetas, groups, params)
-
-        drift = {n: -0.5 * e * nbeta[n] for n, e in eps.items()}
-        pull = {n: -0.5 * e * gamma[n] for n, e in eps.items()}
-        noise = {n: e.sqrt() for n, e in eps.items()}
-        if not rmsprop:  # RMSprop scales drift and noise per coordinate: it masks after
-            drift, pull, noise = (_with_masks(c, masks) for c in (drift, pull, noise))
-        passes.append(
-            _Pass(
-                groups=groups,
-                index=torch.tensor(groups, device=device),
-                params=params,
-                fixed={n: w_star[n] for n in all_names if n not in params},
-                masks=masks,
-                drift=drift,
-                pull=pull,
-                noise=noise,
-                square_avg={n: torch.zeros_like(w) for n, w in params.items()} if rmsprop else {},
-            )
-        )
-    anchors = {n: w_star[n].view(K, 1, 1, *w_star[n].shape[1:]) for n in free_names}
+    passes, num_free = build_passes(
+        named, {n: w_master[n] for n in named}, group_masks,
+        {"lr": group_lr, "gamma": group_gamma, "nbeta": nbetas}, C, master, rmsprop,
+    )  # fmt: skip
+    for ps in passes:
+        ps.fixed = {n: w_star[n] for n in all_names if n not in ps.names}
     alpha, rms_eps = config.rmsprop_alpha, config.rmsprop_eps
 
     wrapper = _LossModule(template, loss_fn)
+    steps = [_pass_step(wrapper, ps, K) for ps in passes]
+    pass_streams = [[stream_of[g] for g in ps.groups] for ps in passes]
+    ref_loss = _reference_loss(wrapper, w_star, K)
 
-    def loss_at(free: dict[str, Tensor], fixed_: dict[str, Tensor], batch: Any) -> Tensor:
-        return wrapper.loss_with({**free, **fixed_}, batch)
+    # --- observables at draw steps: f(model) with a row's weights, vmapped like the step.
+    observe_fns = [_observe_fn(template, f, K) for f in observables]
+    observed: list[list[Tensor]] = [[] for _ in observables]  # per draw, (K, G, C, *shape)
 
-    # Outer vmap: checkpoints (free rows, frozen w*); inner: a checkpoint's rows, which
-    # share its frozen tensors and each see their chain's minibatch.
-    row_step = vmap(grad_and_value(loss_at), in_dims=(0, None, 0))
-    if K > 1:
-        step_fn = vmap(row_step, in_dims=(0, 0, None))
-    else:  # one checkpoint: no outer batch dim, so frozen layers are plain matmuls
-
-        def step_fn(free: dict[str, Tensor], fixed_: dict[str, Tensor], batch: Any) -> Any:
-            grads, loss = row_step(
-                {n: w[0] for n, w in free.items()}, {n: t[0] for n, t in fixed_.items()}, batch
-            )
-            return {n: g_.unsqueeze(0) for n, g_ in grads.items()}, loss.unsqueeze(0)
-
-    # (K, C): checkpoint k's w* on chain c's minibatch.
-    ref_loss_fn = vmap(vmap(loss_at, in_dims=(None, None, 0)), in_dims=(0, None, None))
-
-    # One noise stream per parameter, seeded by (seed, name): a tensor's noise does not
-    # depend on which other tensors are free, so masked runs are reproducible alone.
-    gens = {}
-    for n in free_names:
-        gens[n] = torch.Generator(device=device)
-        gens[n].manual_seed(config.seed * 1_000_003 + zlib.crc32(n.encode()))
-    traces: list[Tensor] = []  # each (K, G, C)
-    refs: list[Tensor] = []  # each (K, S, C): S streams of minibatches
-    dist: list[Tensor] = []  # each (K, G, C): |w - w*| over the free coordinates
-    gnorm: list[Tensor] = []  # each (K, G, C): |grad L_m(w)| over the free coordinates
+    # One noise draw per step over the whole model (``NoiseLayout``), shared by every
+    # checkpoint and group: common random numbers, and a tensor's noise does not depend on
+    # which other tensors are free.
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed)
+    noise_shape = (C, NoiseLayout.of(named).total)
+    traces = torch.empty(D, K, G, C, device=device, dtype=record)
+    refs = torch.empty(D, K, len(streams), C, device=device, dtype=record)
     diag_draws = diagnostic_draws(D, DIAGNOSTIC_POINTS)
-    wanted = set(diag_draws)
+    diag_at = {d: i for i, d in enumerate(diag_draws)}
+    dist = torch.zeros(len(diag_draws), K, G, C, device=device, dtype=record)  # |w - w*|
+    gnorm = torch.zeros_like(dist)  # |grad L_m(w)|, both over the free coordinates
     total = config.total_steps
     report_every = max(1, total // 50)
     stream_iters = [iter(_BatchCycler(b)) for b in streams]
@@ -392,79 +271,167 @@ def _run_sgld(
                 _stack_batches([_to_device(next(it), device, dtype) for _ in range(C)])
                 for it in stream_iters
             ]
-            noises = {
-                n: torch.randn(
-                    (C, *w_star[n].shape[1:]), generator=gens[n], device=device, dtype=dtype
-                )
-                for n in free_names
-            }
-            draw_step = step - config.num_burnin_steps
-            is_draw = draw_step >= 0 and draw_step % config.num_steps_bw_draws == 0
-            # Distance and gradient norm only at the draws a result keeps (DIAGNOSTIC_POINTS).
-            is_diag = is_draw and len(traces) in wanted
-            if is_draw:
-                trace = torch.empty(K, G, C, device=device, dtype=dtype)
-            if is_diag:
-                d2 = torch.zeros(K, G, C, device=device, dtype=dtype)
-                g2 = torch.zeros(K, G, C, device=device, dtype=dtype)
-            for ps in passes:
-                params, Gp = ps.params, len(ps.groups)
-                batch = _pass_batch(chain_batches, [stream_of[g] for g in ps.groups], C)
-                grads, loss = step_fn(params, ps.fixed, batch)  # loss: (K, G_p * C)
+            noise = torch.randn(noise_shape, generator=gen, device=device).to(master)
+            d, off = divmod(step - config.num_burnin_steps, config.num_steps_bw_draws)
+            is_draw = d >= 0 and off == 0
+            di = diag_at.get(d) if is_draw else None  # diagnostics only where a result keeps
+            observe = is_draw and d % observe_every == 0 and bool(observables)
+            if observe:
+                now: list[Tensor | None] = [None] * len(observables)  # this draw's observables
+            for ps, step_fn, streams_ in zip(passes, steps, pass_streams, strict=True):
+                weights = ps.flat if master == dtype else ps.flat.to(dtype)
+                grads, loss = step_fn(weights, _pass_batch(chain_batches, streams_, C))
                 if is_draw:
-                    trace[:, ps.index] = loss.view(K, Gp, C)
-                if is_diag:
-                    pd2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
-                    pg2 = torch.zeros(K, Gp, C, device=device, dtype=dtype)
-                for n, w in params.items():
-                    shape = w.shape[2:]
-                    w_chain = w.view(K, Gp, C, *shape)  # a view: updated in place
-                    grad = grads[n].view(K, Gp, C, *shape)
-                    diff = w_chain - anchors[n]
-                    if is_diag:
-                        pd2 += _masked_square_sum(diff, ps.masks[n])
-                        pg2 += _masked_square_sum(grad, ps.masks[n])
-                    if rmsprop:  # devinterp's RMSpropPreconditioner: v on the raw minibatch grad
-                        v = ps.square_avg[n].view(K, Gp, C, *shape)
-                        v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-                        precond = 1.0 / (v.sqrt() + rms_eps)
-                        step_ = (ps.drift[n] * grad + ps.pull[n] * diff) * precond
-                        step_ += ps.noise[n] * precond.sqrt() * noises[n]
-                        if ps.masks[n] is not None:
-                            step_ *= ps.masks[n]
-                        w_chain.add_(step_)
-                    else:  # w += -eps/2 (n_beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1)
-                        w_chain.addcmul_(grad, ps.drift[n])
-                        w_chain.addcmul_(diff, ps.pull[n])
-                        w_chain.addcmul_(noises[n], ps.noise[n])
-                if is_diag:
-                    d2[:, ps.index] = pd2
-                    g2[:, ps.index] = pg2
+                    traces[d, :, ps.index] = loss.view(K, ps.num_groups, C).to(record)
+                if observe:
+                    _observe(observe_fns, now, ps.views(weights), ps, K, G, C)  # pre-update
+                grads = grads.view(K, ps.num_groups, C, -1)
+                if di is not None:
+                    _diagnose(ps, grads, dist[di], gnorm[di], C)
+                if rmsprop:
+                    _rmsprop_update(ps, grads, noise[:, ps.noise_at], C, alpha, rms_eps)
+                else:
+                    _sgld_update(ps, grads, noise[:, ps.noise_at], C)
             if is_draw:
-                refs.append(torch.stack([ref_loss_fn(w_star, {}, b) for b in chain_batches], 1))
-                traces.append(trace)
-            if is_diag:
-                dist.append(d2.sqrt())
-                gnorm.append(g2.sqrt())
+                for s, b in enumerate(chain_batches):
+                    refs[d, :, s] = ref_loss(b)
+            if observe:
+                for draws, value in zip(observed, now, strict=True):
+                    draws.append(value)
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == total):
-                progress(step + 1, total, f"chain draws {len(traces)}/{D}")
+                progress(step + 1, total, f"chain draws {max(d + 1, 0)}/{D}")
 
-    chain_trace = torch.stack(traces, dim=-1).float().cpu()  # (K, G, C, D)
-    ref = torch.stack(refs, dim=-1).float().cpu()  # (K, S, C, D)
-    ref = ref[:, stream_of]  # (K, G, C, D): each group's reference rows
+    chain_trace = traces.permute(1, 2, 3, 0).float().cpu()  # (K, G, C, D)
+    ref = refs.permute(1, 2, 3, 0).float().cpu()[:, stream_of]  # (K, G, C, D) per group
     finite = torch.ones(K, G, C, dtype=torch.bool)
     for ps in passes:
-        ok = torch.ones(K, len(ps.groups), C, dtype=torch.bool)
-        for w in ps.params.values():
-            ok &= torch.isfinite(w).flatten(2).all(dim=2).cpu().view(K, len(ps.groups), C)
+        ok = torch.isfinite(ps.flat).all(dim=-1).cpu().view(K, ps.num_groups, C)
         finite[:, ps.groups] = ok
     diag = {
-        "distance": torch.stack(dist, dim=-1).float().cpu(),
-        "grad_norm": torch.stack(gnorm, dim=-1).float().cpu(),
+        "distance": dist.sqrt().permute(1, 2, 3, 0).float().cpu(),
+        "grad_norm": gnorm.sqrt().permute(1, 2, 3, 0).float().cpu(),
     }
+    observed_out = [torch.stack(draws, dim=3).float().cpu() for draws in observed]
     return _SamplerOutput(
-        chain_trace, ref, finite, num_free, time.perf_counter() - t0, nbetas, diag, diag_draws
-    )
+        chain_trace, ref, finite, num_free, time.perf_counter() - t0, nbetas, diag, diag_draws,
+        observed_out,
+    )  # fmt: skip
+
+
+def _pass_step(wrapper: _LossModule, ps: Pass, K: int) -> Any:
+    """``(flat, batch) -> (grads, losses)``: every row's gradient with respect to its flat
+    weights (K, rows, N) and its minibatch loss (K, rows), one vmap over the rows inside
+    one over checkpoints (with one checkpoint, none: frozen layers stay plain matmuls)."""
+
+    def loss_at(row: Tensor, fixed: dict[str, Tensor], batch: Any) -> Tensor:
+        return wrapper.loss_with({**ps.unflatten(row), **fixed}, batch)
+
+    row_step = vmap(grad_and_value(loss_at), in_dims=(0, None, 0))
+    if K > 1:
+        both = vmap(row_step, in_dims=(0, 0, None))
+        return lambda flat, batch: both(flat, ps.fixed, batch)
+    fixed0 = {n: t[0] for n, t in ps.fixed.items()}
+
+    def one(flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        grads, loss = row_step(flat[0], fixed0, batch)
+        return grads.unsqueeze(0), loss.unsqueeze(0)
+
+    return one
+
+
+def _reference_loss(wrapper: _LossModule, w_star: dict[str, Tensor], K: int) -> Any:
+    """``(C, ...) batch -> (K, C)``: checkpoint k's w* on chain c's minibatch."""
+    chains = vmap(wrapper.loss_with, in_dims=(None, 0))
+    if K > 1:
+        return lambda batch: vmap(chains, in_dims=(0, None))(w_star, batch)
+    at = {n: t[0] for n, t in w_star.items()}
+    return lambda batch: chains(at, batch).unsqueeze(0)
+
+
+def _sgld_update(ps: Pass, grads: Tensor, noise: Tensor, C: int) -> None:
+    """w += -eps/2 (n_beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1), in place on the
+    pass's (K, G_p, C, N) buffer; the coefficients carry the masks."""
+    K = ps.flat.shape[0]
+    w = ps.flat.view(K, ps.num_groups, C, -1)
+    w.mul_(ps.keep).add_(ps.shift)  # w + pull (w - w*)
+    w.addcmul_(grads, ps.drift)
+    w.addcmul_(noise, ps.noise)
+
+
+def _rmsprop_update(
+    ps: Pass, grads: Tensor, noise: Tensor, C: int, alpha: float, rms_eps: float
+) -> None:
+    """devinterp's RMSpropPreconditioner: v on the raw minibatch gradient; drift and noise
+    scaled per coordinate by 1 / (sqrt(v) + eps) and its root; masked as a whole."""
+    assert ps.square_avg is not None
+    K = ps.flat.shape[0]
+    w = ps.flat.view(K, ps.num_groups, C, -1)
+    v = ps.square_avg.view(K, ps.num_groups, C, -1)
+    v.mul_(alpha).addcmul_(grads, grads, value=1 - alpha)
+    precond = v.sqrt().add_(rms_eps).reciprocal_()
+    step = (ps.drift * grads + ps.pull * (w - ps.anchor)) * precond
+    step += ps.noise * precond.sqrt() * noise
+    if ps.mask is not None:
+        step *= ps.mask
+    w.add_(step)
+
+
+def _diagnose(ps: Pass, grads: Tensor, dist: Tensor, gnorm: Tensor, C: int) -> None:
+    """Squared distance from w* and squared gradient norm over each row's free coordinates,
+    written into the draw's (K, G, C) ``dist`` and ``gnorm`` at the pass's groups."""
+    K = ps.flat.shape[0]
+    diff = ps.flat.view(K, ps.num_groups, C, -1) - ps.anchor
+    sq_d, sq_g = diff.square(), grads.to(dist.dtype).square()
+    if ps.mask is not None:
+        sq_d, sq_g = sq_d * ps.mask, sq_g * ps.mask
+    dist[:, ps.index] = sq_d.sum(-1).to(dist.dtype)
+    gnorm[:, ps.index] = sq_g.sum(-1).to(gnorm.dtype)
+
+
+# ---------------------------------------------------------------------------- observables
+
+
+class _ObservableModule(nn.Module):
+    """``f(model)`` as a module, so ``functional_call`` can swap a row's weights in."""
+
+    def __init__(self, inner: nn.Module, fn: Observable) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fn = fn
+
+    def forward(self) -> Tensor:
+        return self.fn(self.inner)
+
+
+def _observe_fn(template: nn.Module, fn: Observable, K: int) -> Any:
+    """``(free, fixed) -> (K, rows, *shape)``: ``fn`` at every row of a pass, vmapped over
+    the rows (free tensors per row) and, for several checkpoints, over checkpoints."""
+    module = _ObservableModule(template, fn)
+
+    def at(free: dict[str, Tensor], fixed: dict[str, Tensor]) -> Tensor:
+        tensors = {"inner." + n: t for n, t in {**free, **fixed}.items()}
+        return functional_call(module, tensors, ())
+
+    rows = vmap(at, in_dims=(0, None))
+    if K > 1:
+        return vmap(rows, in_dims=(0, 0))
+    return lambda free, fixed: rows(
+        {n: w[0] for n, w in free.items()}, {n: t[0] for n, t in fixed.items()}
+    ).unsqueeze(0)
+
+
+def _observe(
+    fns: list[Any], now: list[Tensor | None], params: dict[str, Tensor], ps: Pass,
+    K: int, G: int, C: int,
+) -> None:  # fmt: skip
+    """Every observable at a pass's rows, scattered into this draw's (K, G, C, *shape)."""
+    Gp = len(ps.groups)
+    for i, fn in enumerate(fns):
+        value = fn(params, ps.fixed)  # (K, G_p * C, *shape)
+        shape = value.shape[2:]
+        if now[i] is None:  # the draw's first pass allocates
+            now[i] = value.new_empty(K, G, C, *shape)
+        now[i][:, ps.index] = value.view(K, Gp, C, *shape)
 
 
 def diagnostic_draws(num_draws: int, points: int) -> list[int]:
