@@ -58,10 +58,14 @@ def sample_observed(
     model: nn.Module | None = None,
     max_rows: int | None = None,
     progress: Progress | None = None,
+    observe_every: int = 1,
 ) -> Iterator[tuple[list[Mapping[str, Tensor]], _SamplerOutput]]:
     """Run the sampler over ``models_or_state_dicts`` in chunks; yield each chunk's
-    checkpoint tensors and sampler output, whose ``observed[i]`` is (K, G, C, D, n_i, ...):
-    ``per_example_loss`` on ``example_sets[i]`` at every row and draw."""
+    checkpoint tensors and sampler output, whose ``observed[i]`` is (K, G, C, D', n_i, ...):
+    ``per_example_loss`` on ``example_sets[i]`` at every row and every ``observe_every``-th
+    draw (D' of the D draws)."""
+    if not isinstance(observe_every, int) or observe_every < 1:
+        raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}")
     template, state_dicts = checkpoint_tensors(models_or_state_dicts, model)
     if max_rows is None:
         max_rows = default_max_rows(template, config)
@@ -81,6 +85,7 @@ def sample_observed(
             template, loss_fn, batches, config, chunk, masks,
             [config.lr] * len(masks), [config.localization] * len(masks),
             _chunk_progress(progress, ci, len(chunks)), observables=observables,
+            observe_every=observe_every,
         )  # fmt: skip
         yield list(chunk), out
 

@@ -89,7 +89,7 @@ class InfluenceResult:
 
     matrix: Tensor  # (n, n) float64: correlation (default) or covariance
     covariance: bool
-    draws: Tensor  # (C, D, n[, T]) per-example (per-token) losses at the draws, all chains
+    draws: Tensor  # (C, D', n[, T]) per-example (per-token) losses at the observed draws
     chains: list[int]  # chains the matrix uses (weights and losses finite throughout)
     init: Tensor  # (n[, T]) the losses at w*
     llc: LLCResult  # the LLC estimate of the same SGLD run
@@ -131,6 +131,7 @@ def bayesian_influence(
     covariance: bool = False,
     param_mask: ParamMask | None = None,
     token_level: bool = False,
+    observe_every: int = 1,
     progress: Progress | None = None,
     chance_loss: float | None = None,
 ) -> InfluenceResult:
@@ -141,13 +142,15 @@ def bayesian_influence(
     ``per_example_loss(model, examples)`` -> (n,) losses, or (n, T) per-token losses (NaN
     where a position has no target), which are averaged per example for ``matrix``; with
     ``token_level=True`` ``res.token_matrix`` is the token-wise (n, n, T, T) BIF as well.
-    ``param_mask`` restricts the posterior to some weights as in ``estimate_llc``. The
-    model is only read.
+    ``param_mask`` restricts the posterior to some weights as in ``estimate_llc``.
+    ``observe_every`` evaluates the examples at every k-th draw only: draws a few SGLD steps
+    apart are strongly correlated, so thinning costs little precision and saves forward
+    passes (the LLC still uses every draw). The model is only read.
     """
     return bayesian_influence_many(
         [model], loss_fn, batches, examples, config, per_example_loss=per_example_loss,
         covariance=covariance, param_mask=param_mask, token_level=token_level,
-        progress=progress, chance_loss=chance_loss,
+        observe_every=observe_every, progress=progress, chance_loss=chance_loss,
     )[0]  # fmt: skip
 
 
@@ -163,6 +166,7 @@ def bayesian_influence_many(
     covariance: bool = False,
     param_mask: ParamMask | None = None,
     token_level: bool = False,
+    observe_every: int = 1,
     max_rows: int | None = None,
     progress: Progress | None = None,
     chance_loss: float | None = None,
@@ -177,7 +181,7 @@ def bayesian_influence_many(
     for chunk, out in sample_observed(
         state_dicts, loss_fn, batches, config, example_sets=[examples],
         per_example_loss=per_example_loss, group_masks=[param_mask], model=template,
-        max_rows=max_rows, progress=progress,
+        max_rows=max_rows, progress=progress, observe_every=observe_every,
     ):  # fmt: skip
         for k, state in enumerate(chunk):
             llc = _summarise(out, k, 0, config, out.elapsed_s / len(chunk), chance_loss)

@@ -92,6 +92,7 @@ def susceptibilities(
     observables: Mapping[str, Any],
     reference: Any,
     per_example_loss: PerExampleLoss,
+    observe_every: int = 1,
     progress: Progress | None = None,
     chance_loss: float | None = None,
 ) -> SusceptibilityResult:
@@ -104,12 +105,13 @@ def susceptibilities(
     task's data subsets, the test split). ``reference``: a batch from the training
     distribution (devinterp's sampling task; L is its mean loss). ``per_example_loss
     (model, batch)`` -> (n,) per example, or (n, T) per token (NaN where no target): then
-    the result is per token (``token_level``). The model is only read.
+    the result is per token (``token_level``). ``observe_every``: the example sets are
+    evaluated at every k-th draw only (as in ``bayesian_influence``). The model is only read.
     """
     return susceptibilities_many(
         [model], loss_fn, batches, config, weight_groups=weight_groups,
         observables=observables, reference=reference, per_example_loss=per_example_loss,
-        progress=progress, chance_loss=chance_loss,
+        observe_every=observe_every, progress=progress, chance_loss=chance_loss,
     )[0]  # fmt: skip
 
 
@@ -124,6 +126,7 @@ def susceptibilities_many(
     reference: Any,
     per_example_loss: PerExampleLoss,
     model: nn.Module | None = None,
+    observe_every: int = 1,
     max_rows: int | None = None,
     progress: Progress | None = None,
     chance_loss: float | None = None,
@@ -146,7 +149,7 @@ def susceptibilities_many(
         state_dicts, loss_fn, batches, config,
         example_sets=[reference, *(observables[p] for p in probes)],
         per_example_loss=per_example_loss, group_masks=masks, model=template,
-        max_rows=max_rows, progress=progress,
+        max_rows=max_rows, progress=progress, observe_every=observe_every,
     ):  # fmt: skip
         share = out.elapsed_s / (len(chunk) * len(masks))
         for k, state in enumerate(chunk):

@@ -50,7 +50,9 @@
     return list.map((e) => {
       const v = e.influence;
       const w = Math.round(Math.min(1, Math.abs(v)) * 60);
-      return "<tr><td>" + L.escapeHtml(e.text) + '</td><td class="num"><span class="bar ' + (v >= 0 ? "pos" : "neg") + '" style="width:' + w + 'px"></span>' +
+      const noise = e.se !== null && Math.abs(v) < 2 * e.se; // within two standard errors of 0
+      return "<tr" + (noise ? ' class="within-noise" title="within two standard errors of zero"' : "") + "><td>" + L.escapeHtml(e.text) +
+        '</td><td class="num"><span class="bar ' + (v >= 0 ? "pos" : "neg") + '" style="width:' + w + 'px"></span>' +
         L.fmt(v) + (e.se !== null ? ' <span class="se">± ' + L.fmt(e.se) + "</span>" : "") + "</td></tr>";
     }).join("");
   }

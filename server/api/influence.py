@@ -141,3 +141,54 @@ def susceptibility_tokens(
             for m in range(chi.shape[1])
         ],
     }
+
+
+def _nested(a: Any) -> Any:
+    """An array as nested lists of rounded floats, NaN as null."""
+    import numpy as np
+
+    arr = np.asarray(a, dtype=float)
+    if arr.ndim <= 1:
+        return [_num(x) for x in arr]
+    return [_nested(x) for x in arr]
+
+
+@router.get("/runs/{run_id}/influence/data")
+def influence_data(run_id: DbId, session: SessionDep, request: Request) -> dict[str, Any]:
+    """The newest influence result whole (what ``phaseboard export`` writes): per step the
+    (test x train) correlations and their standard errors, with the examples' texts."""
+    values = _newest(session, run_id, "influence")
+    data = _arrays(request, values)
+    return {
+        "run_id": run_id,
+        "steps": values["steps"],
+        "probe_split": values.get("probe_split"),
+        "probe_texts": values["probe_texts"],
+        "train_texts": values["train_texts"],
+        "influence": _nested(data["corr"]),  # (steps, test examples, training examples)
+        "se": _nested(data["se"]),
+        "turning_points": values.get("turning_points", []),
+    }
+
+
+@router.get("/runs/{run_id}/susceptibilities/data")
+def susceptibilities_data(run_id: DbId, session: SessionDep, request: Request) -> dict[str, Any]:
+    """The newest susceptibilities result whole (what ``phaseboard export`` writes): per step
+    the (groups x sets) matrix and standard errors, and every example's (token's) values."""
+    values = _newest(session, run_id, "susceptibilities")
+    data = _arrays(request, values)
+    out = {
+        "run_id": run_id,
+        "steps": values["steps"],
+        "groups": values["groups"],
+        "sets": values["sets"],
+        "token_level": values["token_level"],
+        "matrix": values["matrix"],  # (steps, groups, sets)
+        "se": values["se"],
+        "items": {**values["items"], "text": data["texts"].tolist()},
+        "per_item": _nested(data["chi"]),  # (steps, groups, items)
+        "turning_points": values.get("turning_points", []),
+    }
+    if "labels" in data:
+        out["clusters"] = data["labels"].tolist()  # (steps, items); -1: no target there
+    return out

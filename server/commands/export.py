@@ -6,6 +6,11 @@ JSON keeps the server's shapes: ``{"run", "checkpoints", "series": {name: [{step
 such as ``llc``; nested result values are flattened to ``key.subkey``; lists such as
 per-chain traces are left to the JSON export). ``wall_time`` (Unix seconds) is when a metric
 point was logged; results leave it empty. Metric points in JSON are ``{step, value, wall_time}``.
+
+Lenses whose results keep arrays in the blob store (``LENS_DATA``: influence,
+susceptibilities) are exported whole too: JSON under ``"lens_data": {lens: ...}`` as their
+``/api/runs/{id}/{lens}/data`` answers; CSV as rows ``influence,test I / train J,,step,value``
+and ``susceptibilities,GROUP × SET,,step,value`` (standard errors under ``se:NAME``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from phaseboard import Phaseboard, PhaseboardClientError, Run
 
 MAX_POINTS = 200_000  # the series endpoint's limit; longer series come back downsampled
+LENS_DATA = ("influence", "susceptibilities")  # lenses with a /api/runs/{id}/{lens}/data read
 CSV_COLUMNS = ["section", "name", "restriction", "step", "value", "wall_time"]
 
 
@@ -81,12 +87,37 @@ def collect(client: Phaseboard, run_ref: str | int) -> dict[str, Any]:
     series = {}
     for name in series_names(run):
         series[name] = _points(run.series(name, max_points=MAX_POINTS, wall_time=True))
+    results = _items(run.results(), "results", "items")
+    lens_data = {}
+    for kind in LENS_DATA:
+        if any(r.get("kind") == kind for r in results):
+            path = f"/api/runs/{run.id}/{kind}/data"
+            lens_data[kind] = run.client.request("GET", path).json()
     return {
         "run": run.refresh(),
         "checkpoints": run.checkpoints(),
         "series": series,
-        "results": _items(run.results(), "results", "items"),
+        "results": results,
+        "lens_data": lens_data,
     }
+
+
+def _lens_rows(kind: str, data: dict[str, Any]) -> Iterator[tuple[str, int, float | None]]:
+    """``(name, step, value)`` of a lens's exported arrays (see the module docstring)."""
+    steps = data["steps"]
+    if kind == "influence":
+        n_test, n_train = len(data["probe_texts"]), len(data["train_texts"])
+        for key, prefix in (("influence", ""), ("se", "se:")):
+            for k, step in enumerate(steps):
+                for i in range(n_test):
+                    for j in range(n_train):
+                        yield f"{prefix}test {i} / train {j}", step, data[key][k][i][j]
+    elif kind == "susceptibilities":
+        for key, prefix in (("matrix", ""), ("se", "se:")):
+            for k, step in enumerate(steps):
+                for g, group in enumerate(data["groups"]):
+                    for p, name in enumerate(data["sets"]):
+                        yield f"{prefix}{group} × {name}", step, data[key][k][g][p]
 
 
 def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, float]]:
@@ -112,6 +143,9 @@ def to_csv(export: dict[str, Any]) -> str:
             writer.writerow(
                 [r.get("kind", ""), key, r.get("restriction", ""), r.get("step"), value, ""]
             )
+    for kind, data in export.get("lens_data", {}).items():
+        for name, step, value in _lens_rows(kind, data):
+            writer.writerow([kind, name, "", step, "" if value is None else value, ""])
     return buf.getvalue()
 
 

@@ -26,7 +26,7 @@ from phaseboard.server.jobs.handlers import (
 )
 from phaseboard.server.jobs.planning import PlanContext, config_hash
 from phaseboard.server.lenses.llc import llc_config
-from phaseboard.server.models import Checkpoint, Result
+from phaseboard.server.models import Checkpoint, Dataset, Result
 from phaseboard.server.store.blobs import BlobStore
 
 
@@ -44,7 +44,7 @@ def lens_config(plan: PlanContext, key: str, defaults: Mapping[str, Any]) -> dic
 class Trajectory:
     """A run's usable checkpoints, split into those a previous result covers and new ones."""
 
-    config_hash: str
+    config_hash: str  # the job's config, the run's task and config and its datasets
     steps: list[int] = field(default_factory=list)  # every usable, finite checkpoint
     shas: list[str] = field(default_factory=list)
     reused: dict[str, int] = field(default_factory=dict)  # sha -> row in ``previous``
@@ -75,7 +75,25 @@ def trajectory(ctx: JobContext, kind: str, blob_key: str) -> Trajectory:
     config (its ``blob_key`` npz), or loaded (finite ones only) to be sampled."""
     import torch
 
-    found = Trajectory(config_hash(ctx.config))
+    with ctx.db.session() as s:
+        datasets = s.execute(
+            sa.select(Dataset.name, Dataset.sha256)
+            .where(Dataset.run_id == ctx.run_id)
+            .order_by(Dataset.name)
+        ).all()
+    run = ctx.run()
+    # What the arrays of a checkpoint depend on besides its weights: a previous result is
+    # reused only where all of it is the same.
+    found = Trajectory(
+        config_hash(
+            {
+                "job": ctx.config,
+                "task": run.task,
+                "task_config": run.task_config or {},
+                "datasets": [list(d) for d in datasets],
+            }
+        )
+    )
     with ctx.db.session() as s:
         rows = s.execute(
             sa.select(Checkpoint.id, Checkpoint.step, Checkpoint.sha256)

@@ -33,7 +33,15 @@ from phaseboard.server.lenses._sampled import (
 )
 from phaseboard.server.lenses.llc import max_rows, sampler_config, train_batches
 
-DEFAULTS: dict[str, Any] = {"probe_examples": 32, "train_examples": 128, "top_k": 10}
+# observe_every: the examples' losses are taken at every 2nd draw. SGLD draws a step apart
+# are strongly correlated, so this halves the cost of the observed forward passes for a
+# small loss of precision (both measured in bench/RESULTS.md, "Influence lenses").
+DEFAULTS: dict[str, Any] = {
+    "probe_examples": 32,
+    "train_examples": 128,
+    "top_k": 10,
+    "observe_every": 2,
+}
 # A sign change counts when both ends are this many standard errors from zero, and an
 # interval is a boundary when at least this share of the significant pairs flip.
 SIGN_Z = 2.0
@@ -78,6 +86,7 @@ def run_influence(ctx: JobContext) -> ResultRows:
             config,
             per_example_loss=task.per_example_loss,
             model=template,
+            observe_every=int(ctx.config.get("observe_every", DEFAULTS["observe_every"])),
             max_rows=max_rows(ctx, template, config),
             progress=progress_for(ctx),
             chance_loss=task.chance_loss(),

@@ -267,3 +267,23 @@ def test_cluster_vectors_recovers_planted_groups_of_token_vectors() -> None:
         assert len(set(found.labels[kept_labels == c])) == 1
     assert found.coords.shape == (119, 2) and found.silhouette is not None
     assert found.silhouette > 0.8
+
+
+def test_observing_every_third_draw_records_those_draws_of_the_same_chains() -> None:
+    # Observing draws does not touch the sampler's randomness: the thinned record is the
+    # full record's every third draw, and the LLC (all draws) is unchanged.
+    data = _data()
+    probe = (data[0][:5], data[1][:5])
+    net = _nets(1)[0]
+    cfg = _config(num_draws=10)
+    full = bayesian_influence(net, _loss, [data], probe, cfg, per_example_loss=_per_example)
+    thin = bayesian_influence(
+        net, _loss, [data], probe, cfg, per_example_loss=_per_example, observe_every=3
+    )
+    assert thin.draws.shape == (3, 4, 5)  # draws 0, 3, 6, 9
+    torch.testing.assert_close(thin.draws, full.draws[:, ::3])
+    assert thin.llc.mean == full.llc.mean
+    with pytest.raises(ValueError, match="observe_every"):
+        bayesian_influence(
+            net, _loss, [data], probe, cfg, per_example_loss=_per_example, observe_every=0
+        )

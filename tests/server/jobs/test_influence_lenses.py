@@ -4,6 +4,7 @@ and the API slices the views read."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,46 @@ def _newest(db: Database, run_id: int, kind: str) -> dict[str, Any]:
 MA = {"p": 7, "d_model": 8, "n_heads": 2, "d_mlp": 16, "train_fraction": 0.6}
 
 
+def test_export_writes_both_lenses_arrays(tmp_path, backend: str) -> None:  # type: ignore[no-untyped-def]
+    """``phaseboard export`` carries both lenses' arrays: JSON whole, CSV one value a row."""
+    assert backend == "sqlite"  # the live server keeps its own SQLite file
+    import csv
+    import io
+    import time
+
+    import httpx
+
+    from phaseboard import Phaseboard
+    from phaseboard.server.commands.export import export_run
+    from phaseboard.server.settings import Settings
+    from tests.live_server import serve
+
+    with serve(tmp_path, queue="local") as url:
+        run_id, _ = _seed(Settings(home=tmp_path), "modular_addition", MA, [0, 10, 100])
+        body = {"lenses": ["influence", "susceptibilities"]}
+        assert httpx.post(f"{url}/api/runs/{run_id}/analyses", json=body).status_code == 202
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = httpx.get(f"{url}/api/runs/{run_id}/lenses").json()["states"]
+            if all(states[k]["state"] == "done" for k in body["lenses"]):
+                break
+            time.sleep(0.3)
+        with Phaseboard(url) as pb:
+            data = json.loads(export_run(pb, run_id, "json"))["lens_data"]
+            rows = list(csv.DictReader(io.StringIO(export_run(pb, run_id, "csv"))))
+    inf, sus = data["influence"], data["susceptibilities"]
+    n_groups = len(sus["groups"])
+    assert np.array(inf["influence"], dtype=float).shape == (3, 4, 12)  # steps, test, train
+    assert np.array(sus["per_item"], dtype=float).shape == (3, n_groups, 16)
+    assert len(sus["items"]["text"]) == 16 and sus["sets"][-1] == "test"
+    influence = [r for r in rows if r["section"] == "influence" and r["name"].startswith("test ")]
+    assert len(influence) == 3 * 4 * 12
+    chi = [r for r in rows if r["section"] == "susceptibilities" and " × " in r["name"]]
+    assert len(chi) == 2 * 3 * n_groups * 4  # value and se: steps x groups x sets
+    one = next(r for r in chi if r["name"] == "l0.h0 × test" and r["step"] == "10")
+    assert float(one["value"]) == pytest.approx(sus["matrix"][1][5][3], rel=1e-6)
+
+
 def test_both_lenses_cover_every_checkpoint_and_a_rerun_samples_only_the_new_one(
     make_settings,
 ) -> None:
@@ -95,10 +136,10 @@ def test_both_lenses_cover_every_checkpoint_and_a_rerun_samples_only_the_new_one
         assert most == sorted(most, reverse=True)
         assert all(got["most"][-1]["influence"] >= e["influence"] for e in got["least"])
         assert all(len(v["influence"]) == 3 for v in got["series"].values())
+        groups = sus["groups"]
         bad = client.get(f"/api/runs/{run_id}/influence/probe/1", params={"step": 11})
         assert bad.status_code == 422 and "not one of" in bad.text
 
-        groups = sus["groups"]
         assert sus["sets"] == ["a_even", "small_sums", "wrapped_sums", "test"]
         assert groups == ["pos_embed", "embed", "attn", "mlp", "unembed", "l0.h0", "l0.h1"]
         matrix = np.array(sus["matrix"], dtype=float)
