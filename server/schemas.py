@@ -127,11 +127,12 @@ class RunCreate(BaseModel):
 
 
 class RunFinish(BaseModel):
-    """How a run ended: ``finished`` (normal exit) or ``crashed`` (the script raised)."""
+    """How a run ended: ``finished`` (normal exit), ``crashed`` (the script raised) or
+    ``imported`` (an import of its checkpoints is complete)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal["finished", "crashed"] = "finished"
+    status: Literal["finished", "crashed", "imported"] = "finished"
 
 
 class RunUpdate(BaseModel):

@@ -166,7 +166,21 @@ class Settings(BaseSettings):
         description="Lenses queued for each new checkpoint of a run with a task, as a comma "
         "list (run-level lenses such as essential_dynamics rerun over all checkpoints); a "
         "run's own analysis_config.analyses wins. Unset: the lenses the lens registry marks "
-        "automatic (metrics, llc, essential_dynamics, learning_order); empty: none.",
+        "automatic (metrics, llc, llc_restricted, essential_dynamics, learning_order); "
+        "empty: none.",
+    )
+    auto_calibrate: bool = Field(
+        default=True,
+        description="Calibrate the LLC settings of a run that has none of its own (no lr or "
+        "localization in analysis_config.llc) before its LLC jobs run: they wait, a "
+        "calibration runs on checkpoints spread over the trajectory once the run settles, "
+        "and its recommendation becomes the run's settings. false: such runs use the defaults.",
+    )
+    calibration_settle_s: float = Field(
+        default=120.0,
+        description="A run that never says it finished (no client finish, an upload by "
+        "hand) counts as settled, and is calibrated, this many seconds after its last "
+        "checkpoint arrived while no client heartbeat says it is running.",
     )
 
     @field_validator("storage_dir", mode="before")

@@ -19,7 +19,7 @@ from phaseboard.server.jobs.planning import (
     run_analyses_for_run,
     usable_checkpoint_count,
 )
-from phaseboard.server.lenses._registry import all_lenses
+from phaseboard.server.lenses._registry import all_lenses, find_lens
 from phaseboard.server.models import Job, Run
 from phaseboard.server.settings import Settings
 from phaseboard.server.store.blobs import BlobStore
@@ -55,7 +55,8 @@ class JobQueue:
     ) -> list[int]:
         """Plan ``kinds`` on the run's checkpoints (all when None), enqueue; job ids."""
         with self.db.session() as s:
-            ids = plan_jobs(s, run_id, kinds, checkpoint_ids, config)
+            auto = self.settings.auto_calibrate
+            ids = plan_jobs(s, run_id, kinds, checkpoint_ids, config, auto_calibrate=auto)
             queued = list(
                 s.scalars(sa.select(Job.id).where(Job.id.in_(ids), Job.state == "queued"))
             )
@@ -114,11 +115,34 @@ class JobQueue:
             return [pending]
         return self.plan_and_enqueue(run_id, [kind])
 
+    def job_finished(self, run_id: int, kind: str) -> list[int]:
+        """A job of lens ``kind`` on the run ended: run the lens's ``on_done`` (the
+        calibration applies its recommendation) and queue what it planned."""
+        lens = find_lens(kind)
+        if lens is None or lens.on_done is None:
+            return []
+        ids = lens.on_done(self.db, self.settings, run_id)
+        self.enqueue(ids)
+        return ids
+
+    def run_settled(self, run_id: int) -> list[int]:
+        """The run will get no more checkpoints for now (its client finished, an import
+        ended): start its automatic calibration if LLC jobs wait for one."""
+        from phaseboard.server.jobs.auto_calibration import start_calibration
+
+        ids = start_calibration(self.db, self.settings, run_id)
+        self.enqueue(ids)
+        return ids
+
     def sweep(self) -> list[int]:
-        """Requeue jobs whose worker died; re-announce them. Returns requeued ids."""
+        """Requeue jobs whose worker died; re-announce them; start the automatic
+        calibrations of runs that settled. Returns the ids queued."""
+        from phaseboard.server.jobs.auto_calibration import settle
+
         ids = lifecycle.requeue_stale(
             self.db, self.settings.stale_after_s, self.settings.max_attempts
         )
+        ids += settle(self.db, self.settings)
         if ids:
             self.enqueue(ids)
         return ids

@@ -81,7 +81,10 @@ def _runner() -> JobRunner:
         db = Database(settings)
         store = open_blob_store(settings)
         queue = CeleryQueue(settings, db, store, app=_worker["app"])
-        runner = JobRunner(settings, db, store, _worker["device"], queue.request_phases)
+        runner = JobRunner(
+            settings, db, store, _worker["device"], queue.request_phases,
+            on_done=queue.job_finished,
+        )  # fmt: skip
         _worker.update(runner=runner, pid=pid, queue=queue)
     return runner
 

@@ -102,6 +102,7 @@ class LocalQueue(JobQueue):
                 self.request_phases,
                 should_stop=self._stop.is_set,
                 peers=peers,
+                on_done=self.job_finished,
             )
             args = (runner, lane, self._stop.is_set, wake, self._sweep_lock)
             self._start_thread(f"pb-worker-{i}-{device}-{lane}", lambda a=args: work(*a))

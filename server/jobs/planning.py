@@ -15,6 +15,12 @@ A run-scope lens that needs more usable checkpoints than the run has is planned 
 ``waiting`` ("waiting for a 2nd checkpoint"); ``JobQueue.checkpoints_added`` queues it when
 they arrive. A lens whose newest job on the run ended ``not_applicable`` after the run and
 its datasets last changed is not planned again: planning returns that job.
+
+Calibration first (``auto_calibrate``, the server's ``settings.auto_calibrate``): on a run
+with no LLC step size or localization of its own (``needs_calibration``), the lenses that use
+the run's LLC settings are planned ``waiting`` ("waiting for the LLC calibration"); the
+calibration itself is queued once the run's checkpoints have settled and its recommendation
+becomes the run's settings (``server.jobs.auto_calibration``).
 """
 
 from __future__ import annotations
@@ -62,6 +68,19 @@ DEFAULT_CALIBRATION: dict[str, Any] = {
     "localizations": [1.0, 10.0, 100.0, 1000.0],
     "n_betas": None,
 }
+# The automatic calibration's grid: the step sizes and localizations that the rule
+# (weakest ok localization, flattest lr) chooses among on the generic tasks' models.
+AUTO_CALIBRATION: dict[str, Any] = {
+    "lrs": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+    "localizations": [1.0, 10.0, 100.0],
+    "n_betas": None,
+}
+# What LLC-settings jobs of a run that waits for its automatic calibration say.
+CALIBRATION_WAIT = "waiting for the LLC calibration"
+# ``analysis_config`` keys: the automatic calibration's outcome (set once it ran), and a
+# run's own off-switch (``"auto_calibrate": false``: the defaults, uncalibrated).
+CALIBRATION_RECORD = "llc_calibration"
+AUTO_CALIBRATE_KEY = "auto_calibrate"
 
 
 @dataclass
@@ -73,6 +92,7 @@ class PlanContext:
     override: Mapping[str, Any]  # the request's config (e.g. {"llc": {...}, "restrictions"})
     checkpoint_ids: list[int]  # the checkpoints this plan covers, by step
     requested_checkpoints: bool  # the request named them (else: all of the run's)
+    auto_calibrate: bool = False  # the server calibrates runs without LLC settings first
 
     def run_config(self, key: str) -> dict[str, Any]:
         """The run's ``analysis_config[key]`` as a dict ({} if absent)."""
@@ -99,20 +119,15 @@ def llc_lens_names() -> list[str]:
     return [lens.name for lens in all_lenses() if lens.uses_llc_settings]
 
 
-def calibration_checkpoints(session: Session, run_id: int) -> list[int]:
-    """Default checkpoints to calibrate on: the first settled one (the first at or after
-    10 % of the last step: past the initial transient), the middle one and the last."""
-    rows = session.execute(
-        sa.select(Checkpoint.id, Checkpoint.step)
-        .where(Checkpoint.run_id == run_id)
-        .order_by(Checkpoint.step)
-    ).all()
-    if not rows:
-        raise BadInput(f"run {run_id} has no checkpoints to calibrate on")
-    last_step = rows[-1][1]
-    settled = next(i for i, (_, step) in enumerate(rows) if step >= 0.1 * last_step)
-    picks = {settled, (settled + len(rows) - 1) // 2, len(rows) - 1}
-    return [rows[i][0] for i in sorted(picks)]
+def needs_calibration(run: Run, override: Mapping[str, Any] | None = None) -> bool:
+    """Whether the run's LLC estimates wait for an automatic calibration: it has no LLC step
+    size or localization of its own (``analysis_config.llc``, nor in the request
+    ``override``), was not calibrated automatically before, and did not opt out."""
+    cfg = run.analysis_config or {}
+    if cfg.get(CALIBRATION_RECORD) is not None or cfg.get(AUTO_CALIBRATE_KEY) is False:
+        return False
+    own = {**(cfg.get("llc") or {}), **((override or {}).get("llc") or {})}
+    return "lr" not in own and "localization" not in own
 
 
 def check_llc_keys(cfg: Mapping[str, Any]) -> None:
@@ -172,7 +187,8 @@ def _results_fingerprint(session: Session, run_id: int) -> str:
     return f"{row[0]}-{row[1] or 0}"
 
 
-def _checkpoints_fingerprint(session: Session, run_id: int) -> str:
+def checkpoints_fingerprint(session: Session, run_id: int) -> str:
+    """A short tag that changes whenever the run's checkpoints do (count and newest id)."""
     row = session.execute(
         sa.select(sa.func.count(Checkpoint.id), sa.func.max(Checkpoint.id)).where(
             Checkpoint.run_id == run_id
@@ -186,7 +202,7 @@ def _rerun_tag(session: Session, run_id: int, lens: Lens) -> str:
     if lens.rerun == "results":
         return _results_fingerprint(session, run_id)
     if lens.rerun == "checkpoints":
-        return _checkpoints_fingerprint(session, run_id)
+        return checkpoints_fingerprint(session, run_id)
     return ""
 
 
@@ -251,12 +267,15 @@ def plan_jobs(
     kinds: Iterable[str],
     checkpoint_ids: Iterable[int] | None = None,
     config: Mapping[str, Any] | None = None,
+    *,
+    auto_calibrate: bool = False,
 ) -> list[int]:
     """Insert (or find) the jobs of the lenses ``kinds`` on the given checkpoints; job ids.
 
     ``checkpoint_ids=None`` means every checkpoint of the run. Checkpoints flagged as
     duplicates of a later step's weights are skipped unless ``config["include_duplicates"]``.
-    The caller commits.
+    ``auto_calibrate``: LLC-settings lenses of a run that ``needs_calibration`` are planned
+    ``waiting`` for the calibration (see the module doc). The caller commits.
     """
     run = get_existing(session, Run, run_id, "run")
     lenses = resolve_lenses(kinds)
@@ -285,9 +304,10 @@ def plan_jobs(
     usable: int | None = None
     rows: list[dict[str, Any]] = []
     known: list[int] = []  # ids decided without a row to insert (not applicable)
+    hold = auto_calibrate and needs_calibration(run, config)
     for lens in lenses:
         plan = PlanContext(
-            session, run, dict(config or {}), list(ckpts), checkpoint_ids is not None
+            session, run, dict(config or {}), list(ckpts), checkpoint_ids is not None, hold
         )
         cfg = lens.config(plan) if lens.config is not None else {}
         digest = config_hash(cfg)
@@ -295,6 +315,8 @@ def plan_jobs(
             known.append(na)
             continue
         state, message = "queued", ""
+        if hold and lens.uses_llc_settings:  # replanned with the calibrated settings
+            state, message = "waiting", CALIBRATION_WAIT
         if lens.scope == "run":
             targets: list[int | None] = [None]
             tag = _rerun_tag(session, run_id, lens)

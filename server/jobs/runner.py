@@ -9,7 +9,8 @@ The job's lens (``server.lenses``) says what runs: before its handler, a run-sco
 checkpoint needs are checked (too few: the job goes back to ``waiting``) and its
 applicability to the run's task (not applicable: the job ends ``not_applicable`` with the
 reason). After a lens that feeds stage boundaries finishes, the lenses that rerun on
-results (phases) are queued through ``on_phases``.
+results (phases) are queued through ``on_phases``; after a job of a lens with ``on_done``
+ends, ``on_done(run_id, lens)`` runs (``JobQueue.job_finished``).
 """
 
 from __future__ import annotations
@@ -118,9 +119,11 @@ class JobRunner:
         worker_id: str | None = None,
         should_stop: Callable[[], bool] | None = None,
         peers: int = 1,
+        on_done: Callable[[int, str], None] | None = None,
     ) -> None:
         self.settings, self.db, self.store, self.device = settings, db, store, device
         self.on_phases = on_phases
+        self.on_done = on_done
         self.should_stop = should_stop
         self.worker_id = worker_id or make_worker_id(device)
         self.peers = peers  # workers sharing this one's batched jobs (see claim_companions)
@@ -174,6 +177,7 @@ class JobRunner:
         batch_steps = sum(v for v in steps.values() if v)
         rate = batch_steps / wall_s if batch_steps and wall_s > 0 else None
         phases_runs: set[int] = set()
+        ended: set[int] = set()  # runs where a job of this lens ended (for ``on_done``)
         for ctx in ctxs:
             lease = by_id[ctx.job_id]
             out = outcomes.get(ctx.job_id, JobFailed("no outcome"))
@@ -186,12 +190,14 @@ class JobRunner:
                 lifecycle.wait(self.db, lease, str(out))
                 continue
             if isinstance(out, NotApplicable):
-                lifecycle.not_applicable(self.db, lease, str(out))
+                if lifecycle.not_applicable(self.db, lease, str(out)):
+                    ended.add(ctx.run_id)
                 continue
             if isinstance(out, BaseException):
                 if not isinstance(out, JobFailed):  # the traceback goes to the server log
                     log.error("job %s (%s) failed", ctx.job_id, ctx.kind, exc_info=out)
-                lifecycle.fail(self.db, lease, _error_text(out))
+                if lifecycle.fail(self.db, lease, _error_text(out)):
+                    ended.add(ctx.run_id)
                 continue
             try:
                 done = lifecycle.finish(
@@ -205,8 +211,16 @@ class JobRunner:
                 log.error("job %s (%s): results not stored", ctx.job_id, ctx.kind, exc_info=exc)
                 lifecycle.fail(self.db, lease, f"could not store the results: {exc}"[:2000])
                 continue
+            if done:
+                ended.add(ctx.run_id)
             if done and lens is not None and lens.feeds_phases:
                 phases_runs.add(ctx.run_id)
+        if self.on_done is not None and lens is not None and lens.on_done is not None:
+            for run_id in sorted(ended):
+                try:
+                    self.on_done(run_id, lens.name)
+                except Exception:  # noqa: BLE001 - the job's outcome is stored; the sweep retries
+                    log.exception("after %s on run %s", lens.name, run_id)
         if self.on_phases is not None:
             for run_id in sorted(phases_runs):
                 try:

@@ -90,8 +90,8 @@ class AnalysesRequest(BaseModel):
     device: Text | None = Field(default=None, description="'cpu' or 'cuda' to pin; default any.")
     calibrate: CalibrationGrid | None = Field(
         default=None,
-        description="calibrate only: the grid; checkpoint_ids default to the first settled, "
-        "middle and last checkpoint.",
+        description="calibrate only: the grid; without checkpoint_ids the job picks three "
+        "spread over the trajectory, including where the training loss falls fastest.",
     )
     include_duplicates: bool = Field(
         default=False,

@@ -1,7 +1,8 @@
 """The loop every local worker runs, as a thread of the server or in a child process.
 
 Poll SQL for queued jobs of the worker's lane, run one (with its batch companions, see
-``JobRunner.run_job``), now and then requeue jobs whose worker went silent, and sleep until
+``JobRunner.run_job``), now and then requeue jobs whose worker went silent and start the
+automatic calibrations of runs that settled (``auto_calibration.settle``), and sleep until
 woken by an ``enqueue`` or ``POLL_S`` passes.
 """
 
@@ -13,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.auto_calibration import settle
 from phaseboard.server.jobs.runner import JobRunner
 
 log = logging.getLogger("phaseboard.jobs")
@@ -55,6 +57,7 @@ def work(
                 since_sweep = 0.0
                 with sweep_lock:
                     lifecycle.requeue_stale(db, settings.stale_after_s, settings.max_attempts)
+                    settle(db, settings)  # automatic calibrations of runs that settled
         except Exception:  # noqa: BLE001 - keep the worker alive; the row says what failed
             log.exception("local worker loop error")
             ran = False

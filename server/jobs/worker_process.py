@@ -85,6 +85,7 @@ def child_main(spec: WorkerSpec, stop: Event, wake: Event, wakes: list[Event]) -
         queue.request_phases,
         should_stop=stopping,
         peers=spec.peers,
+        on_done=queue.job_finished,
     )
     try:
         work(runner, "all", stopping, wake, nullcontext())

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from phaseboard.analysis.tasks import Task
+    from phaseboard.server.db import Database
     from phaseboard.server.jobs.handlers import JobContext, ResultRows
     from phaseboard.server.jobs.planning import PlanContext
+    from phaseboard.server.settings import Settings
 
 Scope = Literal["checkpoint", "run"]
 Lane = Literal["fast", "heavy"]
@@ -46,6 +48,7 @@ Handler = Callable[["JobContext"], "ResultRows"]
 BatchHandler = Callable[[list["JobContext"]], "dict[int, ResultRows | Exception]"]
 ConfigBuilder = Callable[["PlanContext"], dict[str, Any]]
 Applies = Callable[["Task"], "str | None"]
+OnDone = Callable[["Database", "Settings", int], "list[int]"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,10 @@ class Lens:
     - ``uses_llc_settings``: the job config is the run's LLC settings (checked at the API;
       the results form one LLC series per settings).
     - ``view``: how the run page shows it (``LensView``); None: not shown.
+    - ``on_done(db, settings, run_id) -> job ids``: called once a job of this lens on the
+      run has ended (done, failed or not applicable); what it plans in SQL is queued (the
+      calibration makes its recommendation the run's LLC settings and queues the LLC jobs
+      that waited for it).
     - ``internal``: for tests and benchmarks (never automatic, not on pages, not in the
       conformance matrix).
     """
@@ -115,6 +122,7 @@ class Lens:
     uses_llc_settings: bool = False
     view: LensView | None = None
     internal: bool = False
+    on_done: OnDone | None = None
 
     def __post_init__(self) -> None:
         problems = []

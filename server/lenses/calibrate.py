@@ -2,9 +2,13 @@
 LLC settings on a few checkpoints in one vectorised batch (``analysis.llc.calibrate``); one
 result with every setting's estimate, verdict and mean trace, and the recommended setting.
 
-Its config carries the checkpoint ids (default: the first settled, the middle and the last
-checkpoint, ``planning.calibration_checkpoints``) and the grid (default
-``planning.DEFAULT_CALIBRATION``).
+Its config carries the checkpoint ids a request named, or none: then the job picks three
+when it runs, spread over the whole trajectory and including its sharpest part (where the
+training loss moves fastest per log-step; ``analysis.llc.calibration_points`` on the
+run's usable checkpoints and their training losses), and the grid (default
+``planning.DEFAULT_CALIBRATION``; ``planning.AUTO_CALIBRATION`` for the automatic
+calibration of a run without LLC settings, whose ``on_done`` makes the recommendation the
+run's settings: ``server.jobs.auto_calibration``).
 """
 
 from __future__ import annotations
@@ -14,21 +18,36 @@ from typing import Any
 import sqlalchemy as sa
 
 from phaseboard.server.errors import BadInput
-from phaseboard.server.jobs.handlers import JobContext, JobFailed, ResultRows, load_checkpoint
+from phaseboard.server.jobs.auto_calibration import apply_calibration
+from phaseboard.server.jobs.handlers import (
+    JobContext,
+    JobFailed,
+    ResultRows,
+    load_checkpoint,
+    usable_checkpoints,
+)
 from phaseboard.server.jobs.planning import (
+    AUTO_CALIBRATION,
     DEFAULT_CALIBRATION,
     PlanContext,
-    calibration_checkpoints,
+    checkpoints_fingerprint,
     llc_settings_hash,
 )
 from phaseboard.server.lenses._registry import Lens, LensView
 from phaseboard.server.lenses.llc import llc_config, sampler_config, train_batches
-from phaseboard.server.models import Checkpoint
+from phaseboard.server.models import Checkpoint, Result
+from phaseboard.server.series_store import read_series, series_names
+
+CALIBRATION_POINTS = 3  # checkpoints a calibration picks when none are named
+# Logged series that hold the training loss, in the order they are trusted.
+TRAIN_LOSS_SERIES = ("train_loss", "loss", "train/loss")
 
 
 def calibrate_config(plan: PlanContext) -> dict[str, Any]:
-    """The base LLC settings, the grid and the checkpoints to calibrate on."""
-    grid = {**DEFAULT_CALIBRATION, **(plan.override.get("calibrate") or {})}
+    """The base LLC settings, the grid and the checkpoints to calibrate on (None: picked
+    when the job runs, over the run's checkpoints at planning time: their fingerprint)."""
+    base_grid = AUTO_CALIBRATION if plan.auto_calibrate else DEFAULT_CALIBRATION
+    grid = {**base_grid, **(plan.override.get("calibrate") or {})}
     unknown = sorted(set(grid) - set(DEFAULT_CALIBRATION))
     if unknown:
         raise BadInput(f"calibrate: unknown key(s) {unknown}; known: lrs, localizations, n_betas")
@@ -40,12 +59,60 @@ def calibrate_config(plan: PlanContext) -> dict[str, Any]:
     }
     if not cfg["lrs"] or not cfg["localizations"] or cfg["n_betas"] == []:
         raise BadInput("calibrate: lrs, localizations (and n_betas if given) may not be empty")
-    cfg["checkpoint_ids"] = (
-        list(plan.checkpoint_ids)
-        if plan.requested_checkpoints
-        else calibration_checkpoints(plan.session, plan.run.id)
-    )
+    if plan.requested_checkpoints:
+        cfg["checkpoint_ids"] = list(plan.checkpoint_ids)
+    else:
+        cfg["checkpoint_ids"] = None
+        cfg["trajectory"] = checkpoints_fingerprint(plan.session, plan.run.id)
     return cfg
+
+
+def training_losses(ctx: JobContext, ckpts: list[tuple[int, int]]) -> list[float | None]:
+    """The training loss at each checkpoint (``(id, step)``): its metrics result where one
+    exists, else the logged training-loss series at the nearest step at or before it."""
+    import numpy as np
+
+    ids = [c for c, _ in ckpts]
+    with ctx.db.session() as s:
+        rows = s.execute(
+            sa.select(Result.checkpoint_id, Result.values["train_loss"].as_float()).where(
+                Result.run_id == ctx.run_id,
+                Result.kind == "metrics",
+                Result.restriction == "",
+                Result.checkpoint_id.in_(ids),
+            )
+        ).all()
+        measured = {int(c): v for c, v in rows if v is not None}
+        logged: tuple[Any, Any] | None = None
+        names = set(series_names(s, ctx.run_id))
+        for name in TRAIN_LOSS_SERIES:
+            if name in names:
+                steps, values, _ = read_series(s, ctx.run_id, name, max_points=100_000)
+                logged = (steps, values)
+                break
+    out: list[float | None] = []
+    for cid, step in ckpts:
+        if cid in measured:
+            out.append(float(measured[cid]))
+        elif logged is not None and len(logged[0]) and logged[0][0] <= step:
+            i = int(np.searchsorted(logged[0], step, side="right")) - 1
+            out.append(float(logged[1][i]))
+        else:
+            out.append(None)
+    return out
+
+
+def pick_checkpoints(ctx: JobContext) -> list[int]:
+    """Checkpoint ids to calibrate on: ``CALIBRATION_POINTS`` of the run's usable ones,
+    spread over the trajectory including its sharpest part (``calibration_points``)."""
+    from phaseboard.analysis.llc import calibration_points
+
+    ckpts = usable_checkpoints(ctx.db, ctx.run_id)
+    if not ckpts:
+        raise JobFailed("calibrate: the run has no checkpoints to calibrate on")
+    losses = training_losses(ctx, ckpts)
+    picked = calibration_points([step for _, step in ckpts], losses, CALIBRATION_POINTS)
+    return [ckpts[i][0] for i in picked]
 
 
 def run_calibrate(ctx: JobContext) -> ResultRows:
@@ -54,7 +121,8 @@ def run_calibrate(ctx: JobContext) -> ResultRows:
     from phaseboard.analysis.tasks import CheckpointMismatch
 
     task = ctx.task()
-    ids = list(ctx.config.get("checkpoint_ids") or [])
+    named = ctx.config.get("checkpoint_ids")
+    ids = pick_checkpoints(ctx) if named is None else list(named)
     if not ids:
         raise JobFailed("calibrate: no checkpoints given")
     with ctx.db.session() as s:
@@ -107,5 +175,6 @@ LENSES = (
         lane="heavy",
         rerun="never",
         view=LensView("_calibration.html", "diagnostics.js", placement="page"),
+        on_done=apply_calibration,
     ),
 )

@@ -240,6 +240,7 @@ LENSES = (
         batch_handler=run_llc_restricted_many,
         config=llc_restricted_config,
         lane="heavy",
+        auto=True,
         uses_llc_settings=True,
         view=LensView("_plots.html", "app.js", placement="page"),
     ),

@@ -19,10 +19,10 @@ def test_queue_analyses_dedupes_and_lists_jobs(client, settings) -> None:
     again = client.post(f"/api/runs/{run_id}/analyses", json=body)
     assert again.json()["job_ids"] == first.json()["job_ids"]
     one = client.post(f"/api/runs/{run_id}/analyses", json={"checkpoint_ids": [ckpts[1]]})
-    assert len(one.json()["job_ids"]) == 2  # default analyses: metrics and llc
+    assert len(one.json()["job_ids"]) == 3  # default analyses: metrics, llc, llc_restricted
 
     listed = client.get("/api/jobs", params={"run_id": run_id, "state": "queued"}).json()
-    assert listed["total"] == 6 and listed["counts"]["queued"] == 6
+    assert listed["total"] == 7 and listed["counts"]["queued"] == 7
     job = client.get(f"/api/jobs/{first.json()['job_ids'][0]}").json()
     assert job["kind"] == "llc" and job["config"]["num_draws"] == 9 and job["state"] == "queued"
     assert client.get("/api/jobs/999999").status_code == 404
