@@ -222,8 +222,8 @@ def estimate_llc_data_restricted_many(
     Each subset is a group of rows drawing minibatches from its own data (checkpoint x
     subset x chain rows, one vmap-ed step), not a run of its own: the same arithmetic as
     ``estimate_llc_many`` per subset, with the per-step overhead paid once. That overhead
-    is most of a step for one checkpoint (three subsets of the demo: 1.21 s as three runs,
-    0.48 s as one, bench/RESULTS.md). ``config.num_samples``/``n_beta`` are used as
+    is most of a step for one checkpoint (bench/RESULTS.md, "Data subsets in one sampler
+    run"). ``config.num_samples``/``n_beta`` are used as
     given: n_beta is a property of the posterior (the training set), not of the subset the
     loss is evaluated on. Each checkpoint's results equal ``estimate_llc`` on each subset
     alone. Returns one ``{subset: LLCResult}`` per checkpoint, in order.

@@ -1,10 +1,10 @@
 """The restricted LLCs of a run, timed on another version of Phaseboard (a subprocess helper).
 
-``bench/trajectory.py --issue-baseline REF`` unpacks the source tree of commit REF (by
-default the one issue 12 was filed against) and runs this script with that tree first on
-``sys.path``: it starts that version's ``phaseboard up`` with its own defaults, uploads the
-checkpoints saved by the caller through that version's client, queues ``llc_restricted``
-and prints one JSON line: the seconds from queueing to every job done.
+``bench/trajectory.py --baseline-ref REF`` unpacks the source tree of commit REF (by
+default one that ran restricted LLCs as one job per checkpoint) and runs this script with
+that tree first on ``sys.path``: it starts that version's ``phaseboard up`` with its own
+defaults, uploads the checkpoints saved by the caller through that version's client, queues
+``llc_restricted`` and prints one JSON line: the seconds from queueing to every job done.
 
 It uses only the client API both versions share (``Phaseboard.run``, ``log_checkpoint``,
 ``analyze``, ``jobs``), so the code under test is entirely that version's.

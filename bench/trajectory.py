@@ -8,18 +8,18 @@ A. the full demo analyses (metrics, LLC, restricted LLC for every group, phases)
    checkpoint with the default settings: time to all done, time to the first LLC batch, and
    how long after it the first automatic phase boundaries appear;
 B. the restricted LLCs alone on ``--baseline-checkpoints`` checkpoints (default: all of the
-   demo's, as in the issue), three times in this run:
+   demo's), three times in this run:
    with the defaults (batched across checkpoints, one worker thread per core, 1 torch thread
    each), batched with a worker process per core instead (``local_pool = "processes"``),
    and as before batching ("per-job": ``llc_batch_checkpoints=1``, one worker thread,
    torch's default intra-op threads, no fast lane). Prints the per-job / batched ratio.
-   With ``--issue-baseline REF`` (default: the commit issue 12 was filed against) also the
-   per-job path of that version, its own `phaseboard up` with its own defaults
-   (``bench/per_job_at_ref.py``), on the same checkpoints and settings in the same run: the
-   issue's "same estimates run as today's per-checkpoint jobs", a fixed reference that later
-   speed-ups of single jobs do not move.
+   With ``--baseline-ref REF`` (default: e0b6e1b, a commit that ran restricted LLCs
+   as one job per checkpoint) also the per-job path of that version, its own
+   `phaseboard up` with its own defaults (``bench/per_job_at_ref.py``), on the same
+   checkpoints and settings in the same run: the same estimates run as per-checkpoint jobs,
+   a fixed reference that later speed-ups of single jobs do not move.
 
-Targets (issue 12): A under 5 minutes on the 2-core CPU machine, B's ratio at least 5, the
+Targets: A under 5 minutes on the 2-core CPU machine, B's ratio at least 5, the
 first boundaries within a minute of the first LLC batch.
 
     .venv/bin/python bench/trajectory.py                       # the demo: 32 checkpoints
@@ -69,7 +69,7 @@ PER_JOB_ENV = {  # the path before batching: what `phaseboard up` did by default
     "PHASEBOARD_TORCH_THREADS": "0",  # 0: leave torch's default (one thread per core)
 }
 PROCESSES_ENV = {"PHASEBOARD_LOCAL_POOL": "processes"}  # the batched path, workers as processes
-ISSUE_REF = "e0b6e1b"  # main when issue 12 was filed: restricted LLCs one job per checkpoint
+BASELINE_REF = "e0b6e1b"  # a commit running restricted LLCs as one job per checkpoint
 
 
 def train(config: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[Any], float]:
@@ -214,8 +214,9 @@ def main() -> None:
     ap.add_argument("--skip-full", action="store_true", help="only part B")
     ap.add_argument("--skip-baseline", action="store_true", help="only part A")
     ap.add_argument(
-        "--issue-baseline",
-        default=ISSUE_REF,
+        "--baseline-ref",
+        "--issue-baseline",  # its former name, used by the commands in bench/RESULTS.md
+        default=BASELINE_REF,
         metavar="REF",
         help="also time the per-job path of this commit ('' to skip)",
     )
@@ -265,9 +266,9 @@ def main() -> None:
             run = upload(url, "per-job", config, llc, subset, points)
             per_job = wait_all(run, ["llc_restricted"], args.timeout, watch_phases=False)["all"]
             run.finish()
-    at_issue = None
-    if args.issue_baseline:
-        at_issue = per_job_at(args.issue_baseline, config, llc, subset, args.timeout)
+    at_ref = None
+    if args.baseline_ref:
+        at_ref = per_job_at(args.baseline_ref, config, llc, subset, args.timeout)
     print(
         f"B. restricted LLC on {n} checkpoints: per-job {per_job:.0f} s, batched {batched:.0f} s;"
         f" ratio {per_job / batched:.2f}x (target >= 5x)"
@@ -276,10 +277,10 @@ def main() -> None:
         f"   batched with worker processes instead of threads: {procs:.0f} s"
         f" (threads {procs / batched:.2f}x faster; ratio with processes {per_job / procs:.2f}x)"
     )
-    if at_issue is not None:
+    if at_ref is not None:
         print(
-            f"   the per-job path at {args.issue_baseline} (when issue 12 was filed; its own"
-            f" server and defaults): {at_issue:.0f} s; ratio {at_issue / batched:.2f}x"
+            f"   the per-job path at {args.baseline_ref} (its own server and defaults):"
+            f" {at_ref:.0f} s; ratio {at_ref / batched:.2f}x"
             " (target >= 5x)"
         )
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         default=16,
         description="Queued LLC / restricted-LLC jobs of one run and config claimed together "
         "and run as one vectorised batch (1: one job at a time); idle local workers split "
-        "them fairly. 16 finished the demo's analyses 10 % sooner than 8 (bench/RESULTS.md).",
+        "them fairly. 16 finished the demo's analyses sooner than 8 (bench/RESULTS.md).",
     )
     llc_memory_mb: int | None = Field(
         default=None,
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         default=6 * 3600, description="Longest job; sets Celery's visibility timeout."
     )
     max_attempts: int = 3
-    # Bounds on what one request may ask of the server (issue 11); 413/422 past them.
+    # Bounds on what one request may ask of the server; 413/422 past them.
     max_metric_points: int = Field(
         default=100_000, description="Most metric points in one POST (the client sends 5000)."
     )

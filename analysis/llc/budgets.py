@@ -40,11 +40,11 @@ def default_max_rows(model: nn.Module, config: LLCConfig) -> int:
 
 
 # Activations of one vmap call on a CPU past which more checkpoints per call stop paying.
-# Small models' steps are per-op overhead, which batching removes (the demo: 16 checkpoints
-# per call 2.4x cheaper each than one); a model whose rows already save tens of MB for the
-# backward is compute-bound at one checkpoint, and more rows only add page faults: the
-# attention_lm task (10.7 MB per row) ran 2x slower per checkpoint at 16 per call than at 1
-# (bench/RESULTS.md, "Checkpoints per call by activations").
+# Small models' steps are per-op overhead, which batching removes (the demo's checkpoints
+# cost far less each 16 to a call than one at a time); a model whose rows already save tens
+# of MB for the backward is compute-bound at one checkpoint, and more rows only add page
+# faults: the attention_lm task (10.7 MB per row) ran slower per checkpoint at 16 per call
+# than at 1 (bench/RESULTS.md, "Checkpoints per vmap call, capped by activations").
 CPU_ACTIVATION_BYTES = 128 * 1024 * 1024
 
 

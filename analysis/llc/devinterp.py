@@ -20,7 +20,7 @@ def devinterp_init_loss(
     over the first ``num_batches`` (its ``num_init_loss_batches``, default 32) minibatches of
     the sampling stream (by default every chain's loader is seeded alike, so one stream),
     once, unpaired with the draws. ``LLCResult.rebased(devinterp_init_loss(...))`` puts our
-    draws on devinterp's footing (README "Trusting an LLC estimate")."""
+    draws on devinterp's footing (docs/trusting-the-llc.md, "Comparing with devinterp")."""
     losses = []
     with torch.no_grad():
         for batch in itertools.islice(_BatchCycler(batches), num_batches):

@@ -84,8 +84,8 @@ def rows_per_checkpoint(config: LLCConfig) -> int:
 
 
 # One vectorised batch's memory on a CPU. Not a memory limit but a cache one: past a few
-# hundred MB of rows the step gets slower per row (bench/RESULTS.md, "Rows per vmap call
-# on a CPU": on the 214k-parameter NeoX case 54 rows stepped ~20 % faster than 80 or 18).
+# hundred MB of rows the step gets slower per row (bench/RESULTS.md, "LLC on devinterp's
+# home turf": the sweep of rows per call on the NeoX case).
 def checkpoint_tensors(
     models_or_state_dicts: Sequence[nn.Module | Mapping[str, Tensor]], model: nn.Module | None
 ) -> tuple[nn.Module, list[Mapping[str, Tensor]]]:
@@ -161,7 +161,7 @@ def warm_up(device: str = "cpu") -> float:
     """Run ``estimate_llc_many`` once on a toy model; returns the seconds it took.
 
     torch.func's first vmap/grad call in a process imports and sets up about a second of
-    Python (1.0-1.2 s on the 2-core CPU machine, bench/RESULTS.md). A worker that calls
+    Python (bench/RESULTS.md, "The sampler warmed up before the first job"). A worker that calls
     this while it waits for work spares its first estimate that second; later calls take
     milliseconds.
     """

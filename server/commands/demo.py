@@ -27,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from phaseboard import Phaseboard, PhaseboardClientError, Run
 from phaseboard.server.settings import Settings
 
-# Chosen so the test accuracy jumps well after the train accuracy (grokking) in under a minute
-# (full: memorised by ~300 steps, generalises at ~1500-2500) or ~15 s (quick) on two CPU cores.
+# Chosen so the test accuracy jumps well after the train accuracy (grokking) within a short
+# CPU run (full: memorised by ~300 steps, generalises at ~1500-2500; quick: a quarter of it).
 FULL_CONFIG: dict[str, Any] = {
     "p": 31,
     "train_fraction": 0.5,
@@ -49,7 +49,8 @@ QUICK_CONFIG: dict[str, Any] = {
     "eval_every": 50,
     "num_checkpoints": 10,
 }
-# LLC budgets small enough for a CPU worker to keep up (README: how to calibrate properly).
+# LLC budgets small enough for a CPU worker to keep up (docs/trusting-the-llc.md: how to
+# calibrate properly).
 # Stored in the run's analysis_config, so the jobs queued on each upload and those queued by
 # analyze() share one config (and are deduplicated).
 FULL_LLC: dict[str, Any] = {"num_chains": 4, "num_draws": 100, "num_burnin_steps": 20}

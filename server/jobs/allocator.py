@@ -4,8 +4,9 @@ A vectorised SGLD step allocates and frees tensors of a few MB dozens of times. 
 serves an allocation above its mmap threshold (dynamic, from 128 kB) with fresh pages
 and unmaps it when freed, so every step faults its whole working set in again, and
 worker threads of one process queue on the kernel's lock for their address space. On
-the demo's restricted LLCs (16 checkpoints per batch, two worker threads) that was 1.5 M
-minor faults per 20 steps and 12 % of the time in the kernel (bench/RESULTS.md). With the
+the demo's restricted LLCs (16 checkpoints per batch, two worker threads) that meant
+millions of minor faults and much of the time spent in the kernel (bench/RESULTS.md, "Where
+the restricted-LLC time went"). With the
 threshold at glibc's maximum (32 MB) such tensors come from the heap, and a top pad
 bounds how much free memory an arena keeps (returned to the OS beyond it).
 """

@@ -121,7 +121,9 @@ class LLCValue(BaseModel):
     per_chain: list[float] = []
     diverged: bool | None = None
     job_id: int | None = None
-    verdict: str | None = Field(default=None, description="ok, diverged chains, ... (README)")
+    verdict: str | None = Field(
+        default=None, description="ok, diverged chains, ... (docs/trusting-the-llc.md)"
+    )
     n_beta: float | None = None
 
 

@@ -74,7 +74,7 @@ def test_built_in_tasks_name_their_chance_level() -> None:
 
 
 def _trained_neox_vocab_500() -> object:
-    """The issue's case in small: a GPT-NeoX with a 500-token vocabulary trained until its
+    """A small GPT-NeoX with a 500-token vocabulary trained until its
     loss is far below chance, on a stream where each token is often the previous + 1."""
     vocab = 500
     config = {**HF_CONFIGS["gpt_neox"], "vocab_size": vocab}
@@ -104,8 +104,8 @@ def _trained_neox_vocab_500() -> object:
 
 @pytest.mark.slow
 def test_left_the_basin_fires_on_a_language_model_at_too_large_an_lr() -> None:
-    """The issue measured a GPT-NeoX (vocab 500) at lr 1e-2: chains' mean loss above
-    chance, judged 'ok' because the task had no chance level. Now it has one."""
+    """A GPT-NeoX (vocab 500) sampled at lr 1e-2: the chains' mean loss rises above chance,
+    which only a task that knows its chance level can call 'left the basin' (not 'ok')."""
     task, model = _trained_neox_vocab_500()
     with torch.no_grad():
         trained = float(task.loss(model, task.full_batch("train")))

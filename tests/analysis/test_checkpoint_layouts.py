@@ -178,7 +178,7 @@ def test_write_safetensors_streams_a_file_the_real_loader_reads(tmp_path: Path, 
     assert all(torch.equal(back[k], v) for k, v in sd.items())
 
 
-# --- bounded work (issue 11): each test pins a bound on work done, not a time ----------------
+# --- bounded work: each test pins a bound on work done, not a time ----------------------------
 
 
 def test_shared_children_pickle_is_refused_after_linear_work(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ class _Product(nn.Module):
 def test_bfloat16_keeps_the_llc_of_a_deep_linear_network() -> None:
     """Where an SGLD step is below bfloat16's resolution of a weight (noise sqrt(lr) =
     0.0045 against a spacing of 2^-7 = 0.0078 at 1), updating bfloat16 weights lost most
-    steps and gave 1.5x the float32 estimate (2.1x in the issue's case). With float32
+    steps and gave 1.5x the float32 estimate. With float32
     master weights the bfloat16 chains follow float32's (same seed and noise): the
     estimates agree within 5 %, a third of the chains' own spread (~15 %). The population
     loss K(w) = 1/2 |BA - B*A*|^2 (tests/science) needs no data."""

@@ -114,7 +114,7 @@ def test_with_a_diverged_chain_the_mean_is_not_the_survivors_mean() -> None:
 
 
 def test_one_surviving_chain_has_no_spread_rather_than_zero() -> None:
-    """The issue's "275.4 +- 0": one chain left gives a mean_surviving and a NaN std."""
+    """One chain left gives a mean_surviving and a NaN std, never "275.4 +- 0"."""
     assert chain_summary([1.0, 275.4, 3.0], [0, 2])[2:] == (
         275.4,
         pytest.approx(math.nan, nan_ok=True),

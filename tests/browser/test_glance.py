@@ -1,5 +1,5 @@
 """The run page at a glance: axes, stages, restricted small multiples, running jobs, compare
-warnings and phone layout (issue 12), on the seeded run in a real Chromium."""
+warnings and phone layout, on the seeded run in a real Chromium."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """In a real Chromium: another site's page cannot write into the dashboard; ours still can.
 
-The attack of issue 11: a page on another origin posts a checkpoint with
+The attack: a page on another origin posts a checkpoint with
 ``fetch(url, {method: "POST", body: FormData, mode: "no-cors"})``. Chromium sends it with
 ``Origin`` and ``Sec-Fetch-Site: cross-site``; the server refuses it and stores nothing.
 """

@@ -80,7 +80,7 @@ def test_calibration_recommends_a_setting_within_15_percent_of_lambda(
 
 @pytest.mark.slow
 def test_calibration_does_not_pick_the_biased_stronger_localization() -> None:
-    """The issue's trap, on a DLN 4-2-4 (lambda 3.5): at lr 1e-2 a weak pull diverges and
+    """The trap, on a DLN 4-2-4 (lambda 3.5): at lr 1e-2 a weak pull diverges and
     a strong one (localization 100) is 'ok' by the older verdicts, so the old rule
     (largest ok lr, then weakest localization) took lr 1e-2 / localization 100 and an
     estimate ~0.2 lambda. The strong pull is now flagged and the weak one recommended."""
@@ -97,7 +97,7 @@ def test_calibration_does_not_pick_the_biased_stronger_localization() -> None:
     assert new.recommended.mean == pytest.approx(lam, rel=0.15)
 
 
-# --- bias checks: the issue's table, both directions -------------------------------------
+# --- bias checks: settings the older verdicts called 'ok', both directions -----------------
 
 
 @pytest.mark.slow
@@ -130,8 +130,8 @@ def test_200_draws_without_burn_in_are_not_converged() -> None:
 @pytest.mark.slow
 def test_rmsprop_sgld_at_too_large_an_lr_is_step_size_bias() -> None:
     """Reduced-rank regression N=6, H=3, M=5 (lambda 7), RMSprop-SGLD at lr 1.5e-3: ~1.6
-    lambda, its lr / 2 chains ~1.36 lambda (the issue measured 13.7 ~ 2 lambda on its RRR,
-    judged 'ok'). At 2e-3 (~1.8 lambda) some of 16 chains diverge, a verdict of its own."""
+    lambda, its lr / 2 chains ~1.36 lambda (13.7 ~ 2 lambda on a larger RRR was 'ok' by the
+    older verdicts). At 2e-3 (~1.8 lambda) some of 16 chains diverge, a verdict of its own."""
     res, lam = _estimate(
         [6, 3, 5], 0, lr=1.5e-3, sampler="rmsprop_sgld", num_draws=1000, num_burnin_steps=250
     )

@@ -1,4 +1,4 @@
-"""Issue 11: every bad request is a 4xx naming the problem, never a 500, and stores nothing.
+"""Every bad request is a 4xx naming the problem, never a 500, and stores nothing.
 
 Each case runs on SQLite and PostgreSQL against a seeded store (a run with a checkpoint,
 metrics, a phase boundary and a share link); the whole store - every row of every table and

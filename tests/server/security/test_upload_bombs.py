@@ -148,7 +148,7 @@ def test_a_bomb_costs_the_server_little_memory_and_time(server: tuple[str, int],
 @pytest.mark.slow
 def test_a_deflated_dataset_costs_the_server_little(server: tuple[str, int]) -> None:
     url, pid = server
-    data = attacks.tokens_inflating()  # 64 KB that inflate to 64 MB (the issue's: 512 MB)
+    data = attacks.tokens_inflating()  # 64 KB that inflate to 64 MB
     with httpx.Client(timeout=60) as http:
         run_id = http.post(f"{url}/api/runs", json={"name": "tokens bomb"}).json()["id"]
         with _PeakRSS(pid) as rss:
