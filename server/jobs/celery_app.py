@@ -29,6 +29,7 @@ from phaseboard.server.db import Database
 from phaseboard.server.jobs import allocator, lifecycle
 from phaseboard.server.jobs.base import JobQueue
 from phaseboard.server.jobs.lanes import is_fast
+from phaseboard.server.jobs.lanes import refresh as refresh_lanes
 from phaseboard.server.jobs.runner import JobRunner
 from phaseboard.server.jobs.worker_setup import start_warm_up
 from phaseboard.server.models import Job
@@ -50,9 +51,10 @@ def queue_name(device: str) -> str:
 FAST_QUEUE = "pb.fast"
 
 
-def job_queue(device: str, kind: str) -> str:
-    """The queue a job's message goes to: ``pb.fast`` for cheap kinds runnable anywhere."""
-    if is_fast(kind) and lifecycle.device_kind(device or "any") == "any":
+def job_queue(device: str, kind: str, db: Database | None = None) -> str:
+    """The queue a job's message goes to: ``pb.fast`` for cheap kinds runnable anywhere
+    (on ``db``'s measured costs, if given: ``server.jobs.lanes``)."""
+    if is_fast(kind, db) and lifecycle.device_kind(device or "any") == "any":
         return FAST_QUEUE
     return queue_name(device)
 
@@ -134,13 +136,14 @@ class CeleryQueue(JobQueue):
         and the sweep thread re-sends every queued job once Redis answers again."""
         if not job_ids:
             return
+        refresh_lanes(self.db)  # a lens's queue follows its measured cost
         with self.db.session() as s:
             rows = s.execute(
                 sa.select(Job.id, Job.device, Job.kind).where(Job.id.in_(job_ids))
             ).all()
         try:
             for job_id, device, kind in sorted(rows):
-                self.app.send_task(TASK_NAME, args=[job_id], queue=job_queue(device, kind))
+                self.app.send_task(TASK_NAME, args=[job_id], queue=job_queue(device, kind, self.db))
         except Exception:  # noqa: BLE001 - broker down: SQL holds the jobs, resend later
             log.exception("could not send %d job(s) to the broker; will resend", len(rows))
             self._resend_needed.set()
@@ -148,9 +151,10 @@ class CeleryQueue(JobQueue):
     def resend_queued(self) -> int:
         """Send a message for every queued job (messages lost with Redis); duplicates no-op."""
         rows = lifecycle.queued_all(self.db)
+        refresh_lanes(self.db)
         try:
             for job_id, device, kind in rows:
-                self.app.send_task(TASK_NAME, args=[job_id], queue=job_queue(device, kind))
+                self.app.send_task(TASK_NAME, args=[job_id], queue=job_queue(device, kind, self.db))
         except Exception:
             self._resend_needed.set()
             raise

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from phaseboard.server.db import Database, get_existing
 from phaseboard.server.errors import Conflict
 from phaseboard.server.jobs.lanes import claim_order, is_batched, lane_filter
+from phaseboard.server.jobs.lanes import refresh as refresh_lanes
 from phaseboard.server.models import Checkpoint, Job, Result, utcnow
 
 ACTIVE = ("queued", "running")
@@ -98,7 +99,8 @@ def device_kind(device: str) -> str:
 
 def queued_ids(db: Database, device: str, limit: int = 20, lane: str = "all") -> list[int]:
     """Queued jobs a worker on ``device`` in ``lane`` can run: fast kinds first, then oldest
-    (see ``server.jobs.lanes``)."""
+    (see ``server.jobs.lanes``: the lanes follow the lenses' measured costs)."""
+    refresh_lanes(db)
     with db.session() as s:
         return list(
             s.scalars(
@@ -106,9 +108,9 @@ def queued_ids(db: Database, device: str, limit: int = 20, lane: str = "all") ->
                 .where(
                     Job.state == "queued",
                     Job.device.in_(("any", device_kind(device))),
-                    lane_filter(lane),
+                    lane_filter(lane, db),
                 )
-                .order_by(*claim_order())
+                .order_by(*claim_order(db))
                 .limit(limit)
             )
         )

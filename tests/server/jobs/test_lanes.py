@@ -70,3 +70,42 @@ def test_cheap_kinds_go_to_the_fast_queue_and_a_fast_worker_takes_only_it() -> N
     assert worker_queues("cuda:0") == [FAST_QUEUE, "pb.cuda", "pb.any"]
     assert worker_queues("cpu", "fast") == [FAST_QUEUE]
     assert worker_queues("cpu", "heavy") == ["pb.cpu", "pb.any"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fast_lens_measured_slow_moves_to_the_heavy_lane(make_settings) -> None:
+    """Metrics is declared fast; once its finished jobs take a median over HEAVY_ABOVE_S on
+    this database it is claimed like a heavy lens, goes to Celery's heavy queues, and no
+    longer fills the fast lane. A heavy lens stays heavy however quick its jobs."""
+    from datetime import timedelta
+
+    from phaseboard.server.jobs import lanes
+    from phaseboard.server.models import Job, utcnow
+
+    settings = fast_settings(make_settings)
+    run_id, ckpts = seed_run(settings, [1, 10, 100, 1000])
+    db = Database(settings)
+    try:
+        with db.session() as s:
+            done = plan_jobs(s, run_id, ["metrics", "llc"], ckpts[:3])
+        now = utcnow()
+        with db.session() as s:
+            for job in s.query(Job).filter(Job.id.in_(done)):
+                took = 600.0 if job.kind == "metrics" else 1.0
+                job.state, job.started_at = "done", now - timedelta(seconds=took)
+                job.finished_at = now
+        assert lanes.is_fast("metrics", db)  # not measured yet: as declared
+        lanes.refresh(db, force=True)
+        assert lanes.measured_seconds(db)["metrics"] == pytest.approx(600.0)
+        assert not lanes.is_fast("metrics", db) and not lanes.is_fast("llc", db)
+        assert lanes.is_fast("phases", db) and lanes.is_fast("metrics")  # no db: declared
+        with db.session() as s:
+            heavy = plan_jobs(s, run_id, ["llc"], ckpts[3:])
+            slow = plan_jobs(s, run_id, ["metrics"], ckpts[3:])
+            fast = plan_jobs(s, run_id, ["phases"])
+        assert lifecycle.queued_ids(db, "cpu", lane="fast") == fast
+        assert lifecycle.queued_ids(db, "cpu") == fast + sorted(heavy + slow)
+        assert job_queue("any", "metrics", db) != FAST_QUEUE
+        assert job_queue("any", "phases", db) == FAST_QUEUE
+    finally:
+        db.dispose()
