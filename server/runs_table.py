@@ -1,6 +1,10 @@
 """The runs table: every run as a plain row (with config, summary and status), then filtered,
 grouped, sorted and cut to a page in Python.
 
+A row's ``config`` is the run's config (hyperparameters the client or an import recorded)
+plus, under ``task``, the task config's settings (``task_config_fields``), so
+``config.task.p`` or ``config.task.lr`` can be filtered, sorted and grouped like the rest.
+
 One query reads the run columns the table needs (no ORM objects), two grouped queries add
 checkpoint and job counts; the filter language (``server.run_filter``) runs on the rows, so
 it behaves the same on SQLite and PostgreSQL and no user text reaches SQL. 10,000 runs stay
@@ -49,6 +53,39 @@ def parse_columns(text: str) -> list[str]:
 
 class RunsTable(dict[str, Any]):
     """The table's context: rows, total, groups, available columns (a dict for templates)."""
+
+
+# Task-config keys left out of the table: a whole model config (its architecture is under
+# config.model for imports) or data too large for a column.
+TASK_CONFIG_SKIP = frozenset({"hf_config", "tl_config", "kwargs"})
+
+
+def task_config_fields(task_config: Any) -> dict[str, Any]:
+    """The task config's scalar settings (numbers, strings, booleans) and its short lists
+    of scalars, as the runs table shows them under ``config.task``."""
+    if not isinstance(task_config, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in task_config.items():
+        if key in TASK_CONFIG_SKIP or value is None:
+            continue
+        if isinstance(value, bool | int | float | str) or (
+            isinstance(value, list)
+            and len(value) <= 8
+            and all(isinstance(v, bool | int | float | str) for v in value)
+        ):
+            out[key] = value
+    return out
+
+
+def _row_config(config: Any, task_config: Any) -> dict[str, Any]:
+    """The run's config with its task config's settings under ``task`` (a run config that
+    has its own ``task`` key keeps it)."""
+    out = dict(config or {})
+    fields = task_config_fields(task_config)
+    if fields and "task" not in out:
+        out["task"] = fields
+    return out
 
 
 def _column_choices(rows: list[dict[str, Any]], limit: int = 200) -> list[str]:
@@ -223,6 +260,7 @@ _COLUMNS = (
     Run.tags,
     Run.notes,
     Run.config,
+    Run.task_config,
     Run.summary,
     Run.status,
     Run.heartbeat_at,
@@ -253,7 +291,7 @@ def _cached_rows(session: Session, current: list[Any]) -> list[dict[str, Any]]:
         for r in fresh.mappings():
             row = dict(r)
             row["tags"] = list(row["tags"] or [])
-            row["config"] = row["config"] or {}
+            row["config"] = _row_config(row["config"], row.pop("task_config"))
             row["summary"] = row["summary"] or {}
             row["_version"] = versions[row["id"]]
             decoded[row["id"]] = row

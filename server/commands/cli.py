@@ -149,6 +149,12 @@ def ingest(
     hf_token: str | None = typer.Option(
         None, help="hf:// only: Hub token for a private repo (default: HF_TOKEN, the Hub login)."
     ),
+    hparam: list[str] = typer.Option(
+        [],
+        "--config",
+        help="KEY=VALUE hyperparameter for the run's config (JSON values: 0.01, 42, true, "
+        '"adamw"; else a string), e.g. the weight decay and seed no file records; repeatable.',
+    ),
 ) -> None:
     """Import checkpoints into a run; resumable (steps the server has are skipped)."""
     import json
@@ -168,6 +174,15 @@ def ingest(
         if not Path(file).is_file():
             raise typer.BadParameter(f"{file} is not a file", param_hint="--data")
         datasets[name.strip()] = Path(file)
+    run_config: dict[str, object] = {}
+    for spec in hparam:
+        key, sep, raw = spec.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {spec!r}", param_hint="--config")
+        try:
+            run_config[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            run_config[key.strip()] = raw
     hub = path.startswith("hf://")
     if not hub and (revisions or every or max_revisions or hf_token):
         raise typer.BadParameter("--revisions, --every, --max and --hf-token need an hf:// path")
@@ -188,6 +203,7 @@ def ingest(
                 task_config=config,
                 console=console,
                 data=datasets,
+                config=run_config,
             )
         else:
             report = ingest_directory(
@@ -199,6 +215,7 @@ def ingest(
                 step_regex=step_regex,
                 console=console,
                 data=datasets,
+                config=run_config,
             )
     print_summary(report, console)
     if report.failed:

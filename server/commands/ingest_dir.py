@@ -18,14 +18,20 @@ files become metric series, and so does the ``log_history`` of the newest Huggin
 import of the same directory skips every step the server already has, so an interrupted
 import can simply be run again.
 
-For the generic tasks: ``checkpoint-N/config.json`` becomes ``task_config["hf_config"]`` (and,
-when no task is given and it describes a causal LM, the task is ``hf_causal_lm``); token files
-given as ``data={"train": path, ...}`` are uploaded as the run's datasets before any checkpoint,
-so the analyses queued on upload find them.
+For the generic tasks: ``checkpoint-N/config.json`` becomes ``task_config["hf_config"]``. With
+no task given, a ``config.json`` that describes a causal LM makes the task ``hf_causal_lm``;
+one that describes another kind of model is refused with the flag to add (``choose_task``),
+and a folder with no ``config.json`` is imported without a task, the summary saying so and
+how to set one (nothing is analysed until then). Token files given as
+``data={"train": path, ...}`` are uploaded as the run's datasets before any checkpoint, so
+the analyses queued on upload find them. At the end the server is told the import is
+complete (``POST /api/runs/{id}/finish`` with status ``imported``): a run without LLC
+settings of its own is calibrated then, on its whole trajectory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import posixpath
@@ -48,6 +54,7 @@ from rich.progress import (
 from rich.table import Table
 
 from phaseboard import Phaseboard, PhaseboardClientError, Run
+from phaseboard.server.commands.ingest_hparams import model_summary
 from phaseboard.server.commands.ingest_source import Source
 from phaseboard.server.shards import INDEX_NAME, MergedSafetensors, ShardError
 
@@ -81,6 +88,7 @@ class IngestReport:
     run_id: int
     run_url: str
     items: list[Item] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed after the table, in yellow
 
     def count(self, status: str, kind: str | None = None) -> int:
         return sum(1 for i in self.items if i.status == status and kind in (None, i.kind))
@@ -179,8 +187,63 @@ def find_hf_config(root: Path | str | Source, items: list[Item]) -> dict[str, An
 
 
 def _is_causal_lm(hf_config: Mapping[str, Any]) -> bool:
+    """A config whose architectures name a causal LM, or (none named) whose model type
+    ``transformers`` maps to one."""
     archs = hf_config.get("architectures") or []
-    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    if archs:
+        return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency of the generic tasks
+        return False
+    return str(hf_config.get("model_type") or "") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def choose_task(
+    source: str,
+    hf_config: Mapping[str, Any] | None,
+    task: str | None,
+    task_config: dict[str, Any] | None,
+    console: Console,
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The run's task and task config for an import from ``source``.
+
+    A Hugging Face ``config.json`` of a causal LM with no ``--task`` (or ``--task
+    hf_causal_lm``) gives ``hf_causal_lm`` with the config; one of another kind of model and
+    no ``--task`` is refused, naming the flag to add; a given task is kept as it is.
+    """
+    if hf_config is None or task not in (None, "hf_causal_lm"):
+        return task, task_config
+    if task is None and not _is_causal_lm(hf_config):
+        kind = ", ".join(map(str, hf_config.get("architectures") or [])) or str(
+            hf_config.get("model_type")
+        )
+        raise PhaseboardClientError(
+            f"{source}: config.json describes a {kind}, not a causal language model, and no "
+            "--task was given. Add --task hf_causal_lm to analyse it as a causal LM anyway "
+            "(its weights must load into AutoModelForCausalLM), or --task torch_module "
+            '--task-config \'{"factory": "your_package.module:function"}\' for your own '
+            "model class (docs/your-own-model.md); nothing was imported"
+        )
+    if task is None:
+        console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
+    return "hf_causal_lm", {"hf_config": dict(hf_config), **(task_config or {})}
+
+
+NO_TASK_NOTE = (
+    "run {name!r} has no task: its checkpoints are stored but nothing analyses them. Add "
+    "--task NAME (e.g. --task hf_causal_lm, --task torch_module) and run the same command "
+    "again (stored steps are skipped), or set the task on the run page; either checks the "
+    "stored checkpoints against the task's model first"
+)
+
+
+def mark_imported(run: Run) -> None:
+    """Tell the server the import is complete (status ``imported``): its automatic LLC
+    calibration, if LLC jobs wait for one, starts now on the whole trajectory."""
+    # An older server, or a gone one, refuses: the workers' sweep calibrates it later.
+    with contextlib.suppress(PhaseboardClientError):
+        run.client.request("POST", f"/api/runs/{run.id}/finish", json={"status": "imported"})
 
 
 Series = dict[str, list[tuple[int, float]]]
@@ -304,11 +367,13 @@ def ingest_directory(
     step_regex: str | None = None,
     console: Console | None = None,
     data: Mapping[str, Path] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> IngestReport:
     """Import ``root`` (a directory or an fsspec URL) into the run ``run_name`` (created if
     needed); see the module docstring.
 
-    ``data`` maps dataset names (``train``, ``test``, subsets) to token files to upload.
+    ``data`` maps dataset names (``train``, ``test``, subsets) to token files to upload;
+    ``config`` is merged over the hyperparameters read from the folder (``ingest_hparams``).
     """
     console = console or Console()
     check_step_regex(step_regex)
@@ -326,13 +391,9 @@ def ingest_directory(
         hparams = read_hparams(meta)  # TensorBoard hparams, trainer_state.json settings -> config
         items = discover_checkpoints(source, step_regex)
         hf_config = find_hf_config(source, items)
-        if hf_config is not None and (
-            task == "hf_causal_lm" or (task is None and _is_causal_lm(hf_config))
-        ):
-            if task is None:
-                console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
-            task = "hf_causal_lm"
-            task_config = {"hf_config": hf_config, **(task_config or {})}
+        task, task_config = choose_task(str(root), hf_config, task, task_config, console)
+        hparams.update(model_summary(hf_config))
+        hparams.update(config or {})
         run = client.run(
             run_name, task=task, task_config=task_config, config=hparams or None, status="imported"
         )
@@ -341,7 +402,19 @@ def ingest_directory(
         report.items.extend(items)
         upload_items(run, items, lambda item: _open_weights(source, item.path), console)
         _ingest_scalars(meta, run, report, console)
+    note_task(run, report)
+    mark_imported(run)
     return report
+
+
+def note_task(run: Run, report: IngestReport) -> None:
+    """A run that ends an import without a task gets a note saying so and what to do."""
+    try:
+        task = run.refresh().get("task")
+    except PhaseboardClientError:
+        return
+    if not task and report.count("imported", "checkpoint") + report.count("skipped", "checkpoint"):
+        report.notes.append(NO_TASK_NOTE.format(name=run.name))
 
 
 def check_step_regex(step_regex: str | None) -> None:
@@ -525,4 +598,6 @@ def print_summary(report: IngestReport, console: Console) -> None:
         )
     for part in parts:
         console.print(part)
+    for note in report.notes:
+        console.print(f"[yellow]note[/yellow]: {note}")
     console.print(f"run page: [bold]{report.run_url}[/bold]")

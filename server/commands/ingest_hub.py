@@ -32,11 +32,14 @@ from phaseboard.server.commands.ingest_dir import (
     IngestReport,
     Item,
     _ingest_datasets,
-    _is_causal_lm,
     check_step_regex,
+    choose_task,
+    mark_imported,
+    note_task,
     step_from_path,
     upload_items,
 )
+from phaseboard.server.commands.ingest_hparams import model_summary
 from phaseboard.server.shards import INDEX_NAME, MergedSafetensors
 
 __all__ = [
@@ -173,10 +176,12 @@ def ingest_hub(
     console: Console | None = None,
     data: Mapping[str, Path] | None = None,
     on_progress: Callable[[int, int, Item], None] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> IngestReport:
     """Import the step branches of ``hf://ORG/NAME`` into ``run_name`` (module docstring).
 
-    ``on_progress(done, total, item)`` is called after each revision (background jobs).
+    ``on_progress(done, total, item)`` is called after each revision (background jobs);
+    ``config`` is added to the run's config.
     """
     console = console or Console()
     check_step_regex(step_regex)
@@ -208,18 +213,12 @@ def ingest_hub(
         )
 
     hf_config = _hub_config(repo_id, by_step[max(kept)], hf_token)
-    if hf_config is not None and (
-        task == "hf_causal_lm" or (task is None and _is_causal_lm(hf_config))
-    ):
-        if task is None:
-            console.print("config.json describes a causal LM: task [bold]hf_causal_lm[/bold]")
-        task = "hf_causal_lm"
-        task_config = {"hf_config": hf_config, **(task_config or {})}
+    task, task_config = choose_task(f"hf://{repo_id}", hf_config, task, task_config, console)
     run = client.run(
         run_name,
         task=task,
         task_config=task_config,
-        config={"source": f"hf://{repo_id}"},
+        config={"source": f"hf://{repo_id}", **model_summary(hf_config), **(config or {})},
         status="imported",
     )
     report = IngestReport(run.id, run.url)
@@ -245,4 +244,6 @@ def ingest_hub(
             on_progress(done[0], len(pending), item)
 
     upload_items(run, items, open_revision, console, on_done=progress)
+    note_task(run, report)
+    mark_imported(run)
     return report
