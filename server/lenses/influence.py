@@ -33,14 +33,14 @@ from phaseboard.server.lenses._sampled import (
 )
 from phaseboard.server.lenses.llc import max_rows, sampler_config, train_batches
 
-# observe_every: the examples' losses are taken at every 2nd draw. SGLD draws a step apart
-# are strongly correlated, so this halves the cost of the observed forward passes for a
-# small loss of precision (both measured in bench/RESULTS.md, "Influence lenses").
+# observe_every: the examples' losses are taken at every 3rd draw. SGLD draws a step apart
+# are strongly correlated, so this cuts the observed forward passes to a third for a small
+# loss of precision (both measured in bench/RESULTS.md, "Influence lenses").
 DEFAULTS: dict[str, Any] = {
     "probe_examples": 32,
     "train_examples": 128,
     "top_k": 10,
-    "observe_every": 2,
+    "observe_every": 3,
 }
 # A sign change counts when both ends are this many standard errors from zero, and an
 # interval is a boundary when at least this share of the significant pairs flip.

@@ -33,15 +33,15 @@ from phaseboard.server.lenses._sampled import (
 )
 from phaseboard.server.lenses.llc import max_rows, sampler_config, train_batches
 
-# observe_every: the example sets' losses are taken at every 4th draw. The susceptibilities
+# observe_every: the example sets' losses are taken at every 5th draw. The susceptibilities
 # are covariances of slowly varying losses, so thinning the correlated draws leaves them
-# and their standard errors as they are, at a quarter of the observed forward passes
+# and their standard errors as they are, at a fifth of the observed forward passes
 # (bench/RESULTS.md, "Influence lenses").
 DEFAULTS: dict[str, Any] = {
     "reference_examples": 64,
     "observable_examples": 32,
     "clusters": None,
-    "observe_every": 4,
+    "observe_every": 5,
 }
 SIGN_Z = 2.0
 

@@ -1,0 +1,200 @@
+"""Our BIF and susceptibilities against devinterp 2.0.1's on the same tiny model and settings.
+
+A 2-layer attention-only transformer (bench/llc_vs_devinterp.py's) trained briefly on an
+induction task (sequences whose second half repeats the first). Both libraries sample its
+local posterior with the same SGLD settings and record the same observed sequences' per-token
+losses at every draw:
+
+- BIF: the (32 x 32) sequence-level correlation matrix of 32 held-out sequences
+  (``bayesian_influence`` vs devinterp's ``bif(correlation_method="sequence")``);
+- susceptibilities of every attention head (4 weight restrictions, plus the full model) to
+  two observable sets, held-out induction sequences and sequences without repetition, with a
+  reference set from the training distribution (``susceptibilities`` vs devinterp's, whose
+  per-token values are averaged per set).
+
+Two Monte Carlo estimates of one quantity differ by their sampling noise: each entry's
+difference is divided by sqrt(2) x our standard error from the chain spread (devinterp's
+chains have the same settings, so the same spread) and should be within 2 for about 95 % of
+entries. Prints those shares, the correlation between the two matrices and the times.
+devinterp is a bench-only dependency (``.venv/bin/pip install 'torch==2.13.0'
+devinterp==2.0.1``); without it this prints a line and exits.
+
+    .venv/bin/python bench/influence_vs_devinterp.py
+    .venv/bin/python bench/influence_vs_devinterp.py --chains 16 --draws 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from llc_vs_devinterp import AttnOnly, batches, lm_loss, make_data, train  # noqa: E402
+
+from phaseboard.analysis.influence import bayesian_influence, susceptibilities  # noqa: E402
+from phaseboard.analysis.llc import LLCConfig  # noqa: E402
+from phaseboard.analysis.restrict import attention_head_masks  # noqa: E402
+
+
+def per_token_loss(model: nn.Module, input_ids: Tensor) -> Tensor:
+    """(B, T - 1) next-token cross-entropy, devinterp's ``loss_fn`` convention."""
+    logits = model(input_ids)[:, :-1]
+    return F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+
+
+def agreement(ours: np.ndarray, theirs: np.ndarray, se: np.ndarray) -> tuple[float, float, float]:
+    """Share of entries within 2 combined s.e., median |z|, Pearson r of the entries."""
+    z = (ours - theirs) / (math.sqrt(2) * np.maximum(se, 1e-12))
+    keep = np.isfinite(z)
+    r = float(np.corrcoef(ours[keep], theirs[keep])[0, 1])
+    return float((np.abs(z[keep]) <= 2).mean()), float(np.median(np.abs(z[keep]))), r
+
+
+def _rows_of(ids: np.ndarray, probe: Tensor) -> list[int]:
+    """Which row of ``probe`` each of devinterp's observed sequences is."""
+    index = {tuple(row): i for i, row in enumerate(probe.tolist())}
+    return [index[tuple(row)] for row in ids.tolist()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=64)
+    ap.add_argument("--ctx", type=int, default=16)
+    ap.add_argument("--d-model", type=int, default=32)
+    ap.add_argument("--n-heads", type=int, default=2)
+    ap.add_argument("--chains", type=int, default=8)
+    ap.add_argument("--draws", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--localization", type=float, default=100.0)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--train-steps", type=int, default=300)
+    args = ap.parse_args()
+    try:
+        from datasets import Dataset
+        from devinterp.slt.bif import bif
+        from devinterp.slt.susceptibilities import susceptibilities as di_susceptibilities
+    except ImportError as exc:
+        print(f"devinterp not installed ({exc}): nothing to compare (pip install devinterp==2.0.1)")
+        return
+
+    torch.manual_seed(0)
+    model = AttnOnly(args.vocab, args.ctx, args.d_model, args.n_heads, 2)
+    data = make_data(args.n, args.vocab, args.ctx)
+    train(model, data, args.train_steps, args.batch, "cpu")
+    held = make_data(args.batch * 2, args.vocab, args.ctx, seed=7)
+    probe, reference = held[: args.batch], data[: args.batch]
+    g = torch.Generator().manual_seed(11)
+    random_seqs = torch.randint(0, args.vocab, (args.batch, args.ctx), generator=g)
+    observed = {"induction": held[args.batch :], "no_repeat": random_seqs}
+    n_beta = args.n / math.log(args.n)
+    cfg = LLCConfig(
+        lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
+        num_draws=args.draws, batch_size=args.batch,
+    )  # fmt: skip
+    d_head = args.d_model // args.n_heads
+    heads: dict[str, Any] = {}
+    for layer in range(2):
+        heads.update(
+            attention_head_masks(
+                model, qkv_param=f"qkv.{layer}.weight", out_param=f"out.{layer}.weight",
+                n_heads=args.n_heads, d_head=d_head, prefix=f"l{layer}.",
+            )
+        )  # fmt: skip
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()):,} params; {args.chains} chains x "
+        f"{args.draws} draws, lr {args.lr}, localization {args.localization}, "
+        f"n_beta {n_beta:.1f}, batch {args.batch}; {len(heads)} heads"
+    )
+
+    # --- ours
+    t0 = time.perf_counter()
+    ours_bif = bayesian_influence(
+        model, lm_loss, batches(data, args.batch, 0), probe, cfg, per_example_loss=per_token_loss
+    )
+    ours_sus = susceptibilities(
+        model, lm_loss, batches(data, args.batch, 0), cfg, weight_groups=heads,
+        observables=observed, reference=reference, per_example_loss=per_token_loss,
+    )  # fmt: skip
+    ours_s = time.perf_counter() - t0
+
+    # --- devinterp
+    def ds(x: Tensor) -> Any:
+        return Dataset.from_dict({"input_ids": x.tolist()}).with_format("torch")
+
+    common = dict(
+        lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
+        num_draws=args.draws, batch_size=args.batch, loss_fn=per_token_loss, device="cpu",
+    )  # fmt: skip
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        di_bif = bif(
+            model, ds(data), {"probe": (ds(probe), 1)}, correlation_method="sequence",
+            output_path=Path(tmp) / "bif.zarr", **common,
+        )  # fmt: skip
+        di_tree = di_susceptibilities(
+            model, ds(data),
+            {"reference": (ds(reference), 1), **{k: (ds(v), 1) for k, v in observed.items()}},
+            {"full": None, **heads}, sampling_task="reference",
+            output_path=Path(tmp) / "sus.zarr", **common,
+        )  # fmt: skip
+        di_s = time.perf_counter() - t0
+
+    # BIF: devinterp's observed order -> ours
+    rows = _rows_of(np.asarray(di_bif["input_ids"].values), probe)
+    theirs = np.full((args.batch, args.batch), np.nan)
+    theirs[np.ix_(rows, rows)] = np.asarray(di_bif["influences"].values)
+    mine = ours_bif.matrix.numpy()
+    se = (ours_bif.chain_matrices().std(dim=0) / math.sqrt(len(ours_bif.chains))).numpy()
+    off = ~np.eye(args.batch, dtype=bool)
+    share, med, r = agreement(mine[off], theirs[off], se[off])
+    print(
+        f"BIF ({args.batch} x {args.batch}, off-diagonal): {share:.0%} of entries within 2 "
+        f"combined s.e. (expected ~95 %), median |z| {med:.2f} (expected ~0.67), r = {r:.3f}"
+    )
+
+    # susceptibilities: devinterp's per-token values averaged per (restriction, set)
+    sus = di_tree["susceptibilities"].dataset
+    names = sus.attrs["dataset_id_to_name"]
+    ids = np.asarray(sus["dataset_id"].values)
+    values = np.asarray(sus["sus"].values)  # (flat, restrictions)
+    wrs = [str(w) for w in sus["wr"].values]
+    di_matrix = np.array(
+        [[np.nanmean(values[ids == names.index(p), wrs.index(g)]) for p in ours_sus.probes]
+         for g in ours_sus.groups]
+    )  # fmt: skip
+    share, med, r = agreement(ours_sus.matrix.numpy(), di_matrix, ours_sus.matrix_se.numpy())
+    print(
+        f"susceptibilities ({len(heads)} heads x {len(observed)} sets): {share:.0%} within 2 "
+        f"combined s.e., median |z| {med:.2f}, r = {r:.3f}"
+    )
+    for gi, g in enumerate(ours_sus.groups):
+        cells = "  ".join(
+            f"{p}: {ours_sus.matrix[gi, pi]:+.2e} ± {ours_sus.matrix_se[gi, pi]:.1e} "
+            f"(devinterp {di_matrix[gi, pi]:+.2e})"
+            for pi, p in enumerate(ours_sus.probes)
+        )
+        print(f"  {g:6s} {cells}")
+    print(
+        f"time: ours {ours_s:.1f} s, devinterp {di_s:.1f} s "
+        f"(ratio {di_s / ours_s:.1f}x; both lenses, one checkpoint)"
+    )
+
+
+if __name__ == "__main__":
+    main()
