@@ -1,22 +1,28 @@
 """Benchmark: Phaseboard's vectorised LLC against devinterp 2.0.1, in one process.
 
-Both estimate the LLC of the same small attention-only transformer on the same data
-with the same SGLD hyperparameters. We check the estimates agree within their chain
-spread and print chain-steps/s for each and the speed ratio (ours / devinterp).
+Both estimate the LLC of the same trained model on the same data with the same SGLD
+hyperparameters. We check the estimates agree within their chain spread and print
+chain-steps/s for each and the speed ratio. Timed in ``--rounds`` interleaved rounds
+(Phaseboard, the floor, devinterp; medians printed): the floor is what the arithmetic
+costs, one chain's forward + backward (and Phaseboard's paired reference forward), timed
+in each round between the two samplers so that it sees the same machine load.
+
+The models are trained until their loss is well below chance (cached under bench/out/):
+sampling at a w* near chance measures transients, not the posterior. Phaseboard runs
+without its bias-check groups (``--bias-checks`` to include them): devinterp has none.
 
     .venv/bin/python bench/llc_vs_devinterp.py                       # CPU, small model
     .venv/bin/python bench/llc_vs_devinterp.py --device cuda --vocab 5000 --ctx 64 \
         --d-model 256 --n-heads 8 --chains 8 --draws 200 --lr 1e-4 --n 50000
     .venv/bin/python bench/llc_vs_devinterp.py --trajectory 100      # estimate_llc_many
 
-devinterp is a bench-only dependency (pip install devinterp==2.0.1).
+devinterp is a bench-only dependency (pip install 'phaseboard[bench]').
 
 ``--case neox`` is devinterp's home turf: a GPT-NeoX-style Hugging Face causal LM (~200k
-parameters, context 32; ``--size 3m`` for ~3M on a GPU) that devinterp takes as it is, and
-Phaseboard through its generic ``hf_causal_lm`` task; same tokens and SGLD settings (8 chains x
-200 draws, batch 32). It also times a 20-checkpoint trajectory through ``estimate_llc_many``
-against devinterp called once per checkpoint, and profiles the floor set by the arithmetic
-(one chain's forward + backward, times the number of chains):
+parameters, context 32; ``--size 3m`` for ~3M on a GPU; ``bench/cases.py``) that devinterp
+takes as it is, and Phaseboard through its generic ``hf_causal_lm`` task; same tokens and
+SGLD settings (8 chains x 200 draws, batch 32). ``--trajectory K`` also times K checkpoints
+through ``estimate_llc_many`` against devinterp called once per checkpoint:
 
     .venv/bin/python bench/llc_vs_devinterp.py --case neox --threads 1
     .venv/bin/python bench/llc_vs_devinterp.py --case neox --size 3m --device cuda
@@ -26,8 +32,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
+import dataclasses
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cases import NEOX_SIZES, OUT, _cached, neox_case  # noqa: E402
 
 from phaseboard.analysis.llc import LLCConfig, estimate_llc, estimate_llc_many  # noqa: E402
 
@@ -85,7 +94,8 @@ def make_data(n: int, vocab: int, ctx: int, seed: int = 0) -> Tensor:
 
 
 def train(model: nn.Module, data: Tensor, steps: int, batch: int, device: str) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """Adam (lr 3e-3) on random minibatches of ``data``."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         idx = torch.randint(0, len(data), (batch,), generator=g)
@@ -94,61 +104,29 @@ def train(model: nn.Module, data: Tensor, steps: int, batch: int, device: str) -
         opt.step()
 
 
+def trained_attn(args: argparse.Namespace, data: Tensor) -> nn.Module:
+    """The attention-only model after ``--train-steps`` of Adam at batch 64, cached under
+    bench/out/: by 3,000 steps its loss is well below chance (the induction head forms
+    near step 2,000; the floor is 15/31 of ln(vocab), the random first halves)."""
+    torch.manual_seed(0)
+    model = AttnOnly(args.vocab, args.ctx, args.d_model, args.n_heads, args.n_layers)
+    key = (
+        f"attn_v{args.vocab}_c{args.ctx}_d{args.d_model}_h{args.n_heads}_l{args.n_layers}_"
+        f"n{args.n}_steps{args.train_steps or 3000}"
+    )
+
+    def build() -> dict[str, Tensor]:
+        train(model, data, args.train_steps or 3000, 64, "cpu")
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(_cached(OUT / f"{key}.pt", build))
+    return model.to(args.device).eval()
+
+
 def batches(data: Tensor, batch: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     while True:
         yield data[torch.randint(0, len(data), (batch,), generator=g)]
-
-
-def run_devinterp(model: nn.Module, data: Tensor, args: argparse.Namespace, n_beta: float):
-    from datasets import Dataset
-    from devinterp.slt.llc import llc
-
-    ds = Dataset.from_dict({"input_ids": data.tolist()}).with_format("torch")
-
-    def call(num_draws: int):  # type: ignore[no-untyped-def]
-        return llc(
-            model, ds, {},  # no extra observables: LLC comes from the SGLD-step losses
-            lr=args.lr, n_beta=n_beta, localization=args.localization,
-            num_chains=args.chains, num_draws=num_draws, batch_size=args.batch,
-            device=args.device,
-        )  # fmt: skip
-
-    call(3)  # warm-up, as ours gets one: the timed call pays no first-call costs
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    res = call(args.draws)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    per_chain = [float(x) for x in res.llc_per_chain.values]
-    return float(res.llc_mean), float(torch.tensor(per_chain).std()), elapsed
-
-
-# ---------------------------------------------------------------- case "neox" (hf_causal_lm)
-
-NEOX_SIZES = {  # name -> GPT-NeoX config (~params)
-    "200k": {"vocab_size": 500, "hidden_size": 64, "num_hidden_layers": 3,
-             "num_attention_heads": 4, "intermediate_size": 256},
-    "3m": {"vocab_size": 2500, "hidden_size": 256, "num_hidden_layers": 3,
-           "num_attention_heads": 8, "intermediate_size": 512},
-}  # fmt: skip
-
-
-def _best_time(fn, device: str, rounds: int = 3, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per call of ``fn``: the best of ``rounds`` means of ``reps`` calls (warmed)."""
-    for _ in range(2):
-        fn()
-    best = math.inf
-    for _ in range(rounds):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        _sync(device)
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
 
 
 def _sync(device: str) -> None:
@@ -156,141 +134,157 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_neox_case(args: argparse.Namespace) -> None:
-    from phaseboard.analysis.tasks import get_task
+def _timed(fn, device: str) -> float:  # type: ignore[no-untyped-def]
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
 
-    hf_config = {"model_type": "gpt_neox", "max_position_embeddings": args.ctx,
-                 "bos_token_id": 0, "eos_token_id": 0, **NEOX_SIZES[args.size]}  # fmt: skip
-    vocab = hf_config["vocab_size"]
-    data = make_data(args.n, vocab, args.ctx)  # (n, ctx) induction sequences
-    task = get_task("hf_causal_lm", {"hf_config": hf_config, "seq_len": args.ctx,
-                                     "num_sequences": args.n})  # fmt: skip
-    task.set_token_data({"train": data, "test": make_data(256, vocab, args.ctx, seed=1)})
-    torch.manual_seed(0)
-    model = task.build_model().to(args.device)
-    n_params = sum(q.numel() for q in model.parameters())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # a short run: a non-trivial w*
-    for batch in itertools.islice(task.batches("train", args.batch, seed=1), args.train_steps):
-        opt.zero_grad()
-        task.loss(model, task.to(batch, args.device)).backward()
-        opt.step()
-    model.eval()
-    n_beta = args.n / math.log(args.n)
-    print(
-        f"case neox ({args.size}): GPT-NeoX {n_params:,} params, ctx {args.ctx}, device "
-        f"{args.device}, threads {torch.get_num_threads()}, n_beta {n_beta:.1f}"
-    )
-    cfg = LLCConfig(
-        lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
-        num_draws=args.draws, batch_size=args.batch, device=args.device,
-    )  # fmt: skip
-    chain_steps = args.chains * args.draws
 
-    def ours(m: nn.Module, c: LLCConfig):  # type: ignore[no-untyped-def]
-        return estimate_llc(m, task.loss, task.batches("train", args.batch, seed=0), c)
+class Compare:
+    """Phaseboard and devinterp on one model, and the floor, timed round by round."""
 
-    ours(model, LLCConfig(**{**cfg.to_dict(), "num_draws": 3}))  # warm-up
-    _sync(args.device)
-    mine = ours(model, cfg)
-    print(
-        f"ours      llc {mine.mean:8.3f} ± {mine.std:.3f}  {mine.elapsed_s:7.2f} s  "
-        f"{chain_steps / mine.elapsed_s:8.1f} chain-steps/s  diverged {mine.diverged}"
-    )
+    def __init__(self, args: argparse.Namespace, model: nn.Module, loss_fn, data, stream) -> None:  # type: ignore[no-untyped-def]
+        self.args, self.model, self.loss_fn, self.data, self.stream = (
+            args, model, loss_fn, data, stream,
+        )  # fmt: skip
+        self.n_beta = args.n / math.log(args.n)
+        extra = {} if args.bias_checks else {"bias_checks": False}
+        fields = {f.name for f in dataclasses.fields(LLCConfig)}
+        self.cfg = LLCConfig(
+            lr=args.lr, n_beta=self.n_beta, localization=args.localization,
+            num_chains=args.chains, num_draws=args.draws, batch_size=args.batch,
+            device=args.device, **{k: v for k, v in extra.items() if k in fields},
+        )  # fmt: skip
+        batch = next(stream(3))
 
-    # The arithmetic floor. Every SGLD sampler pays one forward + backward per chain-step;
-    # ours also pays one forward at w* per chain-step (the paired reference loss L_m(w*) on
-    # the chain's own minibatch, see analysis/llc.py). Best of 3 rounds of 5 (noisy host).
-    batch = task.to(next(task.batches("train", args.batch, seed=3)), args.device)
+        def fwd_bwd() -> None:
+            model.zero_grad()
+            loss_fn(model, batch).backward()
 
-    def fwd_bwd() -> None:
-        model.zero_grad()
-        task.loss(model, batch).backward()
+        def fwd() -> None:
+            with torch.no_grad():
+                loss_fn(model, batch)
 
-    def fwd() -> None:
-        with torch.no_grad():
-            task.loss(model, batch)
+        self.fwd_bwd, self.fwd = fwd_bwd, fwd
 
-    fb, f = _best_time(fwd_bwd, args.device), _best_time(fwd, args.device)
-    per_chain_step = mine.elapsed_s / chain_steps
-    print(
-        f"profile   one chain-step: fwd+bwd {fb * 1e3:.1f} ms, reference fwd {f * 1e3:.1f} ms; "
-        f"ours {per_chain_step * 1e3:.1f} ms = {per_chain_step / (fb + f):.2f}x its floor "
-        f"(fwd+bwd+fwd)"
-    )
+    def ours(self, seed: int, draws: int | None = None, model: nn.Module | None = None):  # type: ignore[no-untyped-def]
+        draws = draws or self.args.draws
+        cfg = LLCConfig(**{**self.cfg.to_dict(), "seed": seed, "num_draws": draws})
+        _sync(self.args.device)
+        res = estimate_llc(model or self.model, self.loss_fn, self.stream(seed), cfg)
+        _sync(self.args.device)
+        return res.mean, res.std, res.elapsed_s
 
-    if args.skip_devinterp:
-        return
-    from datasets import Dataset
-    from devinterp.slt.llc import llc
+    def devinterp(self, seed: int, draws: int | None = None, model: nn.Module | None = None):  # type: ignore[no-untyped-def]
+        from datasets import Dataset
+        from devinterp.slt.llc import llc
 
-    ds = Dataset.from_dict({"input_ids": data.tolist()}).with_format("torch")
-
-    def devinterp(m: nn.Module, num_draws: int):  # type: ignore[no-untyped-def]
+        if not hasattr(self, "_ds"):
+            self._ds = Dataset.from_dict({"input_ids": self.data.tolist()}).with_format("torch")
+        a = self.args
         t0 = time.perf_counter()
         res = llc(
-            m, ds, {}, lr=args.lr, n_beta=n_beta, localization=args.localization,
-            num_chains=args.chains, num_draws=num_draws, batch_size=args.batch,
-            device=args.device,
+            model or self.model, self._ds, {}, lr=a.lr, n_beta=self.n_beta,
+            localization=a.localization, num_chains=a.chains, num_draws=draws or a.draws,
+            batch_size=a.batch, device=a.device, init_seed=seed,
         )  # fmt: skip
-        _sync(args.device)
+        _sync(a.device)
         per_chain = [float(x) for x in res.llc_per_chain.values]
         return float(res.llc_mean), float(torch.tensor(per_chain).std()), time.perf_counter() - t0
 
-    devinterp(model, 3)  # warm-up
-    di_mean, di_std, di_s = devinterp(model, args.draws)
-    di_chain_step = di_s / chain_steps
-    print(
-        f"devinterp llc {di_mean:8.3f} ± {di_std:.3f}  {di_s:7.2f} s  "
-        f"{chain_steps / di_s:8.1f} chain-steps/s  ({di_chain_step * 1e3:.1f} ms per chain-step "
-        f"= {di_chain_step / fb:.2f}x the fwd+bwd floor)"
-    )
-    print(
-        f"bound     a sampler at our floor would be {di_chain_step / (fb + f):.2f}x devinterp; "
-        f"one with no reference forward at all {di_chain_step / fb:.2f}x"
-    )
-    tol = 2 * math.hypot(mine.std, di_std)
-    print(
-        f"agreement: |diff| = {abs(mine.mean - di_mean):.3f} <= 2*combined chain spread "
-        f"{tol:.3f}: {abs(mine.mean - di_mean) <= tol}"
-    )
-    print(
-        f"speed ratio per estimate (ours / devinterp chain-steps/s): {di_s / mine.elapsed_s:.2f}x"
-    )
+    def floor(self) -> tuple[float, float]:
+        """Seconds of one chain-step's forward + backward and of one forward (each the
+        mean of ``chains`` calls)."""
+        reps = self.args.chains
+        fb = _timed(lambda: [self.fwd_bwd() for _ in range(reps)], self.args.device) / reps
+        f = _timed(lambda: [self.fwd() for _ in range(reps)], self.args.device) / reps
+        return fb, f
 
-    if not args.trajectory:
-        return
-    ckpts = []
-    for i in range(args.trajectory):  # a trajectory stand-in: small perturbations of w*
-        g = torch.Generator().manual_seed(100 + i)
-        ckpts.append({k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v)
-                      for k, v in model.state_dict().items()})  # fmt: skip
-    tcfg = LLCConfig(**{**cfg.to_dict(), "num_draws": args.trajectory_draws})
-    t0 = time.perf_counter()
-    estimate_llc_many(
-        ckpts, task.loss, task.batches("train", args.batch, seed=0), tcfg, model=model
-    )
-    _sync(args.device)
-    ours_traj = time.perf_counter() - t0
-    probe = copy.deepcopy(model)
-    measured = min(args.trajectory_devinterp, args.trajectory)
-    t0 = time.perf_counter()
-    for sd in ckpts[:measured]:  # devinterp has no cross-checkpoint batching: one call each
-        probe.load_state_dict(sd)
-        devinterp(probe, args.trajectory_draws)
-    di_traj = (time.perf_counter() - t0) * args.trajectory / measured
-    note = "" if measured == args.trajectory else f" (measured on {measured}, scaled linearly)"
-    print(
-        f"trajectory: {args.trajectory} checkpoints x {args.chains} chains x "
-        f"{args.trajectory_draws} draws: estimate_llc_many {ours_traj:.1f} s, devinterp loop "
-        f"{di_traj:.1f} s{note}; ratio {di_traj / ours_traj:.2f}x"
-    )
-    steps = args.trajectory * args.chains * args.trajectory_draws
-    print(
-        f"bound     per chain-step: ours {ours_traj / steps * 1e3:.1f} ms "
-        f"({ours_traj / steps / (fb + f):.2f}x our floor), devinterp {di_traj / steps * 1e3:.1f} "
-        f"ms; at our floor the ratio would be {di_traj / steps / (fb + f):.2f}x, with no "
-        f"reference forward {di_traj / steps / fb:.2f}x"
-    )
+    def run(self) -> None:
+        a = self.args
+        chain_steps = a.chains * a.draws
+        self.ours(99, 3)  # warm-up: first-call costs (torch.func's imports)
+        self.floor()
+        if not a.skip_devinterp:
+            self.devinterp(99, 3)
+        rows: dict[str, list] = {"ours": [], "floor": [], "devinterp": []}
+        for r in range(a.rounds):
+            rows["ours"].append(self.ours(r))
+            rows["floor"].append(self.floor())
+            if not a.skip_devinterp:
+                rows["devinterp"].append(self.devinterp(r))
+            done = [f"ours {rows['ours'][-1][2]:.1f} s"]
+            if rows["devinterp"]:
+                done.append(f"devinterp {rows['devinterp'][-1][2]:.1f} s")
+            print(f"round {r + 1}/{a.rounds}: " + ", ".join(done), flush=True)
+        med = statistics.median
+        ours_s = med(x[2] for x in rows["ours"])
+        fb, f = med(x[0] for x in rows["floor"]), med(x[1] for x in rows["floor"])
+        mine = rows["ours"][0]
+        print(
+            f"ours      llc {mine[0]:8.3f} ± {mine[1]:.3f} (seed 0)  {ours_s:7.2f} s (median)  "
+            f"{chain_steps / ours_s:8.1f} chain-steps/s"
+        )
+        per = ours_s / chain_steps
+        print(
+            f"floor     one chain-step: fwd+bwd {fb * 1e3:.1f} ms, reference fwd {f * 1e3:.1f} ms "
+            f"(medians of {a.rounds} rounds, between the samplers); ours {per * 1e3:.1f} ms = "
+            f"{per / (fb + f):.2f}x its floor (fwd+bwd+fwd)"
+        )
+        if not rows["devinterp"]:
+            return
+        di = rows["devinterp"]
+        di_s = med(x[2] for x in di)
+        di_per = di_s / chain_steps
+        print(
+            f"devinterp llc {di[0][0]:8.3f} ± {di[0][1]:.3f} (seed 0)  {di_s:7.2f} s (median)  "
+            f"{chain_steps / di_s:8.1f} chain-steps/s  ({di_per * 1e3:.1f} ms per chain-step "
+            f"= {di_per / fb:.2f}x the fwd+bwd floor)"
+        )
+        print(
+            f"bound     a sampler at our floor would be {di_per / (fb + f):.2f}x devinterp; "
+            f"one with no reference forward at all {di_per / fb:.2f}x"
+        )
+        diff = abs(mine[0] - di[0][0])
+        tol = 2 * math.hypot(mine[1], di[0][1])
+        print(f"agreement: |diff| = {diff:.3f} <= 2*combined chain spread {tol:.3f}: {diff <= tol}")
+        ratios = [d[2] / o[2] for d, o in zip(di, rows["ours"], strict=True)]
+        print(
+            f"speed ratio per estimate (devinterp s / ours s): {di_s / ours_s:.2f}x "
+            f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+
+    def trajectory(self) -> None:
+        a = self.args
+        model = self.model
+        ckpts = []
+        for i in range(a.trajectory):  # a trajectory stand-in: small perturbations of w*
+            g = torch.Generator().manual_seed(100 + i)
+            ckpts.append({k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v)
+                          for k, v in model.state_dict().items()})  # fmt: skip
+        tcfg = LLCConfig(**{**self.cfg.to_dict(), "num_draws": a.trajectory_draws})
+        t0 = time.perf_counter()
+        estimate_llc_many(ckpts, self.loss_fn, self.stream(0), tcfg, model=model)
+        _sync(a.device)
+        ours_traj = time.perf_counter() - t0
+        if a.skip_devinterp:
+            print(f"trajectory: {a.trajectory} checkpoints: estimate_llc_many {ours_traj:.1f} s")
+            return
+        probe = copy.deepcopy(model)
+        measured = min(a.trajectory_devinterp, a.trajectory)
+        t0 = time.perf_counter()
+        for sd in ckpts[:measured]:  # devinterp has no cross-checkpoint batching: one call each
+            probe.load_state_dict(sd)
+            self.devinterp(0, a.trajectory_draws, probe)
+        di_traj = (time.perf_counter() - t0) * a.trajectory / measured
+        note = "" if measured == a.trajectory else f" (measured on {measured}, scaled linearly)"
+        print(
+            f"trajectory: {a.trajectory} checkpoints x {a.chains} chains x "
+            f"{a.trajectory_draws} draws: estimate_llc_many {ours_traj:.1f} s, devinterp loop "
+            f"{di_traj:.1f} s{note}; ratio {di_traj / ours_traj:.2f}x"
+        )
 
 
 def main() -> None:
@@ -309,7 +303,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--localization", type=float, default=100.0)
     p.add_argument("--n", type=int, default=5000, help="training-set size; n_beta = n / log n")
-    p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument(
+        "--train-steps", type=int, default=None,
+        help="training steps of the model (default: attn 3000, neox 1500; cached)",
+    )  # fmt: skip
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds")
+    p.add_argument("--bias-checks", action="store_true", help="Phaseboard's default groups")
     p.add_argument("--trajectory", type=int, default=0, help="also time K checkpoints")
     p.add_argument("--skip-devinterp", action="store_true")
     p.add_argument("--case", choices=["attn", "neox"], default="attn")
@@ -326,70 +325,34 @@ def main() -> None:
     if args.trajectory_draws is None:
         args.trajectory_draws = args.draws
     if args.case == "neox":
-        run_neox_case(args)
-        return
+        case = neox_case(
+            args.size, ctx=args.ctx, n=args.n, train_steps=args.train_steps or 1500,
+            device=args.device,
+        )  # fmt: skip
+        model, loss_fn, data = case.model, case.loss, case.inputs
+        stream = case.batches
+        full, chance = case.full_loss(), case.chance_loss
+    else:
+        data = make_data(args.n, args.vocab, args.ctx)
+        model = trained_attn(args, data)
+        loss_fn = lm_loss
 
-    torch.manual_seed(0)
-    model = AttnOnly(args.vocab, args.ctx, args.d_model, args.n_heads, args.n_layers).to(
-        args.device
-    )
+        def stream(seed: int):  # type: ignore[no-untyped-def]
+            return (b.to(args.device) for b in batches(data, args.batch, seed))
+
+        with torch.no_grad():
+            full = float(lm_loss(model, data[:1024].to(args.device)))
+        chance = math.log(args.vocab)
     n_params = sum(q.numel() for q in model.parameters())
-    data = make_data(args.n, args.vocab, args.ctx)
-    train(model, data, args.train_steps, args.batch, args.device)
-    n_beta = args.n / math.log(args.n)
-    print(f"model: {n_params:,} params, device {args.device}, n_beta {n_beta:.1f}")
-    chain_steps = args.chains * args.draws
-
-    cfg = LLCConfig(
-        lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
-        num_draws=args.draws, batch_size=args.batch, device=args.device,
-    )  # fmt: skip
-    # Warm-up (first-call vmap/CUDA setup), then the timed run.
-    estimate_llc(
-        model, lm_loss, batches(data, args.batch, 0), LLCConfig(**{**cfg.to_dict(), "num_draws": 3})
-    )
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    ours = estimate_llc(model, lm_loss, batches(data, args.batch, 0), cfg)
     print(
-        f"ours      llc {ours.mean:8.3f} ± {ours.std:.3f}  {ours.elapsed_s:7.2f} s  "
-        f"{chain_steps / ours.elapsed_s:8.1f} chain-steps/s  diverged {ours.diverged}"
+        f"case {args.case}: {n_params:,} params, L(w*) {full:.3f} (chance {chance:.3f}), "
+        f"device {args.device}, threads {torch.get_num_threads()}, {args.chains} chains x "
+        f"{args.draws} draws, batch {args.batch}"
     )
-    if not args.skip_devinterp:
-        di_mean, di_std, di_s = run_devinterp(model, data, args, n_beta)
-        print(
-            f"devinterp llc {di_mean:8.3f} ± {di_std:.3f}  {di_s:7.2f} s  "
-            f"{chain_steps / di_s:8.1f} chain-steps/s"
-        )
-        tol = 2 * math.hypot(ours.std, di_std)
-        agree = abs(ours.mean - di_mean) <= tol
-        print(
-            f"agreement: |diff| = {abs(ours.mean - di_mean):.3f} "
-            f"<= 2*combined spread {tol:.3f}: {agree}"
-        )
-        print(f"speed ratio (ours / devinterp): {di_s / ours.elapsed_s:.2f}x")
-
+    compare = Compare(args, model, loss_fn, data, stream)
+    compare.run()
     if args.trajectory:
-        ckpts = []
-        for i in range(args.trajectory):  # a fake trajectory: small perturbations of w*
-            g = torch.Generator().manual_seed(100 + i)
-            ckpts.append(
-                {
-                    k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v)
-                    for k, v in model.state_dict().items()
-                }
-            )
-        t0 = time.perf_counter()
-        res = estimate_llc_many(ckpts, lm_loss, batches(data, args.batch, 0), cfg, model=model)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        print(
-            f"trajectory: {args.trajectory} checkpoints in {dt:.1f} s "
-            f"({dt / args.trajectory:.2f} s each; "
-            f"single estimate_llc {ours.elapsed_s:.2f} s); llc range "
-            f"{min(r.mean for r in res):.2f}..{max(r.mean for r in res):.2f}"
-        )
+        compare.trajectory()
 
 
 if __name__ == "__main__":
