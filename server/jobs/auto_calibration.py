@@ -11,8 +11,11 @@ such a run ``waiting`` ("waiting for the LLC calibration"). This module moves th
    run's ``analysis_config.llc`` (lr, localization; n_beta when the grid had several), the
    outcome is recorded under ``analysis_config.llc_calibration`` (so the run is never
    calibrated automatically again) and the waiting LLC jobs are planned afresh with those
-   settings. A calibration that failed or found no setting ok on every checkpoint is
-   recorded too, and the LLC jobs run with the defaults: the record says why.
+   settings. When no setting was ok on every checkpoint, the one that kept every chain in
+   the basin at every checkpoint (``fallback_setting``: the weakest such localization, there
+   the lr that moved least when halved) is used, and the record says so: its estimates
+   carry their own verdicts. A calibration that failed, or where every setting diverged or
+   left the basin somewhere, is recorded and the LLC jobs run with the defaults.
 3. ``settle`` (the workers' periodic sweep): starts calibrations of runs that went quiet, and
    releases LLC jobs left waiting on a run that no longer needs a calibration (its settings
    were set by hand meanwhile).
@@ -41,6 +44,32 @@ from phaseboard.server.tracking import effective_status
 
 log = logging.getLogger("phaseboard.jobs")
 ACTIVE = ("queued", "running", WAITING)
+# Verdicts that rule a setting out even as a fallback: its chains do not sample the basin.
+UNSOUND = frozenset({"diverged chains", "left the basin", "impossible"})
+
+
+def fallback_setting(values: dict[str, Any]) -> dict[str, Any] | None:
+    """The setting to use when a calibration recommends none: of the settings whose chains
+    stayed in the basin at every calibrated checkpoint (no verdict in ``UNSOUND``), the
+    weakest localization, there the smallest lr / 2 shift (else the smallest lr); None if
+    every setting failed that."""
+    sound = [
+        e
+        for e in values.get("entries") or []
+        if e.get("per_checkpoint")
+        and not any(c.get("verdict") in UNSOUND for c in e["per_checkpoint"])
+    ]
+    if not sound:
+        return None
+    weakest = min(float(e["localization"]) for e in sound)
+    at = [e for e in sound if float(e["localization"]) == weakest]
+
+    def key(e: dict[str, Any]) -> tuple[float, float]:
+        shift = e.get("lr_shift")
+        return (float(shift) if shift is not None else float("inf"), float(e["lr"]))
+
+    best = min(at, key=key)
+    return {"lr": best["lr"], "localization": best["localization"], "n_beta": best.get("n_beta")}
 
 
 def _waiting_rows(session: Session, run_id: int | None = None) -> list[tuple[int, int, str, Any]]:
@@ -94,9 +123,20 @@ def _record(session: Session, run: Run) -> dict[str, Any] | None:
         values = dict(row.values or {}) if row is not None else {}
         record["result_id"] = None if row is None else row.id
     rec = values.get("recommended")
+    fallback = None if rec else fallback_setting(values)
     if rec:
         record["recommended"] = {k: rec.get(k) for k in ("lr", "localization", "n_beta")}
         record["reason"] = values.get("reason", "")
+    elif fallback is not None:
+        record["recommended"] = fallback
+        record["fallback"] = True
+        record["reason"] = (
+            f"{values.get('reason') or 'no setting was ok on every checkpoint'}. Using "
+            f"lr={fallback['lr']:g}, localization={fallback['localization']:g}: of the "
+            "settings whose chains stayed in the basin at every calibrated checkpoint, the "
+            "weakest localization and there the lr that moved least when halved; its "
+            "estimates carry their own verdicts"
+        )
     elif job.state == "done":
         record["reason"] = (values.get("reason") or "no recommendation") + (
             "; the LLC uses the default settings"

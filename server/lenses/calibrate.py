@@ -1,6 +1,8 @@
 """The ``calibrate`` lens: per run, on request, the (lr x localization [x n_beta]) grid of
-LLC settings on a few checkpoints in one vectorised batch (``analysis.llc.calibrate``); one
-result with every setting's estimate, verdict and mean trace, and the recommended setting.
+LLC settings on a few checkpoints, vectorised (``analysis.llc.calibrate``): as few sampler
+calls as the memory budget allows (``grid_chunks``, rows per call as the LLC lenses count
+them: ``llc.max_rows``); one result with every setting's estimate, verdict and mean trace,
+and the recommended setting (``analysis.llc.recommend`` over the whole grid).
 
 Its config carries the checkpoint ids a request named, or none: then the job picks three
 when it runs, spread over the whole trajectory and including its sharpest part (where the
@@ -34,7 +36,7 @@ from phaseboard.server.jobs.planning import (
     llc_settings_hash,
 )
 from phaseboard.server.lenses._registry import Lens, LensView
-from phaseboard.server.lenses.llc import llc_config, sampler_config, train_batches
+from phaseboard.server.lenses.llc import llc_config, max_rows, sampler_config, train_batches
 from phaseboard.server.models import Checkpoint, Result
 from phaseboard.server.series_store import read_series, series_names
 
@@ -115,9 +117,53 @@ def pick_checkpoints(ctx: JobContext) -> list[int]:
     return [ckpts[i][0] for i in picked]
 
 
+def grid_chunks(
+    lrs: list[float], gammas: list[float], per_call: int
+) -> list[tuple[list[float], list[float]]]:
+    """The (lrs x localizations) grid as sub-grids of at most ``per_call`` settings each
+    (several lrs with every localization, or one lr with some): one sampler call each, so
+    a call's rows stay within the memory budget."""
+    if per_call >= len(gammas):
+        step = per_call // len(gammas)
+        return [(lrs[i : i + step], list(gammas)) for i in range(0, len(lrs), step)]
+    return [([lr], gammas[j : j + per_call]) for lr in lrs for j in range(0, len(gammas), per_call)]
+
+
+def join_checkpoints(per_checkpoint: list[list[Any]]) -> list[Any]:
+    """Calibration entries of one checkpoint each (``per_checkpoint[k]``: every setting at
+    checkpoint ``k``, in grid order) joined into entries over all of them, as one call on
+    every checkpoint would report them: the summary at the last, each checkpoint's numbers,
+    the first verdict that is not ok, and the largest lr / 2 shift."""
+    import dataclasses
+
+    from phaseboard.analysis.llc.calibration import lr_shift
+
+    joined = []
+    for same in zip(*per_checkpoint, strict=True):
+        rows = [{**c, "index": k} for k, e in enumerate(same) for c in e.per_checkpoint]
+        bad = [c["verdict"] for c in rows if c["verdict"] != "ok"]
+        entry = dataclasses.replace(
+            same[-1], per_checkpoint=rows, verdict=bad[0] if bad else "ok", ok=not bad
+        )
+        entry.lr_shift = lr_shift(entry)
+        joined.append(entry)
+    return joined
+
+
+def _part_progress(progress: Any, i: int, n: int) -> Any:
+    """Call ``i`` of ``n``'s progress reported as part of the whole calibration."""
+
+    def report(done: int, total: int, message: str) -> None:
+        suffix = f" (part {i + 1}/{n})" if n > 1 else ""
+        progress(i * total + done, n * total, f"{message}{suffix}")
+
+    return report
+
+
 def run_calibrate(ctx: JobContext) -> ResultRows:
-    """The LLC settings grid on a few checkpoints in one vectorised batch; recommends one."""
-    from phaseboard.analysis.llc import calibrate
+    """The LLC settings grid on a few checkpoints, in as few vectorised calls as the memory
+    budget allows; recommends one."""
+    from phaseboard.analysis.llc import CalibrationReport, calibrate, recommend
     from phaseboard.analysis.tasks import CheckpointMismatch
 
     task = ctx.task()
@@ -145,19 +191,38 @@ def run_calibrate(ctx: JobContext) -> ResultRows:
         # the non-persistent ones no state_dict holds (rotary tables, causal masks).
         tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         states.append({k: v.detach().clone().to(ctx.device) for k, v in tensors.items()})
-    report = calibrate(
-        model.to(ctx.device),
-        task.loss,
-        train_batches(ctx, "train", config),
-        config,
-        lrs=ctx.config["lrs"],
-        localizations=ctx.config["localizations"],
-        n_betas=ctx.config.get("n_betas"),
-        checkpoints=states,
-        chance_loss=task.chance_loss(),
-        progress=ctx.progress,
-    )
+    model = model.to(ctx.device)
+    lrs, gammas = list(ctx.config["lrs"]), list(ctx.config["localizations"])
+    n_betas = ctx.config.get("n_betas")
+    # Rows of one setting at one checkpoint: its chains, and its lr/2 and localization/2
+    # checks. All checkpoints in each call when a setting's rows fit the budget; else one
+    # checkpoint a call, the settings' verdicts joined over the calls (``join_checkpoints``).
+    budget = max_rows(ctx, model, config)
+    per_setting = 3 * config.num_chains * len(n_betas or [None])
+    together = per_setting * len(states) <= budget
+    groups = [states] if together else [[state] for state in states]
+    per_call = max(1, budget // (per_setting * len(groups[0])))
+    calls = [(g, chunk) for g in groups for chunk in grid_chunks(lrs, gammas, per_call)]
+    found: list[list[Any]] = [[] for _ in groups]
+    for i, (group, (chunk_lrs, chunk_gammas)) in enumerate(calls):
+        part = calibrate(
+            model,
+            task.loss,
+            train_batches(ctx, "train", config),  # every call draws the same minibatches
+            config,
+            lrs=chunk_lrs,
+            localizations=chunk_gammas,
+            n_betas=n_betas,
+            checkpoints=group,
+            chance_loss=task.chance_loss(),
+            progress=_part_progress(ctx.progress, i, len(calls)),
+        )
+        found[next(k for k, g in enumerate(groups) if g is group)] += part.entries
+    entries = found[0] if together else join_checkpoints(found)
+    best, reason = recommend(entries)
+    report = CalibrationReport(entries, best, reason, config.to_dict())
     values = report.to_dict()
+    values["calls"] = len(calls)
     values["checkpoints"] = [{"id": i, "step": int(steps[i])} for i in ids]
     values["settings_hash"] = llc_settings_hash(base)
     values["base"] = base

@@ -21,9 +21,9 @@ from phaseboard.server.jobs.handlers import (
     single,
 )
 from phaseboard.server.jobs.planning import (
-    DEFAULT_LLC,
     PlanContext,
     check_llc_keys,
+    default_llc,
     llc_settings_hash,
 )
 from phaseboard.server.lenses._registry import Lens, LensView
@@ -32,8 +32,13 @@ from phaseboard.server.lenses._registry import Lens, LensView
 
 
 def llc_config(plan: PlanContext) -> dict[str, Any]:
-    """The job's SGLD settings: defaults < the run's ``analysis_config.llc`` < the request's."""
-    cfg = {**DEFAULT_LLC, **plan.run_config("llc"), **(plan.override.get("llc") or {})}
+    """The job's SGLD settings: defaults (for the run's task) < the run's
+    ``analysis_config.llc`` < the request's."""
+    cfg = {
+        **default_llc(plan.run.task),
+        **plan.run_config("llc"),
+        **(plan.override.get("llc") or {}),
+    }
     cfg.pop("device", None)  # where a job runs, not what it computes: never in the hash
     check_llc_keys(cfg)
     return cfg
@@ -80,13 +85,33 @@ def _series(ctx: JobContext) -> dict[str, Any]:
     return {"settings_hash": llc_settings_hash(ctx.config)}
 
 
-def max_rows(ctx: JobContext, model: Any, config: Any) -> int:
-    """Rows per vmap call: from the memory budget in settings, else the device's default."""
-    from phaseboard.analysis.llc import default_max_rows, rows_for_budget
+CPU_BUDGET_MB = 512  # one vectorised call's memory on a CPU when settings name none
 
-    if ctx.memory_mb is not None:
-        return rows_for_budget(model, config, ctx.memory_mb * 1024 * 1024)
-    return default_max_rows(model, config)
+
+def row_bytes(ctx: JobContext, model: Any, config: Any) -> int:
+    """Memory of one SGLD row: about 12 parameter-sized tensors (weights, gradient, noise,
+    update, autograd and vmap temporaries) plus the activations its minibatch keeps for the
+    backward, measured on one training minibatch (``analysis.llc.budgets.activation_bytes``):
+    on a language model these dominate (82 MB a row for 64 sequences of 64 tokens through a
+    2-layer GPT-2 of 120k parameters)."""
+    from phaseboard.analysis.llc.budgets import activation_bytes, first_batch
+
+    task = ctx.task()
+    n = sum(p.numel() for p in model.parameters())
+    size = 8 if str(getattr(config, "dtype", "float32")) == "float64" else 4
+    batch, _ = first_batch(train_batches(ctx, "train", config))
+    return 12 * n * size + activation_bytes(model, task.loss, batch, config)
+
+
+def max_rows(ctx: JobContext, model: Any, config: Any) -> int:
+    """Rows per vmap call: the memory budget (``settings.llc_memory_mb``, on a CPU else
+    ``CPU_BUDGET_MB``) over ``row_bytes``; on a GPU without a budget, the device's default."""
+    from phaseboard.analysis.llc import default_max_rows
+
+    if ctx.memory_mb is None and str(ctx.device).startswith("cuda"):
+        return default_max_rows(model, config)
+    budget = (ctx.memory_mb or CPU_BUDGET_MB) * 1024 * 1024
+    return max(1, int(budget // max(row_bytes(ctx, model, config), 1)))
 
 
 def run_llc_many(ctxs: list[JobContext]) -> dict[int, ResultRows | Exception]:

@@ -190,3 +190,64 @@ def test_llc_settings_set_by_hand_while_waiting_release_the_waiting_jobs(make_se
         llc = [j for j in _jobs(db, run_id) if j.kind == "llc"]
         assert {j.state for j in llc} == {"queued"} and len(llc) == 2
         assert {j.config["lr"] for j in llc} == {3e-4}
+
+
+def _entry(lr: float, gamma: float, verdicts: list[str], shift: float | None) -> dict[str, Any]:
+    per = [{"index": k, "verdict": v} for k, v in enumerate(verdicts)]
+    return {"lr": lr, "localization": gamma, "n_beta": 80.0, "lr_shift": shift,
+            "per_checkpoint": per}  # fmt: skip
+
+
+def test_with_no_setting_ok_everywhere_the_fallback_keeps_every_chain_in_the_basin() -> None:
+    from phaseboard.server.jobs.auto_calibration import fallback_setting
+
+    entries = [
+        _entry(1e-3, 1.0, ["ok", "left the basin", "ok"], 0.01),  # weakest pull, but out
+        _entry(1e-4, 10.0, ["not converged", "ok", "ok"], 0.30),
+        _entry(3e-4, 10.0, ["step-size bias", "ok", "ok"], 0.12),
+        _entry(1e-4, 100.0, ["ok", "ok", "ok"], 0.01),  # sound, but a stronger pull
+    ]
+    assert fallback_setting({"entries": entries}) == {
+        "lr": 3e-4, "localization": 10.0, "n_beta": 80.0,
+    }  # fmt: skip
+    out = [_entry(1e-3, 1.0, ["diverged chains"], None)]
+    assert fallback_setting({"entries": out}) is None
+
+
+def test_a_calibration_over_the_memory_budget_runs_one_checkpoint_a_call_and_joins_them(
+    make_settings,
+) -> None:
+    from phaseboard.server.db import Database
+    from phaseboard.server.storage import BlobStore
+    from tests.server.jobs.conftest import TINY_TASK, add_checkpoints, state_dict
+
+    settings = fast_settings(make_settings, queue="local", llc_memory_mb=1, auto_calibrate=True)
+    widths = [40, 40, 10]  # 2,000 parameters: a 1 MB budget holds fewer rows than one setting's
+    db = Database(settings)
+    with db.session() as s:
+        run = Run(name="wide", task="dln", task_config={**TINY_TASK, "widths": widths},
+                  analysis_config={"llc": UNSET_LLC})  # fmt: skip
+        s.add(run)
+        s.flush()
+        run_id = run.id
+        store = BlobStore(settings.storage_dir)
+        add_checkpoints(s, store, run_id, [(st, state_dict(st, widths)) for st in (10, 100, 1000)])
+    db.dispose()
+    app = create_app(settings, start_workers=False)
+    db = app.state.db
+    with TestClient(app) as client:
+        app.state.queue.start()
+        grid = {"lrs": [1e-4, 1e-3], "localizations": [1.0, 10.0]}
+        queued = client.post(f"/api/runs/{run_id}/analyses",
+                             json={"lenses": ["calibrate"], "calibrate": grid})  # fmt: skip
+        assert queued.status_code == 202, queued.text
+        wait_for(db, all_final, timeout=300)
+        cal = client.get(f"/api/runs/{run_id}/calibration").json()["calibration"]
+        assert cal["calls"] == 4 * 3  # one setting at one checkpoint a call
+        assert {(e["lr"], e["localization"]) for e in cal["entries"]} == {
+            (lr, g) for lr in grid["lrs"] for g in grid["localizations"]
+        }
+        for e in cal["entries"]:
+            assert [c["index"] for c in e["per_checkpoint"]] == [0, 1, 2]
+            assert e["ok"] == all(c["verdict"] == "ok" for c in e["per_checkpoint"])
+        assert [c["step"] for c in cal["checkpoints"]] == [10, 100, 1000]
