@@ -100,7 +100,7 @@ def remember_share(headers: Headers, slug: str) -> str:
 def _view_runs(db: Database, slugs: Iterable[str]) -> set[int]:
     """Ids of the runs the shared views show (a compare view by ids and by tag, as its page
     computes them when read)."""
-    from phaseboard.server.web.views import parse_view
+    from phaseboard.server.read.views import parse_view
 
     ids: set[int] = set()
     with db.session() as session:

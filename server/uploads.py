@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -74,6 +75,23 @@ class _Part:
     disposition: bytes = b""
     data: bytearray = field(default_factory=bytearray)
     is_file: bool = False
+
+
+def upload_body(
+    file_description: str, field_name: str, field_schema: dict[str, Any]
+) -> dict[str, Any]:
+    """``openapi_extra`` describing a streamed upload: a ``file`` part and one form field.
+
+    The route reads its body itself (``receive_upload``), so FastAPI cannot describe it."""
+    file_schema = {"type": "string", "format": "binary", "description": file_description}
+    schema = {
+        "type": "object",
+        "required": ["file", field_name],
+        "properties": {"file": file_schema, field_name: field_schema},
+    }
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
 
 
 def check_content_length(request: Request, max_bytes: int) -> None:

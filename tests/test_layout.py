@@ -69,9 +69,11 @@ def imported_modules(path: Path, root: Path = ROOT) -> Iterator[tuple[int, str]]
 
 
 def forbidden_imports(folder: str, forbidden: tuple[str, ...], root: Path = ROOT) -> list[str]:
-    """``file:line imports name`` for each import under ``folder`` of a forbidden module."""
+    """``file:line imports name`` for each import under ``folder`` (or in that one file) of a
+    forbidden module."""
     found = set()
-    for path in sorted((root / folder).rglob("*.py")):
+    where = root / folder
+    for path in [where] if where.is_file() else sorted(where.rglob("*.py")):
         for line, name in imported_modules(path, root):
             if any(name == f or name.startswith(f + ".") for f in forbidden):
                 found.add(f"{path.relative_to(root).as_posix()}:{line} imports {name}")
@@ -100,6 +102,20 @@ def test_the_scan_resolves_absolute_and_relative_imports(tmp_path: Path) -> None
 
 def test_analysis_never_imports_the_server() -> None:
     assert forbidden_imports("analysis", ("phaseboard.server", "server")) == []
+
+
+def test_json_routes_never_import_the_pages() -> None:
+    assert forbidden_imports("server/api", ("phaseboard.server.web",)) == []
+
+
+def test_pages_never_import_the_json_routes() -> None:
+    assert forbidden_imports("server/web", ("phaseboard.server.api",)) == []
+
+
+def test_the_read_layer_imports_neither_route_package() -> None:
+    routes = ("phaseboard.server.api", "phaseboard.server.web")
+    assert forbidden_imports("server/read", routes) == []
+    assert forbidden_imports("server/deps.py", routes) == []
 
 
 # ---------------------------------------------------------------------------- docs

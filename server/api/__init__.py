@@ -16,6 +16,7 @@ from phaseboard.server.api import (
     lenses,
     metrics,
     phases,
+    plots,
     runs,
     shares,
     tracking,
@@ -40,6 +41,7 @@ def build_api_router() -> APIRouter:
         lenses,
         influence,
         groups,
+        plots,
     ):
         api.include_router(module.router)
     return api

@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from phaseboard.server import read
 from phaseboard.server.analysis_config import SAMPLERS, check_llc
-from phaseboard.server.api.deps import DatabaseDep, SessionDep, WriteAuth
 from phaseboard.server.db import get_existing
+from phaseboard.server.deps import DatabaseDep, RunDep, SessionDep, WriteAuth
 from phaseboard.server.jobs.planning import (
     LLC_KINDS,
     analyses_for_run,
@@ -19,7 +20,7 @@ from phaseboard.server.jobs.planning import (
     llc_settings_hash,
 )
 from phaseboard.server.jobs.schemas import ResultOut
-from phaseboard.server.models import Checkpoint, Job, Result, Run
+from phaseboard.server.models import Checkpoint, Job, Result
 from phaseboard.server.schemas import DbId
 
 router = APIRouter(tags=["llc"])
@@ -60,23 +61,22 @@ def get_result(result_id: DbId, session: SessionDep) -> ResultOut:
 
 
 @router.get("/runs/{run_id}/calibration")
-def latest_calibration(run_id: DbId, session: SessionDep) -> dict[str, Any]:
+def latest_calibration(run: RunDep, session: SessionDep) -> dict[str, Any]:
     """The newest finished calibration of a run (null if none), and any still running."""
-    run = get_existing(session, Run, run_id, "run")
     row = session.execute(
         sa.select(Result.id, Result.values, Result.created_at)
-        .where(Result.run_id == run_id, Result.kind == "calibrate")
+        .where(Result.run_id == run.id, Result.kind == "calibrate")
         .order_by(Result.id.desc())
         .limit(1)
     ).first()
     active = session.scalars(
         sa.select(Job.id).where(
-            Job.run_id == run_id, Job.kind == "calibrate", Job.state.in_(("queued", "running"))
+            Job.run_id == run.id, Job.kind == "calibrate", Job.state.in_(("queued", "running"))
         )
     ).all()
     current = llc_settings(run)
     return {
-        "run_id": run_id,
+        "run_id": run.id,
         "result_id": None if row is None else row[0],
         "calibration": None if row is None else row[1],
         "active_jobs": list(active),
@@ -101,7 +101,7 @@ def use_llc_settings(
     if changes.get("sampler") is None:
         changes.pop("sampler", None)
     with db.session() as s:
-        run = get_existing(s, Run, run_id, "run")
+        run = read.get_run(s, run_id)
         cfg = dict(run.analysis_config or {})
         current = cfg.get("llc") if isinstance(cfg.get("llc"), dict) else None
         check_llc(request.app.state.settings, current, changes, prefix="llc")

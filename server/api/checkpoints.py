@@ -36,9 +36,9 @@ from phaseboard.analysis.checkpoints import (
     prepare_checkpoint,
     write_safetensors,
 )
-from phaseboard.server.api.deps import SessionDep, WriteAuth
-from phaseboard.server.api.runs import get_run_or_404
+from phaseboard.server import read
 from phaseboard.server.db import Database, get_existing
+from phaseboard.server.deps import RunDep, SessionDep, WriteAuth
 from phaseboard.server.errors import BadCheckpoint, BadInput, Conflict
 from phaseboard.server.models import Checkpoint, Run
 from phaseboard.server.schemas import CheckpointOut, DbId, StepInt
@@ -48,33 +48,17 @@ from phaseboard.server.store.blobs import BlobStore, StagedBlob
 from phaseboard.server.store.commit import commit_blob_with_row
 from phaseboard.server.store.series_checks import reflag_duplicates
 from phaseboard.server.task_checks import check_task_config
-from phaseboard.server.uploads import check_content_length, receive_upload
+from phaseboard.server.uploads import check_content_length, receive_upload, upload_body
 
 log = logging.getLogger(__name__)
 _STEP: TypeAdapter[int] = TypeAdapter(StepInt)
 router = APIRouter(tags=["checkpoints"])
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "step"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "safetensors or torch.save state_dict file",
-                        },
-                        "step": {"type": "integer", "minimum": 0, "maximum": MAX_STEP},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_BODY = upload_body(
+    "safetensors or torch.save state_dict file",
+    "step",
+    {"type": "integer", "minimum": 0, "maximum": MAX_STEP},
+)
 
 
 def checkpoint_out(ckpt: Checkpoint, job_ids: list[int] | None = None) -> CheckpointOut:
@@ -102,7 +86,7 @@ def _parse_step(raw: str | None) -> int:
 
 def _run_for_upload(db: Database, run_id: int) -> Run:
     with db.session() as session:
-        return get_run_or_404(session, run_id)
+        return read.get_run(session, run_id)
 
 
 def _step_taken(db: Database, run_id: int, step: int) -> bool:
@@ -267,10 +251,9 @@ async def upload_checkpoint(run_id: DbId, request: Request) -> CheckpointOut:
 
 
 @router.get("/runs/{run_id}/checkpoints")
-def list_checkpoints(run_id: DbId, session: SessionDep) -> list[CheckpointOut]:
-    get_run_or_404(session, run_id)
+def list_checkpoints(run: RunDep, session: SessionDep) -> list[CheckpointOut]:
     rows = session.scalars(
-        select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)
+        select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step)
     )
     return [checkpoint_out(c) for c in rows]
 

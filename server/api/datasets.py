@@ -20,42 +20,26 @@ from starlette.concurrency import run_in_threadpool
 
 from phaseboard.analysis.checkpoints import LoadLimits
 from phaseboard.analysis.tokens import TokenDataError, TokenInfo, scan_token_file
+from phaseboard.server import read
 from phaseboard.server.api.checkpoints import load_limits
-from phaseboard.server.api.deps import SessionDep, WriteAuth
-from phaseboard.server.api.runs import get_run_or_404
 from phaseboard.server.db import Database
+from phaseboard.server.deps import RunDep, SessionDep, WriteAuth
 from phaseboard.server.errors import BadInput, Conflict
 from phaseboard.server.models import Dataset, Run
 from phaseboard.server.schemas import DatasetOut, DbId
 from phaseboard.server.store.blobs import BlobStore, StagedBlob
 from phaseboard.server.store.commit import commit_blob_with_row
-from phaseboard.server.uploads import check_content_length, receive_upload
+from phaseboard.server.uploads import check_content_length, receive_upload, upload_body
 
 router = APIRouter(tags=["datasets"])
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "name"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": ".npy, safetensors or weights-only .pt integer tensor",
-                        },
-                        "name": {"type": "string", "pattern": NAME.pattern},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_BODY = upload_body(
+    ".npy, safetensors or weights-only .pt integer tensor",
+    "name",
+    {"type": "string", "pattern": NAME.pattern},
+)
 
 
 def _parse_name(raw: str | None) -> str:
@@ -81,7 +65,7 @@ def vocab_of(task_config: dict[str, Any]) -> int | None:
 
 def _run_and_taken(db: Database, run_id: int, name: str) -> tuple[Run, bool]:
     with db.session() as session:
-        run = get_run_or_404(session, run_id)
+        run = read.get_run(session, run_id)
         q = select(Dataset.id).where(Dataset.run_id == run_id, Dataset.name == name)
         return run, session.scalar(q) is not None
 
@@ -159,7 +143,6 @@ async def upload_dataset(run_id: DbId, request: Request) -> DatasetOut:
 
 
 @router.get("/runs/{run_id}/datasets")
-def list_datasets(run_id: DbId, session: SessionDep) -> list[DatasetOut]:
-    get_run_or_404(session, run_id)
-    rows = session.scalars(select(Dataset).where(Dataset.run_id == run_id).order_by(Dataset.name))
+def list_datasets(run: RunDep, session: SessionDep) -> list[DatasetOut]:
+    rows = session.scalars(select(Dataset).where(Dataset.run_id == run.id).order_by(Dataset.name))
     return [DatasetOut.model_validate(r) for r in rows]

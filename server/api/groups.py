@@ -17,12 +17,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
-from phaseboard.server.api.deps import SessionDep
-from phaseboard.server.api.lenses import newest_result
+from phaseboard.server.deps import SessionDep
 from phaseboard.server.errors import BadInput, NotFound
-from phaseboard.server.models import Result, Run
+from phaseboard.server.models import Run
+from phaseboard.server.read import llc_series, metric_points, newest_result
 from phaseboard.server.series_store import read_series, series_names
-from phaseboard.server.web.queries import scalar_values
 
 router = APIRouter(tags=["groups"])
 
@@ -64,8 +63,6 @@ def _run_measures(session: Session, run: Run, max_points: int) -> dict[str, Any]
     metrics results as ``ckpt/<key>``, progress measures as ``progress/<name>``, and ``llc``
     (the plain LLC mean per checkpoint, the run's shown LLC settings).
     """
-    from phaseboard.server.web.llc_series import llc_series
-
     readers: dict[str, Any] = {}
     for name in series_names(session, run.id):
 
@@ -74,17 +71,8 @@ def _run_measures(session: Session, run: Run, max_points: int) -> dict[str, Any]
             return steps.tolist(), values.tolist()
 
         readers[name] = logged
-    computed: dict[str, dict[int, float]] = {}
-    rows = session.execute(
-        sa.select(Result.step, Result.values)
-        .where(Result.run_id == run.id, Result.kind == "metrics", Result.step.is_not(None))
-        .order_by(Result.step, Result.id)
-    )
-    for step, values in rows:  # the newest result of a step wins
-        for key, value in scalar_values(values).items():
-            name = key if key.startswith("progress/") else f"ckpt/{key}"
-            computed.setdefault(name, {})[int(step)] = value
-    for name, points in computed.items():
+    for key, points in metric_points(session, run.id).items():
+        name = key if key.startswith("progress/") else f"ckpt/{key}"
         readers[name] = lambda p=points: (sorted(p), [p[k] for k in sorted(p)])
     llc = llc_series(session, run)["llc"]
     if any(m is not None for m in llc["mean"]):

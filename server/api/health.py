@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from phaseboard import __version__
-from phaseboard.server.api.deps import SessionDep, SettingsDep
+from phaseboard.server.deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 

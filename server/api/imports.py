@@ -13,8 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from phaseboard.server.api.deps import SessionDep, WriteAuth
-from phaseboard.server.api.runs import get_run_or_404
+from phaseboard.server.deps import RunDep, SessionDep, WriteAuth
 from phaseboard.server.errors import BadInput
 from phaseboard.server.imports import Imports
 from phaseboard.server.schemas import DbId
@@ -98,14 +97,13 @@ def _server_url(request: Request) -> str:
     "/runs/{run_id}/imports", status_code=202, response_model=ImportOut, dependencies=[WriteAuth]
 )
 def start_import(
-    run_id: DbId, body: ImportRequest, session: SessionDep, request: Request
+    run: RunDep, body: ImportRequest, session: SessionDep, request: Request
 ) -> ImportOut:
     """Import a Hub series into this run in the background (see ``phaseboard ingest hf://``).
 
     The server downloads each revision (its own Hub cache and ``HF_TOKEN``) and stores it as
     an upload; steps the run has are skipped. 409 while another import of the run runs.
     """
-    run = get_run_or_404(session, run_id)
     task = _imports(request).start(
         run_id=run.id,
         run_name=run.name,
@@ -126,7 +124,6 @@ def get_import(import_id: DbId, request: Request) -> ImportOut:
 
 
 @router.get("/runs/{run_id}/imports", response_model=list[ImportOut])
-def list_imports(run_id: DbId, session: SessionDep, request: Request) -> list[ImportOut]:
+def list_imports(run: RunDep, session: SessionDep, request: Request) -> list[ImportOut]:
     """The run's background imports since the server started, newest first."""
-    get_run_or_404(session, run_id)
-    return [_out(t) for t in sorted(_imports(request).for_run(run_id), key=lambda t: -t.id)]
+    return [_out(t) for t in sorted(_imports(request).for_run(run.id), key=lambda t: -t.id)]

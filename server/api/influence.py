@@ -13,11 +13,10 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from phaseboard.server.api.deps import SessionDep
-from phaseboard.server.api.lenses import newest_result
-from phaseboard.server.db import get_existing
+from phaseboard.server import read
+from phaseboard.server.deps import SessionDep
 from phaseboard.server.errors import BadInput, NotFound
-from phaseboard.server.models import Run
+from phaseboard.server.read import newest_result
 from phaseboard.server.schemas import DbId
 
 router = APIRouter(tags=["lenses"])
@@ -31,7 +30,7 @@ def _num(x: Any) -> float | None:
 
 
 def _newest(session: SessionDep, run_id: int, kind: str) -> dict[str, Any]:
-    get_existing(session, Run, run_id, "run")
+    read.get_run(session, run_id)
     values = newest_result(session, run_id, kind)
     if values is None or not values.get("data_blob"):
         raise NotFound(f"run {run_id} has no {kind} result yet")

@@ -7,9 +7,10 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 
+from phaseboard.server import read
 from phaseboard.server.analysis_config import check_kinds, check_llc
-from phaseboard.server.api.deps import DatabaseDep, SessionDep, WriteAuth, has_token
 from phaseboard.server.db import get_existing
+from phaseboard.server.deps import DatabaseDep, RunDep, SessionDep, WriteAuth, has_token
 from phaseboard.server.errors import BadInput
 from phaseboard.server.jobs import lifecycle
 from phaseboard.server.jobs.base import JobQueue
@@ -25,7 +26,7 @@ from phaseboard.server.jobs.schemas import (
     ResultList,
     ResultOut,
 )
-from phaseboard.server.models import Job, Result, Run
+from phaseboard.server.models import Job, Result
 from phaseboard.server.schemas import DbId, DbInt, Text
 
 router = APIRouter(tags=["jobs"])
@@ -46,10 +47,6 @@ def _job_out(job: Job, request: Request) -> JobOut:
     out.error, traceback = lifecycle.split_error(job.error)
     out.traceback = traceback if has_token(request) else None
     return out
-
-
-def _run(session: Any, run_id: int) -> Run:
-    return get_existing(session, Run, run_id, "run")
 
 
 @router.get("/jobs", response_model=JobList)
@@ -129,7 +126,7 @@ def queue_analyses(
         raise BadInput("give lenses or kinds (the same list under its older name), not both")
     field = "lenses" if body.lenses is not None else "kinds"
     with db.session() as s:
-        run = _run(s, run_id)
+        run = read.get_run(s, run_id)
         kinds = body.lenses if body.lenses is not None else body.kinds
         if kinds is None:
             kinds = analyses_for_run(run, settings.auto_analyses)
@@ -183,15 +180,14 @@ def _diverged(values: dict[str, Any]) -> bool | None:
 
 @router.get("/runs/{run_id}/llc", response_model=LLCSeries)
 def run_llc(
-    run_id: DbId,
+    run: RunDep,
     session: SessionDep,
     config_hash: Text | None = Query(None, description="Only results of this LLC config."),
 ) -> LLCSeries:
     """Per checkpoint: step, LLC mean and std, and each restriction's estimate (newest)."""
-    _run(session, run_id)
     query = (
         sa.select(Result)
-        .where(Result.run_id == run_id, Result.kind.in_(("llc", "llc_restricted")))
+        .where(Result.run_id == run.id, Result.kind.in_(("llc", "llc_restricted")))
         .order_by(Result.step, Result.id)
     )
     if config_hash is not None:
@@ -214,22 +210,21 @@ def run_llc(
         else:
             point.restrictions[r.restriction or r.kind] = _llc_value(r.values, r.job_id)
     ordered = sorted(points.values(), key=lambda p: (p.step is None, p.step or 0))
-    return LLCSeries(run_id=run_id, points=ordered)
+    return LLCSeries(run_id=run.id, points=ordered)
 
 
 @router.get("/runs/{run_id}/results", response_model=ResultList)
 def run_results(
-    run_id: DbId,
+    run: RunDep,
     session: SessionDep,
     kind: Text | None = Query(None, description="Only results of this lens (e.g. llc)."),
     restriction: Text | None = None,
 ) -> ResultList:
     """Raw result rows of a run, ordered by step."""
-    _run(session, run_id)
-    query = sa.select(Result).where(Result.run_id == run_id)
+    query = sa.select(Result).where(Result.run_id == run.id)
     if kind is not None:
         query = query.where(Result.kind == kind)
     if restriction is not None:
         query = query.where(Result.restriction == restriction)
     rows = session.scalars(query.order_by(Result.step, Result.id)).all()
-    return ResultList(run_id=run_id, results=[ResultOut.model_validate(r) for r in rows])
+    return ResultList(run_id=run.id, results=[ResultOut.model_validate(r) for r in rows])

@@ -13,50 +13,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 
-from phaseboard.server.api.deps import SessionDep
-from phaseboard.server.db import get_existing
+from phaseboard.server import read
+from phaseboard.server.deps import RunDep, SessionDep
 from phaseboard.server.errors import BadInput, NotFound
 from phaseboard.server.lenses import all_lenses
 from phaseboard.server.lenses._registry import page_views
 from phaseboard.server.lenses._states import lens_states
-from phaseboard.server.models import Result, Run
-from phaseboard.server.schemas import DbId
-from phaseboard.server.web.queries import boundaries
+from phaseboard.server.models import Run
+from phaseboard.server.read import boundaries, newest_result, progress_series
 
 router = APIRouter(tags=["lenses"])
-
-
-def newest_result(session: SessionDep, run_id: int, kind: str) -> dict[str, Any] | None:
-    """Values of the newest result of ``kind`` for the run, with its step and id."""
-    row = session.execute(
-        sa.select(Result.id, Result.values)
-        .where(Result.run_id == run_id, Result.kind == kind)
-        .order_by(Result.id.desc())
-        .limit(1)
-    ).first()
-    return None if row is None else {"result_id": row[0], **row[1]}
-
-
-def progress_series(session: SessionDep, run_id: int) -> dict[str, dict[str, list[float]]]:
-    """``progress/<name>`` scalars of the run's metrics results as series, by step."""
-    out: dict[str, dict[str, list[float]]] = {}
-    rows = session.execute(
-        sa.select(Result.step, Result.values)
-        .where(Result.run_id == run_id, Result.kind == "metrics", Result.step.is_not(None))
-        .order_by(Result.step, Result.id)
-    )
-    latest: dict[str, dict[int, float]] = {}
-    for step, values in rows:  # newest result per step wins
-        for key, value in (values or {}).items():
-            if key.startswith("progress/") and isinstance(value, int | float):
-                latest.setdefault(key.removeprefix("progress/"), {})[int(step)] = float(value)
-    for name, points in sorted(latest.items()):
-        steps = sorted(points)
-        out[name] = {"step": steps, "value": [points[k] for k in steps]}
-    return out
 
 
 @router.get("/lenses")
@@ -82,24 +50,23 @@ def list_lenses() -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}/lenses")
-def run_lenses(run_id: DbId, session: SessionDep) -> dict[str, Any]:
+def run_lenses(run: RunDep, session: SessionDep) -> dict[str, Any]:
     """``{"run_id", "<lens>": newest values or null (each run-scope lens in the page's lens
     section), ..., "progress": {name: series}, "boundaries": [...], "states": {lens:
     {"state", "message", "title", "scope", "counts"}}}``."""
-    get_existing(session, Run, run_id, "run")
-    out: dict[str, Any] = {"run_id": run_id}
+    out: dict[str, Any] = {"run_id": run.id}
     for lens in page_views():
         if lens.scope == "run":
-            out[lens.name] = newest_result(session, run_id, lens.name)
-    out["progress"] = progress_series(session, run_id)
-    out["boundaries"] = boundaries(session, run_id)
-    out["states"] = lens_states(session, run_id)
+            out[lens.name] = newest_result(session, run.id, lens.name)
+    out["progress"] = progress_series(session, run.id)
+    out["boundaries"] = boundaries(session, run.id)
+    out["states"] = lens_states(session, run.id)
     return out
 
 
 @router.get("/runs/{run_id}/learning_order/heatmap")
 def learning_order_heatmap(
-    run_id: DbId,
+    run: RunDep,
     session: SessionDep,
     request: Request,
     max_examples: int = Query(200, ge=1, le=5000),
@@ -111,10 +78,9 @@ def learning_order_heatmap(
     """
     import numpy as np
 
-    get_existing(session, Run, run_id, "run")
-    values = newest_result(session, run_id, "learning_order")
+    values = newest_result(session, run.id, "learning_order")
     if values is None:
-        raise NotFound(f"run {run_id} has no learning-order result yet")
+        raise NotFound(f"run {run.id} has no learning-order result yet")
     store = request.app.state.store
     with store.open_path(values["losses_blob"]).open("rb") as fh:  # NotFound if gone
         losses = np.load(fh, allow_pickle=False)  # (checkpoints, examples)
@@ -125,7 +91,7 @@ def learning_order_heatmap(
     rows = [order[i] for i in pick]
     z = losses[:, rows].T.astype(float)  # (examples, checkpoints)
     return {
-        "run_id": run_id,
+        "run_id": run.id,
         "steps": values["steps"],
         "examples": rows,
         "learned_at": [values["learned_at"][i] for i in rows],
@@ -157,7 +123,7 @@ def learning_order_agreement(
     info: dict[int, tuple[Run, dict[str, Any] | None]] = {}
     for run_id in ids:
         info[run_id] = (
-            get_existing(session, Run, run_id, "run"),
+            read.get_run(session, run_id),
             newest_result(session, run_id, "learning_order"),
         )
     pairs, skipped = [], []

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from phaseboard.server.api.deps import SessionDep, SettingsDep, WriteAuth
-from phaseboard.server.api.runs import get_run_or_404
+from phaseboard.server import read
+from phaseboard.server.deps import RunDep, SessionDep, SettingsDep, WriteAuth
 from phaseboard.server.errors import NotFound, PayloadTooLarge
 from phaseboard.server.models import MetricPoint
 from phaseboard.server.schemas import DbId, MetricIn, MetricsAccepted, SeriesName, SeriesOut, Text
@@ -40,7 +40,7 @@ def add_metrics(
             f"{settings.max_metric_points} per request (PHASEBOARD_MAX_METRIC_POINTS): "
             "send them in batches; nothing was stored"
         )
-    run = get_run_or_404(session, run_id, lock=True)
+    run = read.get_run(session, run_id, lock=True)
     latest: dict[tuple[str, int], tuple[float, float | None]] = {}
     for p in points:  # within one request the last value for a (name, step) wins
         latest[(p["name"], p["step"])] = (p["value"], p.get("wall_time"))
@@ -56,7 +56,7 @@ def add_metrics(
 
 @router.get("/runs/{run_id}/series")
 def get_series(
-    run_id: DbId,
+    run: RunDep,
     session: SessionDep,
     name: Annotated[Text, Query(min_length=1, max_length=200)],
     max_points: Annotated[int, Query(ge=10, le=200_000)] = 2000,
@@ -65,10 +65,9 @@ def get_series(
     ] = False,
 ) -> SeriesOut:
     """One series, downsampled to at most ``max_points`` keeping per-bucket min and max."""
-    get_run_or_404(session, run_id)
-    steps, values, total = read_series(session, run_id, name, max_points)
+    steps, values, total = read_series(session, run.id, name, max_points)
     if total == 0:
-        raise NotFound(f"run {run_id} has no series named {name!r}")
+        raise NotFound(f"run {run.id} has no series named {name!r}")
     step_list = steps.tolist()
     return SeriesOut(
         name=name,
@@ -76,19 +75,18 @@ def get_series(
         values=values.tolist(),
         total_points=total,
         downsampled=len(steps) < total,
-        wall_times=read_wall_times(session, run_id, name, step_list) if wall_time else None,
+        wall_times=read_wall_times(session, run.id, name, step_list) if wall_time else None,
     )
 
 
 @router.get("/runs/{run_id}/series/names")
-def series_names(run_id: DbId, session: SessionDep) -> list[SeriesName]:
+def series_names(run: RunDep, session: SessionDep) -> list[SeriesName]:
     """The run's series with their point counts and step ranges."""
-    get_run_or_404(session, run_id)
     rows = session.execute(
         select(
             MetricPoint.name, func.count(), func.min(MetricPoint.step), func.max(MetricPoint.step)
         )
-        .where(MetricPoint.run_id == run_id)
+        .where(MetricPoint.run_id == run.id)
         .group_by(MetricPoint.name)
         .order_by(MetricPoint.name)
     )

@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator
 
-from phaseboard.server.api.deps import SessionDep, WriteAuth
 from phaseboard.server.db import get_existing
+from phaseboard.server.deps import RunDep, SessionDep, WriteAuth
 from phaseboard.server.errors import BadInput
-from phaseboard.server.models import PhaseBoundary, Run
+from phaseboard.server.models import PhaseBoundary
+from phaseboard.server.read import boundaries, boundary_dict
 from phaseboard.server.schemas import DbId, Text
-from phaseboard.server.web.queries import boundaries, boundary_dict
 
 router = APIRouter(tags=["phases"])
 
@@ -56,9 +56,8 @@ def _boundary(session: SessionDep, boundary_id: DbId) -> PhaseBoundary:
 
 
 @router.get("/runs/{run_id}/phases", response_model=list[BoundaryOut])
-def list_phases(run_id: DbId, session: SessionDep) -> list[dict[str, Any]]:
-    get_existing(session, Run, run_id, "run")
-    return boundaries(session, run_id)
+def list_phases(run: RunDep, session: SessionDep) -> list[dict[str, Any]]:
+    return boundaries(session, run.id)
 
 
 @router.post(
@@ -67,10 +66,9 @@ def list_phases(run_id: DbId, session: SessionDep) -> list[dict[str, Any]]:
     status_code=201,
     dependencies=[WriteAuth],
 )
-def add_phase(run_id: DbId, body: BoundaryIn, session: SessionDep) -> dict[str, Any]:
-    get_existing(session, Run, run_id, "run")
+def add_phase(run: RunDep, body: BoundaryIn, session: SessionDep) -> dict[str, Any]:
     row = PhaseBoundary(
-        run_id=run_id,
+        run_id=run.id,
         step=body.step,
         source="manual",
         kind="manual",

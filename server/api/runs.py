@@ -10,9 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from phaseboard.server import read
 from phaseboard.server.analysis_config import check_analysis_config
-from phaseboard.server.api.deps import SessionDep, SettingsDep, WriteAuth
-from phaseboard.server.db import get_existing, name_contains
+from phaseboard.server.db import name_contains
+from phaseboard.server.deps import RunDep, SessionDep, SettingsDep, WriteAuth
 from phaseboard.server.errors import BadInput, Conflict
 from phaseboard.server.models import Checkpoint, Job, Run
 from phaseboard.server.runs_table import matching_ids
@@ -30,15 +31,6 @@ SORTS = {
     "name": Run.name.asc(),
     "-name": Run.name.desc(),
 }
-
-
-def get_run_or_404(session: Session, run_id: int, lock: bool = False) -> Run:
-    """The run, or 404; ``lock`` holds its row (PostgreSQL) for a read-modify-write."""
-    if lock:
-        run = session.get(Run, run_id, with_for_update=True)
-        if run is not None:
-            return run
-    return get_existing(session, Run, run_id, "run")
 
 
 def _latest(*times: datetime | None) -> datetime | None:
@@ -165,8 +157,8 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: DbId, session: SessionDep, settings: SettingsDep) -> RunOut:
-    return runs_out(session, [get_run_or_404(session, run_id)], settings.run_crashed_after_s)[0]
+def get_run(run: RunDep, session: SessionDep, settings: SettingsDep) -> RunOut:
+    return runs_out(session, [run], settings.run_crashed_after_s)[0]
 
 
 @router.patch("/runs/{run_id}", dependencies=[WriteAuth])
@@ -176,7 +168,7 @@ def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: Set
     ``null`` clears a field (``task`` to none, ``notes`` to "", ``tags`` to [], a config
     to {}); a run always has a name, so ``name`` may not be null.
     """
-    run = get_run_or_404(session, run_id)
+    run = read.get_run(session, run_id)
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and changes["name"] is None:
         raise BadInput("name: may not be null (a run always has a name)")
@@ -196,13 +188,12 @@ def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: Set
 
 
 @router.delete("/runs/{run_id}", status_code=204, dependencies=[WriteAuth])
-def delete_run(run_id: DbId, session: SessionDep) -> Response:
+def delete_run(run: RunDep, session: SessionDep) -> Response:
     """Delete the run and its rows (checkpoints, metrics, jobs, results, boundaries).
 
     Blobs stay in the store: another run may hold the same bytes. ``phaseboard gc``
     removes the ones no checkpoint references any more (``server.blob_gc``).
     """
-    run = get_run_or_404(session, run_id)
     session.delete(run)
     session.commit()
     return Response(status_code=204)

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from phaseboard.server.api.deps import SessionDep, SettingsDep, WriteAuth
+from phaseboard.server.deps import SessionDep, SettingsDep, WriteAuth
 from phaseboard.server.errors import NotFound
 from phaseboard.server.models import Share
+from phaseboard.server.read import MAX_VIEW_CHARS, parse_view
 from phaseboard.server.schemas import Text
-from phaseboard.server.web.views import MAX_VIEW_CHARS, parse_view
 
 router = APIRouter(prefix="/shares", tags=["shares"])
 

@@ -1,4 +1,4 @@
-"""HTML pages (Jinja + htmx partials), static files and the plot-data endpoint.
+"""HTML pages (Jinja + htmx partials) and static files; what they show comes from ``server.read``.
 
 ``mount_web(app)`` is the only public name: ``server.app`` calls it once.
 """

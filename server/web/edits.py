@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from phaseboard.server.errors import BadInput
 from phaseboard.server.models import Run, utcnow
+from phaseboard.server.read import get_run
 from phaseboard.server.schemas import RunUpdate
 from phaseboard.server.settings import Settings
 from phaseboard.server.task_checks import check_task_config
-from phaseboard.server.web.queries import get_run
 
 
 def parse_tags(text: str) -> list[str]:

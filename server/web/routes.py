@@ -1,4 +1,4 @@
-"""HTML routes: thin handlers that build a context (``queries``) and render a template.
+"""HTML routes: thin handlers that build a context (``server.read``) and render a template.
 
 A request from htmx (``HX-Request``) gets the partial it targets; any other request gets the
 full page, so every URL also works as a plain link, a bookmark or a share.
@@ -14,19 +14,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
-from phaseboard.server.api.deps import SessionDep, WriteAuth
-from phaseboard.server.errors import ERROR_RESPONSES, NotFound
+from phaseboard.server import read
+from phaseboard.server.deps import RunDep, SessionDep, WriteAuth
+from phaseboard.server.errors import NotFound
 from phaseboard.server.models import Share
+from phaseboard.server.read import PageView, parse_view
 from phaseboard.server.schemas import MAX_ID, DbId, DbInt, Text
 from phaseboard.server.security import CSP_WEBGL
-from phaseboard.server.web import queries
 from phaseboard.server.web.compare_checks import config_warnings
 from phaseboard.server.web.edits import update_run_header
 from phaseboard.server.web.templating import STATIC_DIR, make_templates
-from phaseboard.server.web.views import PageView, parse_view
 
 router = APIRouter(include_in_schema=False)
-data_router = APIRouter(prefix="/api", tags=["plots"], responses=ERROR_RESPONSES)
 templates = make_templates()
 
 
@@ -70,7 +69,7 @@ def runs_page(
     cols: str = "",
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> HTMLResponse:
-    context = queries.list_runs(
+    context = read.list_runs(
         session,
         limit=limit,
         q=q.strip(),
@@ -96,12 +95,12 @@ def runs_page(
 def _run_context(
     session: SessionDep, run_id: int, crashed_after_s: float = 120.0
 ) -> dict[str, Any]:
-    run = queries.get_run(session, run_id)
+    run = read.get_run(session, run_id)
     return {
-        "run": queries.run_dict(run, crashed_after_s),
-        "ckpts": queries.checkpoint_page(session, run_id),
-        "jobs": queries.jobs_panel(session, run_id),
-        "boundaries": queries.boundaries(session, run_id),
+        "run": read.run_dict(run, crashed_after_s),
+        "ckpts": read.checkpoint_page(session, run_id),
+        "jobs": read.jobs_panel(session, run_id),
+        "boundaries": read.boundaries(session, run_id),
     }
 
 
@@ -115,13 +114,9 @@ def run_page(request: Request, run_id: DbId, session: SessionDep) -> HTMLRespons
 
 
 @router.get("/runs/{run_id}/header", response_class=HTMLResponse)
-def run_header(
-    request: Request, run_id: DbId, session: SessionDep, edit: bool = False
-) -> HTMLResponse:
-    run = queries.run_dict(
-        queries.get_run(session, run_id), request.app.state.settings.run_crashed_after_s
-    )
-    return _render(request, "_run_header.html", {"run": run, "edit": edit})
+def run_header(request: Request, run: RunDep, edit: bool = False) -> HTMLResponse:
+    context = {"run": read.run_dict(run, request.app.state.settings.run_crashed_after_s)}
+    return _render(request, "_run_header.html", {**context, "edit": edit})
 
 
 @router.patch("/runs/{run_id}/header", response_class=HTMLResponse, dependencies=[WriteAuth])
@@ -144,23 +139,21 @@ def edit_run_header(
         notes=notes,
     )
     crashed_after_s = request.app.state.settings.run_crashed_after_s
-    context = {"run": queries.run_dict(run, crashed_after_s), "edit": False}
+    context = {"run": read.run_dict(run, crashed_after_s), "edit": False}
     return _render(request, "_run_header.html", context)
 
 
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
 def run_checkpoints(
-    request: Request, run_id: DbId, session: SessionDep, page: DbInt = 0
+    request: Request, run: RunDep, session: SessionDep, page: DbInt = 0
 ) -> HTMLResponse:
-    queries.get_run(session, run_id)
-    context = {"run": {"id": run_id}, "ckpts": queries.checkpoint_page(session, run_id, page)}
+    context = {"run": {"id": run.id}, "ckpts": read.checkpoint_page(session, run.id, page)}
     return _render(request, "_checkpoints.html", context)
 
 
 @router.get("/runs/{run_id}/jobs", response_class=HTMLResponse)
-def run_jobs(request: Request, run_id: DbId, session: SessionDep) -> HTMLResponse:
-    queries.get_run(session, run_id)
-    context = {"run": {"id": run_id}, "jobs": queries.jobs_panel(session, run_id)}
+def run_jobs(request: Request, run: RunDep, session: SessionDep) -> HTMLResponse:
+    context = {"run": {"id": run.id}, "jobs": read.jobs_panel(session, run.id)}
     return _render(request, "_jobs.html", context)
 
 
@@ -178,10 +171,10 @@ def _parse_ids(text: str) -> list[int]:
 
 def _compare_context(session: SessionDep, runs: str, tag: str) -> dict[str, Any]:
     """The compared runs: the ids given, then the runs carrying ``tag`` (at most 12 in all)."""
-    tag_ids, all_tags = queries.tagged_runs(session, tag)
+    tag_ids, all_tags = read.tagged_runs(session, tag)
     given = _parse_ids(runs)
     ids = list(dict.fromkeys(given + tag_ids))
-    chosen = queries.runs_by_ids(session, ids[:12])
+    chosen = read.runs_by_ids(session, ids[:12])
     note = ""
     if tag and len(ids) > 12:
         note = f"Showing the first 12 of {len(ids)} runs ({len(tag_ids)} tagged {tag!r})."
@@ -210,7 +203,7 @@ def compare_page(
         query = urlencode({"runs": ids, **({"tag": tag} if tag else {})})
         return RedirectResponse(f"/compare?{query}", status_code=303)
     context = _compare_context(session, runs, tag)
-    context["all_runs"] = queries.run_choices(session)
+    context["all_runs"] = read.run_choices(session)
     return _render(request, "compare.html", context)
 
 
@@ -223,18 +216,9 @@ def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLRespon
     view: PageView = parse_view(share.view)
     shared = {"slug": slug, "view": view.view, "query": view.query}
     if view.page == "runs":
-        p = view.params
-        context = queries.list_runs(
-            session,
-            q=p.get("q", ""),
-            tag=p.get("tag", ""),
-            task=p.get("task", ""),
-            sort=p.get("sort", "activity"),
-            status=p.get("status", ""),
-            filter=p.get("filter", ""),
-            group=p.get("group", ""),
-            cols=p.get("cols", ""),
-            crashed_after_s=request.app.state.settings.run_crashed_after_s,
+        given = {k: v for k, v in view.params.items() if k in read.RUNS_TABLE_QUERY}
+        context = read.list_runs(
+            session, **given, crashed_after_s=request.app.state.settings.run_crashed_after_s
         )
         return _render(request, "runs.html", {**context, "readonly": True, "share": shared})
     if view.page == "compare":
@@ -250,30 +234,13 @@ def shared_page(request: Request, slug: Text, session: SessionDep) -> HTMLRespon
     return _render(request, "run.html", {**context, "readonly": True, "share": shared})
 
 
-# ---------------------------------------------------------------- data for the plots
-
-
-@data_router.get("/runs/{run_id}/plotdata")
-def plot_data(
-    run_id: DbId,
-    session: SessionDep,
-    max_points: Annotated[int, Query(ge=10, le=20000)] = 2000,
-    llc_settings: Annotated[str | None, Query(max_length=64, pattern="^[0-9a-f]*$")] = None,
-) -> dict[str, Any]:
-    """Series (downsampled), LLC, restricted LLCs and phase boundaries of a run, in one go.
-
-    ``llc_settings``: which LLC settings' series (a settings hash or a unique prefix)."""
-    return queries.plot_data(session, run_id, max_points=max_points, llc_settings=llc_settings)
-
-
 # ---------------------------------------------------------------- mounting
 
 
 def mount_web(app: FastAPI) -> None:
-    """Add the pages, the plot-data endpoint and ``/static`` (plotly.js from its package)."""
+    """Add the pages and ``/static`` (plotly.js from its package)."""
     from phaseboard.server.web.static_assets import mount_assets
 
     mount_assets(app)  # plotly.js gzipped (GET and HEAD) and the favicon
-    app.include_router(data_router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

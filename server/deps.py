@@ -1,4 +1,6 @@
-"""Dependencies shared by the JSON routes, declared once as ``Annotated`` aliases."""
+"""Request dependencies shared by the JSON routes (``server.api``) and the pages
+(``server.web``), declared once as ``Annotated`` aliases: the settings, the database, a
+session, the run a path names (or 404), and the write check."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from sqlalchemy.orm import Session
 
 from phaseboard.server.db import Database
 from phaseboard.server.errors import Unauthorized
+from phaseboard.server.models import Run
+from phaseboard.server.read import get_run
+from phaseboard.server.schemas import DbId
 from phaseboard.server.settings import Settings
 
 
@@ -55,3 +60,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteAuth = Depends(require_write)
+
+
+def run_in_path(run_id: DbId, session: SessionDep) -> Run:
+    """The run ``{run_id}`` in the path names, or 404 (``NotFound``)."""
+    return get_run(session, run_id)
+
+
+RunDep = Annotated[Run, Depends(run_in_path)]
