@@ -11,6 +11,9 @@ in how (and how fast) they do it:
   groups of chains in the same call, where the config has them);
 - ``phaseboard-fast``: ``estimate_llc`` without the bias-check groups;
 - ``phaseboard-bf16``: the same, sampling in bfloat16 (float32 master weights);
+- ``phaseboard-fastest``: the sampler in bfloat16 without bias checks and with the
+  reference forward at every 10th draw only (a ``_run_sgld`` argument no config field
+  reaches yet);
 - ``devinterp``: devinterp 2.0.1 ``llc()`` (one chain after another; its init loss on 32
   minibatches; its estimate averages the burn-in steps' losses too, as its ``llc()`` does);
 - ``canonical``: canonical-interp 0.2.7 ``LLCEstimator`` (chains vmapped, the step
@@ -39,6 +42,7 @@ from torch import Tensor, nn
 
 from phaseboard.analysis.llc import LLCConfig, estimate_llc
 from phaseboard.analysis.llc import estimate as _estimate_module
+from phaseboard.analysis.llc.sampler import _run_sgld
 
 
 @dataclass
@@ -116,6 +120,30 @@ def phaseboard(fast: bool, device: str = "cpu", dtype: str = "float32") -> Estim
             _estimate_module._run_sgld = recorder.inner
         out = recorder.last
         return Run(out.traces[0, 0], out.ref[0, 0], out.n_betas[0], seconds)
+
+    return run
+
+
+def phaseboard_kernel(
+    device: str = "cpu", dtype: str = "bfloat16", reference_every: int = 10
+) -> Estimator:
+    """The sampler with the settings no ``LLCConfig`` field reaches yet: bias checks off,
+    ``dtype`` (bfloat16: float32 master weights) and the reference forward at every
+    ``reference_every``-th draw only (``_run_sgld(reference_every=...)``)."""
+
+    def run(case: Case, draws: int, seed: int) -> Run:
+        cfg = _config(case, draws, seed, device, dtype=dtype, bias_checks=False)
+        sd = {**dict(case.model.named_parameters()), **dict(case.model.named_buffers())}
+        _sync(device)
+        t0 = time.perf_counter()
+        out = _run_sgld(
+            case.model, case.loss, case.batches(seed), cfg, [sd], [None], [cfg.lr],
+            [cfg.localization], None, reference_every=min(reference_every, draws),
+        )  # fmt: skip
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        init = out.ref[0, 0].mean(1, keepdim=True)  # (C, 1): each chain's mean reference
+        return Run(out.traces[0, 0], init, out.n_betas[0], seconds)
 
     return run
 

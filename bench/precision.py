@@ -22,11 +22,10 @@ For one case (``bench/cases.py``):
    and 2 %, the ratios of those seconds to Phaseboard's, and the kernel-like ops per
    chain-step (``bench/profile_ops.py``; the GPU proxy).
 
-``phaseboard-unpaired`` is not a run of its own: Phaseboard's fast chains with L(w*) taken
-once on the whole training set instead of the paired reference forward at every draw; its
-time per step is measured on runs that make no reference forward (burn-in steps only; one
-such run per seed, its fixed cost taken as zero). It is
-how the bench decides whether the reference forward pays for itself.
+``devinterp-no-burnin`` is not a run of its own: devinterp's chains with the burn-in steps
+left out of the mean (its ``llc()`` averages them in). The last line compares, on
+Phaseboard's fast chains, the paired reference (L_m(w*) on each draw's minibatch) with
+L(w*) on the training set: whether the reference forward pays for itself.
 
     TQDM_DISABLE=1 .venv/bin/python bench/precision.py --case dln
     TQDM_DISABLE=1 .venv/bin/python bench/precision.py --case modadd
@@ -57,11 +56,12 @@ from profile_ops import kernel_ops  # noqa: E402
 from phaseboard.analysis.llc import LLCConfig  # noqa: E402
 from phaseboard.analysis.llc.sampler import _run_sgld  # noqa: E402
 
-DEFAULT_DRAWS = {"neox": 200, "modadd": 400, "dln": 4000}
+DEFAULT_DRAWS = {"neox": 200, "modadd": 400, "dln": 2000, "rrr": 2000}
 REFERENCE = {  # case -> (chains, draws kept, burn-in discarded)
     "neox": (24, 1000, 200),
     "modadd": (32, 4000, 1000),
     "dln": (64, 40000, 10000),
+    "rrr": (64, 40000, 10000),
 }
 
 
@@ -122,21 +122,6 @@ class Record:
     note: str = ""
 
 
-def _unpaired_timing(case: Case, draws: int, seed: int, device: str) -> float:
-    """Seconds of a Phaseboard-fast call with ``draws`` steps and no reference forward
-    (burn-in steps, one draw), plus one pass over the training set for L(w*)."""
-    cfg = E._config(case, 1, seed, device, bias_checks=False)
-    cfg = LLCConfig(**{**cfg.to_dict(), "num_burnin_steps": case.burnin + draws - 1})
-    sd = {**dict(case.model.named_parameters()), **dict(case.model.named_buffers())}
-    E._sync(device)
-    t0 = time.perf_counter()
-    _run_sgld(case.model, case.loss, case.batches(seed), cfg, [sd], [None], [cfg.lr],
-              [cfg.localization], None)  # fmt: skip
-    case.full_loss()
-    E._sync(device)
-    return time.perf_counter() - t0
-
-
 def fit_time(timings: list[tuple[int, float]]) -> tuple[float, float]:
     """Least-squares line seconds = fixed + per_draw * draws (fixed clipped at 0)."""
     xs, ys = [d for d, _ in timings], [s for _, s in timings]
@@ -186,7 +171,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave)")
     p.add_argument(
-        "--estimators", default="phaseboard,phaseboard-fast,phaseboard-bf16,devinterp,"
+        "--estimators", default="phaseboard,phaseboard-fast,phaseboard-fastest,devinterp,"
         "canonical,sequential",
     )  # fmt: skip
     p.add_argument("--no-ops", action="store_true", help="skip the op-count profile")
@@ -219,6 +204,7 @@ def main() -> None:
             "phaseboard": lambda: E.phaseboard(False, args.device),
             "phaseboard-fast": lambda: E.phaseboard(True, args.device),
             "phaseboard-bf16": lambda: E.phaseboard(True, args.device, dtype="bfloat16"),
+            "phaseboard-fastest": lambda: E.phaseboard_kernel(args.device),
             "devinterp": lambda: E.devinterp(args.device),
             "canonical": lambda: E.canonical(args.device),
             "sequential": lambda: E.sequential(args.device),
@@ -245,7 +231,6 @@ def main() -> None:
         run(case, max(2, draws // 50), 99)
         records[name].first_call_s = time.perf_counter() - t0
     short = max(2, draws // 8)
-    unpaired_timings: list[tuple[int, float]] = []
     names = list(available)
     for r in range(args.seeds):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -256,10 +241,6 @@ def main() -> None:
             records[name].timings.append((case.burnin + draws, out.seconds))
             short_s = run(no_burnin, short, 100 + r).seconds  # for the fixed cost per call
             records[name].timings.append((short, short_s))
-        if "phaseboard-fast" in available:
-            unpaired_timings.append(
-                (case.burnin + draws, _unpaired_timing(case, draws, r, args.device))
-            )
         done = ", ".join(f"{n} {records[n].runs[-1].seconds:.1f} s" for n in order)
         print(f"round {r + 1}/{args.seeds}: {done}", flush=True)
 
@@ -272,15 +253,24 @@ def main() -> None:
             timings=records["devinterp"].timings,
             note="devinterp's chains with its burn-in steps left out of the mean",
         )
+    pairing = ""
     if "phaseboard-fast" in available:  # the same chains, L(w*) once instead of paired
-        full = case.full_loss()
-        records["phaseboard-unpaired"] = Record(
-            runs=[
-                E.Run(x.trace, torch.tensor([[full]]), x.n_beta, x.seconds)
-                for x in records["phaseboard-fast"].runs
-            ],
-            timings=unpaired_timings,
-            note="fast chains, L(w*) on the training set, time without reference forwards",
+        runs = records["phaseboard-fast"].runs
+        full = torch.tensor([[case.full_loss()]])
+        unpaired = [E.Run(x.trace, full, x.n_beta, x.seconds) for x in runs]
+        paired_err, unpaired_err = (
+            errors(runs, truth, [draws])[0],
+            errors(unpaired, truth, [draws])[0],
+        )
+        ref_noise = statistics.fmean(float(x.init.std(1).mean()) * x.n_beta for x in runs)
+        diff_noise = statistics.fmean(
+            float((x.trace - x.init).std(1).mean()) * x.n_beta for x in runs
+        )
+        pairing = (
+            f"pairing (phaseboard-fast's chains): error at {draws} draws {paired_err:.2%} paired, "
+            f"{unpaired_err:.2%} with L(w*) on the training set instead; per draw, n_beta x "
+            f"std of L_m(w*) {ref_noise:.3g} against n_beta x std of L_m(w) - L_m(w*) "
+            f"{diff_noise:.3g}"
         )
 
     if not args.no_ops:
@@ -324,7 +314,7 @@ def main() -> None:
             "estimates_at_max": [x.estimate(draws) for x in rec.runs], "note": rec.note,
         }  # fmt: skip
     print()
-    for base in ("phaseboard", "phaseboard-fast", "phaseboard-bf16"):
+    for base in ("phaseboard", "phaseboard-fast", "phaseboard-fastest"):
         if base not in summary:
             continue
         for target in (0.05, 0.02):
@@ -334,6 +324,8 @@ def main() -> None:
             )
             print(f"time to {target:.0%}: {base} {ours:.1f} s; others take {ratios}")
     print("first calls (s): " + ", ".join(f"{n} {r.first_call_s:.1f}" for n, r in records.items()))
+    if pairing:
+        print(pairing)
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -89,7 +89,8 @@ class _LossModule(nn.Module):
 @dataclass
 class _SamplerOutput:
     traces: Tensor  # (K, G, C, D) minibatch losses of the chains at draw steps
-    ref: Tensor  # (K, G, C, D) minibatch losses at w* on group g's chain c's batches
+    ref: Tensor  # (K, G, C, D_ref) losses at w* on group g's chain c's batches at draws
+    # 0, k, 2k, ... (k = ``reference_every``; D_ref = ceil(D / k))
     finite: Tensor  # (K, G, C) bool: the chain's weights stayed finite
     num_free: list[int]  # per group
     elapsed_s: float
@@ -172,6 +173,7 @@ def _run_sgld(
     group_batches: Sequence[Iterable[Any]] | None = None,
     observables: Sequence[Observable] = (),
     observe_every: int = 1,
+    reference_every: int = 1,
 ) -> _SamplerOutput:
     """Run K checkpoints x G groups x C chains (+ reference rows), vectorised.
 
@@ -200,6 +202,12 @@ def _run_sgld(
     row's current weights swapped in (the weights its draw-step loss is taken at), vmapped
     over the rows like the step; ``observed[i]`` stacks observable i per row and draw.
     ``observe_every``: only every k-th draw (0, k, 2k, ...) is observed.
+
+    ``reference_every``: the reference forward L_m(w*) runs at every k-th draw only (0, k,
+    2k, ...), so a chain's mean reference loss comes from D / k of its minibatches rather
+    than being paired with each draw. Pairing removes the minibatch noise from each draw's
+    difference; where the chains' own fluctuation dwarfs that noise (bench/precision.py's
+    cases) it buys nothing, and a forward is about a third of a step's arithmetic.
     """
     t0 = time.perf_counter()
     device, dtype = torch.device(config.device), config.torch_dtype
@@ -256,7 +264,9 @@ def _run_sgld(
     gen.manual_seed(config.seed)
     noise_shape = (C, NoiseLayout.of(named).total)
     traces = torch.empty(D, K, G, C, device=device, dtype=record)
-    refs = torch.empty(D, K, len(streams), C, device=device, dtype=record)
+    if not isinstance(reference_every, int) or reference_every < 1:
+        raise ValueError(f"reference_every must be an integer >= 1, got {reference_every!r}")
+    refs = torch.empty(-(-D // reference_every), K, len(streams), C, device=device, dtype=record)
     diag_draws = diagnostic_draws(D, DIAGNOSTIC_POINTS)
     diag_at = {d: i for i, d in enumerate(diag_draws)}
     dist = torch.zeros(len(diag_draws), K, G, C, device=device, dtype=record)  # |w - w*|
@@ -292,9 +302,9 @@ def _run_sgld(
                     _rmsprop_update(ps, grads, noise[:, ps.noise_at], C, alpha, rms_eps)
                 else:
                     _sgld_update(ps, grads, noise[:, ps.noise_at], C)
-            if is_draw:
+            if is_draw and d % reference_every == 0:
                 for s, b in enumerate(chain_batches):
-                    refs[d, :, s] = ref_loss(b)
+                    refs[d // reference_every, :, s] = ref_loss(b)
             if observe:
                 for draws, value in zip(observed, now, strict=True):
                     draws.append(value)
@@ -302,7 +312,7 @@ def _run_sgld(
                 progress(step + 1, total, f"chain draws {max(d + 1, 0)}/{D}")
 
     chain_trace = traces.permute(1, 2, 3, 0).float().cpu()  # (K, G, C, D)
-    ref = refs.permute(1, 2, 3, 0).float().cpu()[:, stream_of]  # (K, G, C, D) per group
+    ref = refs.permute(1, 2, 3, 0).float().cpu()[:, stream_of]  # (K, G, C, D_ref) per group
     finite = torch.ones(K, G, C, dtype=torch.bool)
     for ps in passes:
         ok = torch.isfinite(ps.flat).all(dim=-1).cpu().view(K, ps.num_groups, C)

@@ -197,3 +197,25 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys() -> None:
     assert LLCConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown LLCConfig fields"):
         LLCConfig.from_dict({**cfg.to_dict(), "temperature": 1.0})
+
+
+def test_reference_every_k_draws_keeps_the_chains_and_takes_every_kth_reference() -> None:
+    """With the reference forward at every 4th draw the chains are the same (the reference
+    never feeds the update) and the reference losses are the every-draw run's at draws
+    0, 4, 8, ...: a chain's init loss is their mean."""
+    from phaseboard.analysis.llc.sampler import _run_sgld
+
+    model, cfg = _trained(), LLCConfig(**{**CFG, "num_draws": 10})
+    sd = dict(model.named_parameters())
+
+    def run(**kwargs: int):  # type: ignore[no-untyped-def]
+        return _run_sgld(
+            model, _mse, _data(), cfg, [sd], [None], [cfg.lr], [cfg.localization], None, **kwargs
+        )
+
+    every, sparse = run(), run(reference_every=4)
+    assert torch.equal(sparse.traces, every.traces)
+    assert sparse.ref.shape[-1] == 3  # draws 0, 4, 8
+    assert torch.equal(sparse.ref, every.ref[..., ::4])
+    with pytest.raises(ValueError, match="reference_every"):
+        run(reference_every=0)
