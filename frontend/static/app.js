@@ -112,16 +112,24 @@
 
   // ------------------------------------------------------------------ view state <-> URL
 
-  const DEFAULTS = { x: "step", ylog: "1", smooth: "0", restricted: "grid", ry: "indep" };
+  // x: "step" here; "log" once the data shows log-spaced checkpoints (``setDefault``).
+  const DEFAULTS = { x: "step", ylog: "1", smooth: "0", restricted: "grid", ry: "shared" };
 
   const State = {
     values: {},
+    given: new Set(), // keys the URL (or share link) set
     load(shareQuery) {
       const params = new URLSearchParams(shareQuery || "");
       new URLSearchParams(location.search).forEach((v, k) => params.set(k, v));
       const s = {};
       params.forEach((v, k) => { s[k] = v; });
+      this.given = new Set(Object.keys(s));
       this.values = Object.assign({}, DEFAULTS, s);
+    },
+    /** A default that depends on the data: used unless the URL chose the key. */
+    setDefault(key, value) {
+      DEFAULTS[key] = value;
+      if (!this.given.has(key)) this.values[key] = value;
     },
     get(key) { return this.values[key]; },
     set(changes) {
@@ -232,19 +240,12 @@
         delete s._run;
       });
       layout.shapes = (layout.shapes || []).filter((s) => s.x0 !== null && s.x1 !== null);
-      const m = this.mode();
-      const title = m === "wall" ? "" : m === "rel" ? relTitle : m.slice(7);
+      // Every x axis takes the chosen x's type and title (the time unit is known only now).
       Object.keys(layout).filter((k) => /^xaxis\d*$/.test(k)).forEach((k) => {
-        layout[k] = Object.assign({}, layout[k], { type: this.type(), autorange: true });
+        const title = layout[k].title ? Object.assign({}, layout[k].title, { text: escapeHtml(xTitle(relTitle)) }) : undefined;
+        layout[k] = Object.assign({}, layout[k], { type: this.type(), autorange: true, title });
         delete layout[k].range;
       });
-      // The x unit as a small note over the plot's top-right corner (the legend sits below).
-      if (title) {
-        layout.annotations = (layout.annotations || []).concat([{ text: "x: " + escapeHtml(title), showarrow: false,
-          xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", yanchor: "bottom",
-          font: { size: 11, color: "#6b7280" }, name: "x-unit" }]);
-        layout.margin = Object.assign({}, layout.margin, { t: Math.max((layout.margin || {}).t || 0, 24) });
-      }
     },
   };
 
@@ -295,6 +296,7 @@
         return;
       }
       this.ready = true;
+      State.setDefault("x", logSpaced(checkpointSteps(this.data)) ? "log" : "step");
       XAxis.fillOptions(this.data, $("#c-x"));
       this.renderSeriesPicker();
       this.renderAll();
@@ -320,7 +322,7 @@
       restricted.addEventListener("change", () => { State.set({ restricted: restricted.value }); this.renderAll(); });
       const ry = $("#c-ry");
       if (ry) {
-        ry.value = State.get("ry") === "norm" ? "norm" : "indep";
+        ry.value = ["indep", "norm"].includes(State.get("ry")) ? State.get("ry") : "shared";
         ry.addEventListener("change", () => { State.set({ ry: ry.value }); this.renderRestricted(); });
       }
       $("#c-reset").addEventListener("click", () => { State.set({ xmin: null, xmax: null }); this.renderAll(); });
@@ -423,7 +425,7 @@
       // The legend sits under the x title; the top margin keeps plotly's toolbar off the
       // boundary markers and stage labels.
       const xaxis = { type: this.xType(), zeroline: false, automargin: true,
-        title: { text: xTitle(this.xType()), standoff: 4, font: { size: 11 } } };
+        title: { text: xTitle(), standoff: 4, font: { size: 11 } } };
       if (range) { xaxis.range = range; xaxis.autorange = false; }
       return {
         margin: { l: 56, r: 16, t: 34, b: 30 },
@@ -604,24 +606,28 @@
       // LLC with a ± std band
       decor = this.phaseDecor("x", "paper", true, "llc");
       layout = Object.assign(this.baseLayout("LLC", false), { shapes: decor.shapes, annotations: decor.annotations });
-      this.draw("llc", this.llcTraces().concat(decor.traces), layout, this.emptyText("llc", "No LLC results yet."));
+      this.draw("llc", this.llcTraces(layout).concat(decor.traces), layout, this.emptyText("llc", "No LLC results yet."));
       this.renderRestricted();
       this.renderJobNotes();
     },
 
-    llcTraces() {
+    /** The LLC plot: per run, the ok estimates as the line (and its ± std band); estimates
+     *  judged not ok as hollow markers off the line; checkpoints with no estimate as an "x"
+     *  at the bottom (llcPointTraces). The y range is that of the ok estimates. */
+    llcTraces(layout) {
       const traces = [];
+      const parts = [];
       this.data.forEach((d, r) => {
         const l = d.llc;
         if (!l.step.length) return;
         const color = COLORS[r % COLORS.length];
-        traces.push(Object.assign(bandTrace(l, color, this.mode === "compare" ? d.run.name + " ± std" : "± std"), { _run: r }));
-        traces.push(Object.assign({ _run: r, x: l.step, y: l.mean, type: "scatter", mode: "lines+markers",
-          name: this.mode === "compare" ? d.run.name + " · LLC" : "LLC",
-          line: { color, width: 2 }, marker: { size: 4 },
-          customdata: l.std, hovertemplate: "%{y:.4g} ± %{customdata:.3g}" }, diag("markers", {}, l, color, 7)));
-        diag("gapTraces", [], l).forEach((t) => traces.push(t));
+        const p = llcParts(l);
+        parts.push(p);
+        const prefix = this.mode === "compare" ? d.run.name + " · " : "";
+        llcPointTraces(p, { color, prefix, name: "LLC", band: true, size: 6 })
+          .forEach((t) => traces.push(Object.assign(t, { _run: r })));
       });
+      fitOkRange(layout.yaxis, parts, traces, "y");
       return traces;
     },
 
@@ -638,23 +644,29 @@
       if (overlay || restrictions.length === 1) {
         const decor = this.phaseDecor("x", "paper", false, "restricted");
         const traces = [];
+        const parts = [];
         this.data.forEach((d, r) => restrictions.forEach((name, i) => {
           const s = d.restricted[name];
           if (!s) return;
           const color = this.mode === "compare" ? COLORS[r % COLORS.length] : PALETTE[i % PALETTE.length];
-          traces.push({ _run: r, x: s.step, y: s.mean, type: "scatter", mode: "lines+markers",
-            name: this.traceName(d.run, name), line: { color, width: 2, dash: this.mode === "compare" ? ["solid", "dash", "dot"][i % 3] : "solid" },
-            marker: { size: 4 }, error_y: { type: "data", array: s.std, visible: true, thickness: 1, width: 0, color },
-            ...diag("markers", {}, s, color, 6) });
+          const p = llcParts(s);
+          parts.push(p);
+          llcPointTraces(p, { color, name: this.traceName(d.run, name), errorBars: true, size: 6,
+            dash: this.mode === "compare" ? ["solid", "dash", "dot"][i % 3] : "solid", group: this.traceName(d.run, name) })
+            .forEach((t) => traces.push(Object.assign(t, { _run: r })));
         }));
         const layout = Object.assign(this.baseLayout("restricted LLC", false), { shapes: decor.shapes, annotations: decor.annotations });
+        fitOkRange(layout.yaxis, parts, traces, "y");
         el.style.height = "";
         this.draw("restricted", traces, layout, this.emptyText("llc_restricted", "No restricted LLC results yet."));
         return;
       }
-      // Small multiples: one subplot per restriction, all axes matched to the first.
+      // Small multiples: one subplot per restriction, x matched to the first; y shared by
+      // default (heads and layers on one scale, so a 15x gap between layers shows as one),
+      // else each its own scale, or each normalised to its max.
       const n = restrictions.length;
-      const norm = State.get("ry") === "norm";
+      const ry = ["indep", "norm"].includes(State.get("ry")) ? State.get("ry") : "shared";
+      const norm = ry === "norm";
       const cols = Math.min(n, this.gridCols());
       const rows = Math.ceil(n / cols);
       const base = this.baseLayout("", false);
@@ -665,29 +677,38 @@
         annotations: [], shapes: [],
       };
       const traces = [];
+      const allParts = [];
       restrictions.forEach((name, k) => {
         const ax = k === 0 ? "" : String(k + 1);
-        layout["xaxis" + ax] = { type: this.xType(), matches: k ? "x" : undefined, zeroline: false, tickfont: { size: 10 } };
+        const bottom = k >= n - cols;
+        layout["xaxis" + ax] = { type: this.xType(), matches: k ? "x" : undefined, zeroline: false, tickfont: { size: 10 },
+          title: bottom ? { text: xTitle(), standoff: 2, font: { size: 10 } } : undefined };
         if (k === 0 && base.xaxis.range) { layout.xaxis.range = base.xaxis.range; layout.xaxis.autorange = false; }
-        // Independent y-axes (each restriction's own scale) or all normalised to their max.
-        layout["yaxis" + ax] = { zeroline: false, tickfont: { size: 10 }, matches: norm && k ? "y" : undefined };
+        layout["yaxis" + ax] = { zeroline: false, tickfont: { size: 10 }, matches: ry !== "indep" && k ? "y" : undefined };
         layout.annotations.push({ text: "<b>" + escapeHtml(name) + "</b>", showarrow: false, xref: "x" + ax + " domain",
           yref: "y" + ax + " domain", x: 0.5, y: 1.0, yanchor: "bottom", font: { size: 11 } });
         const sub = this.phaseDecor("x" + ax, "y" + ax + " domain", false);
         sub.shapes.forEach((s) => layout.shapes.push(s));
+        const parts = [];
+        const mine = [];
         this.data.forEach((d, r) => {
           let s = d.restricted[name];
           if (!s) return;
           if (norm) s = normalised(s);
           const color = COLORS[(this.mode === "compare" ? r : 0) % COLORS.length];
-          traces.push(Object.assign(bandTrace(s, color, "± std"), { _run: r, xaxis: "x" + ax, yaxis: "y" + ax, showlegend: false }));
-          traces.push(Object.assign({ _run: r, x: s.step, y: s.mean, xaxis: "x" + ax, yaxis: "y" + ax, type: "scatter", mode: "lines",
-            name: this.traceName(d.run, name), legendgroup: d.run.name, showlegend: false,
-            line: { color, width: 1.5 } }, diag("markers", {}, s, color, 5)));
+          const p = llcParts(s);
+          parts.push(p);
+          llcPointTraces(p, { color, name: this.traceName(d.run, name), band: true, size: 5, width: 1.5,
+            legend: false, group: d.run.name, noneAxis: null })
+            .forEach((t) => mine.push(Object.assign(t, { _run: r, xaxis: "x" + ax, yaxis: "y" + ax })));
         });
+        if (ry === "indep") fitOkRange(layout["yaxis" + ax], parts, mine, "y" + ax);
+        allParts.push(...parts);
+        traces.push(...mine);
       });
+      if (ry !== "indep") fitOkRange(layout.yaxis, allParts, traces, null);
       el.style.height = rows * 170 + 70 + "px";
-      el.dataset.ry = norm ? "norm" : "indep";
+      el.dataset.ry = ry;
       this.draw("restricted", traces, layout, this.emptyText("llc_restricted", "No restricted LLC results yet."));
     },
 
@@ -810,12 +831,44 @@
     let t = null;
     return () => { clearTimeout(t); t = setTimeout(fn, ms); };
   }
+  /** The runs' checkpoint steps: those of their LLC results and of the metrics computed
+   *  from checkpoints (``ckpt/`` series), sorted, once each. */
+  function checkpointSteps(data) {
+    const steps = new Set();
+    data.forEach((d) => {
+      (d.llc ? d.llc.step : []).forEach((x) => steps.add(x));
+      Object.entries(d.series || {}).forEach(([n, s]) => { if (isFromCheckpoints(n)) s.step.forEach((x) => steps.add(x)); });
+    });
+    return Array.from(steps).sort((a, b) => a - b);
+  }
+  /** Whether checkpoints are log-spaced: at least 5 past step 0, spanning 100x or more, and
+   *  their gaps more even in log(step) than in step (by coefficient of variation). */
+  function logSpaced(steps) {
+    const pos = steps.filter((x) => x > 0);
+    if (pos.length < 5 || pos[pos.length - 1] / pos[0] < 100) return false;
+    const cv = (xs) => {
+      const gaps = xs.slice(1).map((x, i) => x - xs[i]);
+      const mean = gaps.reduce((a, b) => a + b, 0) / gaps.length;
+      const sd = Math.sqrt(gaps.reduce((a, b) => a + (b - mean) * (b - mean), 0) / gaps.length);
+      return mean > 0 ? sd / mean : Infinity;
+    };
+    return cv(pos.map(Math.log)) < cv(pos);
+  }
   function isLoss(name) { return /loss/i.test(name); }
   // --- at a glance (speed): series groups, axis titles, stage labels, normalisation
   function isAccuracy(name) { return /(^|[_/.])acc(uracy)?($|[_.])/i.test(name) && !isLoss(name); }
   function isFromCheckpoints(name) { return name.indexOf("ckpt/") === 0; }
   function displayName(name) { return isFromCheckpoints(name) ? name.slice(5) : name; }
-  function xTitle(type) { return type === "log" ? "step (log)" : "step"; }
+  /** The x axis's title for the chosen x (?x=): step, log step, wall-clock time, time since
+   *  the run's first point (its unit), or the logged series used as x. */
+  function xTitle(relTitle) {
+    const m = XAxis.mode();
+    if (m === "log") return "step (log scale)";
+    if (m === "wall") return "wall-clock time";
+    if (m === "rel") return relTitle || "time since start";
+    if (m.startsWith("series:")) return m.slice(7);
+    return "step";
+  }
   /** Two labelled rows in the series picker: logged by the training script, and computed
    *  from the checkpoints by the metrics job (names that start with ``ckpt/``). */
   function seriesGroups(box) {
@@ -883,6 +936,109 @@
     const d = window.PhaseboardDiag;
     return d && typeof d[name] === "function" ? d[name](...args) : fallback;
   }
+  // ------------------------------------------------------------------ LLC points by verdict
+  // Only estimates judged "ok" are data: the line, its band and the phases use them alone.
+  // An estimate judged otherwise is a hollow marker off the line (its number in the hover
+  // and the trace panel); a checkpoint with no estimate (a diverged chain: the surviving
+  // chains' mean is never the estimate) is an "x" at the bottom of the plot.
+
+  const WARN = "#d97706";
+  const BAD = "#b91c1c";
+
+  /** A series (step, mean, std, verdict, detail, id, n_beta, surviving) split into the
+   *  indices of ok estimates, flagged ones (finite, verdict not ok) and missing ones. */
+  function llcParts(s) {
+    const verdict = (i) => (s.verdict && s.verdict[i]) || "ok";
+    const ok = [], flagged = [], none = [];
+    s.step.forEach((_, i) => {
+      const m = s.mean[i];
+      const v = verdict(i);
+      if (m === null || m === undefined || !Number.isFinite(m) || v === "diverged chains") none.push(i);
+      else if (v === "ok") ok.push(i);
+      else flagged.push(i);
+    });
+    return { s, ok, flagged, none, verdict };
+  }
+
+  function pick(arr, idx) { return idx.map((i) => (arr ? arr[i] : null)); }
+
+  /** customdata per point: [std, "verdict: detail", n_beta, result id] (the trace panel's
+   *  click handler reads the id). */
+  function llcCustom(p, idx) {
+    const s = p.s;
+    return idx.map((i) => [fmt(s.std[i]), p.verdict(i) + (s.detail && s.detail[i] ? ": " + s.detail[i] : ""),
+      fmt(s.n_beta ? s.n_beta[i] : null), s.id ? s.id[i] : null,
+      s.surviving && s.surviving[i] !== null && s.surviving[i] !== undefined ? fmt(s.surviving[i]) : ""]);
+  }
+
+  /** Traces of one LLC series (``llcParts``): the band and line of the ok estimates, the
+   *  flagged estimates as hollow markers, the missing ones as an "x" at the bottom.
+   *  ``o``: {color, name, prefix, band, errorBars, size, width, dash, legend, group}. */
+  function llcPointTraces(p, o) {
+    const s = p.s;
+    const name = (o.prefix || "") + o.name;
+    const out = [];
+    const legend = o.legend !== false;
+    if (p.ok.length) {
+      const okS = { step: pick(s.step, p.ok), mean: pick(s.mean, p.ok), std: pick(s.std, p.ok) };
+      if (o.band) out.push(Object.assign(bandTrace(okS, o.color, (o.prefix || "") + "± std"), { showlegend: legend, legendgroup: o.group }));
+      out.push({ x: okS.step, y: okS.mean, type: "scatter", mode: "lines+markers", name,
+        line: { color: o.color, width: o.width || 2, dash: o.dash || "solid" }, marker: { size: o.size || 6, color: o.color },
+        error_y: o.errorBars ? { type: "data", array: okS.std, visible: true, thickness: 1, width: 0, color: o.color } : undefined,
+        customdata: llcCustom(p, p.ok), showlegend: legend, legendgroup: o.group, meta: "llc-ok",
+        hovertemplate: "%{y:.4g} ± %{customdata[0]} (n_beta %{customdata[2]})<br>ok<br><i>click for traces</i><extra>" + escapeHtml(name) + "</extra>" });
+    }
+    if (p.flagged.length) {
+      const marker = { size: (o.size || 6) + 3, symbol: "circle-open", color: WARN, line: { width: 2, color: WARN } };
+      // The legend's entry: a hollow circle (the markers may be edge triangles, see fitOkRange).
+      if (legend) out.push({ x: [null], y: [null], type: "scatter", mode: "markers", name: name + " · not ok",
+        marker, legendgroup: o.group || name + "-flagged", hoverinfo: "skip" });
+      out.push({ x: pick(s.step, p.flagged), y: pick(s.mean, p.flagged), type: "scatter", mode: "markers",
+        name: name + " · not ok", showlegend: false, legendgroup: o.group || name + "-flagged", meta: "llc-flagged",
+        cliponaxis: false, marker,
+        customdata: llcCustom(p, p.flagged),
+        hovertemplate: "%{customdata[5]:.4g} ± %{customdata[0]}: <b>%{customdata[1]}</b><br>not an estimate the phases use" +
+          "<br><i>click for traces</i><extra>" + escapeHtml(name) + "</extra>" });
+      out[out.length - 1].customdata.forEach((c, k) => { c[5] = s.mean[p.flagged[k]]; });
+    }
+    if (p.none.length) {
+      out.push({ x: pick(s.step, p.none), y: p.none.map(() => 0.03), yaxis: o.noneAxis === null ? undefined : "y9",
+        type: "scatter", mode: "markers", name: name + " · no estimate", showlegend: legend && o.noneAxis !== null,
+        legendgroup: o.group, meta: o.noneAxis === null ? "llc-none-data" : "llc-none", cliponaxis: false,
+        marker: { symbol: "x", size: 9, color: BAD }, customdata: llcCustom(p, p.none),
+        hovertemplate: "step %{x}: <b>no estimate</b><br>%{customdata[1]}%{customdata[4]}<br><i>click for traces</i><extra>" + escapeHtml(name) + "</extra>" });
+      out[out.length - 1].customdata.forEach((c) => { if (c[4]) c[4] = "<br>(surviving chains alone: " + c[4] + ", not used)"; });
+    }
+    return out;
+  }
+
+  /** Fit ``axis`` (a layout y-axis) to the ok estimates of ``parts`` (mean ± std, padded);
+   *  flagged markers of ``traces`` outside it sit on its edge as open triangles (their
+   *  value stays in the hover), and "no estimate" markers drawn on this axis sit at its
+   *  bottom. ``yref``: which traces' axis to adjust (null: every trace). No ok estimate:
+   *  the axis autoranges. */
+  function fitOkRange(axis, parts, traces, yref) {
+    let lo = Infinity, hi = -Infinity;
+    parts.forEach((p) => p.ok.forEach((i) => {
+      const m = p.s.mean[i], sd = p.s.std[i] || 0;
+      lo = Math.min(lo, m - sd); hi = Math.max(hi, m + sd);
+    }));
+    const mine = traces.filter((t) => yref === null || (t.yaxis || "y") === yref);
+    if (!(hi >= lo)) return;
+    const pad = Math.max((hi - lo) * 0.08, Math.abs(hi) * 0.02, 1e-9);
+    lo -= pad; hi += pad;
+    axis.range = [lo, hi];
+    axis.autorange = false;
+    mine.forEach((t) => {
+      if (t.meta === "llc-flagged") {
+        const above = t.y.map((v) => v > hi), below = t.y.map((v) => v < lo);
+        t.marker = Object.assign({}, t.marker, { symbol: t.y.map((v, k) => (above[k] ? "triangle-up-open" : below[k] ? "triangle-down-open" : "circle-open")) });
+        t.y = t.y.map((v) => Math.min(Math.max(v, lo), hi));
+      }
+      if (t.meta === "llc-none-data") t.y = t.y.map(() => lo + (hi - lo) * 0.03);
+    });
+  }
+
   function bandTrace(s, color, name) {
     // Points without a finite mean (every chain diverged) are gaps, not zeros.
     const keep = s.mean.map((m, i) => i).filter((i) => s.mean[i] !== null && s.mean[i] !== undefined);

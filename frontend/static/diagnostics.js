@@ -1,10 +1,11 @@
-/* LLC diagnostics in the browser: verdict markers on the LLC plots, the panel of one
+/* LLC diagnostics in the browser: the panel of one
  * estimate (per-chain loss traces, L(w*), per-chain LLC, SGLD settings and n_beta, the
  * verdict and what to try, distance / gradient-norm diagnostics), the LLC settings picker,
  * and the calibration heatmap with "use for this run".
  *
  * Nothing here computes a verdict: it reads what the jobs stored. app.js calls the hooks
- * on window.PhaseboardDiag (plotQuery, loaded, bindPlot, markers, gapTraces); view state
+ * on window.PhaseboardDiag (plotQuery, loaded, bindPlot); app.js draws the points by
+ * verdict (ok on the line, others hollow off it, none as an "x"); view state
  * (llc_result = the open panel, llcs = the settings series) lives in the URL like the rest.
  */
 (function () {
@@ -54,39 +55,6 @@
   function plotQuery() {
     const v = PB() && PB().State.get("llcs");
     return v ? "&llc_settings=" + encodeURIComponent(v) : "";
-  }
-
-  /** Marker style of an LLC series: ok points filled, others hollow in the warning colour,
-   *  the verdict, n_beta and result id in the hover / customdata. */
-  function markers(s, color, size) {
-    if (!s || !s.verdict || !s.verdict.length) return {};
-    const ok = s.verdict.map((v) => v === "ok");
-    return {
-      mode: "lines+markers",
-      marker: {
-        size: ok.map((o) => (o ? size - 2 : size + 2)),
-        symbol: ok.map((o) => (o ? "circle" : "circle-open")),
-        color: ok.map((o) => (o ? color : WARN)),
-        line: { width: 2, color: ok.map((o) => (o ? color : WARN)) },
-      },
-      customdata: s.step.map((_, i) => [fmt(s.std[i], 3), s.verdict[i] + (s.detail[i] ? ": " + s.detail[i] : ""),
-        fmt(s.n_beta[i]), s.id[i]]),
-      hovertemplate: "%{y:.4g} ± %{customdata[0]} (n_beta %{customdata[2]})<br>%{customdata[1]}<br><i>click for traces</i><extra></extra>",
-    };
-  }
-
-  /** Checkpoints whose estimate has no finite mean (every chain diverged): an "x" at the
-   *  bottom of the LLC plot, so a gap in the curve says why it is there. */
-  function gapTraces(s) {
-    if (!s || !s.verdict) return [];
-    const idx = s.mean.map((m, i) => i).filter((i) => s.mean[i] === null);
-    if (!idx.length) return [];
-    return [{
-      x: idx.map((i) => s.step[i]), y: idx.map(() => 0.03), yaxis: "y9", type: "scatter", mode: "markers",
-      name: "no estimate", marker: { symbol: "x", size: 9, color: BAD },
-      customdata: idx.map((i) => ["–", s.verdict[i] + (s.detail[i] ? ": " + s.detail[i] : ""), fmt(s.n_beta[i]), s.id[i]]),
-      hovertemplate: "step %{x}: no estimate<br>%{customdata[1]}<extra></extra>",
-    }];
   }
 
   function bindPlot(plotEl, id) {
@@ -448,5 +416,5 @@
     if (root && window.Plotly && PB()) Cal.init(root);
   });
 
-  window.PhaseboardDiag = { plotQuery, markers, gapTraces, bindPlot, loaded, openPanel, Cal };
+  window.PhaseboardDiag = { plotQuery, bindPlot, loaded, openPanel, Cal };
 })();

@@ -5,7 +5,14 @@
 
   const L = window.PhaseboardLenses;
 
-  /** Small multiples, one per measure (per-head measures "a/b" share the panel of "a"). */
+  // One colour per head name (l0.h0, l0.h1, ...), the same in every panel and the legend.
+  const HEAD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+    "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"];
+  // What a group's own line is when it also has per-head lines (analysis.progress).
+  const GROUP_LINE = { prefix_matching: "best head (max over heads)" };
+
+  /** Small multiples, one per measure (per-head measures "a/b" share the panel of "a"); a
+   *  legend names the per-head lines (one entry per head, its colour in every panel). */
   function drawProgress(progress, bs, state) {
     const el = document.getElementById("plot-progress");
     const status = document.getElementById("progress-status");
@@ -29,19 +36,28 @@
     const traces = [];
     const annotations = [];
     const shapes = [];
+    const heads = Array.from(new Set(Object.keys(progress).filter((n) => n.includes("/"))
+      .map((n) => n.slice(n.indexOf("/") + 1)))).sort();
+    const headColor = (h) => HEAD_COLORS[heads.indexOf(h) % HEAD_COLORS.length];
+    const inLegend = new Set();
     const layout = { grid: { rows, columns: cols, pattern: "independent", ygap: 0.35, xgap: 0.12 },
-      margin: { l: 50, r: 10, t: 25, b: 30 }, showlegend: false, hovermode: "closest" };
+      margin: { l: 50, r: 10, t: 25, b: 30 }, showlegend: heads.length > 0, hovermode: "closest",
+      legend: { orientation: "h", x: 0, y: -0.06, yanchor: "top", font: { size: 11 }, title: { text: "heads: " } } };
     names.forEach((g, i) => {
       const ax = i === 0 ? "" : String(i + 1);
-      groups[g].sort().forEach((name, k) => {
+      groups[g].sort().forEach((name) => {
         const s = progress[name];
-        const label = name === g ? g : name.slice(g.length + 1);
-        traces.push({ x: s.step, y: s.value, type: "scatter", mode: "lines+markers", name: name,
-          xaxis: "x" + ax, yaxis: "y" + ax, marker: { size: 4 },
-          line: { width: name === g ? 2.5 : 1.2, color: name === g ? "#111827" : ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"][k % 6] },
-          hovertemplate: L.escapeHtml(label) + "<br>step %{x}<br>%{y:.4g}<extra></extra>" });
+        const own = name === g;
+        const label = own ? (groups[g].length > 1 ? GROUP_LINE[g] || g : g) : name.slice(g.length + 1);
+        const key = own ? "group:" + label : label;
+        traces.push({ x: s.step, y: s.value, type: "scatter", mode: "lines+markers", name: label, meta: name,
+          xaxis: "x" + ax, yaxis: "y" + ax, marker: { size: 4 }, legendgroup: key,
+          showlegend: (!own || groups[g].length > 1) && !inLegend.has(key),
+          line: { width: own ? 2.5 : 1.2, color: own ? "#111827" : headColor(label) },
+          hovertemplate: L.escapeHtml(own ? g : g + " " + label) + "<br>step %{x}<br>%{y:.4g}<extra></extra>" });
+        inLegend.add(key);
       });
-      layout["xaxis" + ax] = { type: "log", title: i >= names.length - cols ? { text: "step" } : undefined };
+      layout["xaxis" + ax] = { type: "log", title: i >= names.length - cols ? { text: "step (log scale)" } : undefined };
       layout["yaxis" + ax] = {};
       annotations.push({ text: "<b>" + L.escapeHtml(g) + "</b>" + (groups[g].length > 1 ? " (" + (groups[g].length - (progress[g] ? 1 : 0)) + " heads)" : ""),
         xref: "x" + ax + " domain", yref: "y" + ax + " domain", x: 0, y: 1.18, showarrow: false, xanchor: "left", font: { size: 12 } });
@@ -52,7 +68,15 @@
     });
     layout.annotations = annotations;
     layout.shapes = shapes;
-    layout.height = rows * 190 + 50;
+    // The legend under the panels and their x titles: about four entries a row on a phone,
+    // ten on a desktop; the figure grows by its rows.
+    const legendRows = heads.length ? Math.ceil((heads.length + 1) / (window.innerWidth < 700 ? 4 : 10)) : 0;
+    const legendPx = legendRows ? legendRows * 22 + 12 : 0;
+    layout.margin.t = 40;
+    layout.margin.b = 50 + legendPx;
+    layout.height = rows * 190 + 70 + legendPx;
+    const plotPx = layout.height - layout.margin.t - layout.margin.b;
+    layout.legend.y = -48 / plotPx; // below the bottom row's tick labels and "step" title
     el.style.height = layout.height + "px";
     Plotly.react(el, traces, layout, { responsive: true, displaylogo: false });
     L.setStatus(status, Object.keys(progress).length + " series in " + names.length + " panel(s): " + names.join(", ") + ".", state);

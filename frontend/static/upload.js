@@ -5,7 +5,7 @@
 
   const STEP_PATTERNS = [
     /(?:^|[^a-z])(?:step|checkpoint|ckpt|iter|iteration|global_step)[-_ .=]?(\d+)/i,
-    /(?:^|[^0-9])(\d+)\.(?:safetensors|pt|pth|bin)$/i,
+    /(?:^|[^0-9])(\d+)\.(?:safetensors|pt|pth|bin|ckpt)$/i,
   ];
 
   /** `step_1000.pt`, `checkpoint-1000`, `model_1000.safetensors` -> 1000; else null. */

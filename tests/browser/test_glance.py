@@ -22,7 +22,7 @@ def _layout(page, plot: str, expr: str):  # type: ignore[no-untyped-def]
 
 
 def test_loss_is_log_accuracy_has_its_own_axis_and_x_axes_are_titled(site, page) -> None:
-    page.goto(f"{site.url}/runs/{site.seeded.run_id}")
+    page.goto(f"{site.url}/runs/{site.seeded.run_id}?x=step")
     _wait_plots(page)
     assert _layout(page, "loss", "yaxis.type") == "log"
     assert _layout(page, "loss", "xaxis.title.text") == "step"
@@ -37,9 +37,9 @@ def test_loss_is_log_accuracy_has_its_own_axis_and_x_axes_are_titled(site, page)
     assert groups == ["Logged during training", "Computed from checkpoints"]
     ckpt_row = page.locator(".series-group").nth(1).inner_text()
     assert "train_loss" in ckpt_row and "ckpt/" not in ckpt_row
-    page.select_option("#c-x", "log")
-    page.wait_for_url(re.compile(r"x=log"))
-    assert _layout(page, "llc", "xaxis.title.text") == "step (log)"
+    page.select_option("#c-x", "log")  # the default for these log-spaced checkpoints
+    page.wait_for_function("!location.search.includes('x=')")
+    assert _layout(page, "llc", "xaxis.title.text") == "step (log scale)"
 
 
 def test_stage_labels_sit_between_boundaries_user_labels_first(site, page) -> None:
@@ -80,7 +80,10 @@ def test_stage_labels_sit_between_boundaries_user_labels_first(site, page) -> No
 def test_restricted_small_multiples_toggle_independent_and_normalised_y(site, page) -> None:
     page.goto(f"{site.url}/runs/{site.seeded.run_id}")
     _wait_plots(page)
-    assert _layout(page, "restricted", "yaxis2.matches") is None  # independent by default
+    assert _layout(page, "restricted", "yaxis2.matches") == "y"  # one shared scale by default
+    page.select_option("#c-ry", "indep")
+    page.wait_for_url(re.compile(r"ry=indep"))
+    assert _layout(page, "restricted", "yaxis2.matches") is None
     ranges = {str(_layout(page, "restricted", f"yaxis{k}.range")) for k in ("", "2", "3", "4")}
     assert len(ranges) == 4  # each head on its own scale (the seeded means differ by +h)
     shapes = _layout(page, "restricted", "shapes.length")
@@ -90,7 +93,7 @@ def test_restricted_small_multiples_toggle_independent_and_normalised_y(site, pa
     assert _layout(page, "restricted", "yaxis2.matches") == "y"
     peak = page.evaluate(
         "Math.max(...document.getElementById('plot-restricted').data"
-        ".filter(t => t.mode === 'lines' && !t.fill).flatMap(t => t.y))"
+        ".filter(t => t.meta === 'llc-ok').flatMap(t => t.y))"
     )
     assert peak == pytest.approx(1.0)
     page.goto(page.url)

@@ -139,7 +139,7 @@ def test_run_page_shows_the_essential_dynamics_path_with_boundaries(site, page) 
     assert "PC3 (2 %)" in page.inner_text("#plot-ed13")
     # Progress measures: one panel per measure, per-head measures share their panel.
     page.wait_for_function("document.getElementById('plot-progress').data !== undefined")
-    progress = page.evaluate("() => document.getElementById('plot-progress').data.map(t => t.name)")
+    progress = page.evaluate("() => document.getElementById('plot-progress').data.map(t => t.meta)")
     assert sorted(progress) == [
         "excluded_loss",
         "prefix_matching",

@@ -25,22 +25,44 @@ def _open(page, site, run_id: int, query: str = "") -> None:  # type: ignore[no-
     page.wait_for_selector("#plots[data-loaded='true']", timeout=20_000)
 
 
-def test_non_ok_llc_points_are_hollow_and_say_their_verdict(site, page, trust_run) -> None:
+def _trace(page, plot: str, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """The plot's trace called ``name`` that holds points (not a legend-only entry)."""
+    return page.evaluate(
+        f"() => document.getElementById('{plot}').data"
+        f".find(t => t.name === {name!r} && t.x.some(x => x !== null)) || null"
+    )
+
+
+def test_only_ok_estimates_are_the_line_the_others_are_hollow_or_no_estimate(
+    site, page, trust_run
+) -> None:
+    """Steps 10 (negative) and 30 (left the basin) are hollow markers off the line; 300 (a
+    diverged chain: the surviving chains' mean is no estimate) is an "x"; the line and the
+    y range are the ok estimates' alone."""
     _open(page, site, trust_run)
-    llc = page.evaluate(
-        "() => document.getElementById('plot-llc').data.find(t => t.name === 'LLC')"
-    )
-    symbols = llc["marker"]["symbol"]
-    assert symbols == ["circle-open", "circle-open", "circle", "circle-open", "circle", "circle"]
-    verdicts = [c[1] for c in llc["customdata"]]
-    assert verdicts[1].startswith("left the basin") and verdicts[3].startswith("diverged chains")
-    assert "n_beta" in llc["hovertemplate"]
-    # Restricted small multiples carry the same marks.
-    unembed = page.evaluate(
-        "() => document.getElementById('plot-restricted').data"
-        ".find(t => t.name === 'weights:unembed' && t.marker && t.marker.symbol)"
-    )
-    assert unembed["marker"]["symbol"][1] == "circle-open"
+    line = _trace(page, "plot-llc", "LLC")
+    assert line["x"] == [100, 1000, 3000]
+    flagged = _trace(page, "plot-llc", "LLC · not ok")
+    assert flagged["x"] == [10, 30] and flagged["mode"] == "markers"
+    assert all(sym.endswith("-open") for sym in flagged["marker"]["symbol"])
+    verdicts = [c[1] for c in flagged["customdata"]]
+    assert verdicts[0].startswith("negative") and verdicts[1].startswith("left the basin")
+    none = _trace(page, "plot-llc", "LLC · no estimate")
+    assert none["x"] == [300] and none["marker"]["symbol"] == "x"
+    assert none["customdata"][0][1].startswith("diverged chains")
+    # The y axis spans the ok estimates; "left the basin" (hundreds) sits on its top edge.
+    lo, hi = page.evaluate("() => document.getElementById('plot-llc').layout.yaxis.range")
+    ok_values = line["y"]
+    assert lo <= min(ok_values) and hi >= max(ok_values) and hi < 2 * max(ok_values)
+    assert flagged["y"][1] == hi and flagged["marker"]["symbol"][1] == "triangle-up-open"
+    assert "%{customdata[5]" in flagged["hovertemplate"]  # its own value, in the hover only
+    # Restricted small multiples follow the same rule, one shared y scale by default.
+    unembed = _trace(page, "plot-restricted", "weights:unembed · not ok")
+    assert unembed["x"] == [10, 30]
+    embed = _trace(page, "plot-restricted", "weights:embed")
+    assert embed["x"] == STEPS  # every embed estimate is ok
+    layout = page.evaluate("() => document.getElementById('plot-restricted').layout")
+    assert layout["yaxis2"]["matches"] == "y" and layout["yaxis"]["range"]
     # The settings series is named.
     assert "current" in page.inner_text("#llc-series-note")
     assert "lr 0.001" in page.inner_text("#c-llcs")
@@ -50,11 +72,11 @@ def test_clicking_an_llc_point_opens_one_trace_per_chain_and_the_url_keeps_it(
     site, page, trust_run, browser
 ) -> None:
     _open(page, site, trust_run)
-    # Click the point of the checkpoint with a diverged chain (step 300).
+    # Click the "no estimate" mark of the checkpoint with a diverged chain (step 300).
     page.evaluate(
         """() => {
           const el = document.getElementById('plot-llc');
-          const i = el.data.findIndex(t => t.name === 'LLC');
+          const i = el.data.findIndex(t => t.name === 'LLC · no estimate');
           const t = el.data[i];
           const k = t.x.indexOf(300);
           const point = {curveNumber: i, pointIndex: k, customdata: t.customdata[k]};
