@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,6 +18,11 @@ from phaseboard.server.errors import BadInput, Conflict
 from phaseboard.server.models import Checkpoint, Job, Run
 from phaseboard.server.runs_table import matching_ids
 from phaseboard.server.schemas import DbId, DbInt, RunCreate, RunOut, RunUpdate, Text
+from phaseboard.server.task_change import (
+    analyse_stored_checkpoints,
+    check_stored_checkpoints,
+    task_changed,
+)
 from phaseboard.server.task_checks import check_task_config
 from phaseboard.server.tracking import STATUSES, effective_status, status_clause
 
@@ -162,11 +167,16 @@ def get_run(run: RunDep, session: SessionDep, settings: SettingsDep) -> RunOut:
 
 
 @router.patch("/runs/{run_id}", dependencies=[WriteAuth])
-def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: SettingsDep) -> RunOut:
+def update_run(
+    run_id: DbId, body: RunUpdate, session: SessionDep, settings: SettingsDep, request: Request
+) -> RunOut:
     """Change only the fields given; a rename onto an existing name is a 409.
 
     ``null`` clears a field (``task`` to none, ``notes`` to "", ``tags`` to [], a config
-    to {}); a run always has a name, so ``name`` may not be null.
+    to {}); a run always has a name, so ``name`` may not be null. A new task (or task
+    config) on a run with checkpoints is checked against them first (422 naming the one
+    that does not fit, nothing changed) and then queues their analyses
+    (``server.task_change``).
     """
     run = read.get_run(session, run_id)
     changes = body.model_dump(exclude_unset=True)
@@ -181,9 +191,15 @@ def update_run(run_id: DbId, body: RunUpdate, session: SessionDep, settings: Set
     )
     if "name" in changes and _name_taken(session, changes["name"], exclude_id=run_id):
         raise Conflict(f"a run named {changes['name']!r} already exists")
+    before = (run.task, run.task_config)
     for key, value in changes.items():
         setattr(run, key, value)
+    new_task = task_changed(before, run)
+    if new_task:
+        check_stored_checkpoints(session, settings, request.app.state.store, run)
     _commit_or_conflict(session, run.name)
+    if new_task:
+        analyse_stored_checkpoints(request.app.state.queue, run_id)
     return runs_out(session, [run], settings.run_crashed_after_s)[0]
 
 

@@ -21,6 +21,11 @@ from phaseboard.server.models import Share
 from phaseboard.server.read import PageView, parse_view
 from phaseboard.server.schemas import MAX_ID, DbId, DbInt, Text
 from phaseboard.server.security import CSP_WEBGL
+from phaseboard.server.task_change import (
+    analyse_stored_checkpoints,
+    check_stored_checkpoints,
+    task_changed,
+)
 from phaseboard.server.web.compare_checks import config_warnings
 from phaseboard.server.web.edits import update_run_header
 from phaseboard.server.web.templating import STATIC_DIR, make_templates
@@ -129,6 +134,8 @@ def edit_run_header(
     tags: Annotated[Text, Form()] = "",
     notes: Annotated[Text, Form()] = "",
 ) -> HTMLResponse:
+    old = read.get_run(session, run_id)
+    before = (old.task, dict(old.task_config or {}))
     run = update_run_header(
         session,
         run_id,
@@ -138,6 +145,10 @@ def edit_run_header(
         tags=tags,
         notes=notes,
     )
+    if task_changed(before, run):  # the stored checkpoints must fit; then analyse them
+        check_stored_checkpoints(session, request.app.state.settings, request.app.state.store, run)
+        session.commit()
+        analyse_stored_checkpoints(request.app.state.queue, run_id)
     crashed_after_s = request.app.state.settings.run_crashed_after_s
     context = {"run": read.run_dict(run, crashed_after_s), "edit": False}
     return _render(request, "_run_header.html", context)
