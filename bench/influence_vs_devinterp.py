@@ -12,10 +12,20 @@ losses at every draw:
   reference set from the training distribution (``susceptibilities`` vs devinterp's, whose
   per-token values are averaged per set).
 
-Two Monte Carlo estimates of one quantity differ by their sampling noise: each entry's
-difference is divided by sqrt(2) x our standard error from the chain spread (devinterp's
-chains have the same settings, so the same spread) and should be within 2 for about 95 % of
-entries. Prints those shares, the correlation between the two matrices and the times.
+Both run ``--burnin`` steps before the first draw and give every chain its own minibatches
+(devinterp's ``match_sampling_input_ids_across_chains=False``: with one shared minibatch
+sequence its chains are correlated and their spread understates its error). Two Monte Carlo
+estimates of one quantity differ by their sampling noise: each entry's difference is divided
+by sqrt(2) x our standard error from the chain spread (devinterp's chains have the same
+settings, so the same spread) and should be within 2 for about 95 % of entries. Prints those
+shares, the correlation between the two matrices and the times.
+
+Susceptibilities subtract an L(w*) from the reference loss (phi = L - L(w*)). devinterp takes
+the mean loss of 32 training minibatches at w*; we take the reference set's own loss, so
+that phi is exactly the rise of L. On a 32-sequence reference set the two differ by its
+sampling error, and chi moves by that difference times E_C[L - l] - E_full[L - l]: the
+comparison passes devinterp's value (recomputed here as devinterp computes it) as
+``reference_init``, and also prints ours with the default.
 devinterp is a bench-only dependency (``.venv/bin/pip install 'torch==2.13.0'
 devinterp==2.0.1``); without it this prints a line and exits.
 
@@ -64,6 +74,32 @@ def agreement(ours: np.ndarray, theirs: np.ndarray, se: np.ndarray) -> tuple[flo
     return float((np.abs(z[keep]) <= 2).mean()), float(np.median(np.abs(z[keep]))), r
 
 
+def devinterp_init_loss(model: nn.Module, data: Tensor, batch: int, chains: int) -> float:
+    """The L(w*) devinterp's susceptibilities subtract: per chain, the mean per-token loss of
+    the first 32 minibatches its data loader draws (seeded 100 + chain when chains do not
+    share minibatches), averaged over chains (devinterp 2.0.1 ``_write_init_loss``)."""
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+
+    ds = Dataset.from_dict({"input_ids": data.tolist()}).with_format("torch")
+    per_chain = []
+    with torch.no_grad():
+        for c in range(chains):
+            gen = torch.Generator().manual_seed(100 + c)
+            loader = DataLoader(ds, batch_size=batch, shuffle=True, generator=gen, drop_last=True)
+            it = iter(loader)
+            total = 0.0
+            for _ in range(32):
+                try:
+                    b = next(it)
+                except StopIteration:  # devinterp cycles the loader
+                    it = iter(loader)
+                    b = next(it)
+                total += float(per_token_loss(model, b["input_ids"]).mean()) / 32
+            per_chain.append(total)
+    return float(np.mean(per_chain))
+
+
 def _rows_of(ids: np.ndarray, probe: Tensor) -> list[int]:
     """Which row of ``probe`` each of devinterp's observed sequences is."""
     index = {tuple(row): i for i, row in enumerate(probe.tolist())}
@@ -83,6 +119,7 @@ def main() -> None:
     ap.add_argument("--localization", type=float, default=100.0)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--burnin", type=int, default=100)
     args = ap.parse_args()
     try:
         from datasets import Dataset
@@ -104,7 +141,7 @@ def main() -> None:
     n_beta = args.n / math.log(args.n)
     cfg = LLCConfig(
         lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
-        num_draws=args.draws, batch_size=args.batch,
+        num_draws=args.draws, num_burnin_steps=args.burnin, batch_size=args.batch,
     )  # fmt: skip
     d_head = args.d_model // args.n_heads
     heads: dict[str, Any] = {}
@@ -126,11 +163,17 @@ def main() -> None:
     ours_bif = bayesian_influence(
         model, lm_loss, batches(data, args.batch, 0), probe, cfg, per_example_loss=per_token_loss
     )
+    di_init = devinterp_init_loss(model, data, args.batch, args.chains)
     ours_sus = susceptibilities(
         model, lm_loss, batches(data, args.batch, 0), cfg, weight_groups=heads,
         observables=observed, reference=reference, per_example_loss=per_token_loss,
+        reference_init=di_init,
     )  # fmt: skip
     ours_s = time.perf_counter() - t0
+    ours_default = susceptibilities(
+        model, lm_loss, batches(data, args.batch, 0), cfg, weight_groups=heads,
+        observables=observed, reference=reference, per_example_loss=per_token_loss,
+    )  # fmt: skip
 
     # --- devinterp
     def ds(x: Tensor) -> Any:
@@ -138,7 +181,8 @@ def main() -> None:
 
     common = dict(
         lr=args.lr, n_beta=n_beta, localization=args.localization, num_chains=args.chains,
-        num_draws=args.draws, batch_size=args.batch, loss_fn=per_token_loss, device="cpu",
+        num_draws=args.draws, num_burnin_steps=args.burnin, batch_size=args.batch,
+        loss_fn=per_token_loss, device="cpu", match_sampling_input_ids_across_chains=False,
     )  # fmt: skip
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
@@ -183,10 +227,15 @@ def main() -> None:
         f"susceptibilities ({len(heads)} heads x {len(observed)} sets): {share:.0%} within 2 "
         f"combined s.e., median |z| {med:.2f}, r = {r:.3f}"
     )
+    print(
+        f"  L(w*) subtracted: devinterp's {di_init:.4f} (32 training minibatches), the "
+        f"reference set's own {ours_default.reference_init:.4f} (our default)"
+    )
     for gi, g in enumerate(ours_sus.groups):
         cells = "  ".join(
             f"{p}: {ours_sus.matrix[gi, pi]:+.2e} ± {ours_sus.matrix_se[gi, pi]:.1e} "
-            f"(devinterp {di_matrix[gi, pi]:+.2e})"
+            f"(devinterp {di_matrix[gi, pi]:+.2e}; ours by default "
+            f"{ours_default.matrix[gi, pi]:+.2e})"
             for pi, p in enumerate(ours_sus.probes)
         )
         print(f"  {g:6s} {cells}")

@@ -27,7 +27,7 @@ from .susceptibility import (
     SusceptibilityResult,
     susceptibilities,
     susceptibilities_many,
-    susceptibility,
+    susceptibility_from_draws,
 )
 
 __all__ = [
@@ -43,6 +43,6 @@ __all__ = [
     "sign_flips",
     "susceptibilities",
     "susceptibilities_many",
-    "susceptibility",
+    "susceptibility_from_draws",
     "token_influence",
 ]

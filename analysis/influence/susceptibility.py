@@ -34,7 +34,12 @@ from ..llc import LLCConfig, LLCResult, LossFn, ParamMask, Progress, checkpoint_
 from ..llc.sampler import _SamplerOutput, _summarise
 from ._sampling import PerExampleLoss, at_w_star, finite_chains, sample_observed
 
-__all__ = ["SusceptibilityResult", "susceptibilities", "susceptibilities_many", "susceptibility"]
+__all__ = [
+    "SusceptibilityResult",
+    "susceptibilities",
+    "susceptibilities_many",
+    "susceptibility_from_draws",
+]
 
 
 def _mean_over_examples(losses: Tensor) -> Tensor:
@@ -42,7 +47,7 @@ def _mean_over_examples(losses: Tensor) -> Tensor:
     return losses.flatten(1).nanmean(dim=1)
 
 
-def susceptibility(
+def susceptibility_from_draws(
     ref_group: Tensor, probe_group: Tensor, ref_full: Tensor, probe_full: Tensor, ref_init: float
 ) -> Tensor:
     """chi per observable example (token) from draws, float64.
@@ -93,6 +98,7 @@ def susceptibilities(
     reference: Any,
     per_example_loss: PerExampleLoss,
     observe_every: int = 1,
+    reference_init: float | None = None,
     progress: Progress | None = None,
     chance_loss: float | None = None,
 ) -> SusceptibilityResult:
@@ -107,11 +113,19 @@ def susceptibilities(
     (model, batch)`` -> (n,) per example, or (n, T) per token (NaN where no target): then
     the result is per token (``token_level``). ``observe_every``: the example sets are
     evaluated at every k-th draw only (as in ``bayesian_influence``). The model is only read.
+
+    ``reference_init``: the L(w*) that phi = L - L(w*) subtracts. None (the default) takes
+    the reference set's own loss at the checkpoint, so phi is exactly the rise of L. devinterp
+    subtracts the mean loss of 32 training minibatches at w* instead; the two differ by the
+    reference set's sampling error, which shifts chi by that difference times
+    E_C[L - l_x] - E_full[L - l_x] (a shift that can outweigh chi itself on a small
+    reference set). Pass a number to reproduce another convention.
     """
     return susceptibilities_many(
         [model], loss_fn, batches, config, weight_groups=weight_groups,
         observables=observables, reference=reference, per_example_loss=per_example_loss,
-        observe_every=observe_every, progress=progress, chance_loss=chance_loss,
+        observe_every=observe_every, reference_init=reference_init, progress=progress,
+        chance_loss=chance_loss,
     )[0]  # fmt: skip
 
 
@@ -127,6 +141,7 @@ def susceptibilities_many(
     per_example_loss: PerExampleLoss,
     model: nn.Module | None = None,
     observe_every: int = 1,
+    reference_init: float | Sequence[float] | None = None,
     max_rows: int | None = None,
     progress: Progress | None = None,
     chance_loss: float | None = None,
@@ -134,7 +149,8 @@ def susceptibilities_many(
     """``susceptibilities`` at several checkpoints of one architecture: rows checkpoint x
     (full + groups) x chain in one vmap-ed run, chunked to the memory budget like
     ``estimate_llc_restricted_many`` (with only state_dicts pass ``model``). Each
-    checkpoint's result equals its own run alone."""
+    checkpoint's result equals its own run alone. ``reference_init``: as in
+    ``susceptibilities``, one number per checkpoint (or one for all)."""
     if not weight_groups:
         raise ValueError("weight_groups is empty: susceptibilities are per weight group")
     if not observables:
@@ -143,6 +159,16 @@ def susceptibilities_many(
         return []
     groups, probes = list(weight_groups), list(observables)
     template, state_dicts = checkpoint_tensors(models_or_state_dicts, model)
+    inits: list[float] | None = None
+    if reference_init is not None:
+        if isinstance(reference_init, int | float):
+            inits = [float(reference_init)] * len(state_dicts)
+        else:
+            inits = [float(x) for x in reference_init]
+            if len(inits) != len(state_dicts):
+                raise ValueError(
+                    f"reference_init: {len(inits)} values for {len(state_dicts)} checkpoints"
+                )
     masks = [None, *(weight_groups[g] for g in groups)]  # row group 0: the full model
     results: list[SusceptibilityResult] = []
     for chunk, out in sample_observed(
@@ -154,9 +180,12 @@ def susceptibilities_many(
         share = out.elapsed_s / (len(chunk) * len(masks))
         for k, state in enumerate(chunk):
             llcs = [_summarise(out, k, g, config, share, chance_loss) for g in range(len(masks))]
-            ref_init = float(
-                at_w_star(template, state, per_example_loss, reference, config).flatten().nanmean()
-            )
+            index = len(results)
+            if inits is not None:
+                ref_init = inits[index]
+            else:
+                at = at_w_star(template, state, per_example_loss, reference, config)
+                ref_init = float(at.flatten().nanmean())
             results.append(_at_checkpoint(out, k, llcs, groups, probes, ref_init))
     return results
 
@@ -192,7 +221,7 @@ def _at_checkpoint(
             if not chains or not full_good:
                 rows.append(torch.full(obs.shape[3:], torch.nan, dtype=torch.float64))
                 continue
-            chi = susceptibility(
+            chi = susceptibility_from_draws(
                 stacked(ref[g + 1], chains), stacked(obs[g + 1], chains),
                 stacked(ref[0], full_good), stacked(obs[0], full_good), ref_init,
             )  # fmt: skip
@@ -202,7 +231,7 @@ def _at_checkpoint(
             if len(both) > 1:
                 per_chain = torch.stack(
                     [
-                        susceptibility(
+                        susceptibility_from_draws(
                             ref[g + 1, c], obs[g + 1, c], ref[0, c], obs[0, c], ref_init
                         ).nanmean()
                         for c in both

@@ -287,3 +287,24 @@ def test_observing_every_third_draw_records_those_draws_of_the_same_chains() -> 
         bayesian_influence(
             net, _loss, [data], probe, cfg, per_example_loss=_per_example, observe_every=0
         )
+
+
+def test_reference_init_shifts_chi_by_its_offset_times_the_posteriors_mean_shift_gap() -> None:
+    # chi = E_C[phi (L - l)] - E_C[phi] E_full[L - l] with phi = L - L0: moving L0 by c moves
+    # chi by c * (E_C[L - l] - E_full[L - l]); the default L0 is the reference set's own loss.
+    data = _data()
+    net = _nets(1)[0]
+    kwargs = {
+        "weight_groups": {"second": {"second.weight": None}},
+        "observables": {"low": (data[0][:6], data[1][:6])},
+        "reference": data,
+        "per_example_loss": _per_example,
+    }
+    cfg = _config()
+    exact = float(_per_example(net, data).mean())
+    default = susceptibilities(net, _loss, [data], cfg, **kwargs)  # type: ignore[arg-type]
+    same = susceptibilities(net, _loss, [data], cfg, reference_init=exact, **kwargs)  # type: ignore[arg-type]
+    shifted = susceptibilities(net, _loss, [data], cfg, reference_init=exact + 0.1, **kwargs)  # type: ignore[arg-type]
+    assert default.reference_init == pytest.approx(exact, rel=1e-6)
+    torch.testing.assert_close(same.matrix, default.matrix, rtol=1e-5, atol=1e-9)
+    assert not torch.allclose(shifted.matrix, default.matrix)
