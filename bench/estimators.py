@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,18 +177,21 @@ def devinterp(device: str = "cpu") -> Estimator:
                 return per[:, None].expand(len(x), input_ids.shape[1] - 1)
 
         ds = Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
-        _sync(device)
-        t0 = time.perf_counter()
-        res = llc(
-            case.model, ds, {}, lr=case.lr, n_beta=case.n_beta,
-            localization=case.localization, num_chains=case.chains, num_draws=draws,
-            batch_size=case.batch_size, device=device, init_seed=seed, loss_fn=loss_fn,
-            num_burnin_steps=case.burnin,
-        )  # fmt: skip
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        trace = torch.as_tensor(res.loss_trace.values)  # (chain, burn-in + draws)
-        init = torch.tensor([[float(res.init_loss)]])
+        # Its samples go to a zarr store; left to itself, devinterp makes a temporary
+        # directory per call and never removes it.
+        with tempfile.TemporaryDirectory() as tmp:
+            _sync(device)
+            t0 = time.perf_counter()
+            res = llc(
+                case.model, ds, {}, lr=case.lr, n_beta=case.n_beta,
+                localization=case.localization, num_chains=case.chains, num_draws=draws,
+                batch_size=case.batch_size, device=device, init_seed=seed, loss_fn=loss_fn,
+                num_burnin_steps=case.burnin, output_path=f"{tmp}/samples.zarr",
+            )  # fmt: skip
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            trace = torch.as_tensor(res.loss_trace.values)  # (chain, burn-in + draws)
+            init = torch.tensor([[float(res.init_loss)]])
         return Run(trace, init, case.n_beta, seconds, kept=case.burnin)
 
     return run

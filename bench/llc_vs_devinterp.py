@@ -36,6 +36,7 @@ import dataclasses
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -184,15 +185,18 @@ class Compare:
         if not hasattr(self, "_ds"):
             self._ds = Dataset.from_dict({"input_ids": self.data.tolist()}).with_format("torch")
         a = self.args
-        t0 = time.perf_counter()
-        res = llc(
-            model or self.model, self._ds, {}, lr=a.lr, n_beta=self.n_beta,
-            localization=a.localization, num_chains=a.chains, num_draws=draws or a.draws,
-            batch_size=a.batch, device=a.device, init_seed=seed,
-        )  # fmt: skip
-        _sync(a.device)
-        per_chain = [float(x) for x in res.llc_per_chain.values]
-        return float(res.llc_mean), float(torch.tensor(per_chain).std()), time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:  # devinterp never removes its own
+            t0 = time.perf_counter()
+            res = llc(
+                model or self.model, self._ds, {}, lr=a.lr, n_beta=self.n_beta,
+                localization=a.localization, num_chains=a.chains, num_draws=draws or a.draws,
+                batch_size=a.batch, device=a.device, init_seed=seed,
+                output_path=f"{tmp}/samples.zarr",
+            )  # fmt: skip
+            _sync(a.device)
+            seconds = time.perf_counter() - t0
+            per_chain = [float(x) for x in res.llc_per_chain.values]
+            return float(res.llc_mean), float(torch.tensor(per_chain).std()), seconds
 
     def floor(self) -> tuple[float, float]:
         """Seconds of one chain-step's forward + backward and of one forward (each the
