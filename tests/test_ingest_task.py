@@ -168,6 +168,11 @@ def test_a_task_set_later_is_checked_against_the_stored_checkpoints_then_analyse
         assert "checkpoint at step 1 does not fit task 'dln'" in detail and "nothing" in detail
         assert client.get(f"/api/runs/{run_id}").json()["task"] is None  # unchanged
 
+        unknown_key = client.patch(
+            f"/api/runs/{run_id}", json={"task": "dln", "task_config": {"n": 6}}
+        )
+        assert unknown_key.status_code == 422 and "cannot build its model" in unknown_key.text
+
         ok = client.patch(f"/api/runs/{run_id}", json={"task": "dln", "task_config": DLN})
         assert ok.status_code == 200, ok.text
         jobs = client.get("/api/jobs", params={"run_id": run_id}).json()["jobs"]

@@ -152,6 +152,22 @@ class TokenDataTask(Task):
         logits = self.logits(model, tokens)[:, :-1].float()  # (n, T - 1, V)
         return -F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
 
+    @property
+    def has_tokens(self) -> bool:  # type: ignore[override]
+        return self.uses_token_data
+
+    def per_token_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """(n, T - 1) next-token loss at each predicted position (token data only)."""
+        if not self.uses_token_data:
+            return super().per_token_loss(model, batch)
+        tokens = batch[0]
+        logits = self.logits(model, tokens)[:, :-1].float()  # (B, T - 1, V)
+        return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+
+    def describe_examples(self, batch: tuple[Tensor, ...]) -> list[str]:
+        """Token ids of each window (no tokenizer is loaded: nothing is downloaded)."""
+        return [" ".join(str(t) for t in row.tolist()) for row in batch[0]]
+
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
         """Top-1 next-token accuracy."""

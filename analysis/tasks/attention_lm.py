@@ -132,6 +132,20 @@ class AttentionLM(Task):
         valid = (targets >= 0).float()
         return (loss * valid).sum(1) / valid.sum(1).clamp(min=1)
 
+    has_tokens = True
+
+    def per_token_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """(n, T) next-token loss at each position; NaN where the position has no target."""
+        tokens, targets, _ = batch
+        loss = F.cross_entropy(
+            model(tokens).float().transpose(1, 2), targets.clamp(min=0), reduction="none"
+        )
+        return torch.where(targets >= 0, loss, torch.nan)
+
+    def describe_examples(self, batch: tuple[Tensor, ...]) -> list[str]:
+        """The token ids of each sequence (random tokens: there is no text to decode)."""
+        return [" ".join(str(t) for t in row.tolist()) for row in batch[0]]
+
     def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         return F.log_softmax(model(batch[0]).float(), dim=-1)
 

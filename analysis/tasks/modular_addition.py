@@ -144,6 +144,10 @@ class ModularAddition(Task):
     def outputs(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         return F.log_softmax(model(batch[0]).float(), dim=-1)
 
+    def describe_examples(self, batch: tuple[Tensor, ...]) -> list[str]:
+        tokens, labels = batch[0].tolist(), batch[1].tolist()
+        return [f"{t[0]} + {t[1]} = {y}" for t, y in zip(tokens, labels, strict=True)]
+
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:
         tokens, labels = batch

@@ -24,6 +24,20 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's cap on 64-bit systems
 
 
+def release_free_memory() -> bool:
+    """Hand the free memory of every malloc arena back to the OS (``malloc_trim(0)``):
+    after a job, so a finished job's freed tensors do not stay resident (with several
+    worker threads each arena keeps its own, and a server held 2 GB between jobs).
+    False where there is no glibc ``malloc_trim``."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def reuse_freed_memory(top_pad_mb: int) -> bool:
     """Tune this process's malloc (process-wide, for good); False where there is no glibc
     ``mallopt`` (macOS, musl refuses it) or ``top_pad_mb`` is 0 (keep the defaults)."""

@@ -62,14 +62,15 @@ DEFAULT_LLC: dict[str, Any] = {
     "batch_size": 64,
     "seed": 0,
 }
-# Over DEFAULT_LLC for the tasks whose examples are token sequences: a minibatch of 16
-# sequences (1,024 tokens at 64 a sequence) rather than 64. An SGLD row holds one
+# Over DEFAULT_LLC for the tasks whose examples are token sequences: a minibatch of 8
+# sequences (512 tokens at 64 a sequence) rather than 64. An SGLD row holds one
 # minibatch's activations (an attention pattern per head, the logits over the vocabulary):
 # 64 sequences of a 2-layer GPT-2 of 120k parameters kept 82 MB per row and stepped 8x
-# slower than 16, and a layer's heads sample as one pass of heads x chains rows.
+# slower than 16; at 16 a call of one checkpoint's 12 rows took 700 MB, so two workers with
+# the server passed 2 GB. A layer's heads sample as one pass of heads x chains rows.
 TASK_LLC_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hf_causal_lm": {"batch_size": 16},
-    "transformer_lens": {"batch_size": 16},
+    "hf_causal_lm": {"batch_size": 8},
+    "transformer_lens": {"batch_size": 8},
 }
 # The calibration grid when a request names none (docs: "Calibration").
 DEFAULT_CALIBRATION: dict[str, Any] = {
@@ -77,11 +78,15 @@ DEFAULT_CALIBRATION: dict[str, Any] = {
     "localizations": [1.0, 10.0, 100.0, 1000.0],
     "n_betas": None,
 }
-# The automatic calibration's grid: the step sizes and localizations that the rule
-# (weakest ok localization, flattest lr) chooses among on the generic tasks' models.
+# The automatic calibration's grid: six settings, each with its lr/2 and localization/2
+# checks, on three checkpoints, so it costs about what the LLCs of 18 checkpoints do. Weak
+# localizations only (a strong pull shrinks the estimate; the rule takes the weakest ok one)
+# and the step sizes between under-mixing and leaving the basin on the generic tasks' small
+# language models (a 2-layer GPT-2 at n_beta 82: at lr 1e-5 still rising after 40 draws,
+# 1e-3 above chance loss).
 AUTO_CALIBRATION: dict[str, Any] = {
-    "lrs": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
-    "localizations": [1.0, 10.0, 100.0],
+    "lrs": [3e-5, 1e-4, 3e-4],
+    "localizations": [1.0, 10.0],
     "n_betas": None,
 }
 # What LLC-settings jobs of a run that waits for its automatic calibration say.

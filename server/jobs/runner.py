@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from phaseboard.server.db import Database
 from phaseboard.server.jobs import lifecycle
+from phaseboard.server.jobs.allocator import release_free_memory
 from phaseboard.server.jobs.handlers import (
     JobContext,
     JobFailed,
@@ -169,6 +170,7 @@ class JobRunner:
             started = time.monotonic()
             outcomes = _run_lens(lens, ctxs, ctxs[0].kind)
         wall_s = time.monotonic() - started
+        release_free_memory()  # the batch's tensors are gone: give their pages back
         steps = {
             job_id: chain_steps(out)  # type: ignore[arg-type]
             for job_id, out in outcomes.items()

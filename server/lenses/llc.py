@@ -88,19 +88,25 @@ def _series(ctx: JobContext) -> dict[str, Any]:
 CPU_BUDGET_MB = 512  # one vectorised call's memory on a CPU when settings name none
 
 
+# Memory of a row's step under vmap and autograd over the tensors one plain forward saves
+# for its backward: a 12-row call of a 2-layer GPT-2 (120k parameters, 16 sequences of 64
+# tokens a minibatch) grew the process by 700 MB where the saved tensors were 20 MB a row.
+ACTIVATION_FACTOR = 3
+
+
 def row_bytes(ctx: JobContext, model: Any, config: Any) -> int:
     """Memory of one SGLD row: about 12 parameter-sized tensors (weights, gradient, noise,
-    update, autograd and vmap temporaries) plus the activations its minibatch keeps for the
-    backward, measured on one training minibatch (``analysis.llc.budgets.activation_bytes``):
-    on a language model these dominate (82 MB a row for 64 sequences of 64 tokens through a
-    2-layer GPT-2 of 120k parameters)."""
+    update, temporaries) plus ``ACTIVATION_FACTOR`` times the activations one minibatch
+    keeps for the backward, measured on a training minibatch
+    (``analysis.llc.budgets.activation_bytes``): on a language model these dominate."""
     from phaseboard.analysis.llc.budgets import activation_bytes, first_batch
 
     task = ctx.task()
     n = sum(p.numel() for p in model.parameters())
     size = 8 if str(getattr(config, "dtype", "float32")) == "float64" else 4
     batch, _ = first_batch(train_batches(ctx, "train", config))
-    return 12 * n * size + activation_bytes(model, task.loss, batch, config)
+    saved = activation_bytes(model, task.loss, batch, config)
+    return 12 * n * size + ACTIVATION_FACTOR * saved
 
 
 def max_rows(ctx: JobContext, model: Any, config: Any) -> int:

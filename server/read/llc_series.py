@@ -1,5 +1,7 @@
 """LLC series for the plots, one series per LLC settings: results computed with other
 SGLD settings never mix into a curve. Reads rows only (verdicts were computed by the job).
+A result with a diverged chain has no estimate (``mean`` None); the surviving chains' mean
+is in ``surviving``, for the hover only.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def llc_series(session: Session, run: Run, shown: str | None = None) -> dict[str
             Result.values["verdict"].as_string(),
             Result.values["verdict_detail"].as_string(),
             Result.values["n_beta"].as_float(),
+            Result.values["mean_surviving"].as_float(),
             Result.values["settings_hash"].as_string(),
             Job.config_hash,
             Job.config,
@@ -81,18 +84,22 @@ def llc_series(session: Session, run: Run, shown: str | None = None) -> dict[str
         chosen = max(settings.values(), key=lambda e: e["count"])["hash"]
 
     def empty() -> dict[str, list[Any]]:
-        return {k: [] for k in ("step", "mean", "std", "id", "verdict", "detail", "n_beta")}
+        keys = ("step", "mean", "std", "id", "verdict", "detail", "n_beta", "surviving")
+        return {k: [] for k in keys}
 
     llc = empty()
     restricted: dict[str, dict[str, list[Any]]] = {}
-    for rid, kind, restriction, step, mean, std, verdict, detail, n_beta, sh, jh, _ in rows:
+    for rid, kind, restriction, step, mean, std, verdict, detail, n_beta, surv, sh, jh, _ in rows:
         if (sh or jh or current) != chosen:
             continue
         target = llc if kind == "llc" else restricted.setdefault(restriction or "?", empty())
+        if verdict == "diverged chains":  # the surviving chains' mean is never the estimate
+            surv, mean = surv if surv is not None else mean, None
         finite = mean is not None and math.isfinite(mean)
-        # A point with no finite mean (every chain diverged) still marks its checkpoint.
+        # A point with no finite mean (a chain diverged) still marks its checkpoint.
         target["step"].append(step)
         target["mean"].append(mean if finite else None)
+        target["surviving"].append(surv if surv is not None and math.isfinite(surv) else None)
         target["std"].append(std if std is not None and math.isfinite(std) else 0.0)
         target["id"].append(rid)
         target["verdict"].append(verdict or "ok")

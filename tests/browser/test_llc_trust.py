@@ -50,6 +50,7 @@ def test_only_ok_estimates_are_the_line_the_others_are_hollow_or_no_estimate(
     none = _trace(page, "plot-llc", "LLC · no estimate")
     assert none["x"] == [300] and none["marker"]["symbol"] == "x"
     assert none["customdata"][0][1].startswith("diverged chains")
+    assert "surviving chains alone" in none["customdata"][0][4]  # in the hover, not the plot
     # The y axis spans the ok estimates; "left the basin" (hundreds) sits on its top edge.
     lo, hi = page.evaluate("() => document.getElementById('plot-llc').layout.yaxis.range")
     ok_values = line["y"]

@@ -192,10 +192,10 @@ def test_queue_analyses_form_posts_lenses_and_settings_and_says_what_happened(
     )
     assert {"metrics", "llc", "llc_restricted"} <= set(auto)
     page.click("#queue-llc summary")
-    # The run's current settings as placeholders (a token task: 16 sequences a minibatch).
+    # The run's current settings as placeholders (a token task: 8 sequences a minibatch).
     page.wait_for_function("document.getElementById('q-batch_size').placeholder !== ''")
     assert page.get_attribute("#q-lr", "placeholder") == "0.001"
-    assert page.get_attribute("#q-batch_size", "placeholder") == "16"
+    assert page.get_attribute("#q-batch_size", "placeholder") == "8"
     assert page.get_attribute("#q-num_chains", "placeholder") == "4"
     page.fill("#q-num_draws", "2.5")
     page.click("#queue-submit")

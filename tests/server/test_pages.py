@@ -131,7 +131,7 @@ def test_jobs_panel_stops_polling_when_nothing_is_active(client, seeded) -> None
 def test_header_form_updates_the_run(client, seeded) -> None:
     resp = client.patch(
         f"/runs/{seeded.run_id}/header",
-        data={"task": "tms", "task_config": '{"n": 6}', "tags": "a, b, a", "notes": "hi"},
+        data={"task": "tms", "task_config": '{"n_features": 6}', "tags": "a, b, a", "notes": "hi"},
         headers=HX,
     )
     assert resp.status_code == 200, resp.text
@@ -139,7 +139,7 @@ def test_header_form_updates_the_run(client, seeded) -> None:
     run = client.get(f"/api/runs/{seeded.run_id}").json()
     assert (run["task"], run["task_config"], run["tags"], run["notes"]) == (
         "tms",
-        {"n": 6},
+        {"n_features": 6},
         ["a", "b"],
         "hi",
     )

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+import torch
 
+from phaseboard.analysis.checkpoints import save_safetensors_bytes
 from phaseboard.server.db import Database
 from phaseboard.server.models import Job
 from phaseboard.server.store.series_checks import schedule_gaps
 from tests.server.conftest import safetensors_bytes
+
+DLN_3_4 = {"widths": [3, 4], "true_rank": 2}
+
+
+def _dln_bytes(seed: int) -> bytes:
+    """A checkpoint of the 3-4 deep linear network (one layer)."""
+    g = torch.Generator().manual_seed(seed)
+    return save_safetensors_bytes({"layers.0.weight": torch.randn(4, 3, generator=g)})
 
 
 def _upload(client, run_id: int, data: bytes, step: int) -> dict:  # type: ignore[no-untyped-def]
@@ -52,17 +62,18 @@ def test_schedule_gaps_are_named_and_counted() -> None:
 def test_duplicate_flag_follows_the_highest_step_and_planning_skips_it(
     client, run_id, settings
 ) -> None:  # type: ignore[no-untyped-def]
-    final = safetensors_bytes(9)
+    final = _dln_bytes(9)
     early = _upload(client, run_id, final, 3000)
     assert early["duplicate_of_step"] is None  # nothing to compare with yet
-    _upload(client, run_id, safetensors_bytes(1), 1000)
+    _upload(client, run_id, _dln_bytes(1), 1000)
     last = _upload(client, run_id, final, 143000)
     assert last["duplicate_of_step"] is None and last["sha256"] == early["sha256"]
     assert client.get(f"/api/checkpoints/{early['id']}").json()["duplicate_of_step"] == 143000
     middle = _upload(client, run_id, final, 5000)  # a third holder: flagged at once
     assert middle["duplicate_of_step"] == 143000
 
-    client.patch(f"/api/runs/{run_id}", json={"task": "dln", "task_config": {"widths": [3, 4]}})
+    task = client.patch(f"/api/runs/{run_id}", json={"task": "dln", "task_config": DLN_3_4})
+    assert task.status_code == 200, task.text  # the stored checkpoints fit its model
     resp = client.post(f"/api/runs/{run_id}/analyses", json={"kinds": ["noop"]})
     assert resp.status_code == 202, resp.text
     db = Database(settings)
