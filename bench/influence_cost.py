@@ -8,12 +8,13 @@ the lenses).
 
 A. Overhead of the observables, in the same process and on the same rows, interleaved
    ``--reps`` times (medians printed):
-   - ``bayesian_influence_many`` (32 test + 128 training examples' losses at every 2nd draw
+   - ``bayesian_influence_many`` (32 test + 128 training examples' losses at every 3rd draw
      of every chain, the lens's default) against ``estimate_llc_many`` on the same
      checkpoints;
    - ``susceptibilities_many`` (the task's 9 weight groups and the full model; a 64-example
-     reference set and 32 examples of each of 4 observable sets at every 4th draw) against
-     ``estimate_llc_restricted_many`` of the same groups plus the full model.
+     reference set and 32 examples of each of 4 observable sets at every 5th draw, the
+     lens's default) against ``estimate_llc_restricted_many`` of the same groups plus the
+     full model.
    ``--influence-every 1 --susceptibilities-every 1`` observes every draw.
    Target: each ratio at most 1.30. Ratios are of process CPU time (the machine may be
    shared: with ``--threads 1`` CPU time is the work done, wall-clock time is also printed).

@@ -25,7 +25,6 @@
   }
 
   /** Step 0 cannot sit on a log axis: it is drawn at half the first positive step. */
-  /** Step 0 cannot sit on a log axis: it is drawn at half the first positive step. */
   function xOf(steps) {
     const firstPos = steps.find((s) => s > 0) || 1;
     return steps.map((s) => (s > 0 ? s : firstPos / 2));

@@ -301,7 +301,8 @@ def test_reference_init_shifts_chi_by_its_offset_times_the_posteriors_mean_shift
         "per_example_loss": _per_example,
     }
     cfg = _config()
-    exact = float(_per_example(net, data).mean())
+    with torch.no_grad():
+        exact = float(_per_example(net, data).mean())
     default = susceptibilities(net, _loss, [data], cfg, **kwargs)  # type: ignore[arg-type]
     same = susceptibilities(net, _loss, [data], cfg, reference_init=exact, **kwargs)  # type: ignore[arg-type]
     shifted = susceptibilities(net, _loss, [data], cfg, reference_init=exact + 0.1, **kwargs)  # type: ignore[arg-type]
