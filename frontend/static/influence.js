@@ -26,33 +26,17 @@
     return i >= 0 && i < inf.probe_texts.length ? i : 0;
   }
 
-  /** Step 0 cannot sit on a log axis: it is drawn at half the first positive step. */
-  function xOf(steps) {
-    const firstPos = steps.find((s) => s > 0) || 1;
-    return steps.map((s) => (s > 0 ? s : firstPos / 2));
-  }
+  const A = () => window.PhaseboardStepAxis;
 
-  /** A log step axis whose ticks are powers of ten, and "0" where step 0 is drawn. */
-  function stepAxis(steps) {
-    const x = xOf(steps);
-    const vals = [], text = [];
-    if (steps[0] === 0) { vals.push(x[0]); text.push("0"); }
-    const hi = Math.max(...x), lo = Math.min(...x);
-    for (let e = Math.ceil(Math.log10(Math.max(lo, 1e-9))); Math.pow(10, e) <= hi * 1.0001; e++) {
-      const v = Math.pow(10, e);
-      if (v > (steps[0] === 0 ? x[0] * 1.5 : 0)) { vals.push(v); text.push(v >= 1e4 ? v.toExponential(0).replace("+", "") : String(v)); }
-    }
-    return { type: "log", title: { text: "checkpoint step" }, tickvals: vals, ticktext: text };
-  }
-
-  function rows(list) {
+  /** Table rows; each bar has its line's colour in the plot below, to tell the lines apart. */
+  function rows(list, colors) {
     if (!list.length) return '<tr><td colspan="2" class="muted">No finite influences at this checkpoint.</td></tr>';
-    return list.map((e) => {
+    return list.map((e, i) => {
       const v = e.influence;
       const w = Math.round(Math.min(1, Math.abs(v)) * 60);
       const noise = e.se !== null && Math.abs(v) < 2 * e.se; // within two standard errors of 0
       return "<tr" + (noise ? ' class="within-noise" title="within two standard errors of zero"' : "") + "><td>" + L.escapeHtml(e.text) +
-        '</td><td class="num"><span class="bar ' + (v >= 0 ? "pos" : "neg") + '" style="width:' + w + 'px"></span>' +
+        '</td><td class="num"><span class="bar" style="width:' + w + 'px;background:' + colors[i % colors.length] + '"></span>' +
         L.fmt(v) + (e.se !== null ? ' <span class="se">± ' + L.fmt(e.se) + "</span>" : "") + "</td></tr>";
     }).join("");
   }
@@ -60,7 +44,7 @@
   function drawSeries(inf, got, ctx) {
     const el = document.getElementById("plot-inf-series");
     if (!el || !window.Plotly) return;
-    const x = xOf(inf.steps);
+    const x = A().xOf(inf.steps);
     const k = stepIndex(inf);
     const traces = [];
     const add = (list, colors, kind) => list.forEach((e, i) => {
@@ -72,14 +56,15 @@
     });
     add(got.most, REDS, "helps");
     add(got.least, BLUES, "competes");
-    const shapes = ctx.boundaries.filter((b) => b.step > 0).map((b) => ({ type: "line", xref: "x", yref: "paper",
-      x0: b.step, x1: b.step, y0: 0, y1: 1, line: { color: L.sourceColor(b), width: 1.2, dash: b.manual ? "dot" : "dash" } }));
+    const shapes = A().boundaryShapes(inf.steps, ctx.boundaries, L.sourceColor);
+    const marks = A().boundaryHover(inf.steps, ctx.boundaries, L.sourceColor, L.escapeHtml, 1.0);
+    if (marks) traces.push(marks);
     shapes.push({ type: "line", xref: "paper", yref: "y", x0: 0, x1: 1, y0: 0, y1: 0, line: { color: "#9ca3af", width: 1 } });
     shapes.push({ type: "line", xref: "x", yref: "paper", x0: x[k], x1: x[k], y0: 0, y1: 1, line: { color: "#2563eb", width: 2 } });
     const narrow = window.innerWidth < 700;
     Plotly.react(el, traces, { margin: { l: 55, r: 10, t: 10, b: 45 }, shapes, showlegend: !narrow,
-      legend: { font: { size: 10 }, orientation: "h", y: -0.2 },
-      xaxis: stepAxis(inf.steps),
+      legend: { font: { size: 10 }, orientation: "h", x: 0, y: -0.22, yanchor: "top" },
+      xaxis: A().stepAxis(inf.steps),
       yaxis: { title: { text: "influence (correlation)" }, range: [-1.05, 1.05], zeroline: false } },
     { responsive: true, displaylogo: false });
   }
@@ -99,8 +84,8 @@
       got = cache[key] = await resp.json();
     }
     if (probeIndex(inf) !== i || stepIndex(inf) !== k) return; // the controls moved on meanwhile
-    document.querySelector("#inf-most tbody").innerHTML = rows(got.most);
-    document.querySelector("#inf-least tbody").innerHTML = rows(got.least);
+    document.querySelector("#inf-most tbody").innerHTML = rows(got.most, REDS);
+    document.querySelector("#inf-least tbody").innerHTML = rows(got.least, BLUES);
     document.getElementById("inf-lists").hidden = false;
     document.getElementById("card-inf-series").hidden = false;
     drawSeries(inf, got, ctx);

@@ -24,24 +24,7 @@
     return i >= 0 ? i : sus.steps.length - 1;
   }
 
-  /** Step 0 cannot sit on a log axis: it is drawn at half the first positive step. */
-  function xOf(steps) {
-    const firstPos = steps.find((s) => s > 0) || 1;
-    return steps.map((s) => (s > 0 ? s : firstPos / 2));
-  }
-
-  /** A log step axis whose ticks are powers of ten, and "0" where step 0 is drawn. */
-  function stepAxis(steps) {
-    const x = xOf(steps);
-    const vals = [], text = [];
-    if (steps[0] === 0) { vals.push(x[0]); text.push("0"); }
-    const hi = Math.max(...x), lo = Math.min(...x);
-    for (let e = Math.ceil(Math.log10(Math.max(lo, 1e-9))); Math.pow(10, e) <= hi * 1.0001; e++) {
-      const v = Math.pow(10, e);
-      if (v > (steps[0] === 0 ? x[0] * 1.5 : 0)) { vals.push(v); text.push(v >= 1e4 ? v.toExponential(0).replace("+", "") : String(v)); }
-    }
-    return { type: "log", title: { text: "checkpoint step" }, tickvals: vals, ticktext: text };
-  }
+  const A = () => window.PhaseboardStepAxis;
 
   /** Largest |chi| over the given checkpoints' matrices (all of them by default). */
   function maxAbs(sus, only) {
@@ -109,14 +92,15 @@
     if (!el || !window.Plotly) return;
     const [gi, pi] = cell(sus);
     document.getElementById("sus-cell-title").textContent = sus.groups[gi] + " × " + sus.sets[pi] + " over training";
-    const x = xOf(sus.steps);
+    const x = A().xOf(sus.steps);
     const y = sus.matrix.map((m) => m[gi][pi]);
     const s = sus.se.map((m) => m[gi][pi]);
     const up = y.map((v, i) => (v === null || s[i] === null ? null : v + s[i]));
     const lo = y.map((v, i) => (v === null || s[i] === null ? null : v - s[i]));
     const custom = sus.steps.map((st, i) => [st, s[i] === null ? "–" : L.fmt(s[i])]);
-    const shapes = ctx.boundaries.filter((b) => b.step > 0).map((b) => ({ type: "line", xref: "x", yref: "paper",
-      x0: b.step, x1: b.step, y0: 0, y1: 1, line: { color: L.sourceColor(b), width: 1.2, dash: b.manual ? "dot" : "dash" } }));
+    const shapes = A().boundaryShapes(sus.steps, ctx.boundaries, L.sourceColor);
+    const top = Math.max(...up.concat(y).filter((v) => v !== null), 0);
+    const marks = A().boundaryHover(sus.steps, ctx.boundaries, L.sourceColor, L.escapeHtml, top);
     shapes.push({ type: "line", xref: "paper", yref: "y", x0: 0, x1: 1, y0: 0, y1: 0, line: { color: "#9ca3af", width: 1 } });
     shapes.push({ type: "line", xref: "x", yref: "paper", x0: x[k], x1: x[k], y0: 0, y1: 1, line: { color: "#2563eb", width: 2 } });
     Plotly.react(el, [
@@ -124,8 +108,8 @@
       { x, y: lo, mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: "rgba(37,99,235,0.15)", hoverinfo: "skip", showlegend: false },
       { x, y, mode: "lines+markers", line: { color: "#111827", width: 1.5 }, marker: { size: 5 }, customdata: custom,
         hovertemplate: "step %{customdata[0]}<br>χ = %{y:.3g} ± %{customdata[1]}<extra></extra>", showlegend: false },
-    ], { margin: { l: 60, r: 10, t: 10, b: 45 }, shapes,
-      xaxis: stepAxis(sus.steps), yaxis: { title: { text: "χ" }, zeroline: false } },
+    ].concat(marks ? [marks] : []), { margin: { l: 60, r: 10, t: 10, b: 45 }, shapes,
+      xaxis: A().stepAxis(sus.steps), yaxis: { title: { text: "χ" }, zeroline: false } },
     { responsive: true, displaylogo: false });
   }
 
