@@ -77,7 +77,9 @@ def cluster_vectors(
             best = (score, km)
     assert best is not None
     score, km = best
-    dims = min(2, x.shape[1], m)
+    # PCA needs two rows that differ (a single row, or identical ones, have no variance to
+    # share out: they all sit at the origin)
+    dims = min(2, x.shape[1], m) if distinct > 1 else 0
     pca = PCA(n_components=dims, random_state=seed).fit(x) if dims > 0 else None
     coords = np.zeros((m, 2))
     explained: list[float] = []

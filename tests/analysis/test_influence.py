@@ -269,6 +269,18 @@ def test_cluster_vectors_recovers_planted_groups_of_token_vectors() -> None:
     assert found.silhouette > 0.8
 
 
+def test_cluster_vectors_of_identical_or_single_rows_stay_finite() -> None:
+    # nothing to project: every row at the origin, no variance shares (no NaN for the JSON)
+    import warnings
+
+    for vectors in (np.ones((6, 3)), np.array([[0.5, -1.0, 2.0]])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            found = cluster_vectors(vectors)
+        assert found.k == 1 and found.explained_variance == []
+        assert np.all(found.coords == 0) and found.silhouette is None
+
+
 def test_observing_every_third_draw_records_those_draws_of_the_same_chains() -> None:
     # Observing draws does not touch the sampler's randomness: the thinned record is the
     # full record's every third draw, and the LLC (all draws) is unchanged.
