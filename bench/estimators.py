@@ -61,9 +61,14 @@ class Run:
     def estimate(self, draws: int) -> float:
         """The LLC the call would have returned had it stopped after ``draws`` draws
         (SGLD is causal: the first draws do not depend on how many follow)."""
+        return float(self.per_chain(draws).mean())
+
+    def per_chain(self, draws: int) -> Tensor:
+        """Each chain's estimate after ``draws`` draws (C,); against one init loss, every
+        chain subtracts the same number."""
         chains = self.trace[:, : self.kept + draws].double().mean(1)
         init = self.init[:, :draws].double().mean(1)
-        return float(self.n_beta * (chains - init).mean())
+        return self.n_beta * (chains - init)
 
 
 Estimator = Callable[[Case, int, int], Run]

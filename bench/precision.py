@@ -22,6 +22,11 @@ For one case (``bench/cases.py``):
    and 2 %, the ratios of those seconds to Phaseboard's, and the kernel-like ops per
    chain-step (``bench/profile_ops.py``; the GPU proxy).
 
+``--error spread`` skips the reference run and takes the error from each call's own chains
+(std over chains / sqrt(chains), relative to the runs' mean): precision alone, no bias, for a
+case whose reference run does not fit the time at hand (the ``llc@D`` column shows each
+estimator's mean, where a bias shows as a gap). ``--burnin`` shortens every call's burn-in.
+
 ``devinterp-no-burnin`` is not a run of its own: devinterp's chains with the burn-in steps
 left out of the mean (its ``llc()`` averages them in). The last line compares, on
 Phaseboard's fast chains, the paired reference (L_m(w*) on each draw's minibatch) with
@@ -31,6 +36,8 @@ L(w*) on the training set: whether the reference forward pays for itself.
     TQDM_DISABLE=1 .venv/bin/python bench/precision.py --case modadd
     TQDM_DISABLE=1 .venv/bin/python bench/precision.py --case neox --draws 200 --seeds 4
     TQDM_DISABLE=1 .venv/bin/python bench/precision.py --case neox --device cuda --threads 0
+    TQDM_DISABLE=1 .venv/bin/python bench/precision.py --case neox --error spread --burnin 40 \
+        --draws 80 --seeds 2 --estimators phaseboard-fast,phaseboard-fastest,devinterp,canonical
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -145,6 +153,21 @@ def errors(runs: list[E.Run], truth: Truth, grid: list[int]) -> list[float]:
     return out
 
 
+def spread_errors(runs: list[E.Run], grid: list[int]) -> list[float]:
+    """Relative standard error of one call from its chains' spread (independent chains:
+    std over chains / sqrt(chains)), root mean square over the runs, over the runs' mean
+    estimate. No reference run and no bias: a shared init loss's own error (devinterp,
+    canonical-interp, the sequential loop) and the burn-in devinterp averages in are not
+    in it."""
+    out = []
+    for d in grid:
+        per = [r.per_chain(d) for r in runs]
+        mean = statistics.fmean(float(x.mean()) for x in per)
+        var = statistics.fmean(float(x.var()) / len(x) for x in per)
+        out.append(math.sqrt(var) / abs(mean))
+    return out
+
+
 def draws_to(errs: list[float], grid: list[int], target: float) -> int | None:
     """The first number of draws after which the error stays below ``target``."""
     for i, d in enumerate(grid):
@@ -168,11 +191,18 @@ def main() -> None:
     p.add_argument("--case", choices=sorted(CASES), default="dln")
     p.add_argument("--draws", type=int, default=None, help="draws per timed call")
     p.add_argument("--seeds", type=int, default=4)
+    p.add_argument(
+        "--burnin", type=int, default=None, help="burn-in steps of every call (default: the case's)"
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave)")
     p.add_argument(
         "--estimators", default="phaseboard,phaseboard-fast,phaseboard-fastest,devinterp,"
         "canonical,sequential",
+    )  # fmt: skip
+    p.add_argument(
+        "--error", choices=["reference", "spread"], default="reference",
+        help="error against the cached reference run, or from each call's chain spread",
     )  # fmt: skip
     p.add_argument("--no-ops", action="store_true", help="skip the op-count profile")
     p.add_argument(
@@ -184,11 +214,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     draws = args.draws or DEFAULT_DRAWS[args.case]
     case = CASES[args.case](device=args.device)
+    if args.burnin is not None:
+        case = dataclasses.replace(case, burnin=args.burnin)
     print(
         f"case {case.name}: {case.num_params:,} params, {case.chains} chains, batch "
         f"{case.batch_size}, lr {case.lr:g}, localization {case.localization:g}, n_beta "
         f"{case.n_beta:.1f}; device {args.device}, threads {torch.get_num_threads()}; "
-        f"{args.seeds} seeds x {draws} draws",
+        f"{args.seeds} seeds x {draws} draws after {case.burnin} burn-in; load average "
+        f"{os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
@@ -215,20 +248,29 @@ def main() -> None:
         size, burnin_s = args.reference.split("+")
         chains, ref_draws = (int(x) for x in size.split("x"))
         burnin = int(burnin_s)
-    truth = reference(case, args.device, chains, ref_draws, burnin)
-    exact = f"; exact lambda {truth.exact:g}" if truth.exact is not None else ""
-    print(
-        f"truth: {truth.value:.4f} ± {truth.stderr:.4f} ({truth.stderr / abs(truth.value):.2%}): "
-        f"Phaseboard, {truth.chains} chains x {truth.draws} draws after {truth.burnin} "
-        f"burn-in, {truth.seconds:.0f} s{exact}",
-        flush=True,
-    )
+    truth: Truth | None = None
+    if args.error == "reference":
+        truth = reference(case, args.device, chains, ref_draws, burnin)
+        exact = f"; exact lambda {truth.exact:g}" if truth.exact is not None else ""
+        print(
+            f"truth: {truth.value:.4f} ± {truth.stderr:.4f} "
+            f"({truth.stderr / abs(truth.value):.2%}): Phaseboard, {truth.chains} chains x "
+            f"{truth.draws} draws after {truth.burnin} burn-in, {truth.seconds:.0f} s{exact}",
+            flush=True,
+        )
+    else:
+        print("error: each call's chain spread (no reference run; bias not counted)")
+
+    def error_at(runs: list[E.Run], grid: list[int]) -> list[float]:
+        return errors(runs, truth, grid) if truth is not None else spread_errors(runs, grid)
 
     records = {name: Record() for name in available}
     no_burnin = dataclasses.replace(case, burnin=0)
-    for name, run in available.items():  # warm-up: first-call costs (imports, compiles)
+    # Warm-up: first-call costs (imports, compiles), burn-in and draw steps both, kept short.
+    warm = dataclasses.replace(case, burnin=min(case.burnin, 2))
+    for name, run in available.items():
         t0 = time.perf_counter()
-        run(case, max(2, draws // 50), 99)
+        run(warm, max(2, draws // 50), 99)
         records[name].first_call_s = time.perf_counter() - t0
     short = max(2, draws // 8)
     names = list(available)
@@ -242,7 +284,7 @@ def main() -> None:
             short_s = run(no_burnin, short, 100 + r).seconds  # for the fixed cost per call
             records[name].timings.append((short, short_s))
         done = ", ".join(f"{n} {records[n].runs[-1].seconds:.1f} s" for n in order)
-        print(f"round {r + 1}/{args.seeds}: {done}", flush=True)
+        print(f"round {r + 1}/{args.seeds}: {done}; load {os.getloadavg()[0]:.1f}", flush=True)
 
     if "devinterp" in available and case.burnin:  # its chains without the burn-in steps
         records["devinterp-no-burnin"] = Record(
@@ -259,8 +301,8 @@ def main() -> None:
         full = torch.tensor([[case.full_loss()]])
         unpaired = [E.Run(x.trace, full, x.n_beta, x.seconds) for x in runs]
         paired_err, unpaired_err = (
-            errors(runs, truth, [draws])[0],
-            errors(unpaired, truth, [draws])[0],
+            error_at(runs, [draws])[0],
+            error_at(unpaired, [draws])[0],
         )
         ref_noise = statistics.fmean(float(x.init.std(1).mean()) * x.n_beta for x in runs)
         diff_noise = statistics.fmean(
@@ -281,13 +323,14 @@ def main() -> None:
     grid = sorted({max(1, round(draws * f / 40)) for f in range(1, 41)})
     print()
     print(
-        f"{'estimator':20s} {'s/call':>8s} {'fixed s':>8s} {'s/step':>8s} {'err@D':>7s} "
-        f"{'d(5%)':>6s} {'t(5%)':>8s} {'d(2%)':>6s} {'t(2%)':>8s} {'ops/chain-step':>14s}"
+        f"{'estimator':20s} {'s/call':>8s} {'fixed s':>8s} {'s/step':>8s} {'llc@D':>8s} "
+        f"{'err@D':>7s} {'d(5%)':>6s} {'t(5%)':>8s} {'d(2%)':>6s} {'t(2%)':>8s} "
+        f"{'ops/chain-step':>14s}"
     )
     summary = {}
     for name, rec in records.items():
         fixed, per_step = fit_time(rec.timings)
-        errs = errors(rec.runs, truth, grid)
+        errs = error_at(rec.runs, grid)
         row = {"fixed_s": fixed, "per_step_s": per_step, "err_at_max": errs[-1]}
 
         def seconds(d: float, fixed: float = fixed, per_step: float = per_step) -> float:
@@ -304,9 +347,10 @@ def main() -> None:
                 row[f"draws_{target}"], row[f"seconds_{target}"] = d, seconds(d)
                 cells += [f"{d}", f"{seconds(d):8.1f}"]
         secs = statistics.median([s for d, s in rec.timings if d == case.burnin + draws])
+        llc = statistics.fmean(x.estimate(draws) for x in rec.runs)
         ops = f"{rec.ops_per_chain_step:14.0f}" if not math.isnan(rec.ops_per_chain_step) else ""
         print(
-            f"{name:20s} {secs:8.1f} {fixed:8.2f} {per_step:8.4f} {errs[-1]:7.2%} "
+            f"{name:20s} {secs:8.1f} {fixed:8.2f} {per_step:8.4f} {llc:8.3g} {errs[-1]:7.2%} "
             f"{cells[0]:>6s} {cells[1]:>8s} {cells[2]:>6s} {cells[3]:>8s} {ops}"
         )
         summary[name] = {
@@ -331,7 +375,8 @@ def main() -> None:
             json.dumps(
                 {
                     "case": case.name,
-                    "truth": asdict(truth),
+                    "truth": asdict(truth) if truth is not None else None,
+                    "error": args.error,
                     "draws": draws,
                     "seeds": args.seeds,
                     "estimators": summary,
