@@ -717,13 +717,29 @@
     /** Compare mode: the legend goes under the plot, grouped per run, and the plot grows
      *  by the legend's rows instead of being squashed by it. */
     fitLegend(el, traces, layout) {
-      if (this.mode !== "compare" || el.id === "plot-restricted") return;
+      if (el.id === "plot-restricted") return;
+      if (this.mode !== "compare") return this.fitNarrowLegend(el, traces, layout);
       const items = traces.filter((t) => t.showlegend !== false).length;
       const perRow = window.innerWidth < 700 ? 1 : 3;
       const extra = Math.ceil(items / perRow) * 20 + 24 * this.data.length;
       layout.height = 330 + extra;
       layout.legend = Object.assign({}, layout.legend, { orientation: "h", y: -0.12, yanchor: "top", groupclick: "toggleitem" });
       layout.margin = Object.assign({}, layout.margin, { b: 40 + extra });
+      el.style.height = layout.height + "px";
+    },
+
+    /** Run page on a phone: one legend entry a row under the x title, the plot taller by
+     *  the legend's rows, so a seven-series legend neither squashes the plot area to a strip
+     *  nor scrolls inside it; at desktop width the stylesheet's height. */
+    fitNarrowLegend(el, traces, layout) {
+      if (window.innerWidth >= 700) { el.style.height = ""; return; }
+      const items = traces.filter((t) => t.showlegend !== false && t.name).length;
+      if (!items) { el.style.height = ""; return; }
+      const extra = items * 21 + 18;
+      layout.height = 250 + extra;
+      layout.margin = Object.assign({}, layout.margin, { b: 44 + extra });
+      layout.legend = Object.assign({}, layout.legend, { orientation: "v", x: 0, xanchor: "left",
+        yref: "container", y: extra / layout.height, yanchor: "top" });
       el.style.height = layout.height + "px";
     },
 

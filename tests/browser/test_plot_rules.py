@@ -215,3 +215,34 @@ def test_queue_analyses_form_posts_lenses_and_settings_and_says_what_happened(
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(300)
     page.locator("#queue").screenshot(path="tests/browser/artifacts/plot-rules-queue-phone.png")
+
+
+def test_run_page_plots_at_390_px_keep_their_plot_area_and_the_whole_legend(
+    site, browser, own_runs
+) -> None:
+    """A legend of several series under a phone-width plot makes the plot taller rather than
+    squashing its plot area to a strip or scrolling inside it."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    try:
+        page.goto(f"{site.url}/runs/{own_runs[0]}")
+        page.wait_for_selector("#plots[data-loaded='true']", timeout=20_000)
+        page.wait_for_timeout(500)
+        plots = page.evaluate(
+            """Array.from(document.querySelectorAll('#plots .plot'))
+              .filter(e => e.data && e.id !== 'plot-restricted').map(e => {
+                const box = e.getBoundingClientRect();
+                const legend = e.querySelector('.legend');
+                const lb = legend ? legend.getBoundingClientRect() : null;
+                return [e.id, e._fullLayout._size.h, legend ? e.querySelectorAll(
+                  '.legend .traces').length : 0, lb ? lb.bottom - box.bottom : null];
+              })"""
+        )
+        assert len(plots) >= 3, plots
+        for plot_id, area, entries, past_bottom in plots:
+            assert area >= 160, f"{plot_id}: plot area {area:.0f} px tall at 390 px"
+            if entries:
+                assert past_bottom <= 1, f"{plot_id}: legend runs {past_bottom:.0f} px past"
+        assert max(entries for _, _, entries, _ in plots) >= 3  # a legend of several rows
+    finally:
+        context.close()
