@@ -33,6 +33,7 @@ B. The 20-checkpoint trajectory through the batched path (both lenses, as their 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -278,6 +279,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--cache", type=Path, default=None, help="keep the trained checkpoints here")
     args = ap.parse_args()
+    load = os.getloadavg()  # a shared machine: read the ratios, not the seconds
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1, 5, 15 min)", flush=True)
     every = {"influence": args.influence_every, "susceptibilities": args.susceptibilities_every}
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -299,6 +302,7 @@ def main() -> None:
     if not args.skip_a:
         part_a(task, states, config, args.reps, every)
     part_b(task, states, config, args.devinterp_checkpoints, args.skip_devinterp, every)
+    print("load average at the end {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -121,6 +122,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--burnin", type=int, default=100)
     args = ap.parse_args()
+    load = os.getloadavg()  # a shared machine: read the ratios, not the seconds
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (1, 5, 15 min)", flush=True)
     try:
         from datasets import Dataset
         from devinterp.slt.bif import bif
@@ -243,6 +246,7 @@ def main() -> None:
         f"time: ours {ours_s:.1f} s, devinterp {di_s:.1f} s "
         f"(ratio {di_s / ours_s:.1f}x; both lenses, one checkpoint)"
     )
+    print("load average at the end {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
