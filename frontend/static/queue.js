@@ -50,7 +50,16 @@
     const record = (run.analysis_config || {}).llc_calibration;
     const note = $("#queue-llc-current");
     if (own.lr === undefined && own.localization === undefined && !record) note.textContent = "(to be calibrated)";
-    else note.textContent = parts.length ? "(now: " + parts.join(", ") + (record ? ", calibrated" : "") + ")" : "";
+    else note.textContent = parts.length ? "(now: " + parts.join(", ") + calibrationNote(record) + ")" : "";
+  }
+
+  /** How the calibration chose the current settings: a recommendation, its fallback when no
+   *  setting was ok everywhere, or nothing it could use (the defaults). */
+  function calibrationNote(record) {
+    if (!record) return "";
+    if (!record.recommended) return ", defaults: the calibration found no usable setting";
+    if (record.fallback) return ", the calibration's fallback: no setting was ok everywhere";
+    return ", calibrated";
   }
 
   /** The request body from the form; throws with a message for a bad value. */

@@ -246,3 +246,21 @@ def test_run_page_plots_at_390_px_keep_their_plot_area_and_the_whole_legend(
         assert max(entries for _, _, entries, _ in plots) >= 3  # a legend of several rows
     finally:
         context.close()
+
+
+def test_queue_card_says_when_the_settings_are_the_calibrations_fallback(site, page) -> None:
+    run_id = _own_run(site.db, "own-gpt2-fallback", [0, 10, 100])
+    with site.db.session() as s:
+        run = s.get(Run, run_id)
+        run.analysis_config = {
+            "llc": {"lr": 1e-4, "localization": 100.0},
+            "llc_calibration": {"recommended": {"lr": 1e-4, "localization": 100.0},
+                                "fallback": True, "reason": "no setting was ok"},
+        }  # fmt: skip
+    _open(page, site, run_id)
+    page.wait_for_function(
+        "document.getElementById('queue-llc-current').textContent.includes('lr')"
+    )
+    note = page.inner_text("#queue-llc-current")
+    assert "fallback: no setting was ok everywhere" in note, note
+    assert "calibrated" not in note
