@@ -3,8 +3,9 @@
     phaseboard up &                       # a server with a finished `phaseboard demo` run
     .venv/bin/python docs/screenshot.py --url http://127.0.0.1:8765 --run 1
 
-Waits until the run's jobs are done and the plots have drawn, then saves the full page at
-desktop width to docs/run-page.png (``--out`` to change).
+Waits until the run's jobs are done and the plots have drawn, then saves the page at desktop
+width from its top down to the restricted-LLC card (``--until`` another element id, or ``""``
+for the full page) to docs/run-page.png (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("run-page.png"))
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--until", default="card-restricted", help="element id the shot ends at")
     args = ap.parse_args()
     wait_for_jobs(args.url, args.run, args.timeout)
     with sync_playwright() as p:
@@ -53,7 +55,14 @@ def main() -> None:
         page.goto(f"{args.url}/runs/{args.run}", wait_until="networkidle")
         page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
         page.wait_for_timeout(1500)  # the last plots and lens cards
-        page.screenshot(path=str(args.out), full_page=True)
+        clip = None
+        if args.until:
+            bottom = page.evaluate(
+                "(id) => document.getElementById(id).getBoundingClientRect().bottom + scrollY",
+                args.until,
+            )
+            clip = {"x": 0, "y": 0, "width": args.width, "height": bottom + 16}
+        page.screenshot(path=str(args.out), full_page=True, clip=clip)
         browser.close()
     print(f"saved {args.out}")
 
