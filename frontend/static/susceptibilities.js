@@ -113,9 +113,21 @@
     { responsive: true, displaylogo: false });
   }
 
-  function drawMultiples(sus, k, m) {
+  /** The small multiples share one colour scale (to compare checkpoints) unless the URL's
+   * sscale is "own": then each has its own, to read the pattern of early checkpoints whose
+   * |chi| is orders of magnitude below the last ones'. */
+  function drawMultiples(sus, k, shared) {
     const box = document.getElementById("sus-multiples");
     if (!box) return;
+    const own = state("sscale") === "own";
+    const toggle = document.getElementById("sus-own-scale");
+    toggle.checked = own;
+    if (!toggle.dataset.bound) {
+      toggle.dataset.bound = "1";
+      toggle.addEventListener("change", () => { setState({ sscale: toggle.checked ? "own" : "" }); if (last) draw(last); });
+    }
+    document.getElementById("sus-multiples-note").textContent = (own ? "each checkpoint its own colour scale" :
+      "one colour scale across checkpoints") + "; click one to show it above";
     const K = sus.steps.length;
     const pick = [];
     const n = Math.min(K, MAX_MULTIPLES);
@@ -123,6 +135,7 @@
     const unique = Array.from(new Set(pick));
     const G = sus.groups.length, Pn = sus.sets.length;
     box.innerHTML = unique.map((i) => {
+      const m = own ? maxAbs(sus, i) : shared;
       const cells = sus.matrix[i].map((row, gi) => row.map((v, pi) =>
         '<span style="background:' + color(v, m) + '" title="' + L.escapeHtml(sus.groups[gi] + " × " + sus.sets[pi] + ": " + L.fmt(v)) + '"></span>').join("")).join("");
       return '<button type="button" class="sus-multiple' + (i === k ? " current" : "") + '" data-index="' + i + '" aria-label="show step ' + sus.steps[i] + '">' +

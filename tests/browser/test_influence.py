@@ -121,6 +121,17 @@ def test_susceptibility_heatmap_follows_the_step_slider_and_shares_by_link(lens_
     page.wait_for_selector("#plot-sus-cell .main-svg", timeout=30_000)
     assert "step 100" in page.inner_text("#sus-step-label")
     assert page.inner_text("#sus-cell-title") == "l0.h1 × test over training"
+    # each small multiple on its own colour scale (URL sscale=own): the first checkpoint's
+    # cells, near white on the shared scale, take colour
+    first = (
+        "() => [...document.querySelectorAll('.sus-multiple .mini')[0].children]"
+        ".map(c => c.style.background)"
+    )
+    shared = page.evaluate(first)
+    page.locator("#sus-own-scale").check()
+    page.wait_for_function("() => location.search.includes('sscale=own')")
+    assert page.evaluate(first) != shared
+    assert "its own colour scale" in page.inner_text("#sus-multiples-note")
 
 
 def test_influence_lists_most_and_least_influential_training_examples(lens_site, page) -> None:  # type: ignore[no-untyped-def]
