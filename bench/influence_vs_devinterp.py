@@ -173,6 +173,7 @@ def main() -> None:
         reference_init=di_init,
     )  # fmt: skip
     ours_s = time.perf_counter() - t0
+    print(f"ours: both lenses in {ours_s:.1f} s", flush=True)
     ours_default = susceptibilities(
         model, lm_loss, batches(data, args.batch, 0), cfg, weight_groups=heads,
         observables=observed, reference=reference, per_example_loss=per_token_loss,
@@ -194,6 +195,23 @@ def main() -> None:
             model, ds(data), {"probe": (ds(probe), 1)}, correlation_method="sequence",
             output_path=Path(tmp) / "bif.zarr", **common,
         )  # fmt: skip
+        di_bif_s = time.perf_counter() - t0
+        # printed before devinterp's susceptibilities start (a long run on a shared machine)
+        # BIF: devinterp's observed order -> ours
+        rows = _rows_of(np.asarray(di_bif["input_ids"].values), probe)
+        theirs = np.full((args.batch, args.batch), np.nan)
+        theirs[np.ix_(rows, rows)] = np.asarray(di_bif["influences"].values)
+        mine = ours_bif.matrix.numpy()
+        se = (ours_bif.chain_matrices().std(dim=0) / math.sqrt(len(ours_bif.chains))).numpy()
+        off = ~np.eye(args.batch, dtype=bool)
+        share, med, r = agreement(mine[off], theirs[off], se[off])
+        print(
+            f"BIF ({args.batch} x {args.batch}, off-diagonal): {share:.0%} of entries within 2 "
+            f"combined s.e. (expected ~95 %), median |z| {med:.2f} (expected ~0.67), r = {r:.3f} "
+            f"(devinterp's bif: {di_bif_s:.1f} s)",
+            flush=True,
+        )
+
         di_tree = di_susceptibilities(
             model, ds(data),
             {"reference": (ds(reference), 1), **{k: (ds(v), 1) for k, v in observed.items()}},
@@ -201,19 +219,6 @@ def main() -> None:
             output_path=Path(tmp) / "sus.zarr", **common,
         )  # fmt: skip
         di_s = time.perf_counter() - t0
-
-    # BIF: devinterp's observed order -> ours
-    rows = _rows_of(np.asarray(di_bif["input_ids"].values), probe)
-    theirs = np.full((args.batch, args.batch), np.nan)
-    theirs[np.ix_(rows, rows)] = np.asarray(di_bif["influences"].values)
-    mine = ours_bif.matrix.numpy()
-    se = (ours_bif.chain_matrices().std(dim=0) / math.sqrt(len(ours_bif.chains))).numpy()
-    off = ~np.eye(args.batch, dtype=bool)
-    share, med, r = agreement(mine[off], theirs[off], se[off])
-    print(
-        f"BIF ({args.batch} x {args.batch}, off-diagonal): {share:.0%} of entries within 2 "
-        f"combined s.e. (expected ~95 %), median |z| {med:.2f} (expected ~0.67), r = {r:.3f}"
-    )
 
     # susceptibilities: devinterp's per-token values averaged per (restriction, set)
     sus = di_tree["susceptibilities"].dataset
