@@ -6,11 +6,14 @@ stored result can be recomputed (and tested on synthetic traces) without a model
 Verdicts, first match wins:
 
 ``diverged chains``
-    a chain is diverged if its loss or weights went non-finite, its own LLC exceeds d/2
-    (no chain of a well-posed estimate can), or (when the task's chance-level loss is
-    known) any draw's loss exceeds ``2 x chance`` (worse than guessing by a wide margin).
-    Without a chance level a loss above ``BLOWUP_FACTOR x (|L(w*)| + 1)`` also counts.
-    Diverged chains are excluded from mean and std; any of them makes the verdict this.
+    a chain is diverged if its loss or weights went non-finite, its own LLC exceeds
+    ``CHAIN_CEILING x d/2`` (no LLC exceeds d/2, but one chain's estimate of a regular
+    model's d/2 scatters around it, so d/2 itself would flag half of them), or (when the
+    task's chance-level loss is known) any draw's loss exceeds ``2 x chance`` (worse than
+    guessing by a wide margin). Without a chance level a loss above
+    ``BLOWUP_FACTOR x (|L(w*)| + 1)`` also counts.
+    A diverged chain leaves the estimate without a mean (NaN); the surviving chains' mean
+    is kept apart (``mean_surviving``). Any of them makes the verdict this.
 ``too few draws``
     fewer than ``MIN_DRAWS`` draws, or fewer than two usable chains (no std to speak of).
 ``impossible``
@@ -70,6 +73,7 @@ VERDICTS = (
     LOCALIZATION_BIAS,
 )  # fmt: skip
 
+CHAIN_CEILING = 2.0  # a chain's own LLC above this x d/2: diverged
 BLOWUP_FACTOR = 100.0  # loss > this x (|L(w*)| + 1) without a chance level: diverged
 CHANCE_BLOWUP = 2.0  # loss > this x chance-level loss: diverged
 MIN_DRAWS = 20
@@ -168,7 +172,7 @@ def diverged_chains(
             blown = row.max() > CHANCE_BLOWUP * chance_loss
         else:
             blown = row.max() > BLOWUP_FACTOR * (abs(init[c]) + 1)
-        if chain_llc > num_params_free / 2 or blown:
+        if chain_llc > CHAIN_CEILING * num_params_free / 2 or blown:
             out.append(c)
     return out
 

@@ -75,9 +75,14 @@ class JobQueue:
         if not checkpoint_ids:
             return []
         ids = self.wake_waiting(run_id)
+        # A woken job was woken after these checkpoints were stored, so it reads them: it is
+        # the rerun, even if a worker has already claimed it (no longer "queued").
+        with self.db.session() as s:
+            woken = set(s.scalars(sa.select(Job.kind).where(Job.id.in_(ids)))) if ids else set()
         ids += self.plan_and_enqueue(run_id, kinds, checkpoint_ids) if kinds else []
         for kind in run_kinds:  # run-level lenses re-read every checkpoint: one waiting is enough
-            ids += self.request_run_kind(run_id, kind)
+            if kind not in woken:
+                ids += self.request_run_kind(run_id, kind)
         return list(dict.fromkeys(ids))
 
     def wake_waiting(self, run_id: int) -> list[int]:
