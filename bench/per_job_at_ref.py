@@ -78,7 +78,7 @@ def main() -> None:
             run.log_checkpoint(step, sd)
         run.flush()
         t0 = time.perf_counter()
-        run.analyze(kinds=["llc_restricted"])
+        run.analyze(lenses=["llc_restricted"])
         while time.perf_counter() - t0 < args.timeout:
             time.sleep(0.5)
             jobs = [j for j in run.jobs()["jobs"] if j["kind"] == "llc_restricted"]

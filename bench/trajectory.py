@@ -175,7 +175,7 @@ def jobs_by_kind(run: Any) -> dict[str, list[dict[str, Any]]]:
 def wait_all(run: Any, kinds: list[str], timeout_s: float, watch_phases: bool) -> dict[str, float]:
     """Queue ``kinds``; poll until every job is final. Times in seconds since queueing."""
     t0 = time.perf_counter()
-    run.analyze(kinds=kinds)
+    run.analyze(lenses=kinds)
     marks: dict[str, float] = {}
     while time.perf_counter() - t0 < timeout_s:
         time.sleep(0.5)

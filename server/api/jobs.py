@@ -49,24 +49,32 @@ def _job_out(job: Job, request: Request) -> JobOut:
     return out
 
 
+def _one_lens(lens: str | None, kind: str | None) -> str | None:
+    """The ``lens`` filter, or ``kind`` (its older name); both only when they agree."""
+    if lens is not None and kind is not None and lens != kind:
+        raise BadInput("give lens or kind (the same filter under its older name), not both")
+    return lens if lens is not None else kind
+
+
 @router.get("/jobs", response_model=JobList)
 def list_jobs(
     session: SessionDep,
     request: Request,
     run_id: DbId | None = None,
     state: str | None = Query(None, description=" | ".join(STATES)),
-    kind: Text | None = None,
+    lens: Text | None = Query(None, description="Only jobs of this lens (e.g. llc)."),
+    kind: Text | None = Query(None, description="The same filter under its older name."),
     limit: DbInt = Query(200, ge=1, le=5000),
     offset: DbInt = 0,
 ) -> JobList:
-    """Jobs, newest first, with per-state counts under the same run/kind filters."""
+    """Jobs, newest first, with per-state counts under the same run/lens filters."""
     if state is not None and state not in STATES:
         raise BadInput(f"state must be one of {', '.join(STATES)}")
     where = []
     if run_id is not None:
         where.append(Job.run_id == run_id)
-    if kind is not None:
-        where.append(Job.kind == kind)
+    if (lens := _one_lens(lens, kind)) is not None:
+        where.append(Job.kind == lens)
     by_state = sa.select(Job.state, sa.func.count()).where(*where).group_by(Job.state)
     counts = {st: int(n) for st, n in session.execute(by_state)}
     if state is not None:
@@ -217,13 +225,14 @@ def run_llc(
 def run_results(
     run: RunDep,
     session: SessionDep,
-    kind: Text | None = Query(None, description="Only results of this lens (e.g. llc)."),
+    lens: Text | None = Query(None, description="Only results of this lens (e.g. llc)."),
+    kind: Text | None = Query(None, description="The same filter under its older name."),
     restriction: Text | None = None,
 ) -> ResultList:
     """Raw result rows of a run, ordered by step."""
     query = sa.select(Result).where(Result.run_id == run.id)
-    if kind is not None:
-        query = query.where(Result.kind == kind)
+    if (lens := _one_lens(lens, kind)) is not None:
+        query = query.where(Result.kind == lens)
     if restriction is not None:
         query = query.where(Result.restriction == restriction)
     rows = session.scalars(query.order_by(Result.step, Result.id)).all()

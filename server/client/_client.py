@@ -10,7 +10,7 @@
             run.log({"train": {"loss": loss.item()}})   # auto step; saved as "train/loss"
             if step in checkpoint_steps:
                 run.log_checkpoint(step, model)
-        run.analyze(kinds=["metrics", "llc"])
+        run.analyze(["metrics", "llc"])
     print(run.url, run.summary["train/loss"]["min"])
 
 ``log`` only appends to an in-memory buffer; a background thread posts it in batches, so a
@@ -797,12 +797,16 @@ class Run:
 
     def analyze(
         self,
-        kinds: list[str] | None = None,
+        lenses: list[str] | None = None,
         checkpoint_ids: list[int] | None = None,
         llc: Mapping[str, Any] | None = None,
+        *,
+        kinds: list[str] | None = None,
         **extra: Any,
     ) -> Any:
-        """Queue analyses (``metrics``, ``llc``, ``llc_restricted``, ``phases``); returns jobs.
+        """Queue lenses (``metrics``, ``llc``, ``llc_restricted``, ``influence``, ...: the
+        server's ``GET /api/lenses``; none named: the run's automatic ones); returns the jobs.
+        ``kinds`` is the older name of ``lenses``.
 
         Returns None (with a warning) while the run is spooled: analyses need the server.
         """
@@ -810,9 +814,12 @@ class Run:
         if self._spool is not None or self.id is None:
             self._warn_once("analyze", "phaseboard: run is offline; analyze() skipped")
             return None
+        if lenses is not None and kinds is not None and list(lenses) != list(kinds):
+            raise ValueError("give lenses or kinds (the same list under its older name), not both")
+        named = lenses if lenses is not None else kinds
         body: dict[str, Any] = dict(extra)
-        if kinds is not None:
-            body["kinds"] = list(kinds)
+        if named is not None:
+            body["lenses"] = list(named)
         if checkpoint_ids is not None:
             body["checkpoint_ids"] = list(checkpoint_ids)
         if llc is not None:

@@ -194,7 +194,7 @@ def calibrate_llc(run: Run, console: Console) -> dict[str, Any] | None:
     its LLC settings and the calibration shows up on the run page when it is done).
     """
     run.flush()
-    queued = run.analyze(kinds=["calibrate"], calibrate=CALIBRATION_GRID)
+    queued = run.analyze(lenses=["calibrate"], calibrate=CALIBRATION_GRID)
     (job_id,) = queued["job_ids"]
     console.print("calibrating the LLC settings (lr x localization) on 3 checkpoints ...")
     started = time.monotonic()
@@ -268,7 +268,7 @@ def run_demo(
             f"/api/runs/{run.id}",
             json={"analysis_config": {**run.refresh()["analysis_config"], "analyses": ANALYSES}},
         )
-        jobs = run.analyze(kinds=ANALYSES)
+        jobs = run.analyze(lenses=ANALYSES)
         run.finish()
         console.print(f"queued analyses: {', '.join(ANALYSES)}")
         if stays_up:

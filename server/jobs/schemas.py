@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from phaseboard.server.analysis_config import LLCParams
 from phaseboard.server.schemas import DbId, Text, UtcDatetime
@@ -39,6 +39,11 @@ class JobOut(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+
+    @computed_field(description="The lens that made it (``kind``: the same, its older name).")
+    @property
+    def lens(self) -> str:
+        return self.kind
 
 
 class JobList(BaseModel):
@@ -158,6 +163,11 @@ class ResultOut(BaseModel):
     restriction: str
     values: dict[str, Any]
     created_at: UtcDatetime
+
+    @computed_field(description="The lens that made it (``kind``: the same, its older name).")
+    @property
+    def lens(self) -> str:
+        return self.kind
 
 
 class ResultList(BaseModel):

@@ -116,9 +116,12 @@ def test_analyze_queues_jobs(pb: Phaseboard) -> None:
     config = {"p": 5, "d_model": 8, "n_heads": 2, "d_mlp": 8}
     run = pb.run("analyze-me", task="modular_addition", task_config=config)
     run.log_checkpoint(0, get_task("modular_addition", config).build_model())
-    answer = run.analyze(kinds=["metrics"])
+    answer = run.analyze(["metrics"])
     assert len(answer["job_ids"]) == 1
-    assert "metrics" in {j["kind"] for j in run.jobs()["jobs"]}
+    assert "metrics" in {j["lens"] for j in run.jobs()["jobs"]}
+    assert run.analyze(kinds=["metrics"])["job_ids"] == answer["job_ids"]  # the older name
+    with pytest.raises(ValueError, match="not both"):
+        run.analyze(["metrics"], kinds=["llc"])
 
 
 def test_token_server_refuses_writes_without_the_token(token_url: str) -> None:

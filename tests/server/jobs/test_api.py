@@ -25,6 +25,13 @@ def test_queue_analyses_dedupes_and_lists_jobs(client, settings) -> None:
     assert listed["total"] == 7 and listed["counts"]["queued"] == 7
     job = client.get(f"/api/jobs/{first.json()['job_ids'][0]}").json()
     assert job["kind"] == "llc" and job["config"]["num_draws"] == 9 and job["state"] == "queued"
+    assert job["lens"] == "llc"  # the one word; "kind" stays as its older name
+    by_lens = client.get("/api/jobs", params={"run_id": run_id, "lens": "llc_restricted"}).json()
+    assert by_lens["total"] == 3 and {j["lens"] for j in by_lens["jobs"]} == {"llc_restricted"}
+    by_kind = client.get("/api/jobs", params={"run_id": run_id, "kind": "llc_restricted"}).json()
+    assert by_kind["total"] == 3
+    both = client.get("/api/jobs", params={"lens": "llc", "kind": "metrics"})
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
     assert client.get("/api/jobs/999999").status_code == 404
     assert client.get("/api/jobs", params={"state": "bogus"}).status_code == 422
     bad = client.post(f"/api/runs/{run_id}/analyses", json={"kinds": ["astrology"]})
@@ -56,11 +63,13 @@ def test_llc_endpoint_groups_restrictions_per_checkpoint(client, settings) -> No
     assert point["step"] == 3 and point["mean"] == 1.5 and point["std"] == 0.1
     assert point["restrictions"]["weights:layers.0"]["mean"] == 0.5
     assert point["restrictions"]["data:first_half"]["diverged"] is True
-    results = client.get(f"/api/runs/{run_id}/results", params={"kind": "llc_restricted"})
-    assert sorted(r["restriction"] for r in results.json()["results"]) == [
-        "data:first_half",
-        "weights:layers.0",
-    ]
+    for name in ("lens", "kind"):
+        results = client.get(f"/api/runs/{run_id}/results", params={name: "llc_restricted"})
+        assert sorted(r["restriction"] for r in results.json()["results"]) == [
+            "data:first_half",
+            "weights:layers.0",
+        ]
+        assert {r["lens"] for r in results.json()["results"]} == {"llc_restricted"}
 
 
 def test_job_writes_need_the_token_when_one_is_set(make_settings) -> None:
