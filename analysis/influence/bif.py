@@ -12,7 +12,10 @@ draw step every chain also evaluates ``per_example_loss`` on the examples, and t
 taken over all chains' draws stacked (devinterp's ``reduce_chain_dimension_method="stack"``).
 Chains whose weights or losses left the finite numbers are left out (only those: the LLC
 verdict's other divergence tests, such as a chain LLC above d/2, would cut the posterior's
-tail and bias the covariance low). Per-chain matrices give the spread.
+tail and bias the covariance low). The standard error of the stacked matrix is a
+jackknife over chains (``matrix_se``): chains that have not mixed sit at different losses,
+and that between-chain offset enters the stacked covariance, which each chain's own matrix
+(``chain_matrices``) never sees, so the chain matrices' spread understates the error.
 """
 
 from __future__ import annotations
@@ -108,10 +111,34 @@ class InfluenceResult:
         """A block of ``matrix`` recomputed from the draws (same numbers, less memory)."""
         return influence_matrix(self.stacked, covariance=self.covariance, rows=rows, cols=cols)
 
+    def matrix_se(
+        self, rows: Sequence[int] | slice | None = None, cols: Sequence[int] | slice | None = None
+    ) -> Tensor:
+        """Standard error of ``block(rows, cols)``: the jackknife over chains (each used chain
+        left out of the stack in turn), NaN with fewer than two chains. z-scores against it
+        follow Student's t with (chains - 1) degrees of freedom."""
+        used = self.draws[self.chains]
+        c = len(self.chains)
+        if c < 2:
+            return torch.full_like(self.block(rows, cols), torch.nan)
+        loo = torch.stack(
+            [
+                influence_matrix(
+                    torch.cat([used[:k], used[k + 1 :]]).reshape(-1, *used.shape[2:]),
+                    covariance=self.covariance,
+                    rows=rows,
+                    cols=cols,
+                )
+                for k in range(c)
+            ]
+        )
+        return loo.std(dim=0, correction=0) * (c - 1) ** 0.5
+
     def chain_matrices(
         self, rows: Sequence[int] | slice | None = None, cols: Sequence[int] | slice | None = None
     ) -> Tensor:
-        """(C_used, r, c): each used chain's own matrix (the spread of the estimate)."""
+        """(C_used, r, c): each used chain's own matrix (within-chain covariation only; for
+        the stacked matrix's error use ``matrix_se``)."""
         return torch.stack(
             [
                 influence_matrix(self.draws[c], covariance=self.covariance, rows=rows, cols=cols)
