@@ -229,6 +229,11 @@ def main() -> None:
             model, lm_loss, batches(data, args.batch, 0), cfg, weight_groups=heads,
             observables=observed, reference=reference, per_example_loss=per_token_loss,
         )  # fmt: skip
+        sus_again = susceptibilities(
+            model, lm_loss, batches(data, args.batch, 1), dataclasses.replace(cfg, seed=1),
+            weight_groups=heads, observables=observed, reference=reference,
+            per_example_loss=per_token_loss, reference_init=di_init,
+        )  # fmt: skip
 
     # --- devinterp
     def ds(x: Tensor) -> Any:
@@ -307,7 +312,14 @@ def main() -> None:
     share, med, r = agreement(ours_sus.matrix.numpy(), di_matrix, ours_sus.matrix_se.numpy())
     print(
         f"susceptibilities ({len(heads)} heads x {len(observed)} sets): {share:.0%} within 2 "
-        f"combined s.e., median |z| {med:.2f}, r = {r:.3f}"
+        f"combined s.e., median |z| {med:.2f}, r = {r:.3f}; ours against a second run of ours: "
+        "{:.0%}, median |z| {:.2f}, r = {:.3f} (s.e. from the chain spread, expected {:.0%} "
+        "and {:.2f})".format(
+            *agreement(
+                ours_sus.matrix.numpy(), sus_again.matrix.numpy(), ours_sus.matrix_se.numpy()
+            ),
+            *expected_share(args.chains),
+        )
     )
     print(
         f"  L(w*) subtracted: devinterp's {di_init:.4f} (32 training minibatches), the "
