@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..llc import LLCConfig, LLCResult, LossFn, ParamMask, Progress, checkpoint_tensors
-from ..llc.sampler import _summarise
+from ..llc.summary import summarise
 from ._sampling import PerExampleLoss, at_w_star, finite_chains, sample_observed
 
 __all__ = [
@@ -211,7 +211,7 @@ def bayesian_influence_many(
         max_rows=max_rows, progress=progress, observe_every=observe_every,
     ):  # fmt: skip
         for k, state in enumerate(chunk):
-            llc = _summarise(out, k, 0, config, out.elapsed_s / len(chunk), chance_loss)
+            llc = summarise(out, k, 0, config, out.elapsed_s / len(chunk), chance_loss)
             draws = out.observed[0][k, 0]  # (C, D, n[, T])
             chains = finite_chains(draws, out.finite[k, 0])
             res = InfluenceResult(

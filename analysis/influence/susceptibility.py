@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..llc import LLCConfig, LLCResult, LossFn, ParamMask, Progress, checkpoint_tensors
-from ..llc.sampler import _SamplerOutput, _summarise
+from ..llc.sampler import _SamplerOutput
+from ..llc.summary import summarise
 from ._sampling import PerExampleLoss, at_w_star, finite_chains, sample_observed
 
 __all__ = [
@@ -74,7 +75,7 @@ class SusceptibilityResult:
     groups: list[str]
     probes: list[str]
     matrix: Tensor  # (G, P) float64: chi averaged over each set's examples (and tokens)
-    matrix_se: Tensor  # (G, P): standard error from the chain spread (NaN with < 2 chains)
+    matrix_se: Tensor  # (G, P): standard error, a jackknife over chains (NaN with < 2 chains)
     per_example: dict[str, Tensor]  # set -> (G, n) per example, or (G, n, T) per token
     token_level: bool  # per_example holds per-token values
     llc: dict[str, LLCResult]  # each group's restricted LLC from the same run
@@ -179,7 +180,7 @@ def susceptibilities_many(
     ):  # fmt: skip
         share = out.elapsed_s / (len(chunk) * len(masks))
         for k, state in enumerate(chunk):
-            llcs = [_summarise(out, k, g, config, share, chance_loss) for g in range(len(masks))]
+            llcs = [summarise(out, k, g, config, share, chance_loss) for g in range(len(masks))]
             index = len(results)
             if inits is not None:
                 ref_init = inits[index]
@@ -188,6 +189,15 @@ def susceptibilities_many(
                 ref_init = float(at.flatten().nanmean())
             results.append(_at_checkpoint(out, k, llcs, groups, probes, ref_init))
     return results
+
+
+def _jackknife_se(left_out: Tensor) -> Tensor:
+    """Standard error of a value computed from every chain's draws stacked, from its values
+    with each chain left out in turn. The stack carries the chains' offsets from one another
+    (chains that do not mix within a run), which each chain's own value never sees, so the
+    spread of per-chain values understates the error."""
+    n = left_out.numel()
+    return ((n - 1) / n * ((left_out - left_out.mean()) ** 2).sum()).sqrt()
 
 
 def _at_checkpoint(
@@ -228,16 +238,18 @@ def _at_checkpoint(
             rows.append(chi)
             matrix[g, p] = chi.nanmean()
             both = [c for c in chains if c in full_good]
-            if len(both) > 1:
-                per_chain = torch.stack(
-                    [
-                        susceptibility_from_draws(
-                            ref[g + 1, c], obs[g + 1, c], ref[0, c], obs[0, c], ref_init
-                        ).nanmean()
-                        for c in both
-                    ]
-                )
-                se[g, p] = per_chain.std() / len(both) ** 0.5
+            if len(both) > 1:  # jackknife over chains: see ``_jackknife_se``
+                left_out = [
+                    susceptibility_from_draws(
+                        stacked(ref[g + 1], [x for x in chains if x != c]),
+                        stacked(obs[g + 1], [x for x in chains if x != c]),
+                        stacked(ref[0], [x for x in full_good if x != c]),
+                        stacked(obs[0], [x for x in full_good if x != c]),
+                        ref_init,
+                    ).nanmean()
+                    for c in both
+                ]
+                se[g, p] = _jackknife_se(torch.stack(left_out))
         per_example[name] = torch.stack(rows)
     return SusceptibilityResult(
         groups=list(groups),

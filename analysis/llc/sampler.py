@@ -10,17 +10,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..verdict import diverged_chains, judge
 from .config import DIAGNOSTIC_POINTS, LLCConfig, LossFn, ParamMask, Progress
 from .layout import NoiseLayout, Pass, _free_names, build_passes
 from .layout import largest_pass_rows as largest_pass_rows  # callers import these from here
 from .layout import row_equivalents as row_equivalents
-from .result import LLCResult, _json_float
 
 # A quantity recorded at draw steps (``_run_sgld(observables=...)``): f(model) -> Tensor.
 Observable = Callable[[nn.Module], Tensor]
@@ -448,56 +445,4 @@ def diagnostic_draws(num_draws: int, points: int) -> list[int]:
     """At most ``points`` evenly spaced draw indices, first and last included."""
     return sorted(
         {round(i * (num_draws - 1) / max(points - 1, 1)) for i in range(min(points, num_draws))}
-    )
-
-
-def _json_rows(rows: Tensor) -> list[list[float | None]]:
-    return [[_json_float(float(x)) for x in row] for row in rows]
-
-
-def _summarise(
-    out: _SamplerOutput,
-    k: int,
-    g: int,
-    config: LLCConfig,
-    elapsed_s: float,
-    chance_loss: float | None = None,
-) -> LLCResult:
-    n_beta = out.n_betas[g]
-    chains = out.traces[k, g].double()  # (C, D)
-    ref = out.ref[k, g].double()  # (C, D)
-    init_per_chain = ref.mean(dim=1)  # (C,)
-    init_loss = float(init_per_chain.mean())
-    per_chain = (n_beta * (chains.mean(dim=1) - init_per_chain)).tolist()
-    diverged = diverged_chains(
-        chains.numpy(), init_per_chain.numpy(), n_beta, out.num_free[g],
-        chance_loss=chance_loss, weights_finite=out.finite[k, g].numpy(),
-    )  # fmt: skip
-    good = np.array([x for c, x in enumerate(per_chain) if c not in diverged])
-    mean = float(good.mean()) if good.size else float("nan")
-    std = float(good.std(ddof=1)) if good.size > 1 else (0.0 if good.size else float("nan"))
-    verdict = judge(
-        chains.numpy(), init_per_chain.numpy(), n_beta, out.num_free[g], diverged,
-        chance_loss=chance_loss,
-    )  # fmt: skip
-    draws = out.diagnostic_draws
-    dist = _json_rows(out.diagnostics["distance"][k, g])
-    gnorm = _json_rows(out.diagnostics["grad_norm"][k, g])
-    return LLCResult(
-        mean=mean,
-        std=std,
-        per_chain=[float(x) for x in per_chain],
-        init_loss=init_loss,
-        loss_trace=chains.tolist(),
-        n_beta=n_beta,
-        diverged=diverged,
-        num_params_free=out.num_free[g],
-        config=config.to_dict(),
-        elapsed_s=elapsed_s,
-        verdict=verdict.name,
-        verdict_detail=verdict.detail,
-        checks=verdict.to_dict()["checks"],
-        init_loss_per_chain=init_per_chain.tolist(),
-        diagnostics={"draw": draws, "distance": dist, "grad_norm": gnorm},
-        chance_loss=chance_loss,
     )

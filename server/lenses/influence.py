@@ -17,7 +17,6 @@ least influential training examples.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from phaseboard.server.jobs.handlers import JobContext, ResultRows, finite
@@ -63,7 +62,6 @@ def _examples(task: Any, n_probe: int, n_train: int) -> tuple[Any, Any, str]:
 
 def run_influence(ctx: JobContext) -> ResultRows:
     import numpy as np
-    import torch
 
     from phaseboard.analysis.influence import bayesian_influence_many, sign_change_boundaries
 
@@ -94,11 +92,9 @@ def run_influence(ctx: JobContext) -> ResultRows:
         rows, cols = list(range(n_p)), list(range(n_p, n_p + n_t))
         for (_, sha, _), res in zip(found.new, results, strict=True):
             corr = res.block(rows, cols).float()
-            if len(res.chains) > 1:
-                spread = res.chain_matrices(rows, cols).float()
-                se = spread.std(dim=0) / math.sqrt(len(res.chains))
-            else:
-                se = torch.full_like(corr, float("nan"))
+            # The jackknife over chains: the stacked matrix carries the chains' offsets,
+            # which the spread of each chain's own matrix never sees (NaN below two chains).
+            se = res.matrix_se(rows, cols).float()
             new_rows[sha] = {
                 "corr": corr.numpy(),
                 "se": se.numpy(),

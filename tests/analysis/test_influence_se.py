@@ -55,3 +55,15 @@ def test_jackknife_se_of_a_block_and_of_one_chain() -> None:
     torch.testing.assert_close(res.matrix_se([0], [1, 2]), full[[0]][:, [1, 2]])
     res.chains = [2]
     assert torch.isnan(res.matrix_se()).all()
+
+
+def test_susceptibility_jackknife_of_a_mean_is_the_chain_means_standard_error() -> None:
+    """For a plain mean over equal chains the jackknife is exactly std(chain means) / sqrt(C):
+    the check that ``_jackknife_se`` is the jackknife and not the spread of left-out values."""
+    from phaseboard.analysis.influence.susceptibility import _jackknife_se
+
+    g = torch.Generator().manual_seed(1)
+    draws = torch.randn(6, 50, generator=g, dtype=torch.float64) + torch.arange(6.0)[:, None]
+    left_out = torch.stack([torch.cat([draws[:c], draws[c + 1 :]]).mean() for c in range(6)])
+    expected = draws.mean(dim=1).std() / math.sqrt(6)
+    torch.testing.assert_close(_jackknife_se(left_out), expected)
