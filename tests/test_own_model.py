@@ -8,7 +8,6 @@ bounded."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from bench.own_model import PeakRSS, build_case
+from bench.own_model import PeakRSS, build_case, phaseboard_up
 from phaseboard.server.commands.cli import app
-from tests.live_server import serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 SHAPE = {"n_embd": 32, "n_layer": 2, "n_head": 2}  # 27k parameters at a context of 32
@@ -37,9 +35,10 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serve(tmp_path_factory.mktemp("own-home"), queue="local") as u:
-        yield u
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A fresh `phaseboard up` in its own process (SQLite, local pool): (url, pid)."""
+    with phaseboard_up(tmp_path_factory.mktemp("own-home")) as (url, pid):
+        yield url, pid
 
 
 def _wait(client: httpx.Client, run_id: int) -> dict[str, Any]:
@@ -62,14 +61,16 @@ class Analysed:
     jobs: dict[str, Any]
     run: dict[str, Any]
     points: list[dict[str, Any]]
-    peak_rss: int
+    checkpoints: list[dict[str, Any]]
+    peak_rss: int  # the server's process and its workers'
     steps: list[int]
 
 
 @pytest.fixture(scope="module")
-def analysed(case: Any, url: str) -> Analysed:
+def analysed(case: Any, server: tuple[str, int]) -> Analysed:
     assert case.steps[0] == 0 and len(case.steps) == 8
-    with PeakRSS(os.getpid()) as rss:
+    url, pid = server
+    with PeakRSS(pid) as rss:
         out = CliRunner().invoke(app, [
             "ingest", str(case.folder), "--run", "own", "--url", url,
             "--data", f"train={case.train}", "--data", f"test={case.test}",
@@ -81,7 +82,8 @@ def analysed(case: Any, url: str) -> Analysed:
             jobs = _wait(client, run_id)
             run = client.get(f"/api/runs/{run_id}").json()
             points = client.get(f"/api/runs/{run_id}/llc").json()["points"]
-    return Analysed(jobs, run, points, rss.peak, list(case.steps))
+            checkpoints = client.get(f"/api/runs/{run_id}/checkpoints").json()
+    return Analysed(jobs, run, points, checkpoints, rss.peak, list(case.steps))
 
 
 def test_an_ingested_trainer_run_is_calibrated_then_fully_analysed_within_bounded_memory(
@@ -97,9 +99,15 @@ def test_an_ingested_trainer_run_is_calibrated_then_fully_analysed_within_bounde
     assert chosen is not None, record["reason"]
     llc = run["analysis_config"]["llc"]
     assert (llc["lr"], llc["localization"]) == (chosen["lr"], chosen["localization"])
-    # Every checkpoint has its estimate, computed after the calibration with its settings.
+    # Every checkpoint has its estimate, computed after the calibration with its settings;
+    # one whose weights equal a later step's is flagged and skipped (a Trainer's first steps
+    # can leave the weights unchanged).
+    assert len(analysed.checkpoints) == len(analysed.steps)
+    distinct = [c["step"] for c in analysed.checkpoints if c["duplicate_of_step"] is None]
+    assert len(distinct) >= len(analysed.steps) - 1
     llc_jobs = [j for j in jobs["jobs"] if j["kind"] == "llc"]
-    assert len(llc_jobs) == len(analysed.steps) == len(points)
+    assert len(llc_jobs) == len(distinct) == len(points)
+    assert sorted(p["step"] for p in points) == sorted(distinct)
     assert all(j["config"]["lr"] == llc["lr"] for j in llc_jobs)
     assert all(p["restrictions"] for p in points)  # per-head restricted LLCs too
     assert analysed.peak_rss < RSS_LIMIT, f"peak RSS {analysed.peak_rss / 2**30:.2f} GB"
