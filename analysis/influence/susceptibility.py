@@ -191,6 +191,44 @@ def susceptibilities_many(
     return results
 
 
+def _left_out_set_means(
+    ref_group: Tensor,
+    probe_group: Tensor,
+    ref_full: Tensor,
+    probe_full: Tensor,
+    ref_init: float,
+    chains: list[int],
+    full_chains: list[int],
+    left: list[int],
+) -> Tensor:
+    """The set's mean chi (``susceptibility_from_draws(...).nanmean()`` over stacked chains)
+    with each chain of ``left`` left out in turn, from per-chain means of per-draw scalars.
+
+    Averaged over a set's examples (its positions with a target are the same at every
+    draw), chi is mean(phi (L - lbar)) - mean(phi) (mean(L_full) - mean(lbar_full)), with
+    lbar a draw's mean loss over the set: every term is a mean over draws, and every chain
+    has the same number of draws, so a left-out mean is a mean of the other chains' means.
+    Arguments as ``susceptibility_from_draws`` with a leading chain axis (C, D, ...)."""
+
+    def per_draw(losses: Tensor) -> Tensor:  # (C, D, n[, T]) -> (C, D)
+        return losses.double().flatten(2).nanmean(dim=2)
+
+    L, lbar = per_draw(ref_group), per_draw(probe_group)
+    phi = L - ref_init
+    group = torch.stack([(phi * (L - lbar)).mean(1), phi.mean(1)], dim=1)  # (C, 2)
+    full = (per_draw(ref_full) - per_draw(probe_full)).mean(1)  # (C,)
+
+    def without(values: Tensor, members: list[int], c: int) -> Tensor:
+        kept = [x for x in members if x != c]
+        return values[kept].mean(0)
+
+    out = []
+    for c in left:
+        a, phi_mean = without(group, chains, c)
+        out.append(a - phi_mean * without(full, full_chains, c))
+    return torch.stack(out)
+
+
 def _jackknife_se(left_out: Tensor) -> Tensor:
     """Standard error of a value computed from every chain's draws stacked, from its values
     with each chain left out in turn. The stack carries the chains' offsets from one another
@@ -239,17 +277,10 @@ def _at_checkpoint(
             matrix[g, p] = chi.nanmean()
             both = [c for c in chains if c in full_good]
             if len(both) > 1:  # jackknife over chains: see ``_jackknife_se``
-                left_out = [
-                    susceptibility_from_draws(
-                        stacked(ref[g + 1], [x for x in chains if x != c]),
-                        stacked(obs[g + 1], [x for x in chains if x != c]),
-                        stacked(ref[0], [x for x in full_good if x != c]),
-                        stacked(obs[0], [x for x in full_good if x != c]),
-                        ref_init,
-                    ).nanmean()
-                    for c in both
-                ]
-                se[g, p] = _jackknife_se(torch.stack(left_out))
+                left_out = _left_out_set_means(
+                    ref[g + 1], obs[g + 1], ref[0], obs[0], ref_init, chains, full_good, both
+                )
+                se[g, p] = _jackknife_se(left_out)
         per_example[name] = torch.stack(rows)
     return SusceptibilityResult(
         groups=list(groups),

@@ -67,3 +67,40 @@ def test_susceptibility_jackknife_of_a_mean_is_the_chain_means_standard_error() 
     left_out = torch.stack([torch.cat([draws[:c], draws[c + 1 :]]).mean() for c in range(6)])
     expected = draws.mean(dim=1).std() / math.sqrt(6)
     torch.testing.assert_close(_jackknife_se(left_out), expected)
+
+
+def test_susceptibility_left_out_means_equal_the_stacked_chi_without_each_chain() -> None:
+    """The fast jackknife (per-chain means of per-draw scalars) gives, chain by chain, the
+    set's mean chi recomputed from the other chains' stacked draws; NaN positions (no
+    target) are the same at every draw, as for a token task."""
+    from phaseboard.analysis.influence.susceptibility import (
+        _left_out_set_means,
+        susceptibility_from_draws,
+    )
+
+    g = torch.Generator().manual_seed(2)
+    C, D = 5, 30
+    ref_g = (
+        torch.randn(C, D, 6, 4, generator=g, dtype=torch.float64)
+        + torch.arange(5.0)[:, None, None, None]
+    )
+    obs_g = (
+        torch.randn(C, D, 3, 4, generator=g, dtype=torch.float64)
+        + ref_g.mean((2, 3))[..., None, None]
+    )
+    ref_f = torch.randn(C, D, 6, 4, generator=g, dtype=torch.float64)
+    obs_f = torch.randn(C, D, 3, 4, generator=g, dtype=torch.float64)
+    obs_g[:, :, 1, 3] = torch.nan  # a position without a target
+    obs_f[:, :, 1, 3] = torch.nan
+    chains, full_chains, left = [0, 1, 2, 4], [0, 1, 2, 3, 4], [0, 1, 2, 4]
+    fast = _left_out_set_means(ref_g, obs_g, ref_f, obs_f, 0.3, chains, full_chains, left)
+
+    def stack(t: torch.Tensor, keep: list[int]) -> torch.Tensor:
+        return t[keep].flatten(0, 1)
+
+    def without(c: int) -> tuple[torch.Tensor, ...]:
+        group, full = [x for x in chains if x != c], [x for x in full_chains if x != c]
+        return stack(ref_g, group), stack(obs_g, group), stack(ref_f, full), stack(obs_f, full)
+
+    slow = torch.stack([susceptibility_from_draws(*without(c), 0.3).nanmean() for c in left])
+    torch.testing.assert_close(fast, slow)
