@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
@@ -49,11 +49,19 @@ def _job_out(job: Job, request: Request) -> JobOut:
     return out
 
 
+T = TypeVar("T")
+
+
+def _newer_name(new: T | None, old: T | None, names: str) -> T | None:
+    """A parameter given under its name or its older one (``names``: "new or old");
+    both only when they agree."""
+    if new is not None and old is not None and new != old:
+        raise BadInput(f"give {names} (the same under its older name), not both")
+    return new if new is not None else old
+
+
 def _one_lens(lens: str | None, kind: str | None) -> str | None:
-    """The ``lens`` filter, or ``kind`` (its older name); both only when they agree."""
-    if lens is not None and kind is not None and lens != kind:
-        raise BadInput("give lens or kind (the same filter under its older name), not both")
-    return lens if lens is not None else kind
+    return _newer_name(lens, kind, "lens or kind")
 
 
 @router.get("/jobs", response_model=JobList)
@@ -130,12 +138,11 @@ def queue_analyses(
     (``not_applicable``)."""
     queue = _queue(request)
     settings = request.app.state.settings
-    if body.lenses is not None and body.kinds is not None and body.lenses != body.kinds:
-        raise BadInput("give lenses or kinds (the same list under its older name), not both")
+    named = _newer_name(body.lenses, body.kinds, "lenses or kinds")
     field = "lenses" if body.lenses is not None else "kinds"
     with db.session() as s:
         run = read.get_run(s, run_id)
-        kinds = body.lenses if body.lenses is not None else body.kinds
+        kinds = named
         if kinds is None:
             kinds = analyses_for_run(run, settings.auto_analyses)
         check_kinds(kinds, field)
