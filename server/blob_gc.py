@@ -1,4 +1,5 @@
-"""Garbage collection of the blob store: remove blobs no checkpoint or result references.
+"""Garbage collection of the blob store: remove blobs no checkpoint, dataset, tokenizer or
+result references.
 
 Deleting a run or a checkpoint keeps its blob, since another checkpoint may hold the same
 bytes; ``phaseboard gc`` frees the space later. An upload writes its blob a moment before
@@ -22,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from phaseboard.server.db import Database
-from phaseboard.server.models import Checkpoint, Dataset, Result
+from phaseboard.server.models import Checkpoint, Dataset, Result, Tokenizer
 from phaseboard.server.store.blobs import BlobStore
 from phaseboard.server.store.blobs.base import BlobInfo
 from phaseboard.server.store.blobs.local import LocalBlobStore
@@ -55,8 +56,8 @@ def result_blobs(session: Session) -> set[str]:
 
 
 def blob_in_use(session: Session, sha256: str) -> bool:
-    """Whether a checkpoint, a dataset or a lens result references the blob."""
-    for model in (Checkpoint, Dataset):
+    """Whether a checkpoint, a dataset, a tokenizer or a lens result references the blob."""
+    for model in (Checkpoint, Dataset, Tokenizer):
         if session.scalar(select(model.id).where(model.sha256 == sha256).limit(1)) is not None:
             return True
     return sha256 in result_blobs(session)
@@ -92,6 +93,7 @@ def collect_garbage(
     with db.session() as session:
         referenced = set(session.scalars(select(Checkpoint.sha256).distinct()))
         referenced |= set(session.scalars(select(Dataset.sha256).distinct()))
+        referenced |= set(session.scalars(select(Tokenizer.sha256).distinct()))
         referenced |= result_blobs(session)
     cutoff = time.time() - min_age_s
     removed: list[str] = []

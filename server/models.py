@@ -213,3 +213,19 @@ class Dataset(Base):
     dtype: Mapped[str] = mapped_column(String(20))
     max_token: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Tokenizer(Base):
+    """A run's ``tokenizer.json`` (at most one), used only to show token ids as text; its
+    bytes live in the blob store under ``sha256``, like a dataset's."""
+
+    __tablename__ = "tokenizers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), unique=True, index=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    vocab_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -235,6 +235,18 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class TokenizerOut(BaseModel):
+    """A run's stored ``tokenizer.json`` (the views decode token ids with it)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    run_id: int
+    sha256: str
+    size: int
+    vocab_size: int
+    created_at: datetime
+
+
 class MetricIn(TypedDict):
     """One point of a metric series. A TypedDict: 10^5 of them validate in ~0.1 s."""
 

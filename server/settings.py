@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         default=None, description="If set, writes need this bearer token."
     )
     max_upload_mb: int = Field(default=2048, description="Largest accepted checkpoint upload.")
+    max_tokenizer_mb: int = Field(
+        default=32, ge=1, description="Largest accepted tokenizer.json (a run's tokenizer)."
+    )
     # Bounds on inspecting one uploaded checkpoint (analysis.checkpoints.LoadLimits); past
     # any of them the upload is refused with 422.
     checkpoint_max_objects: int = Field(
@@ -217,6 +220,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_tokenizer_bytes(self) -> int:
+        return self.max_tokenizer_mb * 1024 * 1024
 
     @property
     def base_url(self) -> str:

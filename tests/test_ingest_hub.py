@@ -25,6 +25,7 @@ import torch
 from phaseboard.server.commands.ingest_hub import select_revisions, thin_steps
 from tests.live_server import serve
 from tests.server.live import free_port
+from tests.tiny_tokenizer import VOCAB, tokenizer_json
 
 REPO = "tiny-org/tiny-gpt2"
 
@@ -77,7 +78,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("hf-home")
-    final = _gpt2_files(3)
+    final = {**_gpt2_files(3), "tokenizer.json": tokenizer_json().encode()}
     branches = {
         "step0": _gpt2_files(0),
         "step100": final,  # mislabelled: the final weights under an early step
@@ -141,10 +142,15 @@ def test_offline_hub_series_imports_right_steps_flags_the_copy_and_fetches_nothi
     assert "same weights as step 300" in done.stdout
     # The sharded revision arrived as one file holding every tensor.
     assert ckpts[200]["n_tensors"] == ckpts[0]["n_tensors"]
+    # The last revision's tokenizer.json is the run's tokenizer.
+    assert f"{REPO}@step300/tokenizer.json" in done.stdout
+    tokenizer = httpx.get(f"{url}/api/runs/{run['id']}/tokenizer").json()
+    assert tokenizer["vocab_size"] == VOCAB
 
     again = _ingest(url, hf_home, "--run", "tiny-hub", "--revisions", "step*")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already on the server") == 4  # resumable: nothing re-sent
+    # resumable: nothing re-sent (four checkpoints and the tokenizer)
+    assert again.stdout.count("already on the server") == 5
 
 
 def test_offline_branch_missing_from_the_cache_is_named_not_fetched(

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tokenizer import BYTES, Decoder, bytes_decoder, describe_token_rows
 from ..tokens import TokenDataError, token_windows
 from .base import Batch, Task, TensorDataset, TrainPoint
 
@@ -27,6 +28,9 @@ TOKEN_DATA_DEFAULTS: dict[str, Any] = {
     "num_sequences": 512,  # training sequences used (LLC data, metrics' full batch)
     "num_test_sequences": 128,
     "seed": 0,
+    # How the views show token ids as text: None (the run's stored tokenizer.json, if
+    # any, else ids) or "bytes" (a byte-level vocabulary: token id i is byte i).
+    "tokenizer": None,
 }
 
 
@@ -38,6 +42,7 @@ class TokenDataTask(Task):
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)
         self._token_data: dict[str, Tensor] = {}
+        self._decoder: Decoder | None = None
 
     def validate_config(self, config: dict[str, Any]) -> None:
         for key in ("num_sequences", "num_test_sequences"):
@@ -47,6 +52,11 @@ class TokenDataTask(Task):
             not isinstance(config["seq_len"], int) or config["seq_len"] < 2
         ):
             raise ValueError(f"seq_len must be an integer >= 2 or null, got {config['seq_len']!r}")
+        if config["tokenizer"] not in (None, BYTES):
+            raise ValueError(
+                f"tokenizer must be null (the run's tokenizer.json, if any) or {BYTES!r} (token "
+                f"id i is byte i), got {config['tokenizer']!r}"
+            )
 
     # --- data ----------------------------------------------------------------------
 
@@ -164,9 +174,23 @@ class TokenDataTask(Task):
         logits = self.logits(model, tokens)[:, :-1].float()  # (B, T - 1, V)
         return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
 
+    def set_decoder(self, decode: Decoder | None) -> None:
+        """Decode token ids with ``decode`` (the run's stored tokenizer, handed over by the
+        caller: a task loads no tokenizer itself, so nothing is downloaded)."""
+        self._decoder = decode
+
+    @property
+    def decoder(self) -> Decoder | None:
+        """How ids become text: bytes where the config says so, else the decoder set with
+        ``set_decoder``, else None (ids are shown as numbers)."""
+        return bytes_decoder if self.config["tokenizer"] == BYTES else self._decoder
+
     def describe_examples(self, batch: tuple[Tensor, ...]) -> list[str]:
-        """Token ids of each window (no tokenizer is loaded: nothing is downloaded)."""
-        return [" ".join(str(t) for t in row.tolist()) for row in batch[0]]
+        """Each window decoded to text where there is a decoder, else its token ids (a
+        ``torch_module`` with its own data factory: ``Task.describe_examples``)."""
+        if not self.uses_token_data:
+            return super().describe_examples(batch)
+        return describe_token_rows(batch[0].tolist(), self.decoder)
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: tuple[Tensor, ...]) -> float | None:

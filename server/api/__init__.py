@@ -19,6 +19,7 @@ from phaseboard.server.api import (
     plots,
     runs,
     shares,
+    tokenizer,
     tracking,
 )
 from phaseboard.server.errors import ERROR_RESPONSES
@@ -32,6 +33,7 @@ def build_api_router() -> APIRouter:
         tracking,
         checkpoints,
         datasets,
+        tokenizer,
         imports,
         metrics,
         jobs,

@@ -787,6 +787,20 @@ class Run:
     def datasets(self) -> list[dict[str, Any]]:
         return list(self.client.request("GET", f"/api/runs/{self.id}/datasets").json())
 
+    def upload_tokenizer_file(
+        self, fileobj: IO[bytes], filename: str = "tokenizer.json"
+    ) -> dict[str, Any]:
+        """Stream a Hugging Face ``tokenizer.json`` as the run's tokenizer (replacing any
+        before it): the views then show token ids as text. A byte-level vocabulary needs no
+        file: ``task_config={"tokenizer": "bytes"}``."""
+        resp = self.client.request(
+            "PUT",
+            f"/api/runs/{self.id}/tokenizer",
+            files={"file": (filename, fileobj, "application/json")},
+            rewind=fileobj,
+        )
+        return dict(resp.json())
+
     def checkpoints(self) -> list[dict[str, Any]]:
         body = self.client.request("GET", f"/api/runs/{self.id}/checkpoints").json()
         if isinstance(body, dict):

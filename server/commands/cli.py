@@ -137,6 +137,13 @@ def ingest(
     data: list[str] = typer.Option(
         [], "--data", help="NAME=FILE token data (train, test, or a subset); repeatable."
     ),
+    tokenizer: str | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="A tokenizer.json the views decode token ids with (default: the one beside the "
+        "newest checkpoint, or the hf:// repo's), or 'bytes' for a byte-level vocabulary "
+        "(token id i is byte i).",
+    ),
     revisions: str | None = typer.Option(
         None, help="hf:// only: branches to import, globs or names, comma separated ('step*')."
     ),
@@ -174,6 +181,10 @@ def ingest(
         if not Path(file).is_file():
             raise typer.BadParameter(f"{file} is not a file", param_hint="--data")
         datasets[name.strip()] = Path(file)
+    if tokenizer is not None and tokenizer != "bytes" and not Path(tokenizer).is_file():
+        raise typer.BadParameter(
+            f"{tokenizer} is not a file (a tokenizer.json, or 'bytes')", param_hint="--tokenizer"
+        )
     run_config: dict[str, object] = {}
     for spec in hparam:
         key, sep, raw = spec.partition("=")
@@ -204,6 +215,7 @@ def ingest(
                 console=console,
                 data=datasets,
                 config=run_config,
+                tokenizer=tokenizer,
             )
         else:
             report = ingest_directory(
@@ -216,6 +228,7 @@ def ingest(
                 console=console,
                 data=datasets,
                 config=run_config,
+                tokenizer=tokenizer,
             )
     print_summary(report, console)
     if report.failed:

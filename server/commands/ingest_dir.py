@@ -22,16 +22,22 @@ For the generic tasks: ``checkpoint-N/config.json`` becomes ``task_config["hf_co
 no task given, a ``config.json`` that describes a causal LM makes the task ``hf_causal_lm``;
 one that describes another kind of model is refused with the flag to add (``choose_task``),
 and a folder with no ``config.json`` is imported without a task, the summary saying so and
-how to set one (nothing is analysed until then). Token files given as
-``data={"train": path, ...}`` are uploaded as the run's datasets before any checkpoint, so
-the analyses queued on upload find them. At the end the server is told the import is
-complete (``POST /api/runs/{id}/finish`` with status ``imported``): a run without LLC
-settings of its own is calibrated then, on its whole trajectory.
+how to set one (nothing is analysed until then). A ``tokenizer.json`` beside the newest
+checkpoint's weights (or at the root, where the Trainer's ``save_model`` writes it) becomes the
+run's tokenizer, so the views show token ids as text; ``tokenizer=PATH`` names another file,
+``tokenizer="bytes"`` sets ``task_config["tokenizer"]`` for a byte-level vocabulary. Token
+files given as ``data={"train": path, ...}`` are uploaded as the run's datasets, and the
+tokenizer with them, before any checkpoint, so the analyses queued on upload find them. At
+the end the server is told the import is complete (``POST /api/runs/{id}/finish`` with status
+``imported``): a run without LLC settings of its own is calibrated then, on its whole
+trajectory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import math
 import posixpath
@@ -64,6 +70,12 @@ HF_MODEL_FILES = ("model.safetensors", INDEX_NAME, "pytorch_model.bin")
 NOT_WEIGHTS = re.compile(
     r"^(optimizer|scheduler|scaler|rng_state.*|training_args|trainer_state)\.(pt|pth|bin)$"
 )
+# The tasks whose examples are token ids (``--tokenizer bytes`` is a key of their config).
+TOKEN_TASKS = ("hf_causal_lm", "transformer_lens", "torch_module")
+TOKENIZER_FILE = "tokenizer.json"
+BYTES = "bytes"
+# Read at most this much of a tokenizer file; the server's own limit is smaller by default.
+MAX_TOKENIZER_READ = 256 * 1024 * 1024
 SHARDED = re.compile(r"-\d{5}-of-\d{5}\.(safetensors|bin)$")
 DEFAULT_STEP_PATTERNS = [
     re.compile(r"(?:step|checkpoint|ckpt|iter|iteration|global_step)[-_=]?(\d+)", re.I),
@@ -75,7 +87,7 @@ DEFAULT_STEP_PATTERNS = [
 class Item:
     """One row of the summary: what was found, its step, and what happened to it."""
 
-    kind: str  # "checkpoint" | "scalars"
+    kind: str  # "checkpoint" | "scalars" | "dataset" | "tokenizer"
     path: str
     step: int | None = None
     status: str = "pending"  # imported | skipped | failed
@@ -184,6 +196,68 @@ def find_hf_config(root: Path | str | Source, items: list[Item]) -> dict[str, An
             if isinstance(data, dict) and data.get("model_type"):
                 return data
     return None
+
+
+def find_tokenizer(root: Path | str | Source, items: list[Item]) -> str | None:
+    """The ``tokenizer.json`` beside the newest Hugging Face checkpoint's weights, else one at
+    the root (a Trainer given a tokenizer writes it in both places), as a relative path."""
+    source = root if isinstance(root, Source) else Source(root)
+    files = source.files()
+    for item in sorted(items, key=lambda i: i.step or -1, reverse=True):
+        rel = posixpath.join(posixpath.dirname(item.path), TOKENIZER_FILE)
+        if posixpath.basename(item.path) in HF_MODEL_FILES and rel in files:
+            return rel
+    return TOKENIZER_FILE if TOKENIZER_FILE in files else None
+
+
+def with_tokenizer_flag(
+    tokenizer: str | Path | None, task: str | None, task_config: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The task config with ``--tokenizer bytes`` applied (token tasks only)."""
+    if str(tokenizer) != BYTES:
+        return task_config
+    if task not in TOKEN_TASKS:
+        raise PhaseboardClientError(
+            f"--tokenizer bytes applies to the token tasks ({', '.join(TOKEN_TASKS)}); this "
+            f"import's task is {task or 'none'} (add --task); nothing was imported"
+        )
+    return {**(task_config or {}), "tokenizer": BYTES}
+
+
+def upload_tokenizer(
+    run: Run, report: IngestReport, source: Source, rel: str, where: str | None = None
+) -> None:
+    """Send ``rel`` of ``source`` (a ``tokenizer.json``) as the run's tokenizer, unless the
+    server holds the same bytes already; a summary row (``where``: its path) says what
+    happened."""
+    item = Item("tokenizer", where or rel)
+    report.items.append(item)
+    try:
+        with source.open(rel) as f:
+            data = f.read(MAX_TOKENIZER_READ + 1)
+    except OSError as exc:
+        item.status, item.detail = "failed", f"cannot read: {exc}"
+        return
+    if len(data) > MAX_TOKENIZER_READ:
+        item.status = "failed"
+        item.detail = f"larger than {MAX_TOKENIZER_READ // 2**20} MB: not a tokenizer.json"
+        return
+    item.size = len(data)
+    try:
+        have = run.client.request("GET", f"/api/runs/{run.id}/tokenizer", ok=[404])
+        same = have.status_code == 200 and have.json().get("sha256") == _sha256(data)
+        if same:
+            item.status, item.detail = "skipped", "already on the server"
+            return
+        record = run.upload_tokenizer_file(io.BytesIO(data), filename=posixpath.basename(rel))
+    except PhaseboardClientError as exc:
+        item.status, item.detail = "failed", exc.short
+        return
+    item.status, item.detail = "imported", f"vocabulary of {record['vocab_size']:,}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _is_causal_lm(hf_config: Mapping[str, Any]) -> bool:
@@ -368,12 +442,14 @@ def ingest_directory(
     console: Console | None = None,
     data: Mapping[str, Path] | None = None,
     config: Mapping[str, Any] | None = None,
+    tokenizer: str | Path | None = None,
 ) -> IngestReport:
     """Import ``root`` (a directory or an fsspec URL) into the run ``run_name`` (created if
     needed); see the module docstring.
 
     ``data`` maps dataset names (``train``, ``test``, subsets) to token files to upload;
-    ``config`` is merged over the hyperparameters read from the folder (``ingest_hparams``).
+    ``config`` is merged over the hyperparameters read from the folder (``ingest_hparams``);
+    ``tokenizer`` is a ``tokenizer.json`` path or ``"bytes"`` (default: the folder's own).
     """
     console = console or Console()
     check_step_regex(step_regex)
@@ -392,6 +468,7 @@ def ingest_directory(
         items = discover_checkpoints(source, step_regex)
         hf_config = find_hf_config(source, items)
         task, task_config = choose_task(str(root), hf_config, task, task_config, console)
+        task_config = with_tokenizer_flag(tokenizer, task, task_config)
         hparams.update(model_summary(hf_config))
         hparams.update(config or {})
         run = client.run(
@@ -399,6 +476,11 @@ def ingest_directory(
         )
         report = IngestReport(run.id, run.url)
         _ingest_datasets(run, data or {}, report)
+        if tokenizer is not None and str(tokenizer) != BYTES:
+            path = Path(tokenizer)
+            upload_tokenizer(run, report, Source(path.parent), path.name, str(path))
+        elif tokenizer is None and (found_tok := find_tokenizer(source, items)) is not None:
+            upload_tokenizer(run, report, source, found_tok)
         report.items.extend(items)
         upload_items(run, items, lambda item: _open_weights(source, item.path), console)
         _ingest_scalars(meta, run, report, console)
@@ -591,6 +673,8 @@ def print_summary(report: IngestReport, console: Console) -> None:
     kinds = [("checkpoint", "checkpoints"), ("scalars", "scalar series")]
     if any(i.kind == "dataset" for i in report.items):
         kinds.insert(0, ("dataset", "datasets"))
+    if any(i.kind == "tokenizer" for i in report.items):
+        kinds.insert(0, ("tokenizer", "tokenizer"))
     for kind, label in kinds:
         n = {s: report.count(s, kind) for s in ("imported", "skipped", "failed")}
         parts.append(

@@ -5,7 +5,9 @@ lists the repo's branches (``--revisions``: globs or names, comma separated), ta
 branch's step from its name (``--step-regex`` as for files), optionally thins a long series
 (``--every K``: every K-th; ``--max N``: at most N, log-spaced over the steps, first and last
 kept), and uploads each revision's weights, a sharded checkpoint merged shard by shard as it
-is sent. The task is ``hf_causal_lm`` with the repo's ``config.json`` (of the last revision).
+is sent. The task is ``hf_causal_lm`` with the repo's ``config.json`` (of the last revision),
+and the ``tokenizer.json`` of that revision, where it has one, becomes the run's tokenizer (the
+views then show token ids as text; ``tokenizer=`` a path or ``"bytes"`` overrides it).
 
 Downloads go through ``huggingface_hub``, so its cache (``HF_HOME``, ``HF_HUB_CACHE``), its
 offline mode (``HF_HUB_OFFLINE=1``) and ``HF_TOKEN`` apply: a revision already in the cache
@@ -38,8 +40,11 @@ from phaseboard.server.commands.ingest_dir import (
     note_task,
     step_from_path,
     upload_items,
+    upload_tokenizer,
+    with_tokenizer_flag,
 )
 from phaseboard.server.commands.ingest_hparams import model_summary
+from phaseboard.server.commands.ingest_source import Source
 from phaseboard.server.shards import INDEX_NAME, MergedSafetensors
 
 __all__ = [
@@ -161,6 +166,15 @@ def _hub_config(repo_id: str, revision: str, token: str | None) -> dict[str, Any
     return data if isinstance(data, dict) and data.get("model_type") else None
 
 
+def _hub_tokenizer(repo_id: str, revision: str, token: str | None) -> Path | None:
+    """The revision's ``tokenizer.json`` (from the cache offline), or None if it has none."""
+    hub = _hub()
+    try:
+        return Path(hub.hf_hub_download(repo_id, "tokenizer.json", revision=revision, token=token))
+    except Exception:  # noqa: BLE001 - no tokenizer: the views show token ids
+        return None
+
+
 def ingest_hub(
     url: str,
     run_name: str,
@@ -177,11 +191,13 @@ def ingest_hub(
     data: Mapping[str, Path] | None = None,
     on_progress: Callable[[int, int, Item], None] | None = None,
     config: Mapping[str, Any] | None = None,
+    tokenizer: str | Path | None = None,
 ) -> IngestReport:
     """Import the step branches of ``hf://ORG/NAME`` into ``run_name`` (module docstring).
 
     ``on_progress(done, total, item)`` is called after each revision (background jobs);
-    ``config`` is added to the run's config.
+    ``config`` is added to the run's config; ``tokenizer`` is a ``tokenizer.json`` path or
+    ``"bytes"`` (default: the repo's own).
     """
     console = console or Console()
     check_step_regex(step_regex)
@@ -214,6 +230,7 @@ def ingest_hub(
 
     hf_config = _hub_config(repo_id, by_step[max(kept)], hf_token)
     task, task_config = choose_task(f"hf://{repo_id}", hf_config, task, task_config, console)
+    task_config = with_tokenizer_flag(tokenizer, task, task_config)
     run = client.run(
         run_name,
         task=task,
@@ -223,6 +240,15 @@ def ingest_hub(
     )
     report = IngestReport(run.id, run.url)
     _ingest_datasets(run, data or {}, report)
+    last = by_step[max(kept)]
+    if tokenizer is None:
+        found, where = _hub_tokenizer(repo_id, last, hf_token), f"{repo_id}@{last}/tokenizer.json"
+    elif str(tokenizer) != "bytes":
+        found, where = Path(tokenizer), str(tokenizer)
+    else:
+        found = None
+    if found is not None:
+        upload_tokenizer(run, report, Source(found.parent), found.name, where)
     report.items.extend(items)
 
     def open_revision(item: Item) -> IO[bytes]:

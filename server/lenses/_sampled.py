@@ -6,17 +6,23 @@ per-checkpoint arrays of every checkpoint whose weights (sha256) it already cove
 the new checkpoints go through the sampler, all of them in one batched run (a checkpoint's
 numbers do not depend on which others share its batch: ``analysis.influence``). A result
 holds one ``.npz`` blob with the arrays of every checkpoint, stacked in step order.
+
+The examples' texts are decoded with the run's tokenizer (``task_config["tokenizer"]``, else
+its stored ``tokenizer.json``): the job config names it (``tokenizer``), so a new tokenizer
+plans a new job, and the arrays, which do not depend on it, are reused whole.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from phaseboard.server.errors import PhaseboardError
 from phaseboard.server.jobs.handlers import (
     JobContext,
     WaitForCheckpoints,
@@ -26,18 +32,60 @@ from phaseboard.server.jobs.handlers import (
 )
 from phaseboard.server.jobs.planning import PlanContext, config_hash
 from phaseboard.server.lenses.llc import llc_config
-from phaseboard.server.models import Checkpoint, Dataset, Result
+from phaseboard.server.models import Checkpoint, Dataset, Result, Tokenizer
 from phaseboard.server.store.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+# The job-config key naming the tokenizer the texts are decoded with (absent: token ids).
+TOKENIZER_KEY = "tokenizer"
+_STORED = "sha256:"
 
 
 def lens_config(plan: PlanContext, key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"llc": the run's LLC settings, **defaults < analysis_config[key] < request[key]}``."""
-    return {
+    """``{"llc": the run's LLC settings, **defaults < analysis_config[key] < request[key]}``,
+    and ``tokenizer`` where the run has one (``tokenizer_of``)."""
+    cfg = {
         "llc": llc_config(plan),
         **defaults,
         **plan.run_config(key),
         **(plan.override.get(key) or {}),
     }
+    tokenizer = tokenizer_of(plan)
+    if tokenizer is not None:
+        cfg[TOKENIZER_KEY] = tokenizer
+    return cfg
+
+
+def tokenizer_of(plan: PlanContext) -> str | None:
+    """How the run's token ids become text: ``"bytes"`` (its task config says so),
+    ``"sha256:<hex>"`` (its stored tokenizer.json), or None (ids)."""
+    chosen = (plan.run.task_config or {}).get("tokenizer")
+    if chosen is not None:
+        return str(chosen)
+    sha = plan.session.scalar(sa.select(Tokenizer.sha256).where(Tokenizer.run_id == plan.run.id))
+    return f"{_STORED}{sha}" if sha else None
+
+
+def attach_decoder(ctx: JobContext, task: Any) -> None:
+    """Hand a token task the stored tokenizer its job names (``"bytes"`` is the task's own
+    config). A blob gone or unreadable leaves ids, with a warning: texts are never worth a
+    failed job."""
+    name = str(ctx.config.get(TOKENIZER_KEY) or "")
+    if not name.startswith(_STORED) or not hasattr(task, "set_decoder"):
+        return
+    from phaseboard.analysis.tokenizer import TokenizerError, parse_tokenizer
+
+    try:
+        text = ctx.store.open_path(name.removeprefix(_STORED)).read_text(encoding="utf-8")
+        task.set_decoder(parse_tokenizer(text).decode)
+    except (OSError, UnicodeDecodeError, TokenizerError, PhaseboardError) as exc:
+        log.warning(
+            "run %s: tokenizer %s not used (%s); texts show token ids", ctx.run_id, name, exc
+        )
+
+
+def _without_tokenizer(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != TOKENIZER_KEY}
 
 
 @dataclass
@@ -87,9 +135,9 @@ def trajectory(ctx: JobContext, kind: str, blob_key: str) -> Trajectory:
     found = Trajectory(
         config_hash(
             {
-                "job": ctx.config,
+                "job": _without_tokenizer(ctx.config),  # texts only: the arrays are the same
                 "task": run.task,
-                "task_config": run.task_config or {},
+                "task_config": _without_tokenizer(run.task_config or {}),
                 "datasets": [list(d) for d in datasets],
             }
         )
@@ -153,16 +201,10 @@ def batch_size(batch: Any) -> int:
     return len(batch) if not isinstance(batch, list | tuple) else len(batch[0])
 
 
-def token_texts(batch: Any, positions: int, context: int = 4) -> list[list[str]]:
-    """Per example and predicted position t: the last ``context`` token ids up to t and the
-    id predicted there (the token tasks' per-token loss at t predicts token t + 1)."""
+def token_texts(batch: Any, positions: int, decode: Any = None) -> list[list[str]]:
+    """Per example and predicted position t: the last few tokens up to t and the one
+    predicted there, decoded where ``decode`` is given (``analysis.tokenizer.token_contexts``)."""
+    from phaseboard.analysis.tokenizer import token_contexts
+
     tokens = (batch[0] if isinstance(batch, list | tuple) else batch).tolist()
-    out = []
-    for row in tokens:
-        texts = []
-        for t in range(positions):
-            ctx_ids = " ".join(str(x) for x in row[max(0, t - context + 1) : t + 1])
-            nxt = f" → {row[t + 1]}" if t + 1 < len(row) else ""
-            texts.append(("… " if t >= context else "") + ctx_ids + nxt)
-        out.append(texts)
-    return out
+    return token_contexts(tokens, positions, decode)

@@ -9,7 +9,8 @@ one batched SGLD run with the run's LLC settings; the chains' spread gives each 
 standard error. Over training, intervals where many significant influences flip sign are
 stage-boundary candidates (``turning_points``, source ``influence``), read by the phases lens.
 
-The result (one per rerun, as checkpoints arrive) keeps, inline, the examples' texts and per
+The result (one per rerun, as checkpoints arrive) keeps, inline, the examples' texts (decoded
+with the run's tokenizer on token tasks, else token ids: ``Task.describe_examples``) and per
 step the LLC verdict of the run the influences come from; its ``data_blob`` (.npz) holds per
 step the (probe x train) correlations, their standard errors, and each probe's most and
 least influential training examples.
@@ -23,6 +24,7 @@ from phaseboard.server.jobs.handlers import JobContext, ResultRows, finite
 from phaseboard.server.jobs.planning import PlanContext
 from phaseboard.server.lenses._registry import Lens, LensView
 from phaseboard.server.lenses._sampled import (
+    attach_decoder,
     batch_size,
     concat_batches,
     lens_config,
@@ -66,6 +68,7 @@ def run_influence(ctx: JobContext) -> ResultRows:
     from phaseboard.analysis.influence import bayesian_influence_many, sign_change_boundaries
 
     task = ctx.task()
+    attach_decoder(ctx, task)  # token tasks: the examples' texts decoded
     config = sampler_config(ctx, ctx.config["llc"])
     top_k = int(ctx.config.get("top_k", DEFAULTS["top_k"]))
     probe, train, split = _examples(

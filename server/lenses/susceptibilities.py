@@ -8,7 +8,9 @@ lowers that data's loss more than average), positive where they compete. The ful
 posterior and every group's restricted one are sampled in one batched SGLD run per rerun
 (with the run's LLC settings), every checkpoint not sampled before together. On token tasks
 chi is per token; the per-token vectors over the groups are clustered (scikit-learn
-k-means, k by silhouette) and projected to 2-D (PCA) at each checkpoint.
+k-means, k by silhouette) and projected to 2-D (PCA) at each checkpoint; each token's text
+is its last few tokens and the one predicted, decoded with the run's tokenizer where it has
+one.
 
 Over training, intervals where (group, subset) susceptibilities flip sign beyond two
 standard errors are stage-boundary candidates (``turning_points``, source
@@ -25,6 +27,7 @@ from phaseboard.server.jobs.handlers import JobContext, ResultRows, finite
 from phaseboard.server.jobs.planning import PlanContext
 from phaseboard.server.lenses._registry import Lens, LensView
 from phaseboard.server.lenses._sampled import (
+    attach_decoder,
     lens_config,
     npz_blob,
     progress_for,
@@ -68,6 +71,7 @@ def run_susceptibilities(ctx: JobContext) -> ResultRows:
     )
 
     task = ctx.task()
+    attach_decoder(ctx, task)  # token tasks: per-token texts decoded
     config = sampler_config(ctx, ctx.config["llc"])
     reference = task.datasets()["train"][: int(ctx.config["reference_examples"])]
     observables = _observables(task, int(ctx.config["observable_examples"]))
@@ -191,7 +195,8 @@ def _items(
             with torch.no_grad():  # positions of the per-token loss, from one example
                 first = tuple(t[:1] for t in batch) if isinstance(batch, tuple) else batch[:1]
                 positions = int(per_example(template, first).shape[-1])
-            for i, row in enumerate(token_texts(batch, positions)):
+            decode = getattr(task, "decoder", None)
+            for i, row in enumerate(token_texts(batch, positions, decode)):
                 for t, text in enumerate(row):
                     out["set"].append(name)
                     out["example"].append(i)
