@@ -62,10 +62,13 @@ class CalibrationReport:
     recommended: CalibrationEntry | None
     reason: str
     config: dict[str, Any]
+    # Positions of the calibrated checkpoints left out of the rule (``descending_checkpoints``).
+    left_out: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         rec = self.recommended
         return {
+            "left_out": list(self.left_out),
             "entries": [e.to_dict() for e in self.entries],
             "recommended": None
             if rec is None
@@ -145,17 +148,66 @@ def calibration_points(
     return sorted(picks, key=lambda i: steps[i])
 
 
-def lr_shift(entry: CalibrationEntry) -> float:
+def lr_shift(entry: CalibrationEntry, skip: Sequence[int] = ()) -> float:
     """How much the setting's estimate moves when lr halves: the largest |LLC at lr / 2 -
-    LLC| / |LLC| over its calibrated checkpoints (its own step-size check); NaN without
-    that check (``bias_checks`` off) or where an estimate is undefined."""
+    LLC| / |LLC| over its calibrated checkpoints (its own step-size check), those at the
+    positions ``skip`` left out; NaN without that check (``bias_checks`` off) or where an
+    estimate is undefined."""
     shifts = []
-    for c in entry.per_checkpoint:
+    for k, c in enumerate(entry.per_checkpoint):
+        if k in skip:
+            continue
         half = c.get("bias_checks", {}).get("half_lr")
         if half is None or c["mean"] is None or c["mean"] == 0:
             return float("nan")
         shifts.append(abs(half - c["mean"]) / abs(c["mean"]))
     return max(shifts) if shifts else float("nan")
+
+
+# A checkpoint where every setting's verdict is one of these is not a local minimum: the
+# chains of every step size and localization go downhill from w*, so it cannot tell the
+# settings apart, and requiring "ok" there would rule every setting out.
+DESCENT_VERDICTS = frozenset({"negative"})
+
+
+def descending_checkpoints(entries: Sequence[CalibrationEntry]) -> list[int]:
+    """Positions of the calibrated checkpoints where every setting's verdict is in
+    ``DESCENT_VERDICTS`` (left out of ``recommend``'s rule); none when that is all of them
+    (then no checkpoint is left to rank the settings on, and none is left out)."""
+    if not entries or any(not e.per_checkpoint for e in entries):
+        return []
+    n = min(len(e.per_checkpoint) for e in entries)
+    out = [
+        k
+        for k in range(n)
+        if all(e.per_checkpoint[k].get("verdict") in DESCENT_VERDICTS for e in entries)
+    ]
+    return out if len(out) < n else []
+
+
+def judge_without_descent(entries: Sequence[CalibrationEntry]) -> list[int]:
+    """Each setting's ``verdict`` / ``ok`` over the calibrated checkpoints that can rank
+    the settings (all but ``descending_checkpoints``, whose positions are returned); each
+    checkpoint keeps its own verdict in ``per_checkpoint``."""
+    skip = descending_checkpoints(entries)
+    for e in entries:
+        bad = [
+            c.get("verdict", "ok")
+            for k, c in enumerate(e.per_checkpoint)
+            if k not in skip and c.get("verdict", "ok") != "ok"
+        ]
+        e.verdict, e.ok = (bad[0] if bad else "ok"), not bad
+        e.lr_shift = lr_shift(e, skip)
+    return skip
+
+
+def _ok_at(entry: CalibrationEntry, skip: Sequence[int]) -> bool:
+    """The setting's verdict is ok at every calibrated checkpoint but those in ``skip``."""
+    if not skip:
+        return entry.ok
+    return all(
+        c.get("verdict", "ok") == "ok" for k, c in enumerate(entry.per_checkpoint) if k not in skip
+    )
 
 
 def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | None, str]:
@@ -164,7 +216,9 @@ def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | N
     Only settings whose verdict is ``ok`` on every calibrated checkpoint count: d/2 bound,
     basin, divergence, sign, trend, burn-in halves, and their own step-size and
     localization checks (the estimate stable when lr halves and when localization
-    halves). Among those:
+    halves). A checkpoint where every setting is "negative" is left out of that
+    (``descending_checkpoints``: not a local minimum, it cannot rank the settings), and the
+    reason says so. Among those:
 
     1. the weakest localization: a strong pull to w* shrinks the estimate, so the weakest
        pull that still keeps every chain in the basin is the least biased;
@@ -178,7 +232,16 @@ def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | N
     A stable setting at a stronger localization is not preferred to the weakest ok one:
     the pull biases every lr alike, so stability there is stability of a biased estimate.
     """
-    ok = [e for e in entries if e.ok]
+    skip = descending_checkpoints(entries)
+    ok = [e for e in entries if _ok_at(e, skip)]
+    n = len(entries[0].per_checkpoint) if entries else 0
+    left_out = ""
+    if skip:
+        which = ", ".join(_ordinal(k + 1) for k in skip)
+        left_out = (
+            f"; the {which} of {n} calibrated checkpoints left out: every setting's LLC was "
+            "negative there (the chains go downhill: not a local minimum)"
+        )
     if not ok:
         counts: dict[str, int] = {}
         for e in entries:
@@ -186,25 +249,29 @@ def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | N
         why = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
         return None, f"no setting was ok on every checkpoint ({why}): try smaller lrs, " + (
             "more draws and burn-in, or more chains"
-        )
+        ) + left_out
     weakest = min(e.localization for e in ok)
     at = [e for e in ok if e.localization == weakest]
-    n = len(ok[0].per_checkpoint)
-    measured = [e for e in at if math.isfinite(e.lr_shift)]
+    shifts = {id(e): lr_shift(e, skip) if skip else e.lr_shift for e in at}
+    measured = [e for e in at if math.isfinite(shifts[id(e)])]
     if measured:
-        best = min(measured, key=lambda e: (e.lr_shift, -e.lr, e.n_beta))
+        best = min(measured, key=lambda e: (shifts[id(e)], -e.lr, e.n_beta))
         why = (
             f"the weakest localization with an ok setting, and there the lr whose estimate "
-            f"moves least when lr halves ({best.lr_shift:.1%} at most over {n} calibrated "
-            "checkpoint(s))"
+            f"moves least when lr halves ({shifts[id(best)]:.1%} at most over "
+            f"{n - len(skip)} calibrated checkpoint(s))"
         )
     else:
         best = min(at, key=lambda e: (e.lr, e.n_beta))
         why = "the weakest localization with an ok setting, and there the smallest ok lr"
     return best, (
         f"recommended lr={best.lr:g}, localization={best.localization:g}, "
-        f"n_beta={best.n_beta:.4g}: {why}"
+        f"n_beta={best.n_beta:.4g}: {why}{left_out}"
     )
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
 def calibrate(
@@ -299,5 +366,6 @@ def calibrate(
         )
     for e in entries:
         e.lr_shift = lr_shift(e)
+    left_out = judge_without_descent(entries)
     best, reason = recommend(entries)
-    return CalibrationReport(entries, best, reason, config.to_dict())
+    return CalibrationReport(entries, best, reason, config.to_dict(), left_out)

@@ -275,7 +275,7 @@
       if (grid) grid.hidden = !this.data;
       if (use) use.hidden = !this.data;
       if (!this.data) {
-        if (!busy) $("#cal-status").textContent = "No calibration yet. It runs a grid of SGLD step sizes (lr) × localizations on a few checkpoints in one batch and recommends the largest lr whose estimate is ok on all of them.";
+        if (!busy) $("#cal-status").textContent = "No calibration yet. It runs a grid of SGLD step sizes (lr) × localizations on a few checkpoints and recommends the weakest localization whose estimate is ok on all of them, there the lr whose estimate moves least when lr halves.";
         return;
       }
       this.render();
@@ -301,10 +301,10 @@
 
     render() {
       const cal = this.data;
-      const steps = cal.checkpoints.map((c) => c.step).join(", ");
+      const steps = cal.checkpoints.map((c) => c.step + (c.left_out ? " (left out: not a minimum)" : "")).join(", ");
       $("#cal-status").innerHTML = "Calibrated on steps " + esc(steps) + ". " + esc(cal.reason) +
         " <small>Cells show the LLC at step " + esc(cal.checkpoints[cal.checkpoints.length - 1].step) +
-        "; a verdict other than ok at any calibrated step marks the cell.</small>";
+        "; a verdict other than ok at any calibrated step that was not left out marks the cell.</small>";
       const entries = this.entries();
       const lrs = Array.from(new Set(entries.map((e) => e.lr))).sort((a, b) => a - b);
       const gammas = Array.from(new Set(entries.map((e) => e.localization))).sort((a, b) => a - b);

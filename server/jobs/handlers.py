@@ -83,6 +83,9 @@ class JobContext:
     # ``package.module:function`` patterns a torch_module task's factory may match besides
     # the installed entry points (``settings.model_factories``).
     allowed_factories: tuple[str, ...] = ()
+    # Independent sampler calls a job may run at once (threads): the cores of a CPU worker
+    # pool, which a job that the rest of a run waits for (a calibration) has to itself.
+    parallel_calls: int = 1
     # Filled lazily by the helpers below.
     _cache: dict[str, Any] = field(default_factory=dict)
 

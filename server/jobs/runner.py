@@ -47,6 +47,14 @@ PROGRESS_EVERY_S = 0.5
 BATCH_LIMIT = 8  # the default of settings.llc_batch_checkpoints
 
 
+def parallel_calls(settings: Settings, device: str) -> int:
+    """Sampler calls one job may run at once: on a CPU the local pool's workers (one per
+    core by default, each one torch thread), on an accelerator one."""
+    if device != "cpu" or settings.queue != "local":
+        return 1
+    return max(1, settings.local_workers)
+
+
 def make_worker_id(device: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{device}:{uuid.uuid4().hex[:6]}"
 
@@ -161,6 +169,7 @@ class JobRunner:
                     progress=beat.progress_for(by_id[j.id]),
                     memory_mb=self.settings.llc_memory_mb,
                     allowed_factories=self.settings.model_factory_patterns,
+                    parallel_calls=parallel_calls(self.settings, self.device),
                 )
                 for j in jobs.values()
             ]

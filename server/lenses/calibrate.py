@@ -15,6 +15,8 @@ run's settings: ``server.jobs.auto_calibration``).
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -150,20 +152,31 @@ def join_checkpoints(per_checkpoint: list[list[Any]]) -> list[Any]:
     return joined
 
 
-def _part_progress(progress: Any, i: int, n: int) -> Any:
-    """Call ``i`` of ``n``'s progress reported as part of the whole calibration."""
+class _PartsProgress:
+    """Progress of calls that may run at once, reported as their sum over the whole
+    calibration (each call reports its own ``done`` of ``total`` sampler steps)."""
 
-    def report(done: int, total: int, message: str) -> None:
-        suffix = f" (part {i + 1}/{n})" if n > 1 else ""
-        progress(i * total + done, n * total, f"{message}{suffix}")
+    def __init__(self, progress: Any, parts: int) -> None:
+        self.progress, self.parts = progress, parts
+        self.done = [0] * parts
+        self.lock = threading.Lock()
 
-    return report
+    def part(self, i: int) -> Any:
+        def report(done: int, total: int, message: str) -> None:
+            with self.lock:
+                self.done[i] = done
+                finished = sum(d >= total for d in self.done)
+                suffix = f" ({finished}/{self.parts} parts done)" if self.parts > 1 else ""
+                self.progress(sum(self.done), self.parts * total, f"{message}{suffix}")
+
+        return report
 
 
 def run_calibrate(ctx: JobContext) -> ResultRows:
     """The LLC settings grid on a few checkpoints, in as few vectorised calls as the memory
     budget allows; recommends one."""
     from phaseboard.analysis.llc import CalibrationReport, calibrate, recommend
+    from phaseboard.analysis.llc.calibration import judge_without_descent
     from phaseboard.analysis.tasks import CheckpointMismatch
 
     task = ctx.task()
@@ -203,9 +216,11 @@ def run_calibrate(ctx: JobContext) -> ResultRows:
     groups = [states] if together else [[state] for state in states]
     per_call = max(1, budget // (per_setting * len(groups[0])))
     calls = [(g, chunk) for g in groups for chunk in grid_chunks(lrs, gammas, per_call)]
-    found: list[list[Any]] = [[] for _ in groups]
-    for i, (group, (chunk_lrs, chunk_gammas)) in enumerate(calls):
-        part = calibrate(
+    tracker = _PartsProgress(ctx.progress, len(calls))
+
+    def run_call(i: int) -> list[Any]:
+        group, (chunk_lrs, chunk_gammas) = calls[i]
+        return calibrate(
             model,
             task.loss,
             train_batches(ctx, "train", config),  # every call draws the same minibatches
@@ -215,15 +230,27 @@ def run_calibrate(ctx: JobContext) -> ResultRows:
             n_betas=n_betas,
             checkpoints=group,
             chance_loss=task.chance_loss(),
-            progress=_part_progress(ctx.progress, i, len(calls)),
-        )
-        found[next(k for k, g in enumerate(groups) if g is group)] += part.entries
+            progress=tracker.part(i),
+        ).entries
+
+    # The calls are independent: on a CPU pool they run side by side, one per core (the
+    # run's LLC jobs wait for this one, so the pool's other workers would idle).
+    workers = max(1, min(ctx.parallel_calls, len(calls)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="pb-calibrate") as pool:
+        parts = list(pool.map(run_call, range(len(calls))))
+    found: list[list[Any]] = [[] for _ in groups]
+    for (group, _), entries_of_call in zip(calls, parts, strict=True):
+        found[next(k for k, g in enumerate(groups) if g is group)] += entries_of_call
     entries = found[0] if together else join_checkpoints(found)
+    skip = judge_without_descent(entries)
     best, reason = recommend(entries)
-    report = CalibrationReport(entries, best, reason, config.to_dict())
+    report = CalibrationReport(entries, best, reason, config.to_dict(), skip)
     values = report.to_dict()
     values["calls"] = len(calls)
-    values["checkpoints"] = [{"id": i, "step": int(steps[i])} for i in ids]
+    values["parallel_calls"] = workers
+    values["checkpoints"] = [
+        {"id": i, "step": int(steps[i]), "left_out": k in skip} for k, i in enumerate(ids)
+    ]
     values["settings_hash"] = llc_settings_hash(base)
     values["base"] = base
     return [{"restriction": "", "values": values}]

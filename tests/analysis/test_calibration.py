@@ -61,6 +61,38 @@ def test_not_ok_settings_are_never_recommended_and_the_reason_counts_them() -> N
     assert best is None and "2 localization bias" in reason
 
 
+def _with_verdicts(e: CalibrationEntry, verdicts: list[str]) -> CalibrationEntry:
+    for c, v in zip(e.per_checkpoint, verdicts, strict=True):
+        c["verdict"] = v
+    bad = [v for v in verdicts if v != "ok"]
+    e.verdict, e.ok = (bad[0] if bad else "ok"), not bad
+    return e
+
+
+def test_a_checkpoint_where_every_setting_is_negative_is_left_out_of_the_rule() -> None:
+    """In steep descent every setting's chains go downhill from w*: that checkpoint cannot
+    rank the settings, so the rule is applied on the others, and the reason says so."""
+    entries = [
+        _with_verdicts(_entry(1e-4, 1.0, [-6.0, 14.0, 40.0], [0.6, 13.0, 38.0]),
+                       ["negative", "ok", "ok"]),
+        _with_verdicts(_entry(3e-4, 1.0, [-30.0, 39.0, 96.0], [-15.0, 22.0, 62.0]),
+                       ["negative", "left the basin", "left the basin"]),
+    ]  # fmt: skip
+    best, reason = recommend(entries)
+    assert best is entries[0]
+    assert "the 1st of 3 calibrated checkpoints left out" in reason
+    assert "2 calibrated checkpoint(s)" in reason  # the lr / 2 shift over the other two
+    # Where one setting is not negative there, the checkpoint counts.
+    _with_verdicts(entries[1], ["ok", "left the basin", "left the basin"])
+    best, reason = recommend(entries)
+    assert best is None and "left out" not in reason
+    # Negative everywhere: nothing is left to rank on, nothing is left out.
+    for e in entries:
+        _with_verdicts(e, ["negative"] * 3)
+    best, reason = recommend(entries)
+    assert best is None and "left out" not in reason
+
+
 def test_without_step_size_checks_the_smallest_ok_lr_is_taken() -> None:
     entries = [_entry(1e-3, 1.0, [5.0], None), _entry(1e-4, 1.0, [4.0], None)]
     assert math.isnan(entries[0].lr_shift)

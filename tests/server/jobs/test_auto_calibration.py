@@ -214,18 +214,21 @@ def test_with_no_setting_ok_everywhere_the_fallback_keeps_every_chain_in_the_bas
     assert fallback_setting({"entries": out}) is None
 
 
-def test_a_calibration_over_the_memory_budget_runs_one_checkpoint_a_call_and_joins_them(
-    make_settings,
-) -> None:
+def _calibrate_wide_run(make_settings: Any, local_workers: int) -> dict[str, Any]:
+    """A calibration of a 2,000-parameter dln whose settings do not fit one call."""
     from phaseboard.server.db import Database
     from phaseboard.server.storage import BlobStore
     from tests.server.jobs.conftest import TINY_TASK, add_checkpoints, state_dict
 
-    settings = fast_settings(make_settings, queue="local", llc_memory_mb=1, auto_calibrate=True)
+    settings = fast_settings(
+        make_settings, queue="local", llc_memory_mb=1, auto_calibrate=True,
+        local_workers=local_workers,
+    )  # fmt: skip
     widths = [40, 40, 10]  # 2,000 parameters: a 1 MB budget holds fewer rows than one setting's
     db = Database(settings)
     with db.session() as s:
-        run = Run(name="wide", task="dln", task_config={**TINY_TASK, "widths": widths},
+        run = Run(name=f"wide-{local_workers}", task="dln",
+                  task_config={**TINY_TASK, "widths": widths},
                   analysis_config={"llc": UNSET_LLC})  # fmt: skip
         s.add(run)
         s.flush()
@@ -243,11 +246,27 @@ def test_a_calibration_over_the_memory_budget_runs_one_checkpoint_a_call_and_joi
         assert queued.status_code == 202, queued.text
         wait_for(db, all_final, timeout=300)
         cal = client.get(f"/api/runs/{run_id}/calibration").json()["calibration"]
-        assert cal["calls"] == 4 * 3  # one setting at one checkpoint a call
+        assert cal is not None, client.get("/api/jobs", params={"run_id": run_id}).json()
         assert {(e["lr"], e["localization"]) for e in cal["entries"]} == {
             (lr, g) for lr in grid["lrs"] for g in grid["localizations"]
         }
-        for e in cal["entries"]:
-            assert [c["index"] for c in e["per_checkpoint"]] == [0, 1, 2]
-            assert e["ok"] == all(c["verdict"] == "ok" for c in e["per_checkpoint"])
-        assert [c["step"] for c in cal["checkpoints"]] == [10, 100, 1000]
+    return cal
+
+
+def test_a_calibration_over_the_memory_budget_runs_one_checkpoint_a_call_and_joins_them(
+    make_settings,
+) -> None:
+    cal = _calibrate_wide_run(make_settings, local_workers=1)
+    assert cal["calls"] == 4 * 3  # one setting at one checkpoint a call
+    assert cal["parallel_calls"] == 1
+    for e in cal["entries"]:
+        assert [c["index"] for c in e["per_checkpoint"]] == [0, 1, 2]
+        assert e["ok"] == all(c["verdict"] == "ok" for c in e["per_checkpoint"])
+    assert [c["step"] for c in cal["checkpoints"]] == [10, 100, 1000]
+
+    # The same calibration with a pool of three: its calls run three at a time, and every
+    # number is the one the calls gave one after another (each call draws its own batches).
+    side_by_side = _calibrate_wide_run(make_settings, local_workers=3)
+    assert side_by_side["calls"] == 12 and side_by_side["parallel_calls"] == 3
+    assert side_by_side["entries"] == cal["entries"]
+    assert side_by_side["recommended"] == cal["recommended"]
