@@ -343,7 +343,8 @@ def ingest_and_wait(url: str, pid: int, case: Case, name: str, timeout_s: float)
         t0 = time.monotonic()
         subprocess.run(
             [*phaseboard_cli(), "ingest", str(case.folder), "--run", name, "--url", url,
-             "--data", f"train={case.train}", "--data", f"test={case.test}"],
+             "--data", f"train={case.train}", "--data", f"test={case.test}",
+             "--tokenizer", "bytes"],
             env=env, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         ingest_s = time.monotonic() - t0

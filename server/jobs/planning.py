@@ -68,9 +68,17 @@ DEFAULT_LLC: dict[str, Any] = {
 # 64 sequences of a 2-layer GPT-2 of 120k parameters kept 82 MB per row and stepped 8x
 # slower than 16; at 16 a call of one checkpoint's 12 rows took 700 MB, so two workers with
 # the server passed 2 GB. A layer's heads sample as one pass of heads x chains rows.
+#
+# And ``dtype`` "auto": bfloat16 where the worker's device computes it natively (float32
+# master weights), else float32 (``analysis.llc.config.fast_dtype``). A language model's step
+# is its matmuls, which bfloat16 runs about twice as fast on such a CPU; the estimates follow
+# the float32 chains to bfloat16's resolution (tests/analysis/test_dtypes.py). The small
+# built-in tasks' steps are per-op overhead, where it buys nothing.
+# TransformerLens computes parts of its forward in its config's float32 and refuses
+# bfloat16 weights, so it samples in float32.
 TASK_LLC_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hf_causal_lm": {"batch_size": 8},
-    "transformer_lens": {"batch_size": 8},
+    "hf_causal_lm": {"batch_size": 8, "dtype": "auto"},
+    "transformer_lens": {"batch_size": 8},  # its float32 internals refuse bfloat16 weights
 }
 # The calibration grid when a request names none (docs: "Calibration").
 DEFAULT_CALIBRATION: dict[str, Any] = {

@@ -117,3 +117,39 @@ def test_bfloat16_keeps_the_llc_of_a_deep_linear_network() -> None:
 
     single, half = run("float32"), run("bfloat16")
     assert half == pytest.approx(single, rel=0.05), (half, single)
+
+
+def test_auto_samples_in_bfloat16_where_the_cpu_computes_it_natively() -> None:
+    """``dtype="auto"`` (the language-model tasks' server default) resolves when the config
+    is made, so results record the dtype they were sampled in: bfloat16 on a CPU whose
+    flags (read here from /proc/cpuinfo, independently of the code) include AVX-512 BF16 or
+    AMX, else float32."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = next(
+                (set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")),
+                set(),
+            )
+    except OSError:
+        pass
+    expected = "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    config = LLCConfig(num_samples=100, dtype="auto")
+    assert config.dtype == expected and config.to_dict()["dtype"] == expected
+    assert LLCConfig(num_samples=100, dtype="auto", device="mps").dtype == "float32"
+    with pytest.raises(ValueError, match="'auto'"):
+        LLCConfig(num_samples=100, dtype="float16")
+
+
+def test_the_language_model_tasks_default_to_auto_and_their_jobs_record_the_dtype() -> None:
+    from phaseboard.server.jobs.planning import default_llc
+
+    assert default_llc("hf_causal_lm")["dtype"] == "auto"
+    assert default_llc("transformer_lens").get("dtype", "float32") == "float32"
+    assert default_llc("dln").get("dtype", "float32") == "float32"
+    task, model = _trained("hf_causal_lm")
+    auto, single = _estimate(task, model, "auto"), _estimate(task, model, "float32")
+    assert auto.config["dtype"] == LLCConfig(num_samples=100, dtype="auto").dtype
+    # Where that is bfloat16, the chains follow float32's to bfloat16's resolution (above).
+    tol = auto.n_beta * abs(auto.init_loss) * 2**-7
+    assert auto.per_chain == pytest.approx(single.per_chain, abs=tol)
