@@ -67,6 +67,7 @@ def activation_bytes(model: nn.Module, loss_fn: LossFn, batch: Any, config: LLCC
     """Bytes autograd keeps for the backward of one row's loss on ``batch``: the tensors
     saved by its forward, parameters not counted (a row's own copies are in ``row_equivalents``).
 
+    Scaled from the model's dtype to the sampling dtype's size, float32's at least.
     Run as the sampler runs it, on a structure copy in eval mode with the weights swapped in,
     so the caller's module is neither switched to eval nor written to (BatchNorm statistics).
     """
@@ -86,7 +87,9 @@ def activation_bytes(model: nn.Module, loss_fn: LossFn, batch: Any, config: LLCC
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         batch = _to_device(batch, torch.device("cpu"), dtype)
         probe.loss_with({**weights, **dict(model.named_buffers())}, batch)
-    size = torch.tensor([], dtype=config.torch_dtype).element_size()
+    # Counted at no less than float32: sampling in bfloat16 keeps float32 master weights
+    # and upcast losses, so its rows hold more than half a float32 row's bytes.
+    size = max(torch.tensor([], dtype=config.torch_dtype).element_size(), 4)
     return saved[0] * size // torch.tensor([], dtype=dtype).element_size()
 
 

@@ -58,6 +58,9 @@ def test_activations_grow_with_the_minibatch_and_the_sampling_dtype() -> None:
     assert activation_bytes(model, _mse, _batches(64)[0], CONFIG) == 2 * small
     f64 = LLCConfig(**{**CONFIG.to_dict(), "dtype": "float64"})
     assert activation_bytes(model, _mse, _batches(32)[0], f64) == 2 * small
+    # bfloat16 rows keep float32 master weights and upcast losses: counted as float32.
+    bf16 = LLCConfig(**{**CONFIG.to_dict(), "dtype": "bfloat16"})
+    assert activation_bytes(model, _mse, _batches(32)[0], bf16) == small
     # At least the hidden layer's input and output, 32 x 8 floats each (parameters are not
     # activations: the 8 x 3 weight is never counted).
     assert small >= 2 * 32 * 8 * 4
