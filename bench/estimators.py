@@ -133,9 +133,9 @@ def phaseboard(fast: bool, device: str = "cpu", dtype: str = "float32") -> Estim
 def phaseboard_kernel(
     device: str = "cpu", dtype: str = "bfloat16", reference_every: int = 10
 ) -> Estimator:
-    """The sampler with the settings no ``LLCConfig`` field reaches yet: bias checks off,
-    ``dtype`` (bfloat16: float32 master weights) and the reference forward at every
-    ``reference_every``-th draw only (``_run_sgld(reference_every=...)``)."""
+    """The sampler at its fastest settings: bias checks off, ``dtype`` (bfloat16: float32
+    master weights) and the reference forward at every ``reference_every``-th draw only
+    (``LLCConfig.reference_every``)."""
 
     def run(case: Case, draws: int, seed: int) -> Run:
         cfg = _config(case, draws, seed, device, dtype=dtype, bias_checks=False)

@@ -94,6 +94,11 @@ class LLCConfig:
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.1
     bias_checks: bool = True
+    # The paired reference L_m(w*) at every k-th draw only (``analysis.llc.sampler``): 1
+    # pairs every draw with its own minibatch's L_m(w*) (no minibatch noise in the
+    # difference); where the chains' own fluctuation dwarfs that noise, k = 10 saves most
+    # of a forward per chain-step at no cost in precision (bench/precision.py decides).
+    reference_every: int = 1
 
     def __post_init__(self) -> None:
         if self.dtype == AUTO_DTYPE and isinstance(self.device, str):
@@ -106,7 +111,9 @@ class LLCConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (math.isfinite(self.localization) and self.localization >= 0):
             raise ValueError(f"localization must be finite and >= 0, got {self.localization!r}")
-        for name in ("num_chains", "num_draws", "num_steps_bw_draws", "batch_size"):
+        for name in (
+            "num_chains", "num_draws", "num_steps_bw_draws", "batch_size", "reference_every"
+        ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -170,7 +170,7 @@ def _run_sgld(
     group_batches: Sequence[Iterable[Any]] | None = None,
     observables: Sequence[Observable] = (),
     observe_every: int = 1,
-    reference_every: int = 1,
+    reference_every: int | None = None,
 ) -> _SamplerOutput:
     """Run K checkpoints x G groups x C chains (+ reference rows), vectorised.
 
@@ -200,11 +200,12 @@ def _run_sgld(
     over the rows like the step; ``observed[i]`` stacks observable i per row and draw.
     ``observe_every``: only every k-th draw (0, k, 2k, ...) is observed.
 
-    ``reference_every``: the reference forward L_m(w*) runs at every k-th draw only (0, k,
-    2k, ...), so a chain's mean reference loss comes from D / k of its minibatches rather
-    than being paired with each draw. Pairing removes the minibatch noise from each draw's
-    difference; where the chains' own fluctuation dwarfs that noise (bench/precision.py's
-    cases) it buys nothing, and a forward is about a third of a step's arithmetic.
+    ``reference_every`` (default ``config.reference_every``): the reference forward
+    L_m(w*) runs at every k-th draw only (0, k, 2k, ...), so a chain's mean reference loss
+    comes from D / k of its minibatches rather than being paired with each draw. Pairing
+    removes the minibatch noise from each draw's difference; where the chains' own
+    fluctuation dwarfs that noise (bench/precision.py's cases) it buys nothing, and a
+    forward is about a third of a step's arithmetic.
     """
     t0 = time.perf_counter()
     device, dtype = torch.device(config.device), config.torch_dtype
@@ -261,6 +262,8 @@ def _run_sgld(
     gen.manual_seed(config.seed)
     noise_shape = (C, NoiseLayout.of(named).total)
     traces = torch.empty(D, K, G, C, device=device, dtype=record)
+    if reference_every is None:
+        reference_every = config.reference_every
     if not isinstance(reference_every, int) or reference_every < 1:
         raise ValueError(f"reference_every must be an integer >= 1, got {reference_every!r}")
     refs = torch.empty(-(-D // reference_every), K, len(streams), C, device=device, dtype=record)

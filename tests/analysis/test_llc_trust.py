@@ -185,3 +185,18 @@ def test_devinterp_init_loss_reproduces_its_estimate_from_our_draws() -> None:
     assert theirs.per_chain == pytest.approx(expected, rel=1e-6)
     # The offset between the two is exactly n_beta x (our L(w*) - theirs).
     assert theirs.mean - res.mean == pytest.approx(res.n_beta * (res.init_loss - init), rel=1e-6)
+
+
+def test_reference_every_takes_the_paired_reference_at_every_kth_draw_only() -> None:
+    """The reference forward never touches the chains: with ``reference_every=10`` the loss
+    traces are the same, L(w*) is the mean of 6 of the 60 draws' minibatch losses at w*
+    instead of all 60, and the estimate moves by less than its own chain spread."""
+    model, data = _trained(), _data()
+    every = estimate_llc(model, _mse, data, LLCConfig(**CFG, bias_checks=False))
+    tenth = estimate_llc(model, _mse, data, LLCConfig(**CFG, bias_checks=False, reference_every=10))
+    assert tenth.config["reference_every"] == 10 and every.config["reference_every"] == 1
+    assert tenth.loss_trace == every.loss_trace
+    assert tenth.init_loss != every.init_loss
+    assert abs(tenth.mean - every.mean) < every.std * math.sqrt(CFG["num_chains"])
+    with pytest.raises(ValueError, match="reference_every"):
+        LLCConfig(**CFG, reference_every=0)
