@@ -102,6 +102,9 @@ class Lens:
       that waited for it).
     - ``internal``: for tests and benchmarks (never automatic, not on pages, not in the
       conformance matrix).
+    - ``claimed_first``: other jobs wait for this one (the calibration: a run's LLC jobs
+      wait for its recommendation), so workers that take it claim it before anything
+      else, fast lenses included (the fast lane's own worker keeps taking those).
     """
 
     name: str
@@ -123,6 +126,7 @@ class Lens:
     view: LensView | None = None
     internal: bool = False
     on_done: OnDone | None = None
+    claimed_first: bool = False
 
     def __post_init__(self) -> None:
         problems = []

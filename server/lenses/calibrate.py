@@ -268,5 +268,6 @@ LENSES = (
         rerun="never",
         view=LensView("_calibration.html", "diagnostics.js", placement="page"),
         on_done=apply_calibration,
+        claimed_first=True,
     ),
 )
