@@ -110,13 +110,8 @@ def is_batched(kind: str) -> bool:
 
 
 def claim_order(db: Any = None) -> list[Any]:
-    """ORDER BY for claiming: lenses other jobs wait for (``Lens.claimed_first``), then
-    fast lenses, then oldest first."""
-    first = [lens.name for lens in all_lenses() if lens.claimed_first]
-    return [
-        sa.case((Job.kind.in_(first), 0), (Job.kind.in_(fast_kinds(db)), 1), else_=2),
-        Job.id,
-    ]
+    """ORDER BY for claiming: fast lenses first, then oldest first."""
+    return [sa.case((Job.kind.in_(fast_kinds(db)), 0), else_=1), Job.id]
 
 
 def lane_filter(lane: str, db: Any = None) -> Any:

@@ -102,9 +102,6 @@ class Lens:
       that waited for it).
     - ``internal``: for tests and benchmarks (never automatic, not on pages, not in the
       conformance matrix).
-    - ``claimed_first``: other jobs wait for this one (the calibration: a run's LLC jobs
-      wait for its recommendation), so workers that take it claim it before anything
-      else, fast lenses included (the fast lane's own worker keeps taking those).
     """
 
     name: str
@@ -126,7 +123,6 @@ class Lens:
     view: LensView | None = None
     internal: bool = False
     on_done: OnDone | None = None
-    claimed_first: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -268,6 +268,5 @@ LENSES = (
         rerun="never",
         view=LensView("_calibration.html", "diagnostics.js", placement="page"),
         on_done=apply_calibration,
-        claimed_first=True,
     ),
 )

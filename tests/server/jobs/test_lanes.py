@@ -32,28 +32,6 @@ def test_phases_and_metrics_are_claimed_before_older_llc_jobs(make_settings) -> 
         db.dispose()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_calibration_the_llc_jobs_wait_for_is_claimed_before_older_cheap_jobs(
-    make_settings,
-) -> None:
-    """The calibration is on the critical path (every LLC job of the run waits for it): a
-    general worker takes it before the metrics queued before it; the fast lane, which never
-    takes it, keeps the metrics."""
-    settings = fast_settings(make_settings)
-    run_id, ckpts = seed_run(settings, [1, 10, 100])
-    db = Database(settings)
-    try:
-        with db.session() as s:
-            fast = plan_jobs(s, run_id, ["metrics"], ckpts)
-            (cal,) = plan_jobs(s, run_id, ["calibrate"], auto_calibrate=True)
-        assert cal > max(fast)
-        assert lifecycle.queued_ids(db, "cpu") == [cal, *sorted(fast)]
-        assert lifecycle.queued_ids(db, "cpu", lane="fast") == sorted(fast)
-        assert lifecycle.queued_ids(db, "cpu", lane="heavy") == [cal]
-    finally:
-        db.dispose()
-
-
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_restricted_llc_jobs_of_one_run_run_as_one_batch_with_per_checkpoint_results(
     make_settings,
