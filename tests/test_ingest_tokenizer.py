@@ -26,6 +26,15 @@ ANALYSIS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's console takes its width when imported (80 columns without a terminal, as
+    under pytest-xdist): wide enough here that no table cell the tests read is wrapped."""
+    from phaseboard.server.commands import cli
+
+    monkeypatch.setattr(cli.console, "width", 200)
+
+
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with serve(tmp_path_factory.mktemp("ingest-tokenizer"), queue="local") as u:
