@@ -70,7 +70,12 @@ def sample_observed(
     if max_rows is None:
         max_rows = default_max_rows(template, config)
     sets = [examples_on(e, config) for e in example_sets]
-    observables = [_observable(per_example_loss, e) for e in sets]
+    joined = _joined(sets)
+    if joined is None:
+        observables = [_observable(per_example_loss, e) for e in sets]
+    else:  # one forward over every set: fewer, larger ops per observed draw
+        observables = [_observable(per_example_loss, joined)]
+        sizes = [_rows(e) for e in sets]
     masks = list(group_masks)
     per_chunk = max(1, int(max_rows // row_equivalents(template, masks, config.num_chains)))
     first, batches = first_batch(batches)
@@ -87,7 +92,46 @@ def sample_observed(
             _chunk_progress(progress, ci, len(chunks)), observables=observables,
             observe_every=observe_every,
         )  # fmt: skip
+        if joined is not None:  # back to one (K, G, C, D', n_i, ...) tensor per set
+            out.observed = list(torch.split(out.observed[0], sizes, dim=4))
         yield list(chunk), out
+
+
+def _rows(examples: Any) -> int:
+    return int((examples[0] if isinstance(examples, tuple | list) else examples).shape[0])
+
+
+def _joined(sets: Sequence[Any]) -> Any | None:
+    """The example sets as one batch (each tensor concatenated along its first dim), where
+    they are alike: tensors, or tuples/lists of tensors, of the same dtypes and trailing
+    shapes; None otherwise (or for a single set). Per-example losses do not depend on the
+    other examples of a batch (eval mode), so the joined batch's losses split back exactly."""
+    if len(sets) < 2:
+        return None
+
+    def parts(e: Any) -> list[Tensor] | None:
+        items = list(e) if isinstance(e, tuple | list) else [e]
+        return items if all(isinstance(t, Tensor) and t.dim() >= 1 for t in items) else None
+
+    first = parts(sets[0])
+    if first is None or any(t.shape[0] != first[0].shape[0] for t in first):
+        return None
+    for e in sets[1:]:
+        other = parts(e)
+        if (
+            other is None
+            or type(e) is not type(sets[0])
+            or len(other) != len(first)
+            or any(
+                a.dtype != b.dtype or a.shape[1:] != b.shape[1:] or a.shape[0] != other[0].shape[0]
+                for a, b in zip(first, other, strict=True)
+            )
+        ):
+            return None
+    cat = [torch.cat([parts(e)[i] for e in sets]) for i in range(len(first))]  # type: ignore[index]
+    if isinstance(sets[0], Tensor):
+        return cat[0]
+    return type(sets[0])(cat)
 
 
 def finite_chains(draws: Tensor, weights_finite: Tensor) -> list[int]:
