@@ -55,7 +55,7 @@
         hovertemplate: L.escapeHtml(e.text.slice(0, 60)) + "<br>step %{customdata[0]}: %{y:.3g} ± %{customdata[1]}<extra></extra>" });
     });
     add(got.most, REDS, "helps");
-    add(got.least, BLUES, "competes");
+    add(got.least, BLUES, "least helpful");
     const shapes = A().boundaryShapes(inf.steps, ctx.boundaries, L.sourceColor);
     const marks = A().boundaryHover(inf.steps, ctx.boundaries, L.sourceColor, L.escapeHtml, 1.0);
     if (marks) traces.push(marks);

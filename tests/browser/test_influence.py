@@ -152,8 +152,8 @@ def test_influence_lists_most_and_least_influential_training_examples(lens_site,
     names = page.evaluate(
         "() => document.getElementById('plot-inf-series').data.map(t => t.name || '')"
     )
-    lines = [n for n in names if n.startswith(("helps ", "competes "))]
-    assert len(lines) == 8  # four helpful and four competing examples over training
+    lines = [n for n in names if n.startswith(("helps ", "least helpful "))]
+    assert len(lines) == 8  # the four most and four least helpful examples over training
     page.select_option("#inf-probe", "5")
     page.wait_for_function("() => location.search.includes('iprobe=5')")
     shoot(page, "influence-influence-1280")
