@@ -94,13 +94,16 @@ def upload_body(
     }
 
 
-def check_content_length(request: Request, max_bytes: int) -> None:
-    """Refuse a declared body above the limit before reading any of it (413)."""
+def check_content_length(
+    request: Request, max_bytes: int, setting: str = "PHASEBOARD_MAX_UPLOAD_MB"
+) -> None:
+    """Refuse a declared body above the limit before reading any of it (413); the message
+    names ``setting``, the limit's own knob."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + ENVELOPE_SLACK:
         raise PayloadTooLarge(
             f"upload of {int(declared)} bytes exceeds the limit of "
-            f"{max_bytes // (1024 * 1024)} MB (PHASEBOARD_MAX_UPLOAD_MB)"
+            f"{max_bytes // (1024 * 1024)} MB ({setting})"
         )
 
 

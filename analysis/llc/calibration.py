@@ -191,23 +191,21 @@ def judge_without_descent(entries: Sequence[CalibrationEntry]) -> list[int]:
     checkpoint keeps its own verdict in ``per_checkpoint``."""
     skip = descending_checkpoints(entries)
     for e in entries:
-        bad = [
-            c.get("verdict", "ok")
-            for k, c in enumerate(e.per_checkpoint)
-            if k not in skip and c.get("verdict", "ok") != "ok"
-        ]
+        bad = _failures(e, skip)
         e.verdict, e.ok = (bad[0] if bad else "ok"), not bad
         e.lr_shift = lr_shift(e, skip)
     return skip
 
 
+def _failures(entry: CalibrationEntry, skip: Sequence[int]) -> list[str]:
+    """The setting's verdicts other than ok, at its calibrated checkpoints but ``skip``."""
+    verdicts = (c.get("verdict", "ok") for k, c in enumerate(entry.per_checkpoint) if k not in skip)
+    return [v for v in verdicts if v != "ok"]
+
+
 def _ok_at(entry: CalibrationEntry, skip: Sequence[int]) -> bool:
     """The setting's verdict is ok at every calibrated checkpoint but those in ``skip``."""
-    if not skip:
-        return entry.ok
-    return all(
-        c.get("verdict", "ok") == "ok" for k, c in enumerate(entry.per_checkpoint) if k not in skip
-    )
+    return entry.ok if not skip else not _failures(entry, skip)
 
 
 def recommend(entries: Sequence[CalibrationEntry]) -> tuple[CalibrationEntry | None, str]:

@@ -25,7 +25,7 @@ from phaseboard.server.models import Tokenizer
 from phaseboard.server.schemas import DbId, TokenizerOut
 from phaseboard.server.store.blobs import BlobStore, StagedBlob
 from phaseboard.server.store.commit import commit_blob_with_row
-from phaseboard.server.uploads import ENVELOPE_SLACK, receive_upload
+from phaseboard.server.uploads import check_content_length, receive_upload
 
 router = APIRouter(tags=["tokenizer"])
 
@@ -47,10 +47,9 @@ _UPLOAD_BODY = {
 }
 
 
-def _too_large(max_bytes: int, size: int | None = None) -> PayloadTooLarge:
-    got = f" ({size} bytes)" if size is not None else ""
+def _too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"the tokenizer file{got} exceeds the limit of {max_bytes // (1024 * 1024)} MB "
+        f"the tokenizer file exceeds the limit of {max_bytes // (1024 * 1024)} MB "
         f"({SETTING}); nothing was stored"
     )
 
@@ -106,9 +105,7 @@ async def upload_tokenizer(run_id: DbId, request: Request) -> TokenizerOut:
     """
     settings, db, store = request.app.state.settings, request.app.state.db, request.app.state.store
     max_bytes = settings.max_tokenizer_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes + ENVELOPE_SLACK:
-        raise _too_large(max_bytes, int(declared))
+    check_content_length(request, max_bytes, SETTING)
     await run_in_threadpool(_check_run, db, run_id)
     try:
         upload = await receive_upload(request, store, max_bytes=max_bytes)
