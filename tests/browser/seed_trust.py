@@ -66,7 +66,8 @@ def _calibration(ckpts: list[Checkpoint]) -> dict[str, Any]:
             verdict = "diverged chains" if bad else ("not converged" if lr == 1e-4 else "ok")
             mean = 20000.0 if bad else 40 + 2e4 * lr - gamma / 100
             per = [
-                {"index": k, "mean": mean * (0.8 + 0.1 * k), "std": 2.0, "verdict": verdict,
+                {"index": k, "mean": mean * (0.8 + 0.1 * k), "std": 2.0,
+                 "verdict": "negative" if k == 0 else verdict,  # the 1st: left out
                  "verdict_detail": "", "diverged": [], "init_loss": 0.1 + 0.02 * k,
                  "num_params_free": 9000,
                  "mean_trace": [0.1 + 0.02 * k + mean / 150 * (1 - math.exp(-d / 6))
@@ -82,10 +83,16 @@ def _calibration(ckpts: list[Checkpoint]) -> dict[str, Any]:
     return {
         "entries": entries,
         "recommended": {"lr": 3e-4, "localization": 10.0, "n_beta": 150.0},
-        "reason": "recommended lr=0.0003, localization=10, n_beta=150: the largest lr whose "
-        "verdict is ok on all 4 calibrated checkpoint(s)",
+        "reason": "recommended lr=0.0003, localization=10, n_beta=150: the weakest "
+        "localization with an ok setting, and there the lr whose estimate moves least when lr "
+        "halves (2.1% at most over 3 calibrated checkpoint(s)); the 1st of 4 calibrated "
+        "checkpoints left out: every setting's LLC was negative there (the chains go downhill: "
+        "not a local minimum)",
         "config": {"lr": 1e-3, "n_beta": None},
-        "checkpoints": [{"id": c.id, "step": c.step} for c in picks],
+        "left_out": [0],
+        "checkpoints": [
+            {"id": c.id, "step": c.step, "left_out": k == 0} for k, c in enumerate(picks)
+        ],
     }
 
 
